@@ -1,0 +1,96 @@
+//! An in-process Kafka-protocol broker (librdkafka's mock cluster), speaking the
+//! real protocol on real TCP ports. `herald dev` runs one when no bootstrap
+//! servers are configured; tests use it for fault injection.
+
+use crate::{BusError, Result};
+use rdkafka::mocking::MockCluster;
+use std::sync::mpsc;
+use std::thread;
+
+/// Fault injection and control, applied on the broker's own thread (the mock
+/// cluster handle cannot leave the thread that made it).
+#[derive(Debug, Clone)]
+pub enum BrokerCommand {
+    CreateTopic { name: String, partitions: i32 },
+    BrokerDown(i32),
+    BrokerUp(i32),
+}
+
+pub struct EmbeddedBroker {
+    bootstrap: String,
+    commands: mpsc::Sender<(BrokerCommand, mpsc::Sender<Result<(), String>>)>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    /// Starts `brokers` mock brokers and creates `topics` with `partitions` each.
+    pub fn start(brokers: i32, topics: &[&str], partitions: i32) -> Result<Self> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let (cmd_tx, cmd_rx) = mpsc::channel::<(BrokerCommand, mpsc::Sender<Result<(), String>>)>();
+        let thread = thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(brokers) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                // Runs until every sender is dropped, i.e. the handle is dropped.
+                while let Ok((cmd, reply)) = cmd_rx.recv() {
+                    let r = match cmd {
+                        BrokerCommand::CreateTopic { name, partitions } => {
+                            cluster.create_topic(&name, partitions, brokers.min(3))
+                        }
+                        BrokerCommand::BrokerDown(id) => cluster.broker_down(id),
+                        BrokerCommand::BrokerUp(id) => cluster.broker_up(id),
+                    };
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                }
+            })
+            .map_err(|e| BusError::Embedded(e.to_string()))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|e| BusError::Embedded(e.to_string()))?
+            .map_err(BusError::Embedded)?;
+        let broker = Self {
+            bootstrap,
+            commands: cmd_tx,
+            thread: Some(thread),
+        };
+        for topic in topics {
+            broker.command(BrokerCommand::CreateTopic {
+                name: (*topic).to_string(),
+                partitions,
+            })?;
+        }
+        Ok(broker)
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn command(&self, cmd: BrokerCommand) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send((cmd, tx))
+            .map_err(|e| BusError::Embedded(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| BusError::Embedded(e.to_string()))?
+            .map_err(BusError::Embedded)
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        // Closing the command channel ends the thread, which drops the cluster.
+        let (tx, _) = mpsc::channel();
+        self.commands = tx;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

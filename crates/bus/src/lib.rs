@@ -1,0 +1,169 @@
+//! Kafka: the idempotent producer, batch consumers that commit only settled
+//! work, and the embedded Kafka-protocol broker used by `herald dev` and tests.
+//!
+//! Nothing here decides about duplicates: offsets, partitions and producer ids
+//! mean nothing on another cluster, so dedupe lives in the ledger.
+
+mod embedded;
+
+pub use embedded::{BrokerCommand, EmbeddedBroker};
+
+use futures::future::join_all;
+use herald_config::KafkaConfig;
+use herald_core::{DeliveryJob, DeliveryOutcome};
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("no Kafka bootstrap servers configured (set kafka.bootstrap_servers or HERALD_KAFKA__BOOTSTRAP_SERVERS)")]
+    NotConfigured,
+    #[error("embedded broker: {0}")]
+    Embedded(String),
+}
+
+pub type Result<T, E = BusError> = std::result::Result<T, E>;
+
+fn base_config(kafka: &KafkaConfig) -> Result<ClientConfig> {
+    if kafka.bootstrap_servers.trim().is_empty() {
+        return Err(BusError::NotConfigured);
+    }
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers);
+    Ok(c)
+}
+
+/// The idempotent producer (`enable.idempotence`, `acks=all`). Its dedupe only
+/// covers librdkafka's own retries within one session; everything else is the
+/// ledger's job.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    deliveries_topic: String,
+    outcomes_topic: String,
+}
+
+impl Publisher {
+    pub fn new(kafka: &KafkaConfig) -> Result<Self> {
+        let producer: FutureProducer = base_config(kafka)?
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
+            .create()?;
+        Ok(Self {
+            producer,
+            deliveries_topic: kafka.topics.deliveries.clone(),
+            outcomes_topic: kafka.topics.outcomes.clone(),
+        })
+    }
+
+    /// Publishes delivery jobs and returns once every one is acknowledged by
+    /// the cluster, or with the first error (the caller keeps the work and retries).
+    pub async fn publish_jobs(&self, jobs: &[DeliveryJob]) -> Result<()> {
+        let records: Vec<(String, Vec<u8>)> = jobs
+            .iter()
+            .map(|j| (j.delivery_id.to_string(), j.to_json()))
+            .collect();
+        self.publish(&self.deliveries_topic, &records).await
+    }
+
+    pub async fn publish_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<()> {
+        let records: Vec<(String, Vec<u8>)> = outcomes
+            .iter()
+            .map(|o| (o.delivery_id.to_string(), o.to_json()))
+            .collect();
+        self.publish(&self.outcomes_topic, &records).await
+    }
+
+    async fn publish(&self, topic: &str, records: &[(String, Vec<u8>)]) -> Result<()> {
+        let sends = records.iter().map(|(key, payload)| {
+            self.producer.send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Timeout::Never,
+            )
+        });
+        for result in join_all(sends).await {
+            result.map_err(|(e, _)| e)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a broker answers a metadata request within `timeout`.
+    pub fn is_reachable(&self, timeout: Duration) -> bool {
+        self.producer
+            .client()
+            .fetch_metadata(Some(&self.deliveries_topic), timeout)
+            .is_ok()
+    }
+
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+/// A consumer that hands out batches and commits a batch's offsets only when
+/// the caller says its work is settled.
+pub struct BatchConsumer {
+    consumer: StreamConsumer,
+}
+
+impl BatchConsumer {
+    pub fn new(kafka: &KafkaConfig, group_id: &str, topics: &[&str]) -> Result<Self> {
+        let consumer: StreamConsumer = base_config(kafka)?
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.partition.eof", "false")
+            .create()?;
+        consumer.subscribe(topics)?;
+        Ok(Self { consumer })
+    }
+
+    /// Waits for one record, then gathers up to `max` within `linger`.
+    pub async fn next_batch(&self, max: usize, linger: Duration) -> Result<Vec<OwnedMessage>> {
+        let first = self.consumer.recv().await?.detach();
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Commits the offsets after every record of `batch`.
+    pub fn commit(&self, batch: &[OwnedMessage], mode: CommitMode) -> Result<()> {
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        for m in batch {
+            let e = next.entry((m.topic(), m.partition())).or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        }
+        self.consumer.commit(&tpl, mode)?;
+        Ok(())
+    }
+
+    pub fn unsubscribe(&self) {
+        self.consumer.unsubscribe();
+    }
+}

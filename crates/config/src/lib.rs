@@ -1,0 +1,300 @@
+//! Herald's configuration: one TOML file, every value overridable by a
+//! `HERALD_...` environment variable (`HERALD_POSTGRES__URL` sets `postgres.url`).
+//! The defaults are the ones `herald dev` needs on a machine with PostgreSQL and
+//! Redis at their usual local addresses.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub postgres: PostgresConfig,
+    pub redis: RedisConfig,
+    pub kafka: KafkaConfig,
+    pub gateway: GatewayConfig,
+    pub sender: SenderConfig,
+    pub recorder: RecorderConfig,
+    pub providers: ProvidersConfig,
+    pub sim: SimConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// The database Herald uses; `herald dev` and `herald migrate` create it if missing.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Every Redis key Herald writes starts with this.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Empty: `herald dev` starts an embedded Kafka-protocol broker; other roles refuse to start.
+    pub bootstrap_servers: String,
+    pub topics: TopicsConfig,
+    /// Partitions for topics Herald creates (embedded broker, `herald topics create`).
+    pub partitions: i32,
+    /// How long a produce may keep retrying before it counts as failed.
+    pub message_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub deliveries: String,
+    pub outcomes: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub listen: String,
+    /// How often the outbox relay looks for rows that were not published at once.
+    pub relay_interval_ms: u64,
+    /// How long an Idempotency-Key and its stored response are kept.
+    pub idempotency_retention_hours: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SenderConfig {
+    pub group_id: String,
+    /// A claim's lease; must exceed the provider request timeout.
+    pub lease_ms: u64,
+    pub request_timeout_ms: u64,
+    /// How long a settled delivery is remembered in Redis (never shorter than
+    /// the Idempotency-Key retention).
+    pub dedupe_horizon_hours: u64,
+    pub batch_size: usize,
+    /// How long to wait to fill a batch.
+    pub batch_linger_ms: u64,
+    /// Provider requests in flight at once per sender process.
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecorderConfig {
+    pub group_id: String,
+    pub batch_size: usize,
+    pub batch_linger_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvidersConfig {
+    /// `https://api.push.apple.com` in production; the simulator by default.
+    pub apns_url: String,
+    /// `https://fcm.googleapis.com` in production; the simulator by default.
+    pub fcm_url: String,
+    /// Extra CA certificate (PEM) to trust, e.g. the simulator's TLS certificate.
+    pub ca_cert_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Cleartext HTTP/2 (h2c) and HTTP/1.1 for the inspection endpoints.
+    pub listen: String,
+    /// TLS (HTTP/2 via ALPN) with a generated certificate; empty disables it.
+    pub tls_listen: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/herald".into(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "herald:".into(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: String::new(),
+            topics: TopicsConfig::default(),
+            partitions: 8,
+            message_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            deliveries: "herald.deliveries".into(),
+            outcomes: "herald.outcomes".into(),
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            relay_interval_ms: 1_000,
+            idempotency_retention_hours: 24 * 7,
+        }
+    }
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "herald-senders".into(),
+            lease_ms: 60_000,
+            request_timeout_ms: 20_000,
+            dedupe_horizon_hours: 24 * 7,
+            batch_size: 500,
+            batch_linger_ms: 20,
+            concurrency: 256,
+            max_attempts: 8,
+            retry_base_ms: 500,
+            retry_max_ms: 60_000,
+        }
+    }
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "herald-recorder".into(),
+            batch_size: 1_000,
+            batch_linger_ms: 50,
+        }
+    }
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        Self {
+            apns_url: "http://127.0.0.1:8090".into(),
+            fcm_url: "http://127.0.0.1:8090".into(),
+            ca_cert_path: None,
+        }
+    }
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8090".into(),
+            tls_listen: "127.0.0.1:8443".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            postgres: PostgresConfig::default(),
+            redis: RedisConfig::default(),
+            kafka: KafkaConfig::default(),
+            gateway: GatewayConfig::default(),
+            sender: SenderConfig::default(),
+            recorder: RecorderConfig::default(),
+            providers: ProvidersConfig::default(),
+            sim: SimConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if given), then `HERALD_` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // HERALD_CONFIG names the file itself (see the CLI), not a setting.
+        figment = figment.merge(Env::prefixed("HERALD_").ignore(&["config"]).split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        Ok(config.normalized())
+    }
+
+    /// The dedupe horizon may never be shorter than the Idempotency-Key retention:
+    /// a key replayed within its retention must still find its deliveries settled.
+    fn normalized(mut self) -> Self {
+        self.sender.dedupe_horizon_hours = self
+            .sender
+            .dedupe_horizon_hours
+            .max(self.gateway.idempotency_retention_hours);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_and_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "herald.toml",
+                r#"
+                [gateway]
+                listen = "0.0.0.0:9000"
+                [sender]
+                batch_size = 7
+                "#,
+            )?;
+            jail.set_env("HERALD_SENDER__BATCH_SIZE", "9");
+            jail.set_env("HERALD_REDIS__PREFIX", "t1:");
+            let c = Config::load(Some(Path::new("herald.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.gateway.listen, "0.0.0.0:9000");
+            assert_eq!(c.sender.batch_size, 9);
+            assert_eq!(c.redis.prefix, "t1:");
+            assert_eq!(c.postgres, PostgresConfig::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("herald.toml", "[gateway]\nlisten_typo = \"x\"\n")?;
+            let err = Config::load(Some(Path::new("herald.toml"))).unwrap_err();
+            assert!(err.to_string().contains("listen_typo"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dedupe_horizon_is_never_shorter_than_key_retention() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_SENDER__DEDUPE_HORIZON_HOURS", "1");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.sender.dedupe_horizon_hours, 24 * 7);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,15 @@
+//! Herald's domain core: identities, payloads, delivery jobs, outcomes and the
+//! dedupe state machine. Nothing here does I/O, so all of it is tested on its own.
+
+pub mod dedupe;
+pub mod ids;
+pub mod job;
+pub mod outcome;
+pub mod payload;
+pub mod push;
+
+pub use ids::{AppId, DeliveryId, MessageId};
+pub use job::{DeliveryJob, DeliveryPolicy, Platform};
+pub use outcome::{DeliveryOutcome, DeliveryStatus, OutcomeClass};
+pub use payload::{Notification, PayloadError};
+pub use push::{FieldError, PushRequest};

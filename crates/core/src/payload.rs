@@ -1,0 +1,294 @@
+//! The notification model and what it becomes on each platform.
+//!
+//! One [`Notification`] is rendered to an APNs payload or an FCM HTTP v1 message.
+//! Both renderings are checked against the provider's size limit before anything
+//! is accepted, so an oversize message is refused at the API, not at send time.
+
+use crate::ids::{DeliveryId, MessageId};
+use crate::job::Platform;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// APNs refuses larger payloads with 413 PayloadTooLarge (VoIP allows 5120).
+pub const APNS_MAX_PAYLOAD_BYTES: usize = 4096;
+/// FCM's documented limit for a message's notification and data.
+pub const FCM_MAX_PAYLOAD_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sound: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub badge: Option<u32>,
+    /// Custom key/value pairs. FCM only carries strings, so that is the common type.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("a notification needs a title, a body or data")]
+    Empty,
+    #[error("the {platform} payload is {size} bytes; the limit is {limit}")]
+    TooLarge {
+        platform: Platform,
+        size: usize,
+        limit: usize,
+    },
+    #[error("data key `{0}` is reserved by the push providers")]
+    ReservedDataKey(String),
+}
+
+impl PayloadError {
+    /// The request field a caller should fix.
+    pub fn field(&self) -> &'static str {
+        match self {
+            PayloadError::Empty => "notification",
+            PayloadError::TooLarge { .. } => "notification",
+            PayloadError::ReservedDataKey(_) => "notification.data",
+        }
+    }
+}
+
+/// Whether the alert carries anything a user sees. Data-only messages become
+/// background pushes on iOS, which Apple requires to use priority 5.
+impl Notification {
+    pub fn is_visible(&self) -> bool {
+        self.title.is_some() || self.body.is_some()
+    }
+
+    /// Checks the notification as accepted at the API: not empty, no reserved
+    /// keys, within both providers' size limits.
+    pub fn validate(&self) -> Result<(), PayloadError> {
+        if !self.is_visible() && self.data.is_empty() && self.badge.is_none() {
+            return Err(PayloadError::Empty);
+        }
+        for key in self.data.keys() {
+            if is_reserved_data_key(key) {
+                return Err(PayloadError::ReservedDataKey(key.clone()));
+            }
+        }
+        let apns = serde_json::to_vec(&self.apns_payload()).map_or(usize::MAX, |v| v.len());
+        if apns > APNS_MAX_PAYLOAD_BYTES {
+            return Err(PayloadError::TooLarge {
+                platform: Platform::Ios,
+                size: apns,
+                limit: APNS_MAX_PAYLOAD_BYTES,
+            });
+        }
+        let fcm = self.fcm_payload_size();
+        if fcm > FCM_MAX_PAYLOAD_BYTES {
+            return Err(PayloadError::TooLarge {
+                platform: Platform::Android,
+                size: fcm,
+                limit: FCM_MAX_PAYLOAD_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// The APNs JSON body: the `aps` dictionary plus custom keys beside it.
+    pub fn apns_payload(&self) -> Value {
+        let mut aps = Map::new();
+        if self.is_visible() {
+            let mut alert = Map::new();
+            if let Some(title) = &self.title {
+                alert.insert("title".into(), json!(title));
+            }
+            if let Some(body) = &self.body {
+                alert.insert("body".into(), json!(body));
+            }
+            aps.insert("alert".into(), Value::Object(alert));
+        } else {
+            aps.insert("content-available".into(), json!(1));
+        }
+        if let Some(sound) = &self.sound {
+            aps.insert("sound".into(), json!(sound));
+        }
+        if let Some(badge) = self.badge {
+            aps.insert("badge".into(), json!(badge));
+        }
+        let mut root = Map::new();
+        root.insert("aps".into(), Value::Object(aps));
+        for (k, v) in &self.data {
+            root.insert(k.clone(), json!(v));
+        }
+        Value::Object(root)
+    }
+
+    /// APNs headers that depend on the content: push type and priority.
+    pub fn apns_push_type(&self) -> &'static str {
+        if self.is_visible() {
+            "alert"
+        } else {
+            "background"
+        }
+    }
+
+    pub fn apns_priority(&self) -> u8 {
+        if self.is_visible() {
+            10
+        } else {
+            5
+        }
+    }
+
+    /// The FCM HTTP v1 `message` object for one token. The Android `tag` is the
+    /// message id, so a rare duplicate replaces the shown notification.
+    pub fn fcm_message(&self, token: &str, message: MessageId, ttl_seconds: Option<u64>) -> Value {
+        let mut msg = Map::new();
+        msg.insert("token".into(), json!(token));
+        let mut android = Map::new();
+        if self.is_visible() {
+            let mut n = Map::new();
+            if let Some(title) = &self.title {
+                n.insert("title".into(), json!(title));
+            }
+            if let Some(body) = &self.body {
+                n.insert("body".into(), json!(body));
+            }
+            msg.insert("notification".into(), Value::Object(n));
+            let mut an = Map::new();
+            an.insert("tag".into(), json!(message.to_string()));
+            if let Some(sound) = &self.sound {
+                an.insert("sound".into(), json!(sound));
+            }
+            if let Some(badge) = self.badge {
+                an.insert("notification_count".into(), json!(badge));
+            }
+            android.insert("notification".into(), Value::Object(an));
+            android.insert("priority".into(), json!("HIGH"));
+        } else {
+            android.insert("priority".into(), json!("NORMAL"));
+        }
+        if let Some(ttl) = ttl_seconds {
+            android.insert("ttl".into(), json!(format!("{ttl}s")));
+        }
+        msg.insert("android".into(), Value::Object(android));
+        if !self.data.is_empty() {
+            msg.insert("data".into(), json!(self.data));
+        }
+        json!({ "message": Value::Object(msg) })
+    }
+
+    fn fcm_payload_size(&self) -> usize {
+        let counted = json!({
+            "notification": { "title": self.title, "body": self.body },
+            "data": self.data,
+        });
+        serde_json::to_vec(&counted).map_or(usize::MAX, |v| v.len())
+    }
+}
+
+/// Keys FCM rejects in `data`, and the APNs dictionary name.
+fn is_reserved_data_key(key: &str) -> bool {
+    key == "aps"
+        || key == "from"
+        || key == "notification"
+        || key == "message_type"
+        || key.starts_with("google.")
+        || key.starts_with("gcm.")
+}
+
+/// `apns-collapse-id`: the message id, so duplicates of one message collapse.
+pub fn apns_collapse_id(message: MessageId) -> String {
+    message.to_string()
+}
+
+/// `apns-id`: the delivery id, echoed back by Apple for correlation.
+pub fn apns_id(delivery: DeliveryId) -> String {
+    delivery.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn visible() -> Notification {
+        Notification {
+            title: Some("Hi".into()),
+            body: Some("Your order shipped".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn empty_notification_is_rejected() {
+        assert_eq!(Notification::default().validate(), Err(PayloadError::Empty));
+    }
+
+    #[test]
+    fn data_only_is_a_background_push() {
+        let mut n = Notification::default();
+        n.data.insert("k".into(), "v".into());
+        assert!(n.validate().is_ok());
+        assert_eq!(n.apns_push_type(), "background");
+        assert_eq!(n.apns_priority(), 5);
+        assert_eq!(n.apns_payload()["aps"]["content-available"], 1);
+        assert_eq!(n.apns_payload()["k"], "v");
+    }
+
+    #[test]
+    fn visible_alert_renders_for_both_platforms() {
+        let n = visible();
+        assert_eq!(n.apns_push_type(), "alert");
+        assert_eq!(n.apns_priority(), 10);
+        let p = n.apns_payload();
+        assert_eq!(p["aps"]["alert"]["title"], "Hi");
+        let m = MessageId(Uuid::from_u128(7));
+        let f = n.fcm_message("tok", m, Some(60));
+        assert_eq!(f["message"]["token"], "tok");
+        assert_eq!(f["message"]["notification"]["body"], "Your order shipped");
+        assert_eq!(
+            f["message"]["android"]["notification"]["tag"],
+            m.to_string()
+        );
+        assert_eq!(f["message"]["android"]["ttl"], "60s");
+    }
+
+    #[test]
+    fn oversize_payload_is_rejected_with_platform_and_size() {
+        let mut n = visible();
+        n.body = Some("x".repeat(4100));
+        match n.validate() {
+            Err(PayloadError::TooLarge { limit, size, .. }) => {
+                assert_eq!(limit, 4096);
+                assert!(size > 4096);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn payload_at_the_limit_is_accepted() {
+        let mut n = visible();
+        n.body = Some(String::new());
+        let base = serde_json::to_vec(&n.apns_payload()).unwrap().len();
+        n.body = Some("x".repeat(APNS_MAX_PAYLOAD_BYTES - base));
+        assert_eq!(
+            serde_json::to_vec(&n.apns_payload()).unwrap().len(),
+            APNS_MAX_PAYLOAD_BYTES
+        );
+        assert!(n.validate().is_ok());
+    }
+
+    #[test]
+    fn reserved_data_keys_are_rejected() {
+        for key in ["aps", "from", "google.x", "gcm.y", "notification"] {
+            let mut n = visible();
+            n.data.insert(key.into(), "v".into());
+            assert_eq!(
+                n.validate(),
+                Err(PayloadError::ReservedDataKey(key.into())),
+                "{key}"
+            );
+        }
+    }
+}

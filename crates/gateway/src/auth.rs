@@ -1,0 +1,54 @@
+use crate::problem::Problem;
+use crate::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use herald_store::{ApiKeyKind, AuthenticatedKey};
+
+/// A request authenticated with the app's server key.
+pub struct ServerKey(pub AuthenticatedKey);
+
+/// A request authenticated with either key (installations, events).
+pub struct AnyKey(pub AuthenticatedKey);
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthenticatedKey, Problem> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| Problem::unauthorized("send `Authorization: Bearer <API key>`"))?;
+    let secret = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            Problem::unauthorized("the Authorization header must be `Bearer <API key>`")
+        })?;
+    state
+        .store
+        .authenticate(secret)
+        .await?
+        .ok_or_else(|| Problem::unauthorized("this API key is unknown or revoked"))
+}
+
+impl FromRequestParts<AppState> for ServerKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let key = authenticate(parts, state).await?;
+        if key.kind != ApiKeyKind::Server {
+            return Err(Problem::forbidden(
+                "an SDK key can register installations and post events only; use the server key",
+            ));
+        }
+        Ok(ServerKey(key))
+    }
+}
+
+impl FromRequestParts<AppState> for AnyKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        Ok(AnyKey(authenticate(parts, state).await?))
+    }
+}

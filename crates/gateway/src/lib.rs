@@ -1,0 +1,53 @@
+//! The gateway role: the REST API (`/v1`), API-key auth, Idempotency-Key
+//! handling, and the outbox relay that publishes accepted work to Kafka.
+
+mod auth;
+mod idempotency;
+mod messages;
+mod problem;
+mod push;
+mod relay;
+
+pub use problem::Problem;
+pub use relay::OutboxRelay;
+
+use axum::routing::{get, post, put};
+use axum::Router;
+use herald_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Wakes the outbox relay as soon as a request committed.
+    pub relay_wakeup: Arc<Notify>,
+    pub idempotency_retention: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/push", post(push::create))
+        .route("/v1/messages/{id}", get(messages::get))
+        .route(
+            "/v1/installations/{install_id}",
+            put(messages::put_installation),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { Problem::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+async fn ready(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<&'static str, Problem> {
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|_| Problem::unavailable("PostgreSQL is not reachable"))?;
+    Ok("ready")
+}

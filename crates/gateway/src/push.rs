@@ -1,0 +1,177 @@
+//! `POST /v1/push`: a transactional push to tokens and installations.
+
+use crate::auth::ServerKey;
+use crate::idempotency;
+use crate::problem::Problem;
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_core::ids::DeliveryTarget;
+use herald_core::{DeliveryId, DeliveryPolicy, MessageId, Platform, PushRequest};
+use herald_store::{AcceptOutcome, IdempotencyRecord, NewDelivery, NewMessage, StoredResponse};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+
+/// Parses a JSON body strictly; errors name the field at fault.
+pub(crate) fn parse_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Value, T), Problem> {
+    if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+        if !ct.starts_with("application/json") && !ct.contains("+json") {
+            return Err(Problem::unsupported_media_type());
+        }
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| Problem::malformed_json(e.to_string()))?;
+    let parsed = serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        Problem::invalid_field(field, e.inner().to_string())
+    })?;
+    Ok((value, parsed))
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    ServerKey(key): ServerKey,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let idempotency_key = idempotency::key(&headers)?;
+    let (value, request): (Value, PushRequest) = parse_body(&headers, &body)?;
+    request
+        .validate()
+        .map_err(|e| Problem::invalid_field(e.field, e.detail))?;
+    let app = key.app_id;
+    let fingerprint = idempotency::fingerprint("POST", "/v1/push", &value);
+
+    // Fast path for a retry of a completed request: no target resolution.
+    if let Some(k) = &idempotency_key {
+        if let Some((stored_fp, stored)) = state.store.idempotent_response(app, k).await? {
+            if stored_fp != fingerprint {
+                return Err(Problem::idempotency_mismatch());
+            }
+            return Ok(replay(stored));
+        }
+    }
+
+    let message_id = match &idempotency_key {
+        Some(k) => MessageId::for_idempotency_key(app, k),
+        None => MessageId::new_random(),
+    };
+    let (deliveries, unresolved) = resolve_targets(&state, &request, message_id, app).await?;
+    let body = json!({
+        "message_id": message_id,
+        "recipients": deliveries.len(),
+        "unresolved_install_ids": unresolved,
+    });
+    let expires_at = request.ttl_seconds.map(|s| {
+        chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX))
+    });
+    let message = NewMessage {
+        id: message_id,
+        app_id: app,
+        kind: "transactional",
+        notification: request.notification.clone(),
+        policy: request
+            .delivery_policy
+            .unwrap_or(DeliveryPolicy::AtLeastOnce),
+        expires_at,
+        deliveries,
+    };
+    let record = idempotency_key.map(|key| IdempotencyRecord {
+        key,
+        fingerprint,
+        response_status: StatusCode::ACCEPTED.as_u16(),
+        response_body: body.clone(),
+        retention: state.idempotency_retention,
+    });
+    match state
+        .store
+        .accept_message(&message, record.as_ref())
+        .await?
+    {
+        AcceptOutcome::Accepted { .. } => {
+            state.relay_wakeup.notify_one();
+            tracing::info!(%message_id, app_id = %app, recipients = message.deliveries.len(), "push accepted");
+            Ok(accepted(StatusCode::ACCEPTED, message_id, body, false))
+        }
+        AcceptOutcome::Replay(stored) => Ok(replay(stored)),
+        AcceptOutcome::KeyInProgress => Err(Problem::idempotency_in_progress()),
+        AcceptOutcome::KeyMismatch => Err(Problem::idempotency_mismatch()),
+    }
+}
+
+fn replay(stored: StoredResponse) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED);
+    accepted(status, stored.message_id, stored.body, true)
+}
+
+fn accepted(status: StatusCode, message_id: MessageId, body: Value, replayed: bool) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{message_id}")) {
+        headers.insert(axum::http::header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// Turns targets into deliveries. Installations come first so that a device
+/// named both by install id and by its raw token gets one delivery, whose id
+/// survives a later token change. Unknown, invalidated or opted-out install
+/// ids are reported back, not failed on.
+async fn resolve_targets(
+    state: &AppState,
+    request: &PushRequest,
+    message: MessageId,
+    app: herald_core::AppId,
+) -> Result<(Vec<NewDelivery>, Vec<String>), Problem> {
+    let resolved = state
+        .store
+        .resolve_install_ids(app, &request.to.install_ids)
+        .await?;
+    let mut seen: HashSet<(Platform, String)> = HashSet::new();
+    let mut deliveries = Vec::new();
+    let found: HashSet<&str> = resolved.iter().map(|r| r.install_id.as_str()).collect();
+    let unresolved: Vec<String> = request
+        .to
+        .install_ids
+        .iter()
+        .filter(|id| !found.contains(id.as_str()))
+        .cloned()
+        .collect();
+    for r in &resolved {
+        if seen.insert((r.platform, r.token.clone())) {
+            deliveries.push(NewDelivery {
+                id: DeliveryId::derive(message, DeliveryTarget::Installation(&r.install_id)),
+                platform: r.platform,
+                token: r.token.clone(),
+                install_id: Some(r.install_id.clone()),
+            });
+        }
+    }
+    for t in &request.to.tokens {
+        if seen.insert((t.platform, t.token.clone())) {
+            deliveries.push(NewDelivery {
+                id: DeliveryId::derive(message, DeliveryTarget::Token(&t.token)),
+                platform: t.platform,
+                token: t.token.clone(),
+                install_id: None,
+            });
+        }
+    }
+    Ok((deliveries, unresolved))
+}

@@ -1,0 +1,108 @@
+//! `herald`: one binary, every role as a subcommand, plus operator commands.
+
+mod apps;
+mod dev;
+mod preflight;
+mod roles;
+
+use clap::{Parser, Subcommand};
+use herald_config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Idempotent push notification delivery"
+)]
+struct Cli {
+    /// TOML configuration file; every value can also be set with HERALD_... variables.
+    #[arg(long, short, global = true, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything in one process: embedded broker, simulators, all roles, a demo app.
+    Dev,
+    /// The REST API and the outbox relay.
+    Gateway,
+    /// Consumes delivery jobs and sends them to APNs and FCM.
+    Sender {
+        /// Do not also run the recorder in this process.
+        #[arg(long)]
+        no_recorder: bool,
+    },
+    /// Writes delivery outcomes to PostgreSQL.
+    Recorder,
+    /// APNs and FCM simulators.
+    Sim,
+    /// Creates the database if missing and applies migrations.
+    Migrate,
+    /// Republishes every accepted but unsettled delivery from PostgreSQL.
+    /// Safe to run any number of times: dedupe drops what was already sent.
+    Recover,
+    /// Apps and their keys.
+    Apps {
+        #[command(subcommand)]
+        command: apps::AppsCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herald: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev => dev::run(config).await,
+            Command::Gateway => roles::gateway(config).await,
+            Command::Sender { no_recorder } => roles::sender(config, !no_recorder).await,
+            Command::Recorder => roles::recorder(config).await,
+            Command::Sim => roles::sim(config).await,
+            Command::Migrate => roles::migrate(config).await,
+            Command::Recover => roles::recover(config).await,
+            Command::Apps { command } => apps::run(config, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable paragraph, no backtrace: the error chain says what
+            // failed, where, and what to do.
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
+    let json = std::env::var("HERALD_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

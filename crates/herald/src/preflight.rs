@@ -1,0 +1,69 @@
+//! Connecting to the engines, with errors that say which one failed, where
+//! Herald looked, and how to start one.
+
+use anyhow::{anyhow, Result};
+use herald_config::Config;
+use herald_store::Store;
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Creates the database if needed, connects, and applies migrations.
+pub async fn postgres(config: &Config) -> Result<Store> {
+    let url = &config.postgres.url;
+    let hint = || {
+        format!(
+            "PostgreSQL is not reachable at {}.\n  Start it (Debian: `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`)\n  or point Herald at one: HERALD_POSTGRES__URL=postgres://USER@HOST:5432/herald",
+            redact(url)
+        )
+    };
+    Store::ensure_database(url)
+        .await
+        .map_err(|e| anyhow!("{}\n  cause: {e}", hint()))?;
+    let store = Store::connect(url, config.postgres.max_connections)
+        .await
+        .map_err(|e| anyhow!("{}\n  cause: {e}", hint()))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| anyhow!("applying migrations to {}: {e}", redact(url)))?;
+    Ok(store)
+}
+
+pub async fn redis(config: &Config) -> Result<()> {
+    let url = &config.redis.url;
+    let hint = format!(
+        "Redis is not reachable at {}.\n  Start it (`redis-server --daemonize yes`) or point Herald at one: HERALD_REDIS__URL=redis://HOST:6379",
+        redact(url)
+    );
+    let client = redis::Client::open(url.as_str()).map_err(|e| anyhow!("{hint}\n  cause: {e}"))?;
+    let mut conn = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| anyhow!("{hint}\n  cause: timed out after 5 s"))?
+    .map_err(|e| anyhow!("{hint}\n  cause: {e}"))?;
+    let _: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| anyhow!("{hint}\n  cause: {e}"))?;
+    Ok(())
+}
+
+pub fn kafka_configured(config: &Config) -> Result<()> {
+    if config.kafka.bootstrap_servers.trim().is_empty() {
+        return Err(anyhow!(
+            "no Kafka cluster configured.\n  Set kafka.bootstrap_servers in the config file or HERALD_KAFKA__BOOTSTRAP_SERVERS=HOST:9092\n  (`herald dev` runs an embedded broker instead)"
+        ));
+    }
+    Ok(())
+}

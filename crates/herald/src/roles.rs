@@ -1,0 +1,263 @@
+//! Starting each role. `herald dev` composes the same functions.
+
+use crate::preflight;
+use anyhow::{Context, Result};
+use herald_bus::{BatchConsumer, Publisher};
+use herald_config::Config;
+use herald_gateway::{AppState, OutboxRelay};
+use herald_ledger::Ledger;
+use herald_providers::{ProviderSettings, Providers};
+use herald_recorder::Recorder;
+use herald_sender::{CredentialsCache, Sender};
+use herald_sim::Simulator;
+use herald_store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Role tasks of one process; the first to fail stops the others.
+pub struct Roles {
+    pub tasks: JoinSet<Result<()>>,
+    pub shutdown: CancellationToken,
+}
+
+impl Roles {
+    pub fn new() -> Self {
+        Self {
+            tasks: JoinSet::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Runs until SIGINT/SIGTERM or a role fails, then lets every role finish
+    /// its in-flight work.
+    pub async fn wait(mut self) -> Result<()> {
+        let mut failure = None;
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("shutting down"),
+            Some(done) = self.tasks.join_next() => {
+                failure = Some(match done {
+                    Ok(Ok(())) => anyhow::anyhow!("a role stopped unexpectedly"),
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::anyhow!("a role panicked: {e}"),
+                });
+            }
+        }
+        self.shutdown.cancel();
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "role ended with an error during shutdown");
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Tests and scripts read these lines from stdout to learn bound addresses.
+pub fn announce(what: &str, url: &str) {
+    println!("listening {what} {url}");
+}
+
+pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> Result<SocketAddr> {
+    let publisher = Publisher::new(&config.kafka).context("creating the Kafka producer")?;
+    let wakeup = Arc::new(tokio::sync::Notify::new());
+    let state = AppState {
+        store: store.clone(),
+        relay_wakeup: wakeup.clone(),
+        idempotency_retention: Duration::from_secs(
+            config.gateway.idempotency_retention_hours * 3600,
+        ),
+    };
+    let listener = tokio::net::TcpListener::bind(&config.gateway.listen)
+        .await
+        .with_context(|| format!("binding the gateway to {}", config.gateway.listen))?;
+    let addr = listener.local_addr()?;
+    let relay = OutboxRelay {
+        store,
+        publisher,
+        wakeup,
+        interval: Duration::from_millis(config.gateway.relay_interval_ms),
+    };
+    let shutdown = roles.shutdown.clone();
+    roles.tasks.spawn(async move {
+        relay.run(shutdown).await;
+        Ok(())
+    });
+    let shutdown = roles.shutdown.clone();
+    let app = herald_gateway::router(state);
+    roles.tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("serving the API")
+    });
+    announce("gateway", &format!("http://{addr}"));
+    Ok(addr)
+}
+
+pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
+    let owner = format!(
+        "{}-{}-{:08x}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".into()),
+        std::process::id(),
+        rand_suffix()
+    );
+    let ledger = Ledger::connect(
+        &config.redis.url,
+        &config.redis.prefix,
+        &owner,
+        Duration::from_millis(config.sender.lease_ms),
+        Duration::from_secs(config.sender.dedupe_horizon_hours * 3600),
+    )
+    .await
+    .context("connecting the ledger to Redis")?;
+    let ca_cert_pem = match &config.providers.ca_cert_path {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {path}"))?),
+        None => None,
+    };
+    let providers = Providers::new(ProviderSettings {
+        apns_url: config.providers.apns_url.clone(),
+        fcm_url: config.providers.fcm_url.clone(),
+        ca_cert_pem,
+        request_timeout: Duration::from_millis(config.sender.request_timeout_ms),
+    })?;
+    let sender = Sender {
+        consumer: BatchConsumer::new(
+            &config.kafka,
+            &config.sender.group_id,
+            &[config.kafka.topics.deliveries.as_str()],
+        )?,
+        ledger,
+        providers,
+        publisher: Publisher::new(&config.kafka)?,
+        credentials: CredentialsCache::new(store, Duration::from_secs(30)),
+        config: config.sender.clone(),
+    };
+    let shutdown = roles.shutdown.clone();
+    roles
+        .tasks
+        .spawn(async move { sender.run(shutdown).await.context("sender") });
+    tracing::info!(%owner, "sender started");
+    Ok(())
+}
+
+pub fn start_recorder(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
+    let recorder = Recorder {
+        consumer: BatchConsumer::new(
+            &config.kafka,
+            &config.recorder.group_id,
+            &[config.kafka.topics.outcomes.as_str()],
+        )?,
+        store,
+        config: config.recorder.clone(),
+    };
+    let shutdown = roles.shutdown.clone();
+    roles
+        .tasks
+        .spawn(async move { recorder.run(shutdown).await.context("recorder") });
+    Ok(())
+}
+
+pub async fn start_sim(config: &Config) -> Result<Simulator> {
+    let sim = Simulator::start(&config.sim.listen, &config.sim.tls_listen)
+        .await
+        .context("starting the simulators")?;
+    announce("sim", &format!("http://{}", sim.h2c_addr));
+    if let Some(tls) = sim.tls_addr {
+        announce("sim-tls", &format!("https://{tls}"));
+    }
+    Ok(sim)
+}
+
+/// Publishes every delivery PostgreSQL shows as accepted but not settled.
+pub async fn republish_pending(config: &Config, store: &Store) -> Result<usize> {
+    let publisher = Publisher::new(&config.kafka)?;
+    let mut after = None;
+    let mut total = 0;
+    loop {
+        let page = store.pending_jobs_page(after, 1000).await?;
+        let Some((at, last)) = page.last().map(|(at, j)| (*at, j.delivery_id)) else {
+            break;
+        };
+        let jobs: Vec<_> = page.into_iter().map(|(_, j)| j).collect();
+        publisher.publish_jobs(&jobs).await?;
+        total += jobs.len();
+        after = Some((at, last));
+    }
+    Ok(total)
+}
+
+fn rand_suffix() -> u32 {
+    uuid::Uuid::new_v4().as_u128() as u32
+}
+
+pub async fn gateway(config: Config) -> Result<()> {
+    preflight::kafka_configured(&config)?;
+    let store = preflight::postgres(&config).await?;
+    let mut roles = Roles::new();
+    start_gateway(&mut roles, &config, store).await?;
+    roles.wait().await
+}
+
+pub async fn sender(config: Config, with_recorder: bool) -> Result<()> {
+    preflight::kafka_configured(&config)?;
+    let store = preflight::postgres(&config).await?;
+    preflight::redis(&config).await?;
+    let mut roles = Roles::new();
+    start_sender(&mut roles, &config, store.clone()).await?;
+    if with_recorder {
+        start_recorder(&mut roles, &config, store)?;
+    }
+    roles.wait().await
+}
+
+pub async fn recorder(config: Config) -> Result<()> {
+    preflight::kafka_configured(&config)?;
+    let store = preflight::postgres(&config).await?;
+    let mut roles = Roles::new();
+    start_recorder(&mut roles, &config, store)?;
+    roles.wait().await
+}
+
+pub async fn sim(config: Config) -> Result<()> {
+    let _sim = start_sim(&config).await?;
+    shutdown_signal().await;
+    Ok(())
+}
+
+pub async fn migrate(config: Config) -> Result<()> {
+    preflight::postgres(&config).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+pub async fn recover(config: Config) -> Result<()> {
+    preflight::kafka_configured(&config)?;
+    let store = preflight::postgres(&config).await?;
+    let n = republish_pending(&config, &store).await?;
+    println!("republished {n} unsettled deliveries");
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! The Redis ledger: the per-delivery dedupe state machine of
+//! `herald_core::dedupe`, run atomically as Lua scripts and pipelined per batch.
+//!
+//! Each delivery is one hash `{prefix}d:{delivery_id}` with `state` (inflight,
+//! released, or a settled state), `owner`, `epoch`, `lease_until` and
+//! `takeovers`. Lease times come from the Redis server's clock, so workers with
+//! skewed clocks still agree on when a lease has expired.
+
+use herald_core::dedupe::Claim;
+use herald_core::DeliveryId;
+use redis::aio::ConnectionManager;
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("unexpected ledger answer: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+const CLAIM: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+local e = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'lease_until', 'takeovers')
+if not e[1] then
+  redis.call('HSET', KEYS[1], 'state', 'inflight', 'owner', ARGV[1], 'epoch', 1,
+             'lease_until', now + lease, 'takeovers', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'claimed', 1, 0, ''}
+end
+if e[1] == 'released' then
+  local epoch = tonumber(e[2]) + 1
+  redis.call('HSET', KEYS[1], 'state', 'inflight', 'owner', ARGV[1], 'epoch', epoch,
+             'lease_until', now + lease)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'claimed', epoch, 0, ''}
+end
+if e[1] ~= 'inflight' then
+  return {'settled', 0, 0, e[1]}
+end
+local lease_until = tonumber(e[3])
+if lease_until > now then
+  return {'busy', lease_until - now, 0, ''}
+end
+local epoch = tonumber(e[2]) + 1
+local takeovers = tonumber(e[4]) + 1
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'lease_until', now + lease,
+           'takeovers', takeovers)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {'takeover', epoch, takeovers, ''}
+"#;
+
+const COMPLETE: &str = r#"
+local e = redis.call('HMGET', KEYS[1], 'state', 'epoch')
+if e[1] ~= 'inflight' or tonumber(e[2]) ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+redis.call('HDEL', KEYS[1], 'lease_until', 'owner')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#;
+
+const RELEASE: &str = r#"
+local e = redis.call('HMGET', KEYS[1], 'state', 'epoch')
+if e[1] ~= 'inflight' or tonumber(e[2]) ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'released')
+redis.call('HDEL', KEYS[1], 'lease_until', 'owner')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// One settle step for [`Ledger::complete_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Final state (`delivered`, `rejected`, `unknown`, `expired`, `failed`).
+    Complete { state: String },
+    /// Known not sent: free the claim for a retry.
+    Release,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    conn: ConnectionManager,
+    prefix: String,
+    owner: String,
+    lease: Duration,
+    horizon: Duration,
+    claim: Script,
+    complete: Script,
+    release: Script,
+}
+
+impl Ledger {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        owner: &str,
+        lease: Duration,
+        horizon: Duration,
+    ) -> Result<Self> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new(client).await?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_string(),
+            owner: owner.to_string(),
+            lease,
+            horizon,
+            claim: Script::new(CLAIM),
+            complete: Script::new(COMPLETE),
+            release: Script::new(RELEASE),
+        })
+    }
+
+    pub fn key(&self, id: DeliveryId) -> String {
+        format!("{}d:{}", self.prefix, id)
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Claims every delivery of a batch in one round trip.
+    pub async fn claim_batch(&self, ids: &[DeliveryId]) -> Result<Vec<Claim>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease_ms = millis(self.lease);
+        let horizon_ms = millis(self.horizon);
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.invoke_script(
+                self.claim
+                    .key(self.key(*id))
+                    .arg(&self.owner)
+                    .arg(lease_ms)
+                    .arg(horizon_ms),
+            );
+        }
+        let answers: Vec<(String, i64, i64, String)> = self.query(&pipe).await?;
+        answers.into_iter().map(parse_claim).collect()
+    }
+
+    /// Settles claimed deliveries; each answer says whether our epoch was
+    /// still current (false: a newer owner took over, and its outcome stands).
+    pub async fn complete_batch(&self, items: &[(DeliveryId, u64, Settle)]) -> Result<Vec<bool>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let horizon_ms = millis(self.horizon);
+        let mut pipe = redis::pipe();
+        for (id, epoch, settle) in items {
+            match settle {
+                Settle::Complete { state } => pipe.invoke_script(
+                    self.complete
+                        .key(self.key(*id))
+                        .arg(*epoch)
+                        .arg(state)
+                        .arg(horizon_ms),
+                ),
+                Settle::Release => {
+                    pipe.invoke_script(self.release.key(self.key(*id)).arg(*epoch).arg(horizon_ms))
+                }
+            };
+        }
+        let answers: Vec<i64> = self.query(&pipe).await?;
+        Ok(answers.into_iter().map(|a| a == 1).collect())
+    }
+
+    /// Runs a pipeline of EVALSHAs, loading the scripts once if Redis does not
+    /// know them (first use, or after a restart emptied its script cache). A
+    /// NOSCRIPT fails every call of the pipeline alike, so the retry is safe.
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        let mut conn = self.conn.clone();
+        match pipe.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                for script in [&self.claim, &self.complete, &self.release] {
+                    script.prepare_invoke().load_async(&mut conn).await?;
+                }
+                Ok(pipe.query_async(&mut conn).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn parse_claim((kind, a, b, state): (String, i64, i64, String)) -> Result<Claim> {
+    let as_u64 = |v: i64| u64::try_from(v).map_err(|_| LedgerError::Protocol(format!("{v}")));
+    Ok(match kind.as_str() {
+        "claimed" => Claim::Claimed { epoch: as_u64(a)? },
+        "takeover" => Claim::TakenOver {
+            epoch: as_u64(a)?,
+            takeovers: u32::try_from(b).map_err(|_| LedgerError::Protocol(format!("{b}")))?,
+        },
+        "busy" => Claim::Busy { retry_in_ms: a },
+        "settled" => Claim::Settled { state },
+        other => return Err(LedgerError::Protocol(other.to_string())),
+    })
+}

@@ -1,0 +1,230 @@
+use crate::{classify_transport, retry_after};
+use herald_core::payload::{apns_collapse_id, apns_id};
+use herald_core::{DeliveryJob, OutcomeClass};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Apple refuses tokens older than an hour and throttles refreshes more often
+/// than every 20 minutes; 40 minutes sits safely between.
+const TOKEN_REFRESH_AFTER: Duration = Duration::from_secs(40 * 60);
+
+/// Token-based APNs credentials (a .p8 signing key).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsCredentials {
+    pub team_id: String,
+    pub key_id: String,
+    /// The .p8 file's contents (PKCS#8 PEM, P-256).
+    pub private_key_pem: String,
+    /// The app's bundle id, sent as `apns-topic`.
+    pub topic: String,
+}
+
+/// One provider token per (team, key), reused until it is due for refresh.
+#[derive(Clone, Default)]
+pub struct ApnsTokenCache {
+    tokens: Arc<Mutex<HashMap<(String, String), (String, Instant)>>>,
+}
+
+impl ApnsTokenCache {
+    fn token(&self, c: &ApnsCredentials) -> Result<String, jsonwebtoken::errors::Error> {
+        let key = (c.team_id.clone(), c.key_id.clone());
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, issued)) = tokens.get(&key) {
+            if issued.elapsed() < TOKEN_REFRESH_AFTER {
+                return Ok(token.clone());
+            }
+        }
+        let token = sign(c)?;
+        tokens.insert(key, (token.clone(), Instant::now()));
+        Ok(token)
+    }
+
+    /// Apple said the token expired: the next send signs a new one.
+    fn forget(&self, c: &ApnsCredentials) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.remove(&(c.team_id.clone(), c.key_id.clone()));
+    }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    iat: u64,
+}
+
+fn sign(c: &ApnsCredentials) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(c.key_id.clone());
+    let iat = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let key = EncodingKey::from_ec_pem(c.private_key_pem.as_bytes())?;
+    jsonwebtoken::encode(
+        &header,
+        &Claims {
+            iss: &c.team_id,
+            iat,
+        },
+        &key,
+    )
+}
+
+#[derive(Deserialize)]
+struct ApnsError {
+    reason: String,
+}
+
+pub(crate) async fn send(
+    http: &reqwest::Client,
+    base: &str,
+    tokens: &ApnsTokenCache,
+    creds: &ApnsCredentials,
+    job: &DeliveryJob,
+) -> OutcomeClass {
+    let token = match tokens.token(creds) {
+        Ok(t) => t,
+        Err(e) => {
+            return OutcomeClass::Rejected {
+                reason: format!("APNs signing key unusable: {e}"),
+                invalid_token: false,
+            }
+        }
+    };
+    let body = job.notification.apns_payload().to_string();
+    let url = format!("{}/3/device/{}", base.trim_end_matches('/'), job.token);
+    let mut request = http
+        .post(url)
+        .header("authorization", format!("bearer {token}"))
+        .header("apns-topic", &creds.topic)
+        .header("apns-push-type", job.notification.apns_push_type())
+        .header(
+            "apns-priority",
+            job.notification.apns_priority().to_string(),
+        )
+        .header("apns-id", apns_id(job.delivery_id))
+        .header("apns-collapse-id", apns_collapse_id(job.message_id))
+        .body(body);
+    if let Some(at) = job.expires_at {
+        request = request.header("apns-expiration", at.timestamp().max(0).to_string());
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return classify_transport(&e),
+    };
+    let status = response.status().as_u16();
+    let provider_id = response
+        .headers()
+        .get("apns-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let after = retry_after(response.headers());
+    if status == 200 {
+        return OutcomeClass::Delivered { provider_id };
+    }
+    let reason = match response.json::<ApnsError>().await {
+        Ok(e) => e.reason,
+        Err(_) => format!("HTTP {status}"),
+    };
+    if reason == "ExpiredProviderToken" {
+        tokens.forget(creds);
+    }
+    classify(status, reason, after)
+}
+
+/// Apple's documented answers, mapped to Herald's outcome classes.
+pub(crate) fn classify(status: u16, reason: String, after: Option<Duration>) -> OutcomeClass {
+    match (status, reason.as_str()) {
+        (400, "BadDeviceToken" | "DeviceTokenNotForTopic") | (410, _) => OutcomeClass::Rejected {
+            reason,
+            invalid_token: true,
+        },
+        // Our provider token: refreshed (or throttled), then retried.
+        (403, "ExpiredProviderToken") | (429, _) | (500..=599, _) => OutcomeClass::Retry {
+            reason,
+            retry_after: after,
+        },
+        _ => OutcomeClass::Rejected {
+            reason,
+            invalid_token: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_reason_has_its_class() {
+        let invalid = ["BadDeviceToken", "DeviceTokenNotForTopic"];
+        for r in invalid {
+            assert!(matches!(
+                classify(400, r.into(), None),
+                OutcomeClass::Rejected {
+                    invalid_token: true,
+                    ..
+                }
+            ));
+        }
+        for r in ["Unregistered", "ExpiredToken"] {
+            assert!(matches!(
+                classify(410, r.into(), None),
+                OutcomeClass::Rejected {
+                    invalid_token: true,
+                    ..
+                }
+            ));
+        }
+        for r in [
+            "BadCollapseId",
+            "BadPriority",
+            "BadTopic",
+            "MissingTopic",
+            "PayloadEmpty",
+            "TopicDisallowed",
+            "InvalidPushType",
+            "BadExpirationDate",
+        ] {
+            assert!(matches!(
+                classify(400, r.into(), None),
+                OutcomeClass::Rejected {
+                    invalid_token: false,
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            classify(413, "PayloadTooLarge".into(), None),
+            OutcomeClass::Rejected {
+                invalid_token: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(403, "InvalidProviderToken".into(), None),
+            OutcomeClass::Rejected { .. }
+        ));
+        assert!(matches!(
+            classify(403, "ExpiredProviderToken".into(), None),
+            OutcomeClass::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(429, "TooManyRequests".into(), Some(Duration::from_secs(3))),
+            OutcomeClass::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(3)
+        ));
+        for (s, r) in [
+            (500, "InternalServerError"),
+            (503, "ServiceUnavailable"),
+            (503, "Shutdown"),
+        ] {
+            assert!(matches!(
+                classify(s, r.into(), None),
+                OutcomeClass::Retry { .. }
+            ));
+        }
+    }
+}

@@ -1,0 +1,295 @@
+use crate::{classify_transport, retry_after};
+use herald_core::{DeliveryJob, OutcomeClass};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
+
+const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+/// Google asks for at least a minute's pause after a quota error.
+const MIN_QUOTA_BACKOFF: Duration = Duration::from_secs(60);
+/// Refresh this long before the access token's stated expiry.
+const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// The fields Herald uses from a Google service-account key file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub client_email: String,
+    pub private_key: String,
+    pub token_uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FcmCredentials {
+    pub project_id: String,
+    pub service_account: ServiceAccount,
+}
+
+/// OAuth2 access tokens per service account, cached until shortly before they
+/// expire. The async lock makes concurrent sends share one token request.
+#[derive(Clone, Default)]
+pub struct FcmTokenCache {
+    tokens: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+}
+
+#[derive(Serialize)]
+struct AssertionClaims<'a> {
+    iss: &'a str,
+    scope: &'a str,
+    aud: &'a str,
+    iat: u64,
+    exp: u64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+impl FcmTokenCache {
+    async fn token(&self, http: &reqwest::Client, sa: &ServiceAccount) -> Result<String, String> {
+        let mut tokens = self.tokens.lock().await;
+        if let Some((token, valid_until)) = tokens.get(&sa.client_email) {
+            if Instant::now() < *valid_until {
+                return Ok(token.clone());
+            }
+        }
+        let (token, expires_in) = fetch_token(http, sa).await?;
+        let valid_for = Duration::from_secs(expires_in).saturating_sub(REFRESH_MARGIN);
+        tokens.insert(
+            sa.client_email.clone(),
+            (token.clone(), Instant::now() + valid_for),
+        );
+        Ok(token)
+    }
+
+    async fn forget(&self, sa: &ServiceAccount) {
+        self.tokens.lock().await.remove(&sa.client_email);
+    }
+}
+
+/// The JWT-bearer grant: a self-signed RS256 assertion traded for an access token.
+async fn fetch_token(http: &reqwest::Client, sa: &ServiceAccount) -> Result<(String, u64), String> {
+    let iat = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = sa.private_key_id.clone();
+    let key = EncodingKey::from_rsa_pem(sa.private_key.as_bytes())
+        .map_err(|e| format!("service account key unusable: {e}"))?;
+    let assertion = jsonwebtoken::encode(
+        &header,
+        &AssertionClaims {
+            iss: &sa.client_email,
+            scope: SCOPE,
+            aud: &sa.token_uri,
+            iat,
+            exp: iat + 3600,
+        },
+        &key,
+    )
+    .map_err(|e| format!("signing the token request: {e}"))?;
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
+        .append_pair("assertion", &assertion)
+        .finish();
+    let response = http
+        .post(&sa.token_uri)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("token endpoint: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        return Err(format!("token endpoint answered {status}: {text}"));
+    }
+    let t: TokenResponse = response
+        .json()
+        .await
+        .map_err(|e| format!("token endpoint answer: {e}"))?;
+    Ok((t.access_token, t.expires_in))
+}
+
+pub(crate) async fn send(
+    http: &reqwest::Client,
+    base: &str,
+    tokens: &FcmTokenCache,
+    creds: &FcmCredentials,
+    job: &DeliveryJob,
+) -> OutcomeClass {
+    let token = match tokens.token(http, &creds.service_account).await {
+        Ok(t) => t,
+        // No request to FCM was made: retrying is safe.
+        Err(reason) => {
+            return OutcomeClass::Retry {
+                reason,
+                retry_after: None,
+            }
+        }
+    };
+    let url = format!(
+        "{}/v1/projects/{}/messages:send",
+        base.trim_end_matches('/'),
+        creds.project_id
+    );
+    let now = chrono::Utc::now();
+    let body = job
+        .notification
+        .fcm_message(&job.token, job.message_id, job.ttl_seconds(now));
+    let response = match http.post(url).bearer_auth(token).json(&body).send().await {
+        Ok(r) => r,
+        Err(e) => return classify_transport(&e),
+    };
+    let status = response.status().as_u16();
+    let after = retry_after(response.headers());
+    let json: Value = response.json().await.unwrap_or(Value::Null);
+    if status == 200 {
+        return OutcomeClass::Delivered {
+            provider_id: json["name"].as_str().map(str::to_string),
+        };
+    }
+    let code = error_code(&json).unwrap_or_else(|| format!("HTTP {status}"));
+    if status == 401 && code != "THIRD_PARTY_AUTH_ERROR" {
+        tokens.forget(&creds.service_account).await;
+    }
+    classify(status, code, after)
+}
+
+/// `details[].errorCode` of a google.rpc.Status, else its `status`.
+fn error_code(json: &Value) -> Option<String> {
+    let error = json.get("error")?;
+    error
+        .get("details")
+        .and_then(Value::as_array)
+        .and_then(|d| d.iter().find_map(|x| x.get("errorCode")?.as_str()))
+        .or_else(|| error.get("status")?.as_str())
+        .map(str::to_string)
+}
+
+/// Google's documented FcmError codes, mapped to Herald's outcome classes.
+pub(crate) fn classify(status: u16, code: String, after: Option<Duration>) -> OutcomeClass {
+    match (status, code.as_str()) {
+        (_, "UNREGISTERED" | "SENDER_ID_MISMATCH") | (404, _) => OutcomeClass::Rejected {
+            reason: code,
+            invalid_token: true,
+        },
+        // Herald validates payloads before accepting them, so an
+        // INVALID_ARGUMENT on a send is about the token.
+        (400, "INVALID_ARGUMENT") => OutcomeClass::Rejected {
+            reason: code,
+            invalid_token: true,
+        },
+        (429, _) | (_, "QUOTA_EXCEEDED") => OutcomeClass::Retry {
+            reason: code,
+            retry_after: Some(after.unwrap_or(MIN_QUOTA_BACKOFF).max(MIN_QUOTA_BACKOFF)),
+        },
+        (_, "THIRD_PARTY_AUTH_ERROR") => OutcomeClass::Rejected {
+            reason: code,
+            invalid_token: false,
+        },
+        // Our access token expired or was revoked: refreshed, then retried.
+        (401, _) | (500..=599, _) => OutcomeClass::Retry {
+            reason: code,
+            retry_after: after,
+        },
+        _ => OutcomeClass::Rejected {
+            reason: code,
+            invalid_token: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn error_code_comes_from_details_then_status() {
+        let j = json!({"error": {"code": 404, "status": "NOT_FOUND", "details": [
+            {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "UNREGISTERED"}]}});
+        assert_eq!(error_code(&j).as_deref(), Some("UNREGISTERED"));
+        let j = json!({"error": {"code": 401, "status": "UNAUTHENTICATED"}});
+        assert_eq!(error_code(&j).as_deref(), Some("UNAUTHENTICATED"));
+    }
+
+    #[test]
+    fn every_documented_code_has_its_class() {
+        assert!(matches!(
+            classify(404, "UNREGISTERED".into(), None),
+            OutcomeClass::Rejected {
+                invalid_token: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(403, "SENDER_ID_MISMATCH".into(), None),
+            OutcomeClass::Rejected {
+                invalid_token: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(400, "INVALID_ARGUMENT".into(), None),
+            OutcomeClass::Rejected {
+                invalid_token: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(401, "THIRD_PARTY_AUTH_ERROR".into(), None),
+            OutcomeClass::Rejected {
+                invalid_token: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(401, "UNAUTHENTICATED".into(), None),
+            OutcomeClass::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(500, "INTERNAL".into(), None),
+            OutcomeClass::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(503, "UNAVAILABLE".into(), None),
+            OutcomeClass::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(400, "UNSPECIFIED_ERROR".into(), None),
+            OutcomeClass::Rejected {
+                invalid_token: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn quota_errors_wait_at_least_a_minute() {
+        match classify(429, "QUOTA_EXCEEDED".into(), Some(Duration::from_secs(5))) {
+            OutcomeClass::Retry {
+                retry_after: Some(d),
+                ..
+            } => assert_eq!(d, MIN_QUOTA_BACKOFF),
+            other => panic!("{other:?}"),
+        }
+        match classify(429, "QUOTA_EXCEEDED".into(), Some(Duration::from_secs(120))) {
+            OutcomeClass::Retry {
+                retry_after: Some(d),
+                ..
+            } => assert_eq!(d, Duration::from_secs(120)),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Thin HTTP/2 clients for APNs and FCM HTTP v1 with configurable base URLs,
+//! so the same code talks to Apple, Google, or Herald's simulators.
+//!
+//! Every answer is mapped to an [`OutcomeClass`]: the sender never looks at
+//! status codes itself.
+
+mod apns;
+mod fcm;
+
+pub use apns::{ApnsCredentials, ApnsTokenCache};
+pub use fcm::{FcmCredentials, FcmTokenCache, ServiceAccount};
+
+use herald_core::{DeliveryJob, OutcomeClass, Platform};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("http client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("reading CA certificate {path}: {source}")]
+    CaCert {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("signing key: {0}")]
+    Key(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Where to reach the providers and how long one request may take.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    pub apns_url: String,
+    pub fcm_url: String,
+    pub ca_cert_pem: Option<Vec<u8>>,
+    pub request_timeout: Duration,
+}
+
+/// The credentials a send needs, per platform.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub apns: Option<ApnsCredentials>,
+    pub fcm: Option<FcmCredentials>,
+}
+
+/// One HTTP/2 client (one connection pool) shared by both providers; provider
+/// tokens are cached and reused, as Apple and Google require.
+#[derive(Clone)]
+pub struct Providers {
+    http: reqwest::Client,
+    settings: ProviderSettings,
+    apns_tokens: ApnsTokenCache,
+    fcm_tokens: FcmTokenCache,
+}
+
+impl Providers {
+    pub fn new(settings: ProviderSettings) -> Result<Self, ProviderError> {
+        let mut builder = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .timeout(settings.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_while_idle(true);
+        if let Some(pem) = &settings.ca_cert_pem {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+        }
+        Ok(Self {
+            http: builder.build()?,
+            settings,
+            apns_tokens: ApnsTokenCache::default(),
+            fcm_tokens: FcmTokenCache::default(),
+        })
+    }
+
+    /// Sends one delivery and classifies the answer.
+    pub async fn send(&self, job: &DeliveryJob, creds: &Credentials) -> OutcomeClass {
+        match job.platform {
+            Platform::Ios => match &creds.apns {
+                Some(c) => {
+                    apns::send(
+                        &self.http,
+                        &self.settings.apns_url,
+                        &self.apns_tokens,
+                        c,
+                        job,
+                    )
+                    .await
+                }
+                None => missing_credentials("APNs"),
+            },
+            Platform::Android => match &creds.fcm {
+                Some(c) => {
+                    fcm::send(&self.http, &self.settings.fcm_url, &self.fcm_tokens, c, job).await
+                }
+                None => missing_credentials("FCM"),
+            },
+        }
+    }
+}
+
+fn missing_credentials(provider: &str) -> OutcomeClass {
+    OutcomeClass::Rejected {
+        reason: format!("the app has no {provider} credentials"),
+        invalid_token: false,
+    }
+}
+
+/// A transport failure: refused before the request left is a safe retry;
+/// anything later (timeout, reset) may have reached the provider.
+fn classify_transport(e: &reqwest::Error) -> OutcomeClass {
+    if e.is_connect() {
+        OutcomeClass::Retry {
+            reason: format!("connect: {e}"),
+            retry_after: None,
+        }
+    } else {
+        OutcomeClass::Unknown {
+            reason: format!("transport: {e}"),
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the only form APNs and FCM use).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}

@@ -1,0 +1,55 @@
+//! The recorder role: consumes delivery outcomes into PostgreSQL in batches
+//! (per-device status, token invalidation) and commits offsets only after the
+//! batch is written. Writing an outcome twice changes nothing.
+
+use herald_bus::BatchConsumer;
+use herald_config::RecorderConfig;
+use herald_core::DeliveryOutcome;
+use herald_store::Store;
+use rdkafka::consumer::CommitMode;
+use rdkafka::Message;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub struct Recorder {
+    pub consumer: BatchConsumer,
+    pub store: Store,
+    pub config: RecorderConfig,
+}
+
+impl Recorder {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), herald_bus::BusError> {
+        let linger = Duration::from_millis(self.config.batch_linger_ms);
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                b = self.consumer.next_batch(self.config.batch_size, linger) => b,
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consuming outcomes");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let outcomes: Vec<DeliveryOutcome> = batch
+                .iter()
+                .filter_map(|m| match m.payload().map(DeliveryOutcome::from_json) {
+                    Some(Ok(o)) => Some(o),
+                    other => {
+                        tracing::error!(offset = m.offset(), error = ?other.map(|r| r.err()), "undecodable outcome skipped");
+                        None
+                    }
+                })
+                .collect();
+            while let Err(e) = self.store.record_outcomes(&outcomes).await {
+                tracing::warn!(error = %e, "recording outcomes failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            self.consumer.commit(&batch, CommitMode::Async)?;
+        }
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+}

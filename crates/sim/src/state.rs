@@ -1,0 +1,191 @@
+use crate::SimError;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::DecodingKey;
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What the simulator accepts, in the JSON shape Herald stores per app
+/// (`apns`: token-auth key; `fcm`: project and service account).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SimCredentials {
+    pub apns: serde_json::Value,
+    pub fcm: serde_json::Value,
+}
+
+/// One accepted delivery, as the device would have received it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordedDelivery {
+    pub seq: u64,
+    /// `apns` or `fcm`.
+    pub provider: String,
+    pub token: String,
+    /// `apns-id` (APNs) or the message name Herald was given (FCM).
+    pub provider_id: String,
+    /// `apns-collapse-id`, or the Android notification `tag`.
+    pub collapse_id: Option<String>,
+    pub payload_sha256: String,
+    pub payload: serde_json::Value,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Faults applied to every provider request, set through `PUT /sim/faults`.
+/// Per-token faults are chosen by token prefix (see the docs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Added before each request is judged and recorded.
+    pub latency_ms: u64,
+    /// Hold every provider request, unrecorded, until stall is lifted.
+    pub stall: bool,
+}
+
+pub(crate) const APNS_TEAM_ID: &str = "HERALDSIM1";
+pub(crate) const APNS_KEY_ID: &str = "SIMKEY0001";
+pub(crate) const APNS_TOPIC: &str = "dev.herald.demo";
+pub(crate) const FCM_PROJECT: &str = "herald-sim";
+pub(crate) const FCM_CLIENT_EMAIL: &str = "sender@herald-sim.iam.gserviceaccount.com";
+
+pub(crate) struct SimState {
+    pub credentials: SimCredentials,
+    pub apns_key: DecodingKey,
+    pub fcm_key: DecodingKey,
+    pub token_uri: String,
+    access_tokens: Mutex<HashMap<String, Instant>>,
+    deliveries: Mutex<Vec<RecordedDelivery>>,
+    faults: watch::Sender<Faults>,
+    /// Requests currently held by a stall.
+    pub stalled: std::sync::atomic::AtomicU64,
+}
+
+impl SimState {
+    pub fn new(token_uri: String) -> Result<Self, SimError> {
+        let apns = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let fcm = KeyPair::generate_for(&PKCS_RSA_SHA256)?;
+        let apns_key = DecodingKey::from_ec_pem(apns.public_key_pem().as_bytes())
+            .map_err(|e| rcgen::Error::PemError(e.to_string()))?;
+        let fcm_key = DecodingKey::from_rsa_pem(fcm.public_key_pem().as_bytes())
+            .map_err(|e| rcgen::Error::PemError(e.to_string()))?;
+        let credentials = SimCredentials {
+            apns: serde_json::json!({
+                "team_id": APNS_TEAM_ID,
+                "key_id": APNS_KEY_ID,
+                "private_key_pem": apns.serialize_pem(),
+                "topic": APNS_TOPIC,
+            }),
+            fcm: serde_json::json!({
+                "project_id": FCM_PROJECT,
+                "service_account": {
+                    "client_email": FCM_CLIENT_EMAIL,
+                    "private_key": fcm.serialize_pem(),
+                    "token_uri": token_uri,
+                    "project_id": FCM_PROJECT,
+                },
+            }),
+        };
+        Ok(Self {
+            credentials,
+            apns_key,
+            fcm_key,
+            token_uri,
+            access_tokens: Mutex::new(HashMap::new()),
+            deliveries: Mutex::new(Vec::new()),
+            faults: watch::Sender::new(Faults::default()),
+            stalled: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn record(
+        &self,
+        provider: &str,
+        token: &str,
+        provider_id: String,
+        collapse_id: Option<String>,
+        payload: serde_json::Value,
+        body: &[u8],
+    ) {
+        use sha2::{Digest, Sha256};
+        let mut deliveries = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = deliveries.len() as u64 + 1;
+        deliveries.push(RecordedDelivery {
+            seq,
+            provider: provider.to_string(),
+            token: token.to_string(),
+            provider_id,
+            collapse_id,
+            payload_sha256: hex::encode(Sha256::digest(body)),
+            payload,
+            received_at: Utc::now(),
+        });
+    }
+
+    pub fn deliveries(&self) -> Vec<RecordedDelivery> {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn clear(&self) {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    pub fn issue_access_token(&self, lifetime: Duration) -> String {
+        use rand::distr::{Alphanumeric, SampleString};
+        let token = format!(
+            "ya29.sim-{}",
+            Alphanumeric.sample_string(&mut rand::rng(), 48)
+        );
+        self.access_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.clone(), Instant::now() + lifetime);
+        token
+    }
+
+    pub fn access_token_valid(&self, token: &str) -> bool {
+        self.access_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.faults.borrow().clone()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.faults.send_replace(faults);
+    }
+
+    /// Applies latency, then waits out a stall. Dropped with the request if
+    /// the client goes away, so a held request is never recorded.
+    pub async fn before_judging(&self) {
+        use std::sync::atomic::Ordering;
+        let latency = self.faults.borrow().latency_ms;
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        let mut rx = self.faults.subscribe();
+        if rx.borrow().stall {
+            self.stalled.fetch_add(1, Ordering::SeqCst);
+            let _guard = StallGuard(&self.stalled);
+            let _ = rx.wait_for(|f| !f.stall).await;
+        }
+    }
+}
+
+struct StallGuard<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for StallGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}

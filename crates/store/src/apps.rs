@@ -1,0 +1,174 @@
+use crate::{Result, Store, StoreError};
+use herald_core::AppId;
+use rand::distr::{Alphanumeric, SampleString};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// A server key can do everything for its app; an SDK key, which ships inside
+/// the app, can only register installations and post events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeyKind {
+    Server,
+    Sdk,
+}
+
+impl ApiKeyKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ApiKeyKind::Server => "server",
+            ApiKeyKind::Sdk => "sdk",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "server" => Ok(ApiKeyKind::Server),
+            "sdk" => Ok(ApiKeyKind::Sdk),
+            other => Err(StoreError::Corrupt(format!("api key kind `{other}`"))),
+        }
+    }
+}
+
+/// A freshly created key: the only time its secret exists outside the caller.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: Uuid,
+    pub kind: ApiKeyKind,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthenticatedKey {
+    pub key_id: Uuid,
+    pub app_id: AppId,
+    pub kind: ApiKeyKind,
+}
+
+/// An app's provider credentials, as uploaded (JSON objects).
+#[derive(Debug, Clone, Default)]
+pub struct AppCredentials {
+    pub apns: Option<Value>,
+    pub fcm: Option<Value>,
+}
+
+fn key_hash(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+impl Store {
+    pub async fn create_app(&self, name: &str) -> Result<AppId> {
+        let id = AppId::new_random();
+        sqlx::query("INSERT INTO apps (id, name) VALUES ($1, $2)")
+            .bind(id.as_uuid())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn app_exists(&self, app: AppId) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM apps WHERE id = $1)")
+                .bind(app.as_uuid())
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn create_api_key(&self, app: AppId, kind: ApiKeyKind) -> Result<NewApiKey> {
+        let id = Uuid::now_v7();
+        let secret = format!(
+            "hk_{}_{}",
+            kind.as_str(),
+            Alphanumeric.sample_string(&mut rand::rng(), 40)
+        );
+        sqlx::query(
+            "INSERT INTO api_keys (id, app_id, kind, key_hash, key_prefix) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(app.as_uuid())
+        .bind(kind.as_str())
+        .bind(key_hash(&secret))
+        .bind(&secret[..secret.len().min(14)])
+        .execute(&self.pool)
+        .await?;
+        Ok(NewApiKey { id, kind, secret })
+    }
+
+    /// Registers a key whose secret the caller chose (the fixed key of
+    /// `herald dev`'s demo app). Idempotent.
+    pub async fn ensure_api_key(&self, app: AppId, kind: ApiKeyKind, secret: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, app_id, kind, key_hash, key_prefix) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (key_hash) DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(app.as_uuid())
+        .bind(kind.as_str())
+        .bind(key_hash(secret))
+        .bind(&secret[..secret.len().min(14)])
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The oldest app with this name.
+    pub async fn app_by_name(&self, name: &str) -> Result<Option<AppId>> {
+        let id: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM apps WHERE name = $1 ORDER BY created_at LIMIT 1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(id.map(AppId))
+    }
+
+    /// Looks a secret up by its hash: the comparison happens on a digest, so
+    /// response timing says nothing about the secret.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<AuthenticatedKey>> {
+        let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT id, app_id, kind FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(key_hash(secret))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(key_id, app, kind)| {
+            Ok(AuthenticatedKey {
+                key_id,
+                app_id: AppId(app),
+                kind: ApiKeyKind::parse(&kind)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn put_credentials(&self, app: AppId, provider: &str, config: &Value) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO provider_credentials (app_id, provider, config) VALUES ($1, $2, $3)
+             ON CONFLICT (app_id, provider) DO UPDATE SET config = EXCLUDED.config, updated_at = now()",
+        )
+        .bind(app.as_uuid())
+        .bind(provider)
+        .bind(config)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn credentials(&self, app: AppId) -> Result<AppCredentials> {
+        let rows: Vec<(String, Value)> =
+            sqlx::query_as("SELECT provider, config FROM provider_credentials WHERE app_id = $1")
+                .bind(app.as_uuid())
+                .fetch_all(&self.pool)
+                .await?;
+        let mut creds = AppCredentials::default();
+        for (provider, config) in rows {
+            match provider.as_str() {
+                "apns" => creds.apns = Some(config),
+                "fcm" => creds.fcm = Some(config),
+                other => return Err(StoreError::Corrupt(format!("provider `{other}`"))),
+            }
+        }
+        Ok(creds)
+    }
+}

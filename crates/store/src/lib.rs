@@ -1,0 +1,91 @@
+//! PostgreSQL, Herald's system of record: apps and keys, installations,
+//! messages with their per-device deliveries, idempotency keys and the outbox.
+//!
+//! Queries are built at run time (no compile-time database needed); the schema
+//! lives in `migrations/` and is applied by [`Store::migrate`].
+
+mod apps;
+mod installations;
+mod messages;
+
+pub use apps::{ApiKeyKind, AppCredentials, AuthenticatedKey, NewApiKey};
+pub use installations::{Installation, ResolvedTarget};
+pub use messages::{
+    AcceptOutcome, DeliveryRow, IdempotencyRecord, MessageView, NewDelivery, NewMessage,
+    StatusCount, StoredResponse,
+};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is not what Herald wrote: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?.disable_statement_logging();
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Creates the database named in `url` when it does not exist, by way of
+    /// the server's `postgres` database.
+    pub async fn ensure_database(url: &str) -> Result<()> {
+        let options = PgConnectOptions::from_str(url)?;
+        let name = options.get_database().unwrap_or("herald").to_string();
+        let admin = options.database("postgres").disable_statement_logging();
+        let mut conn = admin.connect().await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut conn)
+                .await?;
+        if !exists {
+            let quoted = name.replace('"', "\"\"");
+            match conn
+                .execute(format!("CREATE DATABASE \"{quoted}\"").as_str())
+                .await
+            {
+                Ok(_) => {}
+                // Another process created it between our check and our CREATE.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,483 @@
+use crate::{Result, Store, StoreError};
+use chrono::{DateTime, Utc};
+use herald_core::{
+    AppId, DeliveryId, DeliveryJob, DeliveryOutcome, DeliveryPolicy, DeliveryStatus, MessageId,
+    Notification, Platform,
+};
+use serde_json::Value;
+use sqlx::{Postgres, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub app_id: AppId,
+    pub kind: &'static str,
+    pub notification: Notification,
+    pub policy: DeliveryPolicy,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: DeliveryId,
+    pub platform: Platform,
+    pub token: String,
+    pub install_id: Option<String>,
+}
+
+/// The Idempotency-Key of a request, with the response to store beside it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub fingerprint: Vec<u8>,
+    pub response_status: u16,
+    pub response_body: Value,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResponse {
+    pub message_id: MessageId,
+    pub status: u16,
+    pub body: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcceptOutcome {
+    /// Written; the outbox row is waiting to be published.
+    Accepted { outbox_id: Option<i64> },
+    /// The key was used before for the same request: answer with what was stored.
+    Replay(StoredResponse),
+    /// Another request with the same key is being processed right now.
+    KeyInProgress,
+    /// The key was used before for a different request.
+    KeyMismatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub id: DeliveryId,
+    pub platform: Platform,
+    pub token: String,
+    pub install_id: Option<String>,
+    pub status: DeliveryStatus,
+    pub reason: Option<String>,
+    pub provider_id: Option<String>,
+    pub attempts: i32,
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCount {
+    pub platform: Platform,
+    pub status: DeliveryStatus,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageView {
+    pub id: MessageId,
+    pub kind: String,
+    pub policy: DeliveryPolicy,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub counts: Vec<StatusCount>,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+/// Two requests with one key serialise on this lock; the message id is already
+/// a hash of (app, key), so its first 8 bytes make a well-spread lock id.
+fn lock_id(message: MessageId) -> i64 {
+    let b = message.as_uuid().into_bytes();
+    i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+fn corrupt<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+type JobRow = (
+    Uuid,
+    Uuid,
+    Uuid,
+    String,
+    String,
+    Option<String>,
+    Value,
+    String,
+    Option<DateTime<Utc>>,
+);
+
+fn job_from_row(row: JobRow) -> Result<DeliveryJob> {
+    let (id, message, app, platform, token, install_id, notification, policy, expires_at) = row;
+    Ok(DeliveryJob {
+        delivery_id: DeliveryId(id),
+        message_id: MessageId(message),
+        app_id: AppId(app),
+        platform: Platform::from_str(&platform).map_err(corrupt)?,
+        token,
+        install_id,
+        notification: serde_json::from_value(notification).map_err(corrupt)?,
+        policy: DeliveryPolicy::from_str(&policy).map_err(corrupt)?,
+        expires_at,
+    })
+}
+
+const JOB_COLUMNS: &str = "d.id, d.message_id, d.app_id, d.platform, d.token, d.install_id, \
+                           m.notification, m.policy, m.expires_at";
+
+impl Store {
+    /// The stored answer for an Idempotency-Key, if it is still retained.
+    pub async fn idempotent_response(
+        &self,
+        app: AppId,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, StoredResponse)>> {
+        let row: Option<(Vec<u8>, Uuid, i32, Value)> = sqlx::query_as(
+            "SELECT fingerprint, message_id, response_status, response_body FROM idempotency_keys
+             WHERE app_id = $1 AND key = $2 AND expires_at > now()",
+        )
+        .bind(app.as_uuid())
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(fp, message, status, body)| {
+            (
+                fp,
+                StoredResponse {
+                    message_id: MessageId(message),
+                    status: u16::try_from(status).unwrap_or(500),
+                    body,
+                },
+            )
+        }))
+    }
+
+    /// Writes the key, the message, its deliveries and its outbox row in one
+    /// transaction: after commit, nothing accepted can be lost, whatever Kafka does.
+    pub async fn accept_message(
+        &self,
+        message: &NewMessage,
+        key: Option<&IdempotencyRecord>,
+    ) -> Result<AcceptOutcome> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = key {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(lock_id(message.id))
+                .fetch_one(&mut *tx)
+                .await?;
+            if !locked {
+                return Ok(AcceptOutcome::KeyInProgress);
+            }
+            if let Some(outcome) = check_existing_key(&mut tx, message.app_id, key).await? {
+                return Ok(outcome);
+            }
+            sqlx::query(
+                "INSERT INTO idempotency_keys
+                    (app_id, key, fingerprint, message_id, response_status, response_body, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+            )
+            .bind(message.app_id.as_uuid())
+            .bind(&key.key)
+            .bind(&key.fingerprint)
+            .bind(message.id.as_uuid())
+            .bind(i32::from(key.response_status))
+            .bind(&key.response_body)
+            .bind(key.retention.as_secs_f64())
+            .execute(&mut *tx)
+            .await?;
+        }
+        // A message that exists already (its key expired and was purged) is not
+        // written again: its deliveries are settled or on their way.
+        let inserted = sqlx::query(
+            "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at, idempotency_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(message.id.as_uuid())
+        .bind(message.app_id.as_uuid())
+        .bind(message.kind)
+        .bind(serde_json::to_value(&message.notification).map_err(corrupt)?)
+        .bind(message.policy.as_str())
+        .bind(message.expires_at)
+        .bind(key.map(|k| k.key.as_str()))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let mut outbox_id = None;
+        if inserted {
+            insert_deliveries(&mut tx, message).await?;
+            outbox_id = Some(
+                sqlx::query_scalar("INSERT INTO outbox (message_id) VALUES ($1) RETURNING id")
+                    .bind(message.id.as_uuid())
+                    .fetch_one(&mut *tx)
+                    .await?,
+            );
+        }
+        tx.commit().await?;
+        Ok(AcceptOutcome::Accepted { outbox_id })
+    }
+
+    /// Outbox rows not yet acknowledged by Kafka, oldest first.
+    pub async fn unpublished_outbox(&self, limit: i64) -> Result<Vec<(i64, MessageId)>> {
+        let rows: Vec<(i64, Uuid)> = sqlx::query_as(
+            "SELECT id, message_id FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, m)| (id, MessageId(m))).collect())
+    }
+
+    pub async fn mark_published(&self, outbox_ids: &[i64]) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+        )
+        .bind(outbox_ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The unsettled deliveries of some messages, as jobs to publish.
+    pub async fn pending_jobs_for(&self, messages: &[MessageId]) -> Result<Vec<DeliveryJob>> {
+        let ids: Vec<Uuid> = messages.iter().map(|m| m.as_uuid()).collect();
+        let rows: Vec<JobRow> = sqlx::query_as(&format!(
+            "SELECT {JOB_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
+             WHERE d.message_id = ANY($1) AND d.status = 'pending'"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(job_from_row).collect()
+    }
+
+    /// Every unsettled delivery, a page at a time by keyset (created_at, id):
+    /// what recovery republishes.
+    pub async fn pending_jobs_page(
+        &self,
+        after: Option<(DateTime<Utc>, DeliveryId)>,
+        limit: i64,
+    ) -> Result<Vec<(DateTime<Utc>, DeliveryJob)>> {
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (Some(at), Some(id.as_uuid())),
+            None => (None, None),
+        };
+        let rows: Vec<(DateTime<Utc>, Uuid, Uuid, Uuid, String, String, Option<String>, Value, String, Option<DateTime<Utc>>)> =
+            sqlx::query_as(&format!(
+                "SELECT d.created_at, {JOB_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
+                 WHERE d.status = 'pending'
+                   AND ($1::timestamptz IS NULL OR (d.created_at, d.id) > ($1, $2))
+                 ORDER BY d.created_at, d.id LIMIT $3"
+            ))
+            .bind(after_at)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(at, id, m, app, p, t, i, n, pol, exp)| {
+                Ok((at, job_from_row((id, m, app, p, t, i, n, pol, exp))?))
+            })
+            .collect()
+    }
+
+    /// Stores a batch of outcomes. The first outcome of a delivery wins, so a
+    /// replayed outcome event changes nothing. Invalid tokens are pruned.
+    pub async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id.as_uuid()).collect();
+        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
+        let reasons: Vec<Option<&str>> = outcomes.iter().map(|o| o.reason.as_deref()).collect();
+        let provider_ids: Vec<Option<&str>> =
+            outcomes.iter().map(|o| o.provider_id.as_deref()).collect();
+        let attempts: Vec<i32> = outcomes
+            .iter()
+            .map(|o| i32::try_from(o.attempts).unwrap_or(i32::MAX))
+            .collect();
+        let ats: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.at).collect();
+        sqlx::query(
+            "UPDATE deliveries d SET status = u.status, reason = u.reason,
+                    provider_id = u.provider_id, attempts = u.attempts, settled_at = u.at
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::timestamptz[])
+                  AS u(id, status, reason, provider_id, attempts, at)
+             WHERE d.id = u.id AND d.status = 'pending'",
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&reasons)
+        .bind(&provider_ids)
+        .bind(&attempts)
+        .bind(&ats)
+        .execute(&mut *tx)
+        .await?;
+        let invalid: Vec<&DeliveryOutcome> = outcomes.iter().filter(|o| o.invalid_token).collect();
+        if !invalid.is_empty() {
+            let apps: Vec<Uuid> = invalid.iter().map(|o| o.app_id.as_uuid()).collect();
+            let platforms: Vec<&str> = invalid.iter().map(|o| o.platform.as_str()).collect();
+            let tokens: Vec<&str> = invalid.iter().map(|o| o.token.as_str()).collect();
+            sqlx::query(
+                "UPDATE installations i SET invalidated_at = now()
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(app_id, platform, token)
+                 WHERE i.app_id = u.app_id AND i.platform = u.platform AND i.token = u.token
+                   AND i.invalidated_at IS NULL",
+            )
+            .bind(&apps)
+            .bind(&platforms)
+            .bind(&tokens)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn message(
+        &self,
+        app: AppId,
+        id: MessageId,
+        delivery_limit: i64,
+    ) -> Result<Option<MessageView>> {
+        let row: Option<(String, String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT kind, policy, created_at, expires_at FROM messages WHERE id = $1 AND app_id = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(app.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((kind, policy, created_at, expires_at)) = row else {
+            return Ok(None);
+        };
+        let counts: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT platform, status, count(*) FROM deliveries WHERE message_id = $1
+             GROUP BY platform, status ORDER BY platform, status",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        let deliveries: Vec<(Uuid, String, String, Option<String>, String, Option<String>, Option<String>, i32, Option<DateTime<Utc>>)> =
+            sqlx::query_as(
+                "SELECT id, platform, token, install_id, status, reason, provider_id, attempts, settled_at
+                 FROM deliveries WHERE message_id = $1 ORDER BY id LIMIT $2",
+            )
+            .bind(id.as_uuid())
+            .bind(delivery_limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let parse_status =
+            |s: &str| DeliveryStatus::parse(s).ok_or_else(|| corrupt(format!("status `{s}`")));
+        Ok(Some(MessageView {
+            id,
+            kind,
+            policy: DeliveryPolicy::from_str(&policy).map_err(corrupt)?,
+            created_at,
+            expires_at,
+            counts: counts
+                .into_iter()
+                .map(|(p, s, count)| {
+                    Ok(StatusCount {
+                        platform: Platform::from_str(&p).map_err(corrupt)?,
+                        status: parse_status(&s)?,
+                        count,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            deliveries: deliveries
+                .into_iter()
+                .map(
+                    |(id, p, token, install_id, s, reason, provider_id, attempts, settled_at)| {
+                        Ok(DeliveryRow {
+                            id: DeliveryId(id),
+                            platform: Platform::from_str(&p).map_err(corrupt)?,
+                            token,
+                            install_id,
+                            status: parse_status(&s)?,
+                            reason,
+                            provider_id,
+                            attempts,
+                            settled_at,
+                        })
+                    },
+                )
+                .collect::<Result<_>>()?,
+        }))
+    }
+}
+
+async fn check_existing_key(
+    tx: &mut Transaction<'_, Postgres>,
+    app: AppId,
+    key: &IdempotencyRecord,
+) -> Result<Option<AcceptOutcome>> {
+    let row: Option<(Vec<u8>, Uuid, i32, Value, bool)> = sqlx::query_as(
+        "SELECT fingerprint, message_id, response_status, response_body, expires_at <= now()
+         FROM idempotency_keys WHERE app_id = $1 AND key = $2",
+    )
+    .bind(app.as_uuid())
+    .bind(&key.key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((fingerprint, message, status, body, expired)) = row else {
+        return Ok(None);
+    };
+    if expired {
+        sqlx::query("DELETE FROM idempotency_keys WHERE app_id = $1 AND key = $2")
+            .bind(app.as_uuid())
+            .bind(&key.key)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(None);
+    }
+    if fingerprint != key.fingerprint {
+        return Ok(Some(AcceptOutcome::KeyMismatch));
+    }
+    Ok(Some(AcceptOutcome::Replay(StoredResponse {
+        message_id: MessageId(message),
+        status: u16::try_from(status).unwrap_or(500),
+        body,
+    })))
+}
+
+async fn insert_deliveries(tx: &mut Transaction<'_, Postgres>, message: &NewMessage) -> Result<()> {
+    if message.deliveries.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = message.deliveries.iter().map(|d| d.id.as_uuid()).collect();
+    let platforms: Vec<&str> = message
+        .deliveries
+        .iter()
+        .map(|d| d.platform.as_str())
+        .collect();
+    let tokens: Vec<&str> = message
+        .deliveries
+        .iter()
+        .map(|d| d.token.as_str())
+        .collect();
+    let installs: Vec<Option<&str>> = message
+        .deliveries
+        .iter()
+        .map(|d| d.install_id.as_deref())
+        .collect();
+    sqlx::query(
+        "INSERT INTO deliveries (id, message_id, app_id, platform, token, install_id)
+         SELECT u.id, $1, $2, u.platform, u.token, u.install_id
+         FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[]) AS u(id, platform, token, install_id)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(message.id.as_uuid())
+    .bind(message.app_id.as_uuid())
+    .bind(&ids)
+    .bind(&platforms)
+    .bind(&tokens)
+    .bind(&installs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
