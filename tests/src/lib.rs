@@ -1,1 +1,357 @@
+//! The harness of Herald's end-to-end suites.
+//!
+//! Each [`TestEnv`] gets its own PostgreSQL database, Redis key prefix and
+//! Kafka-protocol broker (librdkafka's mock cluster, in this process, on real
+//! TCP ports), then runs real `herald` processes against them. Tests therefore
+//! run in parallel and repeatedly without cleanup. The `herald` binary must be
+//! built first (`cargo build -p herald`; the test script does it); set
+//! `TEST_HERALD_BIN` to use another.
 
+use herald_bus::EmbeddedBroker;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const DELIVERIES_TOPIC: &str = "herald.deliveries";
+pub const OUTCOMES_TOPIC: &str = "herald.outcomes";
+
+/// Waits for a condition, polling; panics with `what` when `timeout` passes.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn herald_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TEST_HERALD_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>/herald
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("herald"))
+        .expect("target directory layout");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build -p herald`",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `herald` child process; killed when dropped.
+pub struct HeraldProcess {
+    pub name: String,
+    pub child: Child,
+    pub url: Option<String>,
+}
+
+impl HeraldProcess {
+    /// SIGKILL: the process gets no chance to settle anything.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+pub struct App {
+    pub id: String,
+    pub server_key: String,
+    pub sdk_key: String,
+}
+
+pub struct TestEnv {
+    pub name: String,
+    pub broker: EmbeddedBroker,
+    pub db_url: String,
+    pub redis_prefix: String,
+    pub sim: Option<HeraldProcess>,
+    pub http: reqwest::Client,
+    pub log_dir: PathBuf,
+    pub extra_env: HashMap<String, String>,
+    pub db: sqlx::PgPool,
+}
+
+fn postgres_base() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+impl TestEnv {
+    /// A broker, a fresh database (migrated), and a running simulator.
+    pub async fn start(name: &str) -> Self {
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let broker = EmbeddedBroker::start(1, &[DELIVERIES_TOPIC, OUTCOMES_TOPIC], 4)
+            .expect("embedded broker");
+        let db_name = format!("herald_t_{}_{}", name, &run[..12]);
+        let db_url = format!("{}/{}", postgres_base(), db_name);
+        let log_dir = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                herald_bin()
+                    .parent()
+                    .and_then(|p| p.parent())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("target"))
+            })
+            .join("test-logs")
+            .join(format!("{name}-{}", &run[..8]));
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        let mut env = Self {
+            name: name.to_string(),
+            broker,
+            db_url: db_url.clone(),
+            redis_prefix: format!("herald-test:{run}:"),
+            sim: None,
+            http,
+            log_dir,
+            extra_env: HashMap::new(),
+            db: sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect_lazy(&db_url)
+                .expect("db url"),
+        };
+        env.sim = Some(env.spawn("sim", &["sim"], true).await);
+        env.run_cli(&["migrate"]).await;
+        env
+    }
+
+    pub fn sim_url(&self) -> &str {
+        self.sim
+            .as_ref()
+            .and_then(|s| s.url.as_deref())
+            .expect("the simulator is running")
+    }
+
+    fn env_vars(&self) -> Vec<(String, String)> {
+        let sim = self
+            .sim
+            .as_ref()
+            .and_then(|s| s.url.clone())
+            .unwrap_or_default();
+        let mut vars: Vec<(String, String)> = [
+            ("HERALD_POSTGRES__URL", self.db_url.clone()),
+            ("HERALD_POSTGRES__MAX_CONNECTIONS", "4".into()),
+            ("HERALD_REDIS__URL", redis_url()),
+            ("HERALD_REDIS__PREFIX", self.redis_prefix.clone()),
+            (
+                "HERALD_KAFKA__BOOTSTRAP_SERVERS",
+                self.broker.bootstrap_servers().into(),
+            ),
+            ("HERALD_KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
+            ("HERALD_GATEWAY__LISTEN", "127.0.0.1:0".into()),
+            ("HERALD_GATEWAY__RELAY_INTERVAL_MS", "200".into()),
+            ("HERALD_SIM__LISTEN", "127.0.0.1:0".into()),
+            ("HERALD_SIM__TLS_LISTEN", "127.0.0.1:0".into()),
+            ("HERALD_PROVIDERS__APNS_URL", sim.clone()),
+            ("HERALD_PROVIDERS__FCM_URL", sim),
+            ("HERALD_SENDER__LEASE_MS", "3000".into()),
+            ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "2000".into()),
+            ("HERALD_SENDER__RETRY_BASE_MS", "100".into()),
+            ("HERALD_SENDER__RETRY_MAX_MS", "1000".into()),
+            ("HERALD_LOG", "info,herald=debug".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        vars.extend(self.extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        vars
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(herald_bin());
+        cmd.args(args);
+        // Only this environment's settings reach the child.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HERALD_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(self.env_vars());
+        cmd
+    }
+
+    /// Starts a long-running role; with `listens`, waits for its address.
+    pub async fn spawn(&self, name: &str, args: &[&str], listens: bool) -> HeraldProcess {
+        let log = std::fs::File::create(
+            self.log_dir
+                .join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple())),
+        )
+        .expect("log file");
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning herald");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut url = None;
+        if listens {
+            let prefix = format!("listening {} ", args[0]);
+            let found = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(u) = line.strip_prefix(&prefix) {
+                        return Some(u.to_string());
+                    }
+                }
+                None
+            })
+            .await;
+            url = match found {
+                Ok(Some(u)) => Some(u),
+                _ => panic!("{name} did not start; see {}", self.log_dir.display()),
+            };
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        HeraldProcess {
+            name: name.to_string(),
+            child,
+            url,
+        }
+    }
+
+    /// Runs a one-shot command to completion and returns its stdout.
+    pub async fn run_cli(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().await.expect("running herald");
+        assert!(
+            out.status.success(),
+            "herald {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub async fn create_app(&self) -> App {
+        let out = self
+            .run_cli(&[
+                "apps",
+                "create",
+                "--name",
+                &self.name,
+                "--sim",
+                self.sim_url(),
+            ])
+            .await;
+        let v: Value = serde_json::from_str(out.trim()).expect("apps create prints JSON");
+        App {
+            id: v["app_id"].as_str().expect("app_id").to_string(),
+            server_key: v["server_key"].as_str().expect("server_key").to_string(),
+            sdk_key: v["sdk_key"].as_str().expect("sdk_key").to_string(),
+        }
+    }
+
+    pub async fn gateway(&self) -> HeraldProcess {
+        self.spawn("gateway", &["gateway"], true).await
+    }
+
+    pub async fn sender(&self) -> HeraldProcess {
+        self.spawn("sender", &["sender"], false).await
+    }
+
+    /// The simulator's record of accepted deliveries.
+    pub async fn sim_deliveries(&self) -> Vec<Value> {
+        self.http
+            .get(format!("{}/sim/deliveries", self.sim_url()))
+            .send()
+            .await
+            .expect("sim")
+            .json()
+            .await
+            .expect("sim json")
+    }
+
+    pub async fn sim_stats(&self) -> Value {
+        self.http
+            .get(format!("{}/sim/stats", self.sim_url()))
+            .send()
+            .await
+            .expect("sim")
+            .json()
+            .await
+            .expect("sim json")
+    }
+
+    pub async fn set_sim_faults(&self, faults: Value) {
+        let r = self
+            .http
+            .put(format!("{}/sim/faults", self.sim_url()))
+            .json(&faults)
+            .send()
+            .await
+            .expect("sim");
+        assert!(r.status().is_success(), "setting faults: {}", r.status());
+    }
+
+    /// How many times each token was delivered, for one message (collapse id).
+    pub async fn deliveries_per_token(&self, message_id: &str) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for d in self.sim_deliveries().await {
+            if d["collapse_id"].as_str() == Some(message_id) {
+                *counts
+                    .entry(d["token"].as_str().unwrap_or_default().to_string())
+                    .or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.db)
+            .await
+            .expect("count")
+    }
+
+    /// Drops the test database; called at the end of a passing test.
+    pub async fn finish(self) {
+        let Self { db, db_url, .. } = self;
+        db.close().await;
+        let name = db_url.rsplit('/').next().unwrap_or_default().to_string();
+        if let Ok(admin) = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{}/postgres", postgres_base()))
+            .await
+        {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&admin)
+                .await;
+        }
+    }
+}
+
+/// An APNs-looking token (64 hex digits) that is distinct per `n`.
+pub fn ios_token(n: usize) -> String {
+    format!("{:064x}", 0xa000_0000_0000_0000u128 + n as u128)
+}
+
+pub fn android_token(n: usize) -> String {
+    format!("fcm-device-{n:04}")
+}

@@ -12,7 +12,7 @@ use std::path::Path;
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub postgres: PostgresConfig,
@@ -51,6 +51,8 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// How long a produce may keep retrying before it counts as failed.
     pub message_timeout_ms: u64,
+    /// How long a consumer may be silent before its partitions go to another.
+    pub session_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -143,6 +145,7 @@ impl Default for KafkaConfig {
             topics: TopicsConfig::default(),
             partitions: 8,
             message_timeout_ms: 30_000,
+            session_timeout_ms: 10_000,
         }
     }
 }
@@ -212,21 +215,6 @@ impl Default for SimConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            postgres: PostgresConfig::default(),
-            redis: RedisConfig::default(),
-            kafka: KafkaConfig::default(),
-            gateway: GatewayConfig::default(),
-            sender: SenderConfig::default(),
-            recorder: RecorderConfig::default(),
-            providers: ProvidersConfig::default(),
-            sim: SimConfig::default(),
-        }
-    }
-}
-
 impl Config {
     /// Defaults, then the TOML file (if given), then `HERALD_` variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -234,8 +222,13 @@ impl Config {
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }
-        // HERALD_CONFIG names the file itself (see the CLI), not a setting.
-        figment = figment.merge(Env::prefixed("HERALD_").ignore(&["config"]).split("__"));
+        // These name the file and the logging, which are read before the
+        // configuration: they are not settings.
+        figment = figment.merge(
+            Env::prefixed("HERALD_")
+                .ignore(&["config", "log", "log_format"])
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(Box::new)?;
         Ok(config.normalized())
     }
@@ -252,6 +245,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment::Jail's closures must return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -177,12 +177,17 @@ impl Notification {
         json!({ "message": Value::Object(msg) })
     }
 
+    /// FCM counts the keys and values of the notification and data, not the
+    /// JSON punctuation around them.
     fn fcm_payload_size(&self) -> usize {
-        let counted = json!({
-            "notification": { "title": self.title, "body": self.body },
-            "data": self.data,
-        });
-        serde_json::to_vec(&counted).map_or(usize::MAX, |v| v.len())
+        let field = |name: &str, v: &Option<String>| v.as_ref().map_or(0, |v| name.len() + v.len());
+        field("title", &self.title)
+            + field("body", &self.body)
+            + self
+                .data
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 }
 
@@ -277,6 +282,24 @@ mod tests {
             APNS_MAX_PAYLOAD_BYTES
         );
         assert!(n.validate().is_ok());
+    }
+
+    #[test]
+    fn fcm_counts_keys_and_values() {
+        let mut n = Notification::default();
+        n.data
+            .insert("k".into(), "x".repeat(FCM_MAX_PAYLOAD_BYTES - 1));
+        assert_eq!(n.fcm_payload_size(), FCM_MAX_PAYLOAD_BYTES);
+        assert!(
+            n.validate().is_err(),
+            "the APNs payload of it is larger still"
+        );
+        let mut n = Notification {
+            title: Some("t".repeat(100)),
+            ..Default::default()
+        };
+        n.data.insert("key".into(), "v".repeat(50));
+        assert_eq!(n.fcm_payload_size(), 5 + 100 + 3 + 50);
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl PushRequest {
 pub fn validate_token(platform: Platform, token: &str) -> Result<(), String> {
     match platform {
         Platform::Ios => {
-            if token.len() < 16 || token.len() > 200 || token.len() % 2 != 0 {
+            if token.len() < 16 || token.len() > 200 || !token.len().is_multiple_of(2) {
                 return Err("an APNs token is an even number (16 to 200) of hex digits".into());
             }
             if !token.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -23,24 +23,39 @@ pub struct ApnsCredentials {
     pub topic: String,
 }
 
+/// (team id, key id): Apple issues one signing key per team and key id.
+type SigningKeyId = (String, String);
+
+/// A signed provider token and when it was signed.
+struct ProviderToken {
+    jwt: String,
+    signed_at: Instant,
+}
+
 /// One provider token per (team, key), reused until it is due for refresh.
 #[derive(Clone, Default)]
 pub struct ApnsTokenCache {
-    tokens: Arc<Mutex<HashMap<(String, String), (String, Instant)>>>,
+    tokens: Arc<Mutex<HashMap<SigningKeyId, ProviderToken>>>,
 }
 
 impl ApnsTokenCache {
     fn token(&self, c: &ApnsCredentials) -> Result<String, jsonwebtoken::errors::Error> {
         let key = (c.team_id.clone(), c.key_id.clone());
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((token, issued)) = tokens.get(&key) {
-            if issued.elapsed() < TOKEN_REFRESH_AFTER {
-                return Ok(token.clone());
+        if let Some(t) = tokens.get(&key) {
+            if t.signed_at.elapsed() < TOKEN_REFRESH_AFTER {
+                return Ok(t.jwt.clone());
             }
         }
-        let token = sign(c)?;
-        tokens.insert(key, (token.clone(), Instant::now()));
-        Ok(token)
+        let jwt = sign(c)?;
+        tokens.insert(
+            key,
+            ProviderToken {
+                jwt: jwt.clone(),
+                signed_at: Instant::now(),
+            },
+        );
+        Ok(jwt)
     }
 
     /// Apple said the token expired: the next send signs a new one.

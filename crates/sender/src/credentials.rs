@@ -12,7 +12,12 @@ use tokio::sync::RwLock;
 pub struct CredentialsCache {
     store: Store,
     ttl: Duration,
-    entries: Arc<RwLock<HashMap<AppId, (Arc<Credentials>, Instant)>>>,
+    entries: Arc<RwLock<HashMap<AppId, Cached>>>,
+}
+
+struct Cached {
+    credentials: Arc<Credentials>,
+    loaded_at: Instant,
 }
 
 impl CredentialsCache {
@@ -25,9 +30,9 @@ impl CredentialsCache {
     }
 
     pub async fn get(&self, app: AppId) -> Result<Arc<Credentials>, herald_store::StoreError> {
-        if let Some((c, at)) = self.entries.read().await.get(&app) {
-            if at.elapsed() < self.ttl {
-                return Ok(c.clone());
+        if let Some(c) = self.entries.read().await.get(&app) {
+            if c.loaded_at.elapsed() < self.ttl {
+                return Ok(c.credentials.clone());
             }
         }
         let stored = self.store.credentials(app).await?;
@@ -41,10 +46,13 @@ impl CredentialsCache {
                 .fcm
                 .and_then(|v| serde_json::from_value::<FcmCredentials>(v).ok()),
         });
-        self.entries
-            .write()
-            .await
-            .insert(app, (creds.clone(), Instant::now()));
+        self.entries.write().await.insert(
+            app,
+            Cached {
+                credentials: creds.clone(),
+                loaded_at: Instant::now(),
+            },
+        );
         Ok(creds)
     }
 }

@@ -20,6 +20,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The most settled deliveries written to the ledger in one pipeline.
+const SETTLE_CHUNK: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
     #[error(transparent)]
@@ -141,6 +144,12 @@ impl Sender {
                 _ => 0,
             };
             let resend = matches!(claim, Claim::TakenOver { .. });
+            if let Claim::TakenOver { takeovers, .. } = claim {
+                tracing::info!(
+                    delivery_id = %p.job.delivery_id, takeovers, policy = p.job.policy.as_str(),
+                    "lease expired: the previous owner died mid-send; the policy decides"
+                );
+            }
             match action(&claim, p.job.policy) {
                 ClaimAction::Send if p.job.is_expired(chrono::Utc::now()) => {
                     settled.push((
@@ -178,16 +187,33 @@ impl Sender {
             }
         }
 
-        let sent: Vec<(Pending, u64, Step)> = stream::iter(to_send)
+        let mut later_sends = self.settle(settled, outcomes).await?;
+        later.append(&mut later_sends);
+
+        // Settle sends as they finish, a ready chunk at a time: one slow
+        // request does not hold back the others, and the window between the
+        // provider's answer and the ledger's record stays as short as it can.
+        let mut finished = stream::iter(to_send)
             .map(|(p, epoch, resend)| async move {
                 let step = self.attempt(&p.job, resend).await;
                 (p, epoch, step)
             })
             .buffer_unordered(self.config.concurrency.max(1))
-            .collect()
-            .await;
-        settled.extend(sent);
+            .ready_chunks(SETTLE_CHUNK);
+        while let Some(chunk) = finished.next().await {
+            later.append(&mut self.settle(chunk, Vec::new()).await?);
+        }
+        Ok(later)
+    }
 
+    /// Records steps in the ledger (fenced by epoch), publishes the outcomes of
+    /// those still ours, and returns the jobs to retry.
+    async fn settle(
+        &self,
+        settled: Vec<(Pending, u64, Step)>,
+        mut outcomes: Vec<DeliveryOutcome>,
+    ) -> Result<Vec<Pending>, SenderError> {
+        let mut later = Vec::new();
         let mut ledger_steps = Vec::with_capacity(settled.len());
         for (p, epoch, step) in &settled {
             let s = match step {

@@ -99,9 +99,7 @@ pub(crate) async fn send(
             );
         }
     }
-    let counted =
-        json!({ "notification": message.get("notification"), "data": message.get("data") });
-    if serde_json::to_vec(&counted).map_or(usize::MAX, |v| v.len()) > MAX_PAYLOAD {
+    if payload_size(message) > MAX_PAYLOAD {
         return error(
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
@@ -221,4 +219,14 @@ pub(crate) async fn token(State(state): State<Arc<SimState>>, body: Bytes) -> Re
         "token_type": "Bearer",
     }))
     .into_response()
+}
+
+/// FCM's payload size: the keys and string values of `notification` and `data`.
+fn payload_size(message: &Value) -> usize {
+    ["notification", "data"]
+        .iter()
+        .filter_map(|part| message.get(*part)?.as_object())
+        .flat_map(|m| m.iter())
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum()
 }

@@ -41,6 +41,15 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Hold every provider request, unrecorded, until stall is lifted.
     pub stall: bool,
+    /// Let this many provider requests through (counted from when the faults
+    /// were set), then hold the rest like `stall`.
+    pub stall_after: Option<u64>,
+}
+
+impl Faults {
+    fn holding(&self) -> bool {
+        self.stall || self.stall_after.is_some()
+    }
 }
 
 pub(crate) const APNS_TEAM_ID: &str = "HERALDSIM1";
@@ -59,6 +68,8 @@ pub(crate) struct SimState {
     faults: watch::Sender<Faults>,
     /// Requests currently held by a stall.
     pub stalled: std::sync::atomic::AtomicU64,
+    /// Requests let through since the faults were last set (for `stall_after`).
+    admitted: std::sync::atomic::AtomicU64,
 }
 
 impl SimState {
@@ -95,6 +106,7 @@ impl SimState {
             deliveries: Mutex::new(Vec::new()),
             faults: watch::Sender::new(Faults::default()),
             stalled: std::sync::atomic::AtomicU64::new(0),
+            admitted: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -162,6 +174,7 @@ impl SimState {
     }
 
     pub fn set_faults(&self, faults: Faults) {
+        self.admitted.store(0, std::sync::atomic::Ordering::SeqCst);
         self.faults.send_replace(faults);
     }
 
@@ -174,10 +187,16 @@ impl SimState {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         let mut rx = self.faults.subscribe();
-        if rx.borrow().stall {
+        let hold = {
+            let f = rx.borrow();
+            f.stall
+                || f.stall_after
+                    .is_some_and(|n| self.admitted.fetch_add(1, Ordering::SeqCst) >= n)
+        };
+        if hold {
             self.stalled.fetch_add(1, Ordering::SeqCst);
             let _guard = StallGuard(&self.stalled);
-            let _ = rx.wait_for(|f| !f.stall).await;
+            let _ = rx.wait_for(|f| !f.holding()).await;
         }
     }
 }

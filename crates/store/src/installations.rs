@@ -79,24 +79,32 @@ impl Store {
         app: AppId,
         install_id: &str,
     ) -> Result<Option<(Installation, bool)>> {
-        let row: Option<(String, String, Option<String>, Option<String>, bool)> = sqlx::query_as(
-            "SELECT install_id, platform, token, custom_id, invalidated_at IS NOT NULL
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            install_id: String,
+            platform: String,
+            token: Option<String>,
+            custom_id: Option<String>,
+            invalid: bool,
+        }
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT install_id, platform, token, custom_id, invalidated_at IS NOT NULL AS invalid
              FROM installations WHERE app_id = $1 AND install_id = $2",
         )
         .bind(app.as_uuid())
         .bind(install_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|(install_id, platform, token, custom_id, invalid)| {
-            let platform = Platform::from_str(&platform).map_err(crate::StoreError::Corrupt)?;
+        row.map(|r| {
+            let platform = Platform::from_str(&r.platform).map_err(crate::StoreError::Corrupt)?;
             Ok((
                 Installation {
-                    install_id,
+                    install_id: r.install_id,
                     platform,
-                    token,
-                    custom_id,
+                    token: r.token,
+                    custom_id: r.custom_id,
                 },
-                invalid,
+                r.invalid,
             ))
         })
         .transpose()

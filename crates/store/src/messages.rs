@@ -100,31 +100,59 @@ fn corrupt<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-type JobRow = (
-    Uuid,
-    Uuid,
-    Uuid,
-    String,
-    String,
-    Option<String>,
-    Value,
-    String,
-    Option<DateTime<Utc>>,
-);
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    message_id: Uuid,
+    app_id: Uuid,
+    platform: String,
+    token: String,
+    install_id: Option<String>,
+    notification: Value,
+    policy: String,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PendingJobRow {
+    created_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    job: JobRow,
+}
 
 fn job_from_row(row: JobRow) -> Result<DeliveryJob> {
-    let (id, message, app, platform, token, install_id, notification, policy, expires_at) = row;
     Ok(DeliveryJob {
-        delivery_id: DeliveryId(id),
-        message_id: MessageId(message),
-        app_id: AppId(app),
-        platform: Platform::from_str(&platform).map_err(corrupt)?,
-        token,
-        install_id,
-        notification: serde_json::from_value(notification).map_err(corrupt)?,
-        policy: DeliveryPolicy::from_str(&policy).map_err(corrupt)?,
-        expires_at,
+        delivery_id: DeliveryId(row.id),
+        message_id: MessageId(row.message_id),
+        app_id: AppId(row.app_id),
+        platform: Platform::from_str(&row.platform).map_err(corrupt)?,
+        token: row.token,
+        install_id: row.install_id,
+        notification: serde_json::from_value(row.notification).map_err(corrupt)?,
+        policy: DeliveryPolicy::from_str(&row.policy).map_err(corrupt)?,
+        expires_at: row.expires_at,
     })
+}
+
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    kind: String,
+    policy: String,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryDbRow {
+    id: Uuid,
+    platform: String,
+    token: String,
+    install_id: Option<String>,
+    status: String,
+    reason: Option<String>,
+    provider_id: Option<String>,
+    attempts: i32,
+    settled_at: Option<DateTime<Utc>>,
 }
 
 const JOB_COLUMNS: &str = "d.id, d.message_id, d.app_id, d.platform, d.token, d.install_id, \
@@ -267,8 +295,7 @@ impl Store {
             Some((at, id)) => (Some(at), Some(id.as_uuid())),
             None => (None, None),
         };
-        let rows: Vec<(DateTime<Utc>, Uuid, Uuid, Uuid, String, String, Option<String>, Value, String, Option<DateTime<Utc>>)> =
-            sqlx::query_as(&format!(
+        let rows: Vec<PendingJobRow> = sqlx::query_as(&format!(
                 "SELECT d.created_at, {JOB_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
                  WHERE d.status = 'pending'
                    AND ($1::timestamptz IS NULL OR (d.created_at, d.id) > ($1, $2))
@@ -280,9 +307,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter()
-            .map(|(at, id, m, app, p, t, i, n, pol, exp)| {
-                Ok((at, job_from_row((id, m, app, p, t, i, n, pol, exp))?))
-            })
+            .map(|r| Ok((r.created_at, job_from_row(r.job)?)))
             .collect()
     }
 
@@ -345,14 +370,14 @@ impl Store {
         id: MessageId,
         delivery_limit: i64,
     ) -> Result<Option<MessageView>> {
-        let row: Option<(String, String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        let row: Option<MessageRow> = sqlx::query_as(
             "SELECT kind, policy, created_at, expires_at FROM messages WHERE id = $1 AND app_id = $2",
         )
         .bind(id.as_uuid())
         .bind(app.as_uuid())
         .fetch_optional(&self.pool)
         .await?;
-        let Some((kind, policy, created_at, expires_at)) = row else {
+        let Some(m) = row else {
             return Ok(None);
         };
         let counts: Vec<(String, String, i64)> = sqlx::query_as(
@@ -362,8 +387,7 @@ impl Store {
         .bind(id.as_uuid())
         .fetch_all(&self.pool)
         .await?;
-        let deliveries: Vec<(Uuid, String, String, Option<String>, String, Option<String>, Option<String>, i32, Option<DateTime<Utc>>)> =
-            sqlx::query_as(
+        let deliveries: Vec<DeliveryDbRow> = sqlx::query_as(
                 "SELECT id, platform, token, install_id, status, reason, provider_id, attempts, settled_at
                  FROM deliveries WHERE message_id = $1 ORDER BY id LIMIT $2",
             )
@@ -375,10 +399,10 @@ impl Store {
             |s: &str| DeliveryStatus::parse(s).ok_or_else(|| corrupt(format!("status `{s}`")));
         Ok(Some(MessageView {
             id,
-            kind,
-            policy: DeliveryPolicy::from_str(&policy).map_err(corrupt)?,
-            created_at,
-            expires_at,
+            kind: m.kind,
+            policy: DeliveryPolicy::from_str(&m.policy).map_err(corrupt)?,
+            created_at: m.created_at,
+            expires_at: m.expires_at,
             counts: counts
                 .into_iter()
                 .map(|(p, s, count)| {
@@ -391,21 +415,19 @@ impl Store {
                 .collect::<Result<_>>()?,
             deliveries: deliveries
                 .into_iter()
-                .map(
-                    |(id, p, token, install_id, s, reason, provider_id, attempts, settled_at)| {
-                        Ok(DeliveryRow {
-                            id: DeliveryId(id),
-                            platform: Platform::from_str(&p).map_err(corrupt)?,
-                            token,
-                            install_id,
-                            status: parse_status(&s)?,
-                            reason,
-                            provider_id,
-                            attempts,
-                            settled_at,
-                        })
-                    },
-                )
+                .map(|d| {
+                    Ok(DeliveryRow {
+                        id: DeliveryId(d.id),
+                        platform: Platform::from_str(&d.platform).map_err(corrupt)?,
+                        token: d.token,
+                        install_id: d.install_id,
+                        status: parse_status(&d.status)?,
+                        reason: d.reason,
+                        provider_id: d.provider_id,
+                        attempts: d.attempts,
+                        settled_at: d.settled_at,
+                    })
+                })
                 .collect::<Result<_>>()?,
         }))
     }

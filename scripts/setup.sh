@@ -1,0 +1,81 @@
+# Sourced by scripts/dev and scripts/test: installs and starts what Herald
+# needs on a Debian machine when it is missing. Idempotent; prints what it does.
+
+herald_log() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Build dependencies of librdkafka (compiled from source by rdkafka's
+# cmake-build) and the engines Herald talks to.
+ensure_packages() {
+  local wanted=(build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev
+                postgresql redis-server curl)
+  local missing=()
+  for p in "${wanted[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    herald_log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is not installed: install Rust (https://rustup.rs) first" >&2
+    exit 1
+  fi
+  if command -v rustup >/dev/null 2>&1; then
+    for c in rustfmt clippy; do
+      rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+    done
+  fi
+}
+
+ensure_postgres() {
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    herald_log "starting PostgreSQL"
+    local version
+    version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$version" ]; then
+      echo "PostgreSQL is installed but has no cluster under /etc/postgresql" >&2
+      exit 1
+    fi
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    for _ in $(seq 1 60); do
+      pg_isready -h 127.0.0.1 -p 5432 -q && break
+      sleep 0.5
+    done
+  fi
+  # Herald connects over TCP as postgres. A fresh Debian cluster asks for a
+  # password there; give it one then, and tell the tests.
+  if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc 'SELECT 1' >/dev/null 2>&1 </dev/null; then
+    herald_log "setting a password for the postgres role (local development)"
+    as_root su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+    export TEST_POSTGRES_URL="postgres://postgres:postgres@127.0.0.1:5432"
+    export HERALD_POSTGRES__URL="postgres://postgres:postgres@127.0.0.1:5432/herald"
+  fi
+}
+
+ensure_redis() {
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    herald_log "starting Redis"
+    mkdir -p /tmp/herald-redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir /tmp/herald-redis --logfile /tmp/herald-redis/redis.log
+    for _ in $(seq 1 60); do
+      redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break
+      sleep 0.25
+    done
+  fi
+}
+
+ensure_all() {
+  ensure_packages
+  ensure_rust
+  ensure_postgres
+  ensure_redis
+}

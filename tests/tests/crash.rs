@@ -1,0 +1,95 @@
+//! A sender process killed with SIGKILL mid-batch, then replaced: nothing
+//! accepted is lost and nothing is delivered twice.
+
+use herald_tests::{android_token, ios_token, wait_until, TestEnv};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_sender_killed_mid_batch_and_restarted_loses_and_duplicates_nothing() {
+    let mut env = TestEnv::start("killsender").await;
+    // Held requests must still be in flight when the kill lands, however slow
+    // the machine: the request timeout is long, and the lease just above it.
+    env.extra_env
+        .insert("HERALD_SENDER__REQUEST_TIMEOUT_MS".into(), "10000".into());
+    env.extra_env
+        .insert("HERALD_SENDER__LEASE_MS".into(), "11000".into());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("gateway url");
+    let mut first_sender = env.sender().await;
+
+    // The providers accept 15 requests, then hold the rest unanswered: the
+    // sender is caught with part of its batch delivered and part in flight.
+    const TOTAL: usize = 40;
+    const LET_THROUGH: u64 = 15;
+    env.set_sim_faults(json!({"stall_after": LET_THROUGH}))
+        .await;
+
+    let tokens: Vec<Value> = (0..TOTAL)
+        .map(|i| {
+            if i % 2 == 0 {
+                json!({"platform": "ios", "token": ios_token(i)})
+            } else {
+                json!({"platform": "android", "token": android_token(i)})
+            }
+        })
+        .collect();
+    let resp: Value = env
+        .http
+        .post(format!("{gw}/v1/push"))
+        .bearer_auth(&app.server_key)
+        .header("Idempotency-Key", "kill-test")
+        .json(&json!({"to": {"tokens": tokens}, "notification": {"title": "t", "body": "b"}}))
+        .send()
+        .await
+        .expect("push")
+        .json()
+        .await
+        .expect("json");
+    let message_id = resp["message_id"].as_str().expect("message_id").to_string();
+
+    let delivered = |env: &TestEnv| {
+        let url = format!("{gw}/v1/messages/{message_id}");
+        let key = app.server_key.clone();
+        let http = env.http.clone();
+        async move {
+            let s: Value = http
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("status")
+                .json()
+                .await
+                .expect("json");
+            s["counts"]["delivered"].as_u64().unwrap_or(0)
+        }
+    };
+    // Wait until the first 15 are settled all the way to PostgreSQL and the
+    // other 25 are held at the provider: no send is between "accepted by the
+    // provider" and "settled in the ledger" when the kill lands.
+    wait_until(
+        "15 delivered and 25 held in flight",
+        Duration::from_secs(60),
+        || async {
+            let stalled = env.sim_stats().await["stalled"].as_u64().unwrap_or(0);
+            stalled == (TOTAL as u64 - LET_THROUGH) && delivered(&env).await == LET_THROUGH
+        },
+    )
+    .await;
+
+    first_sender.kill().await;
+    env.set_sim_faults(json!({})).await;
+    let _second_sender = env.sender().await;
+
+    wait_until("all 40 delivered", Duration::from_secs(90), || async {
+        delivered(&env).await == TOTAL as u64
+    })
+    .await;
+    let per_token = env.deliveries_per_token(&message_id).await;
+    assert_eq!(per_token.len(), TOTAL, "lost: {per_token:?}");
+    let doubled: Vec<_> = per_token.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(doubled.is_empty(), "delivered twice: {doubled:?}");
+    env.finish().await;
+}

@@ -1,0 +1,334 @@
+//! Transactional push, end to end: gateway, broker, sender, recorder and the
+//! simulators as real processes; the simulator's record is the ground truth.
+
+use herald_tests::{android_token, ios_token, wait_until, TestEnv};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+async fn message_status(env: &TestEnv, gateway: &str, key: &str, id: &str) -> Value {
+    env.http
+        .get(format!("{gateway}/v1/messages/{id}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("status json")
+}
+
+#[tokio::test]
+async fn a_push_to_six_devices_resubmitted_five_times_is_delivered_once_each() {
+    let env = TestEnv::start("push6").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let _sender = env.sender().await;
+    let gw = gateway.url.clone().expect("gateway url");
+
+    let mut tokens = Vec::new();
+    for i in 0..3 {
+        tokens.push(json!({"platform": "ios", "token": ios_token(i)}));
+        tokens.push(json!({"platform": "android", "token": android_token(i)}));
+    }
+    let body = json!({
+        "to": {"tokens": tokens},
+        "notification": {"title": "Order shipped", "body": "It is on its way", "data": {"order": "42"}},
+    });
+    let send = || {
+        env.http
+            .post(format!("{gw}/v1/push"))
+            .bearer_auth(&app.server_key)
+            .header("Idempotency-Key", "\"order-42-shipped\"")
+            .json(&body)
+            .send()
+    };
+
+    let first = send().await.expect("push");
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.expect("json");
+    let message_id = first["message_id"]
+        .as_str()
+        .expect("message_id")
+        .to_string();
+    assert_eq!(first["recipients"], 6);
+
+    wait_until(
+        "6 deliveries recorded by the simulators",
+        SETTLE,
+        || async { env.deliveries_per_token(&message_id).await.len() == 6 },
+    )
+    .await;
+
+    for _ in 0..5 {
+        let again = send().await.expect("resubmit");
+        assert_eq!(again.status(), 202);
+        assert_eq!(
+            again
+                .headers()
+                .get("idempotent-replayed")
+                .map(|v| v.as_bytes()),
+            Some(&b"true"[..])
+        );
+        let again: Value = again.json().await.expect("json");
+        assert_eq!(again["message_id"], message_id.as_str());
+    }
+
+    // A sentinel push through the same pipeline: once it has arrived, anything
+    // the resubmissions might have published wrongly would have too.
+    let sentinel = env
+        .http
+        .post(format!("{gw}/v1/push"))
+        .bearer_auth(&app.server_key)
+        .json(
+            &json!({"to": {"tokens": [{"platform": "ios", "token": ios_token(99)}]},
+                      "notification": {"title": "sentinel"}}),
+        )
+        .send()
+        .await
+        .expect("sentinel");
+    let sentinel: Value = sentinel.json().await.expect("json");
+    let sentinel_id = sentinel["message_id"].as_str().expect("id").to_string();
+    wait_until("the sentinel arrives", SETTLE, || async {
+        env.deliveries_per_token(&sentinel_id).await.len() == 1
+    })
+    .await;
+
+    let per_token = env.deliveries_per_token(&message_id).await;
+    assert_eq!(per_token.len(), 6, "{per_token:?}");
+    assert!(
+        per_token.values().all(|&n| n == 1),
+        "duplicates: {per_token:?}"
+    );
+    assert_eq!(env.count_rows("messages").await, 2);
+    assert_eq!(env.count_rows("deliveries").await, 7);
+
+    // The recorder has written every outcome back to PostgreSQL.
+    wait_until("the message status shows 6 delivered", SETTLE, || async {
+        let s = message_status(&env, &gw, &app.server_key, &message_id).await;
+        s["counts"]["delivered"] == 6 && s["status"] == "completed"
+    })
+    .await;
+    let status = message_status(&env, &gw, &app.server_key, &message_id).await;
+    assert_eq!(status["by_platform"]["ios"]["delivered"], 3);
+    assert_eq!(status["by_platform"]["android"]["delivered"], 3);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn the_same_key_with_a_different_body_is_refused_and_without_a_key_is_a_new_message() {
+    let env = TestEnv::start("keys").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("gateway url");
+    let push = |key: Option<&'static str>, title: &'static str| {
+        let mut r = env
+            .http
+            .post(format!("{gw}/v1/push"))
+            .bearer_auth(&app.server_key)
+            .json(
+                &json!({"to": {"tokens": [{"platform": "android", "token": "fcm-x"}]},
+                          "notification": {"title": title}}),
+            );
+        if let Some(k) = key {
+            r = r.header("Idempotency-Key", k);
+        }
+        r.send()
+    };
+    assert_eq!(push(Some("k1"), "a").await.expect("push").status(), 202);
+    let conflict = push(Some("k1"), "b").await.expect("push");
+    assert_eq!(conflict.status(), 422);
+    assert_eq!(
+        conflict.headers()["content-type"],
+        "application/problem+json"
+    );
+    let a: Value = push(None, "a")
+        .await
+        .expect("push")
+        .json()
+        .await
+        .expect("json");
+    let b: Value = push(None, "a")
+        .await
+        .expect("push")
+        .json()
+        .await
+        .expect("json");
+    assert_ne!(
+        a["message_id"], b["message_id"],
+        "no key: no dedupe across resubmissions"
+    );
+    assert_eq!(env.count_rows("messages").await, 3);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_problem_naming_it_and_nothing_is_written() {
+    let env = TestEnv::start("badinput").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("gateway url");
+    let ios = ios_token(1);
+    let big = "x".repeat(4200);
+
+    let server = Some(app.server_key.clone());
+    let good_to = json!({"tokens": [{"platform": "ios", "token": ios}]});
+    let cases = vec![
+        BadCase::new(
+            "missing target",
+            &server,
+            json!({"to": {}, "notification": {"title": "t"}}),
+            400,
+            "to",
+        ),
+        BadCase::new(
+            "missing to",
+            &server,
+            json!({"notification": {"title": "t"}}),
+            400,
+            "body",
+        ),
+        BadCase::new(
+            "unknown platform",
+            &server,
+            json!({"to": {"tokens": [{"platform": "windows", "token": "abc"}]}, "notification": {"title": "t"}}),
+            400,
+            "to.tokens[0].platform",
+        ),
+        BadCase::new(
+            "bad APNs token",
+            &server,
+            json!({"to": {"tokens": [{"platform": "ios", "token": "not-hex"}]}, "notification": {"title": "t"}}),
+            400,
+            "to.tokens[0].token",
+        ),
+        BadCase::new(
+            "payload over 4 KB",
+            &server,
+            json!({"to": good_to, "notification": {"title": "t", "body": big}}),
+            400,
+            "notification",
+        ),
+        BadCase::new(
+            "empty notification",
+            &server,
+            json!({"to": good_to, "notification": {}}),
+            400,
+            "notification",
+        ),
+        BadCase::new(
+            "reserved data key",
+            &server,
+            json!({"to": good_to, "notification": {"title": "t", "data": {"aps": "x"}}}),
+            400,
+            "notification.data",
+        ),
+        BadCase::new(
+            "unknown field",
+            &server,
+            json!({"to": good_to, "notification": {"title": "t"}, "colour": "red"}),
+            400,
+            "colour",
+        ),
+        BadCase {
+            body: "{\"to\": {".into(),
+            ..BadCase::new("malformed JSON", &server, json!({}), 400, "malformed-json")
+        },
+        BadCase {
+            header: Some(("Idempotency-Key", "\"unclosed")),
+            ..BadCase::new(
+                "malformed Idempotency-Key",
+                &server,
+                json!({"to": good_to, "notification": {"title": "t"}}),
+                400,
+                "Idempotency-Key",
+            )
+        },
+        BadCase::new(
+            "wrong key",
+            &Some("hk_server_not_a_real_key".into()),
+            json!({"to": good_to, "notification": {"title": "t"}}),
+            401,
+            "unauthorized",
+        ),
+        BadCase::new(
+            "no key",
+            &None,
+            json!({"to": good_to, "notification": {"title": "t"}}),
+            401,
+            "unauthorized",
+        ),
+        BadCase::new(
+            "SDK key",
+            &Some(app.sdk_key.clone()),
+            json!({"to": good_to, "notification": {"title": "t"}}),
+            403,
+            "forbidden",
+        ),
+    ];
+    for c in cases {
+        let case = c.case;
+        let mut r = env
+            .http
+            .post(format!("{gw}/v1/push"))
+            .header("content-type", "application/json")
+            .body(c.body);
+        if let Some(a) = c.auth {
+            r = r.bearer_auth(a);
+        }
+        if let Some((k, v)) = c.header {
+            r = r.header(k, v);
+        }
+        let resp = r.send().await.expect(case);
+        assert_eq!(resp.status().as_u16(), c.status, "{case}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/problem+json",
+            "{case}"
+        );
+        let p: Value = resp.json().await.expect(case);
+        let named = p["field"].as_str() == Some(c.names)
+            || p["type"].as_str().is_some_and(|t| t.ends_with(c.names));
+        assert!(named, "{case}: expected `{}` in {p}", c.names);
+        assert!(
+            p["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{case}: {p}"
+        );
+    }
+    for table in ["messages", "deliveries", "outbox", "idempotency_keys"] {
+        assert_eq!(env.count_rows(table).await, 0, "{table} was written");
+    }
+    env.finish().await;
+}
+
+/// One malformed request and the problem it must get.
+struct BadCase {
+    case: &'static str,
+    auth: Option<String>,
+    header: Option<(&'static str, &'static str)>,
+    body: String,
+    status: u16,
+    /// The problem's `field`, or the end of its `type`.
+    names: &'static str,
+}
+
+impl BadCase {
+    fn new(
+        case: &'static str,
+        auth: &Option<String>,
+        body: Value,
+        status: u16,
+        names: &'static str,
+    ) -> Self {
+        Self {
+            case,
+            auth: auth.clone(),
+            header: None,
+            body: body.to_string(),
+            status,
+            names,
+        }
+    }
+}
