@@ -9,8 +9,8 @@ mod embedded;
 pub use embedded::{BrokerCommand, EmbeddedBroker};
 
 use futures::future::join_all;
-use herald_config::KafkaConfig;
-use herald_core::{DeliveryJob, DeliveryOutcome};
+use herald_config::{KafkaConfig, TopicsConfig};
+use herald_core::{DeadLetter, DeliveryJob, DeliveryOutcome};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -46,8 +46,7 @@ fn base_config(kafka: &KafkaConfig) -> Result<ClientConfig> {
 #[derive(Clone)]
 pub struct Publisher {
     producer: FutureProducer,
-    deliveries_topic: String,
-    outcomes_topic: String,
+    topics: TopicsConfig,
 }
 
 impl Publisher {
@@ -60,19 +59,27 @@ impl Publisher {
             .create()?;
         Ok(Self {
             producer,
-            deliveries_topic: kafka.topics.deliveries.clone(),
-            outcomes_topic: kafka.topics.outcomes.clone(),
+            topics: kafka.topics.clone(),
         })
     }
 
     /// Publishes delivery jobs and returns once every one is acknowledged by
     /// the cluster, or with the first error (the caller keeps the work and retries).
     pub async fn publish_jobs(&self, jobs: &[DeliveryJob]) -> Result<()> {
+        self.publish_jobs_to(&self.topics.deliveries, jobs).await
+    }
+
+    /// Jobs waiting for a later attempt (`not_before`).
+    pub async fn publish_retries(&self, jobs: &[DeliveryJob]) -> Result<()> {
+        self.publish_jobs_to(&self.topics.retries, jobs).await
+    }
+
+    async fn publish_jobs_to(&self, topic: &str, jobs: &[DeliveryJob]) -> Result<()> {
         let records: Vec<(String, Vec<u8>)> = jobs
             .iter()
             .map(|j| (j.delivery_id.to_string(), j.to_json()))
             .collect();
-        self.publish(&self.deliveries_topic, &records).await
+        self.publish(topic, &records).await
     }
 
     pub async fn publish_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<()> {
@@ -80,7 +87,22 @@ impl Publisher {
             .iter()
             .map(|o| (o.delivery_id.to_string(), o.to_json()))
             .collect();
-        self.publish(&self.outcomes_topic, &records).await
+        self.publish(&self.topics.outcomes, &records).await
+    }
+
+    pub async fn publish_dead_letters(&self, letters: &[DeadLetter]) -> Result<()> {
+        let records: Vec<(String, Vec<u8>)> = letters
+            .iter()
+            .map(|l| {
+                let key = l
+                    .job
+                    .as_ref()
+                    .map(|j| j.delivery_id.to_string())
+                    .unwrap_or_default();
+                (key, l.to_json())
+            })
+            .collect();
+        self.publish(&self.topics.dead_letters, &records).await
     }
 
     async fn publish(&self, topic: &str, records: &[(String, Vec<u8>)]) -> Result<()> {
@@ -100,7 +122,7 @@ impl Publisher {
     pub fn is_reachable(&self, timeout: Duration) -> bool {
         self.producer
             .client()
-            .fetch_metadata(Some(&self.deliveries_topic), timeout)
+            .fetch_metadata(Some(&self.topics.deliveries), timeout)
             .is_ok()
     }
 
@@ -145,7 +167,9 @@ impl BatchConsumer {
         Ok(batch)
     }
 
-    /// Commits the offsets after every record of `batch`.
+    /// Commits the offsets after every record of `batch`. A failure (the
+    /// partitions were revoked by a rebalance, the broker is away) is not
+    /// fatal: the records come back and the ledger drops what was settled.
     pub fn commit(&self, batch: &[OwnedMessage], mode: CommitMode) -> Result<()> {
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
         for m in batch {
@@ -166,4 +190,48 @@ impl BatchConsumer {
     pub fn unsubscribe(&self) {
         self.consumer.unsubscribe();
     }
+}
+
+/// Every record of `topic`, from the beginning to the end it has now, without
+/// joining a consumer group (for `herald dlq list`).
+pub fn read_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<OwnedMessage>> {
+    use rdkafka::consumer::BaseConsumer;
+    let consumer: BaseConsumer = base_config(kafka)?
+        .set("group.id", "herald-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+            if high > low {
+                tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+                remaining.insert(p.id(), high);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if remaining.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !remaining.is_empty() && std::time::Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m?.detach();
+            if let Some(&high) = remaining.get(&m.partition()) {
+                if m.offset() + 1 >= high {
+                    remaining.remove(&m.partition());
+                }
+            }
+            out.push(m);
+        }
+    }
+    Ok(out)
 }

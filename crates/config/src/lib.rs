@@ -59,7 +59,12 @@ pub struct KafkaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TopicsConfig {
     pub deliveries: String,
+    /// Deliveries waiting for a retry; a separate topic so that a retry never
+    /// holds back the partition its job came from.
+    pub retries: String,
     pub outcomes: String,
+    /// Jobs that cannot be processed, with the reason (`herald dlq`).
+    pub dead_letters: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -154,7 +159,9 @@ impl Default for TopicsConfig {
     fn default() -> Self {
         Self {
             deliveries: "herald.deliveries".into(),
+            retries: "herald.retries".into(),
             outcomes: "herald.outcomes".into(),
+            dead_letters: "herald.dead-letters".into(),
         }
     }
 }
@@ -212,6 +219,17 @@ impl Default for SimConfig {
             listen: "127.0.0.1:8090".into(),
             tls_listen: "127.0.0.1:8443".into(),
         }
+    }
+}
+
+impl TopicsConfig {
+    pub fn all(&self) -> [&str; 4] {
+        [
+            self.deliveries.as_str(),
+            self.retries.as_str(),
+            self.outcomes.as_str(),
+            self.dead_letters.as_str(),
+        ]
     }
 }
 

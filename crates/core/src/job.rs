@@ -86,6 +86,36 @@ pub struct DeliveryJob {
     /// Past this instant the notification is dropped as expired, never sent late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Provider sends already made (0 for a new job).
+    #[serde(default)]
+    pub attempt: u32,
+    /// A retry waits until this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+/// A job that could not be processed, on the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub reason: String,
+    /// The job, when it could be decoded: `herald dlq replay` publishes it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<DeliveryJob>,
+    /// The record as received, when it could not be decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    pub source_topic: String,
+    pub at: DateTime<Utc>,
+}
+
+impl DeadLetter {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
 }
 
 impl DeliveryJob {

@@ -9,7 +9,7 @@ pub mod payload;
 pub mod push;
 
 pub use ids::{AppId, DeliveryId, MessageId};
-pub use job::{DeliveryJob, DeliveryPolicy, Platform};
+pub use job::{DeadLetter, DeliveryJob, DeliveryPolicy, Platform};
 pub use outcome::{DeliveryOutcome, DeliveryStatus, OutcomeClass};
 pub use payload::{Notification, PayloadError};
 pub use push::{FieldError, PushRequest};

@@ -18,10 +18,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     preflight::redis(&config).await?;
 
     let _broker = if config.kafka.bootstrap_servers.trim().is_empty() {
-        let topics = [
-            config.kafka.topics.deliveries.as_str(),
-            config.kafka.topics.outcomes.as_str(),
-        ];
+        let topics = config.kafka.topics.all();
         let broker = EmbeddedBroker::start(1, &topics, config.kafka.partitions)
             .context("starting the embedded Kafka-protocol broker")?;
         config.kafka.bootstrap_servers = broker.bootstrap_servers().to_string();

@@ -2,6 +2,7 @@
 
 mod apps;
 mod dev;
+mod dlq;
 mod preflight;
 mod roles;
 
@@ -45,6 +46,11 @@ enum Command {
     /// Republishes every accepted but unsettled delivery from PostgreSQL.
     /// Safe to run any number of times: dedupe drops what was already sent.
     Recover,
+    /// The dead-letter topic: jobs that could not be processed.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// Apps and their keys.
     Apps {
         #[command(subcommand)]
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
             Command::Migrate => roles::migrate(config).await,
             Command::Recover => roles::recover(config).await,
             Command::Apps { command } => apps::run(config, command).await,
+            Command::Dlq { command } => dlq::run(config, command).await,
         }
     });
     match result {

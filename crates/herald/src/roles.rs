@@ -8,7 +8,7 @@ use herald_gateway::{AppState, OutboxRelay};
 use herald_ledger::Ledger;
 use herald_providers::{ProviderSettings, Providers};
 use herald_recorder::Recorder;
-use herald_sender::{CredentialsCache, Sender};
+use herald_sender::Sender;
 use herald_sim::Simulator;
 use herald_store::Store;
 use std::net::SocketAddr;
@@ -144,22 +144,32 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
         ca_cert_pem,
         request_timeout: Duration::from_millis(config.sender.request_timeout_ms),
     })?;
-    let sender = Sender {
-        consumer: BatchConsumer::new(
-            &config.kafka,
-            &config.sender.group_id,
-            &[config.kafka.topics.deliveries.as_str()],
-        )?,
+    let sender = Arc::new(Sender::new(
         ledger,
         providers,
-        publisher: Publisher::new(&config.kafka)?,
-        credentials: CredentialsCache::new(store, Duration::from_secs(30)),
-        config: config.sender.clone(),
-    };
+        Publisher::new(&config.kafka)?,
+        store,
+        config.sender.clone(),
+    ));
+    let deliveries = BatchConsumer::new(
+        &config.kafka,
+        &config.sender.group_id,
+        &[config.kafka.topics.deliveries.as_str()],
+    )?;
+    // Retries have their own group, so their waits never touch the
+    // assignment of the deliveries topic.
+    let retries = BatchConsumer::new(
+        &config.kafka,
+        &format!("{}-retries", config.sender.group_id),
+        &[config.kafka.topics.retries.as_str()],
+    )?;
     let shutdown = roles.shutdown.clone();
-    roles
-        .tasks
-        .spawn(async move { sender.run(shutdown).await.context("sender") });
+    roles.tasks.spawn(async move {
+        sender
+            .run(deliveries, retries, shutdown)
+            .await
+            .context("sender")
+    });
     tracing::info!(%owner, "sender started");
     Ok(())
 }

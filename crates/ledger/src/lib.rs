@@ -77,6 +77,27 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
+/// Writes a settled state copied from PostgreSQL, unless the key exists (a
+/// claim made since the loss is newer than the copy).
+const SEED: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'epoch', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Claims for a batch, and whether the ledger still holds what it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimBatch {
+    pub claims: Vec<Claim>,
+    /// False when the marker is gone: Redis restarted without persistence or
+    /// failed over to a replica that missed writes, so a `Claimed` answer may
+    /// be about a delivery that was settled before the loss.
+    pub ledger_intact: bool,
+}
+
 /// One settle step for [`Ledger::complete_batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settle {
@@ -96,6 +117,7 @@ pub struct Ledger {
     claim: Script,
     complete: Script,
     release: Script,
+    seed: Script,
 }
 
 impl Ledger {
@@ -117,6 +139,7 @@ impl Ledger {
             claim: Script::new(CLAIM),
             complete: Script::new(COMPLETE),
             release: Script::new(RELEASE),
+            seed: Script::new(SEED),
         })
     }
 
@@ -128,14 +151,17 @@ impl Ledger {
         self.lease
     }
 
-    /// Claims every delivery of a batch in one round trip.
-    pub async fn claim_batch(&self, ids: &[DeliveryId]) -> Result<Vec<Claim>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
+    fn marker_key(&self) -> String {
+        format!("{}ledger-marker", self.prefix)
+    }
+
+    /// Claims every delivery of a batch in one round trip, and checks the
+    /// marker in the same pipeline.
+    pub async fn claim_batch(&self, ids: &[DeliveryId]) -> Result<ClaimBatch> {
         let lease_ms = millis(self.lease);
         let horizon_ms = millis(self.horizon);
         let mut pipe = redis::pipe();
+        pipe.exists(self.marker_key());
         for id in ids {
             pipe.invoke_script(
                 self.claim
@@ -145,8 +171,70 @@ impl Ledger {
                     .arg(horizon_ms),
             );
         }
-        let answers: Vec<(String, i64, i64, String)> = self.query(&pipe).await?;
-        answers.into_iter().map(parse_claim).collect()
+        let (intact, answers): (bool, Vec<(String, i64, i64, String)>) = {
+            let mut values: Vec<redis::Value> = self.query(&pipe).await?;
+            if values.is_empty() {
+                return Err(LedgerError::Protocol("empty pipeline answer".into()));
+            }
+            let marker = values.remove(0);
+            let parse_error = |e: redis::ParsingError| LedgerError::Protocol(e.to_string());
+            (
+                redis::from_redis_value::<bool>(marker).map_err(parse_error)?,
+                values
+                    .into_iter()
+                    .map(redis::from_redis_value)
+                    .collect::<Result<_, _>>()
+                    .map_err(parse_error)?,
+            )
+        };
+        Ok(ClaimBatch {
+            claims: answers
+                .into_iter()
+                .map(parse_claim)
+                .collect::<Result<_>>()?,
+            ledger_intact: intact,
+        })
+    }
+
+    /// Declares the ledger complete: written once it holds every settled
+    /// delivery of the dedupe horizon (after a rebuild, or on a first start
+    /// against an empty history).
+    pub async fn mark_intact(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SET")
+            .arg(self.marker_key())
+            .arg(&self.owner)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// One rebuilder at a time: true if this process got the lock.
+    pub async fn try_rebuild_lock(&self, ttl: Duration) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}ledger-rebuild-lock", self.prefix))
+            .arg(&self.owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Copies settled states into the ledger where it has no entry.
+    pub async fn seed_settled(&self, settled: &[(DeliveryId, &str)]) -> Result<usize> {
+        if settled.is_empty() {
+            return Ok(0);
+        }
+        let horizon_ms = millis(self.horizon);
+        let mut pipe = redis::pipe();
+        for (id, state) in settled {
+            pipe.invoke_script(self.seed.key(self.key(*id)).arg(*state).arg(horizon_ms));
+        }
+        let written: Vec<i64> = self.query(&pipe).await?;
+        Ok(written.into_iter().filter(|w| *w == 1).count())
     }
 
     /// Settles claimed deliveries; each answer says whether our epoch was
@@ -183,7 +271,7 @@ impl Ledger {
         match pipe.query_async(&mut conn).await {
             Ok(v) => Ok(v),
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                for script in [&self.claim, &self.complete, &self.release] {
+                for script in [&self.claim, &self.complete, &self.release, &self.seed] {
                     script.prepare_invoke().load_async(&mut conn).await?;
                 }
                 Ok(pipe.query_async(&mut conn).await?)

@@ -29,11 +29,28 @@ impl CredentialsCache {
         }
     }
 
-    pub async fn get(&self, app: AppId) -> Result<Arc<Credentials>, herald_store::StoreError> {
+    /// None: there is no such app.
+    pub async fn get(
+        &self,
+        app: AppId,
+    ) -> Result<Option<Arc<Credentials>>, herald_store::StoreError> {
         if let Some(c) = self.entries.read().await.get(&app) {
             if c.loaded_at.elapsed() < self.ttl {
-                return Ok(c.credentials.clone());
+                return Ok(Some(c.credentials.clone()));
             }
+        }
+        self.reload(app).await
+    }
+
+    /// Reads the app's credentials now, bypassing the cache: used before a
+    /// delivery is dead-lettered for want of them, in case they were just
+    /// uploaded.
+    pub async fn reload(
+        &self,
+        app: AppId,
+    ) -> Result<Option<Arc<Credentials>>, herald_store::StoreError> {
+        if !self.store.app_exists(app).await? {
+            return Ok(None);
         }
         let stored = self.store.credentials(app).await?;
         // Malformed stored credentials behave as absent: the send is rejected
@@ -53,6 +70,6 @@ impl CredentialsCache {
                 loaded_at: Instant::now(),
             },
         );
-        Ok(creds)
+        Ok(Some(creds))
     }
 }

@@ -1,8 +1,10 @@
 //! The sender role: consumes delivery jobs, claims each delivery in the
 //! ledger, sends it through APNs or FCM, settles it, publishes its outcome, and
-//! commits the batch's offsets only once every delivery in it is settled.
+//! commits a batch's offsets only once every delivery in it is settled or
+//! handed on (to the retry topic, or the dead-letter topic).
 
 mod credentials;
+mod ledger_guard;
 
 pub use credentials::CredentialsCache;
 
@@ -10,14 +12,20 @@ use futures::stream::{self, StreamExt};
 use herald_bus::{BatchConsumer, Publisher};
 use herald_config::SenderConfig;
 use herald_core::dedupe::{action, Claim, ClaimAction};
-use herald_core::{DeliveryJob, DeliveryOutcome, DeliveryPolicy, DeliveryStatus, OutcomeClass};
+use herald_core::{
+    DeadLetter, DeliveryJob, DeliveryOutcome, DeliveryPolicy, DeliveryStatus, OutcomeClass,
+    Platform,
+};
 use herald_ledger::{Ledger, Settle};
 use herald_providers::Providers;
+use herald_store::Store;
+use ledger_guard::LedgerGuard;
 use rand::Rng;
 use rdkafka::consumer::CommitMode;
+use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The most settled deliveries written to the ledger in one pipeline.
@@ -29,23 +37,18 @@ pub enum SenderError {
     Bus(#[from] herald_bus::BusError),
     #[error(transparent)]
     Ledger(#[from] herald_ledger::LedgerError),
+    #[error(transparent)]
+    Store(#[from] herald_store::StoreError),
 }
 
 pub struct Sender {
-    pub consumer: BatchConsumer,
     pub ledger: Ledger,
     pub providers: Providers,
     pub publisher: Publisher,
     pub credentials: CredentialsCache,
+    pub store: Store,
     pub config: SenderConfig,
-}
-
-/// A job on its way through one batch.
-struct Pending {
-    job: DeliveryJob,
-    attempts: u32,
-    /// Not before this instant (backoff, or another owner's live lease).
-    due: Instant,
+    guard: LedgerGuard,
 }
 
 /// How one send attempt ended, before the ledger is told.
@@ -60,15 +63,78 @@ enum Step {
         reason: String,
         retry_after: Option<Duration>,
     },
+    /// Cannot be processed as things stand (no such app, no credentials):
+    /// released in the ledger so that a replay can send it.
+    DeadLetter { reason: String },
+}
+
+/// What a round leaves to be published before the batch is committed.
+#[derive(Default)]
+struct Handoff {
+    retries: Vec<DeliveryJob>,
+    dead_letters: Vec<DeadLetter>,
+    outcomes: Vec<DeliveryOutcome>,
+}
+
+impl Handoff {
+    fn append(&mut self, other: Handoff) {
+        self.retries.extend(other.retries);
+        self.dead_letters.extend(other.dead_letters);
+        self.outcomes.extend(other.outcomes);
+    }
 }
 
 impl Sender {
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), SenderError> {
+    pub fn new(
+        ledger: Ledger,
+        providers: Providers,
+        publisher: Publisher,
+        store: Store,
+        config: SenderConfig,
+    ) -> Self {
+        Self {
+            credentials: CredentialsCache::new(store.clone(), Duration::from_secs(30)),
+            guard: LedgerGuard::default(),
+            ledger,
+            providers,
+            publisher,
+            store,
+            config,
+        }
+    }
+
+    /// Consumes new jobs from `deliveries` and due retries from `retries`
+    /// until `shutdown`; each loop finishes the batch it holds first.
+    pub async fn run(
+        self: Arc<Self>,
+        deliveries: BatchConsumer,
+        retries: BatchConsumer,
+        shutdown: CancellationToken,
+    ) -> Result<(), SenderError> {
+        let main = tokio::spawn(self.clone().consume(deliveries, false, shutdown.clone()));
+        let retry = tokio::spawn(self.consume(retries, true, shutdown));
+        let (a, b) = tokio::join!(main, retry);
+        for r in [a, b] {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => tracing::error!(error = %e, "a sender loop panicked"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn consume(
+        self: Arc<Self>,
+        consumer: BatchConsumer,
+        wait_for_due: bool,
+        shutdown: CancellationToken,
+    ) -> Result<(), SenderError> {
         let linger = Duration::from_millis(self.config.batch_linger_ms);
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                b = self.consumer.next_batch(self.config.batch_size, linger) => b,
+                b = consumer.next_batch(self.config.batch_size, linger) => b,
             };
             let batch = match batch {
                 Ok(b) => b,
@@ -78,67 +144,88 @@ impl Sender {
                     continue;
                 }
             };
-            let mut jobs = Vec::with_capacity(batch.len());
-            for m in &batch {
-                match m.payload().map(DeliveryJob::from_json) {
-                    Some(Ok(job)) => jobs.push(job),
-                    // Dead-lettering arrives with the delivery protocol (issue 3);
-                    // until then an undecodable record is logged and skipped.
-                    other => tracing::error!(
-                        topic = m.topic(), partition = m.partition(), offset = m.offset(),
-                        error = ?other.map(|r| r.err()), "undecodable delivery job skipped"
-                    ),
-                }
-            }
-            // A batch is settled before its offsets are committed; a failure
-            // here leaves them uncommitted, so the jobs come back.
-            loop {
-                match self.process(&jobs).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "settling a batch failed; retrying it");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut jobs = self.decode(&batch).await;
+            if wait_for_due {
+                jobs.sort_by_key(|j| j.not_before);
+                while !jobs.is_empty() {
+                    let due_at = jobs[0].not_before.unwrap_or_default();
+                    let wait = (due_at - chrono::Utc::now()).to_std().unwrap_or_default();
+                    tokio::select! {
+                        // Uncommitted: the retries come back to whoever runs next.
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
                     }
+                    let now = chrono::Utc::now();
+                    let due = jobs.partition_point(|j| j.not_before.is_none_or(|t| t <= now));
+                    let ready: Vec<DeliveryJob> = jobs.drain(..due.max(1)).collect();
+                    self.process_until_settled(ready).await;
+                }
+            } else {
+                self.process_until_settled(jobs).await;
+            }
+            if let Err(e) = consumer.commit(&batch, CommitMode::Async) {
+                tracing::warn!(error = %e, "committing offsets failed; the jobs will be seen again and deduped");
+            }
+        }
+        consumer.unsubscribe();
+        Ok(())
+    }
+
+    /// Decodes a batch; what cannot be decoded goes to the dead-letter topic.
+    async fn decode(&self, batch: &[OwnedMessage]) -> Vec<DeliveryJob> {
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut letters = Vec::new();
+        for m in batch {
+            let payload = m.payload().unwrap_or_default();
+            match DeliveryJob::from_json(payload) {
+                Ok(job) => jobs.push(job),
+                Err(e) => {
+                    tracing::error!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %e, "undecodable delivery job dead-lettered");
+                    letters.push(DeadLetter {
+                        reason: format!("undecodable job: {e}"),
+                        job: None,
+                        raw: Some(String::from_utf8_lossy(payload).into_owned()),
+                        source_topic: m.topic().to_string(),
+                        at: chrono::Utc::now(),
+                    });
                 }
             }
-            self.consumer.commit(&batch, CommitMode::Async)?;
         }
-        self.consumer.unsubscribe();
-        Ok(())
+        while let Err(e) = self.publisher.publish_dead_letters(&letters).await {
+            tracing::warn!(error = %e, "publishing dead letters failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        jobs
     }
 
-    /// Runs every job of a batch to a settled state (or to the retry path).
+    /// A batch is settled before its offsets are committed; a failure (Redis
+    /// or Kafka away) runs it again, and the ledger drops what was settled.
+    async fn process_until_settled(&self, jobs: Vec<DeliveryJob>) {
+        while let Err(e) = self.process(&jobs).await {
+            tracing::warn!(error = %e, "settling a batch failed; retrying it");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// One claim-send-settle round for a batch; retries and dead letters are
+    /// published before it returns.
     pub async fn process(&self, jobs: &[DeliveryJob]) -> Result<(), SenderError> {
-        let now = Instant::now();
-        let mut pending: Vec<Pending> = jobs
-            .iter()
-            .map(|job| Pending {
-                job: job.clone(),
-                attempts: 0,
-                due: now,
-            })
-            .collect();
-        while !pending.is_empty() {
-            let next_due = pending.iter().map(|p| p.due).min().unwrap_or(now);
-            tokio::time::sleep_until(next_due).await;
-            let now = Instant::now();
-            let (ready, waiting): (Vec<Pending>, Vec<Pending>) =
-                pending.into_iter().partition(|p| p.due <= now);
-            pending = waiting;
-            pending.extend(self.round(ready).await?);
+        if jobs.is_empty() {
+            return Ok(());
         }
-        Ok(())
-    }
+        let ids: Vec<_> = jobs.iter().map(|j| j.delivery_id).collect();
+        let batch = self.ledger.claim_batch(&ids).await?;
+        let mut claims = batch.claims;
+        if !batch.ledger_intact {
+            self.guard
+                .ledger_lost(&self.ledger, &self.store, self.config.dedupe_horizon_hours);
+            self.fall_back_to_postgres(jobs, &mut claims).await?;
+        }
 
-    /// One claim-send-settle round; returns the jobs to try again later.
-    async fn round(&self, ready: Vec<Pending>) -> Result<Vec<Pending>, SenderError> {
-        let ids: Vec<_> = ready.iter().map(|p| p.job.delivery_id).collect();
-        let claims = self.ledger.claim_batch(&ids).await?;
-        let mut later = Vec::new();
+        let mut handoff = Handoff::default();
         let mut to_send = Vec::new();
-        let mut settled: Vec<(Pending, u64, Step)> = Vec::new();
-        let mut outcomes = Vec::new();
-        for (p, claim) in ready.into_iter().zip(claims) {
+        let mut settled: Vec<(DeliveryJob, u64, Step)> = Vec::new();
+        for (job, claim) in jobs.iter().cloned().zip(claims) {
             let epoch = match &claim {
                 Claim::Claimed { epoch } | Claim::TakenOver { epoch, .. } => *epoch,
                 _ => 0,
@@ -146,31 +233,29 @@ impl Sender {
             let resend = matches!(claim, Claim::TakenOver { .. });
             if let Claim::TakenOver { takeovers, .. } = claim {
                 tracing::info!(
-                    delivery_id = %p.job.delivery_id, takeovers, policy = p.job.policy.as_str(),
+                    delivery_id = %job.delivery_id, takeovers, policy = job.policy.as_str(),
                     "lease expired: the previous owner died mid-send; the policy decides"
                 );
             }
-            match action(&claim, p.job.policy) {
-                ClaimAction::Send if p.job.is_expired(chrono::Utc::now()) => {
-                    settled.push((
-                        p,
-                        epoch,
-                        settle(DeliveryStatus::Expired, "expired before it could be sent"),
-                    ));
+            match action(&claim, job.policy) {
+                ClaimAction::Send if job.is_expired(chrono::Utc::now()) => {
+                    let step = settle(DeliveryStatus::Expired, "expired before it could be sent");
+                    settled.push((job, epoch, step));
                 }
-                ClaimAction::Send => to_send.push((p, epoch, resend)),
+                ClaimAction::Send => to_send.push((job, epoch, resend)),
                 ClaimAction::RecordUnknown => {
                     let reason = "a sender died mid-send; whether the provider got it is unknown";
-                    settled.push((p, epoch, settle(DeliveryStatus::Unknown, reason)));
+                    settled.push((job, epoch, settle(DeliveryStatus::Unknown, reason)));
                 }
                 ClaimAction::RetryLater => {
+                    // Another sender holds a live lease: look again when it ends.
                     let wait = match claim {
-                        Claim::Busy { retry_in_ms } => retry_in_ms.max(1).unsigned_abs(),
+                        Claim::Busy { retry_in_ms } => retry_in_ms.max(1).unsigned_abs() + 50,
                         _ => 100,
                     };
-                    later.push(Pending {
-                        due: Instant::now() + Duration::from_millis(wait + 50),
-                        ..p
+                    handoff.retries.push(DeliveryJob {
+                        not_before: Some(chrono::Utc::now() + chrono_ms(wait)),
+                        ..job
                     });
                 }
                 ClaimAction::SkipDuplicate => {
@@ -179,61 +264,111 @@ impl Sender {
                     // keeps the first).
                     if let Claim::Settled { state } = &claim {
                         if let Some(status) = DeliveryStatus::parse(state) {
-                            tracing::debug!(delivery_id = %p.job.delivery_id, %state, "duplicate job dropped");
-                            outcomes.push(outcome(&p, status, None, None, false));
+                            tracing::debug!(delivery_id = %job.delivery_id, %state, "duplicate job dropped");
+                            handoff
+                                .outcomes
+                                .push(outcome(&job, status, None, None, false));
                         }
                     }
                 }
             }
         }
-
-        let mut later_sends = self.settle(settled, outcomes).await?;
-        later.append(&mut later_sends);
+        handoff.append(self.settle(settled).await?);
 
         // Settle sends as they finish, a ready chunk at a time: one slow
         // request does not hold back the others, and the window between the
         // provider's answer and the ledger's record stays as short as it can.
         let mut finished = stream::iter(to_send)
-            .map(|(p, epoch, resend)| async move {
-                let step = self.attempt(&p.job, resend).await;
-                (p, epoch, step)
+            .map(|(job, epoch, resend)| async move {
+                let step = self.attempt(&job, resend).await;
+                (job, epoch, step)
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .ready_chunks(SETTLE_CHUNK);
         while let Some(chunk) = finished.next().await {
-            later.append(&mut self.settle(chunk, Vec::new()).await?);
+            let mut h = self.settle(chunk).await?;
+            // Outcomes go out as they settle; hand-offs wait for the batch.
+            self.publisher
+                .publish_outcomes(&std::mem::take(&mut h.outcomes))
+                .await?;
+            handoff.append(h);
         }
-        Ok(later)
+        self.publisher.publish_outcomes(&handoff.outcomes).await?;
+        self.publisher.publish_retries(&handoff.retries).await?;
+        self.publisher
+            .publish_dead_letters(&handoff.dead_letters)
+            .await?;
+        Ok(())
     }
 
-    /// Records steps in the ledger (fenced by epoch), publishes the outcomes of
-    /// those still ours, and returns the jobs to retry.
-    async fn settle(
+    /// While the ledger is being rebuilt, a fresh claim may be about a delivery
+    /// settled before Redis lost its data: PostgreSQL knows, so ask it, and
+    /// copy what it says into the ledger.
+    async fn fall_back_to_postgres(
         &self,
-        settled: Vec<(Pending, u64, Step)>,
-        mut outcomes: Vec<DeliveryOutcome>,
-    ) -> Result<Vec<Pending>, SenderError> {
-        let mut later = Vec::new();
-        let mut ledger_steps = Vec::with_capacity(settled.len());
-        for (p, epoch, step) in &settled {
-            let s = match step {
-                Step::Settle { status, .. } => Settle::Complete {
-                    state: status.as_str().to_string(),
-                },
-                Step::Retry { .. } if p.attempts + 1 >= self.config.max_attempts => {
-                    Settle::Complete {
-                        state: DeliveryStatus::Failed.as_str().to_string(),
-                    }
-                }
-                Step::Retry { .. } => Settle::Release,
-            };
-            ledger_steps.push((p.job.delivery_id, *epoch, s));
+        jobs: &[DeliveryJob],
+        claims: &mut [Claim],
+    ) -> Result<(), SenderError> {
+        let claimed: Vec<_> = jobs
+            .iter()
+            .zip(claims.iter())
+            .filter(|(_, c)| matches!(c, Claim::Claimed { .. } | Claim::TakenOver { .. }))
+            .map(|(j, _)| j.delivery_id)
+            .collect();
+        let settled = self.store.settled_statuses(&claimed).await?;
+        if settled.is_empty() {
+            return Ok(());
         }
-        let accepted = self.ledger.complete_batch(&ledger_steps).await?;
-        for ((p, _, step), ours) in settled.into_iter().zip(accepted) {
+        let by_id: std::collections::HashMap<_, _> = settled.into_iter().collect();
+        let mut steps = Vec::new();
+        for (job, claim) in jobs.iter().zip(claims.iter_mut()) {
+            let epoch = match claim {
+                Claim::Claimed { epoch } | Claim::TakenOver { epoch, .. } => *epoch,
+                _ => continue,
+            };
+            if let Some(status) = by_id.get(&job.delivery_id) {
+                steps.push((
+                    job.delivery_id,
+                    epoch,
+                    Settle::Complete {
+                        state: status.as_str().to_string(),
+                    },
+                ));
+                *claim = Claim::Settled {
+                    state: status.as_str().to_string(),
+                };
+            }
+        }
+        tracing::info!(
+            skipped = steps.len(),
+            "ledger fallback: deliveries already settled in PostgreSQL were not sent again"
+        );
+        self.ledger.complete_batch(&steps).await?;
+        Ok(())
+    }
+
+    /// Records steps in the ledger (fenced by epoch) and collects the outcomes,
+    /// retries and dead letters of those still ours.
+    async fn settle(&self, settled: Vec<(DeliveryJob, u64, Step)>) -> Result<Handoff, SenderError> {
+        let mut handoff = Handoff::default();
+        let exhausted = |job: &DeliveryJob| job.attempt + 1 >= self.config.max_attempts;
+        let ledger_steps: Vec<_> = settled
+            .iter()
+            .map(|(job, epoch, step)| {
+                let s = match step {
+                    Step::Settle { status, .. } => Settle::Complete {
+                        state: status.as_str().to_string(),
+                    },
+                    // Released, not completed: a replayed dead letter can send it.
+                    Step::Retry { .. } | Step::DeadLetter { .. } => Settle::Release,
+                };
+                (job.delivery_id, *epoch, s)
+            })
+            .collect();
+        let ours = self.ledger.complete_batch(&ledger_steps).await?;
+        for ((job, _, step), ours) in settled.into_iter().zip(ours) {
             if !ours {
-                // A newer owner holds this delivery; its outcome stands.
-                tracing::warn!(delivery_id = %p.job.delivery_id, "lease lost before settling; outcome left to the new owner");
+                tracing::warn!(delivery_id = %job.delivery_id, "lease lost before settling; outcome left to the new owner");
                 continue;
             }
             match step {
@@ -242,42 +377,52 @@ impl Sender {
                     reason,
                     provider_id,
                     invalid_token,
-                } => outcomes.push(outcome(&p, status, reason, provider_id, invalid_token)),
-                Step::Retry { reason, .. } if p.attempts + 1 >= self.config.max_attempts => {
-                    let reason = format!("gave up after {} attempts: {reason}", p.attempts + 1);
-                    outcomes.push(outcome(
-                        &p,
-                        DeliveryStatus::Failed,
-                        Some(reason),
-                        None,
-                        false,
-                    ));
+                } => {
+                    handoff
+                        .outcomes
+                        .push(outcome(&job, status, reason, provider_id, invalid_token))
+                }
+                Step::Retry { reason, .. } if exhausted(&job) => {
+                    let reason = format!("gave up after {} attempts: {reason}", job.attempt + 1);
+                    handoff.dead_letter(job, reason);
                 }
                 Step::Retry {
                     reason,
                     retry_after,
                 } => {
-                    let wait = self.backoff(p.attempts, retry_after);
-                    tracing::debug!(delivery_id = %p.job.delivery_id, %reason, ?wait, "retrying");
-                    later.push(Pending {
-                        attempts: p.attempts + 1,
-                        due: Instant::now() + wait,
-                        job: p.job,
+                    let wait = self.backoff(job.attempt, retry_after);
+                    tracing::debug!(delivery_id = %job.delivery_id, %reason, ?wait, "retrying later");
+                    handoff.retries.push(DeliveryJob {
+                        attempt: job.attempt + 1,
+                        not_before: Some(chrono::Utc::now() + chrono_ms(wait.as_millis() as u64)),
+                        ..job
                     });
                 }
+                Step::DeadLetter { reason } => handoff.dead_letter(job, reason),
             }
         }
-        if !outcomes.is_empty() {
-            self.publisher.publish_outcomes(&outcomes).await?;
-        }
-        Ok(later)
+        Ok(handoff)
     }
 
     /// Sends once; an unknown outcome under `at_least_once` is resent once at
     /// once, with the same ids, unless this send already was a resend.
     async fn attempt(&self, job: &DeliveryJob, resend: bool) -> Step {
+        let has_platform = |c: &herald_providers::Credentials| match job.platform {
+            Platform::Ios => c.apns.is_some(),
+            Platform::Android => c.fcm.is_some(),
+        };
         let creds = match self.credentials.get(job.app_id).await {
-            Ok(c) => c,
+            Ok(Some(c)) if has_platform(&c) => Ok(Some(c)),
+            // Before giving up on an app, make sure the cache is not stale.
+            _ => self.credentials.reload(job.app_id).await,
+        };
+        let creds = match creds {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Step::DeadLetter {
+                    reason: format!("unknown app {}", job.app_id),
+                }
+            }
             Err(e) => {
                 return Step::Retry {
                     reason: format!("loading credentials: {e}"),
@@ -285,6 +430,15 @@ impl Sender {
                 }
             }
         };
+        if !has_platform(&creds) {
+            let provider = match job.platform {
+                Platform::Ios => "APNs",
+                Platform::Android => "FCM",
+            };
+            return Step::DeadLetter {
+                reason: format!("the app has no usable {provider} credentials"),
+            };
+        }
         let mut class = self.providers.send(job, &creds).await;
         if let OutcomeClass::Unknown { reason } = &class {
             if job.policy == DeliveryPolicy::AtLeastOnce && !resend {
@@ -329,6 +483,34 @@ impl Sender {
     }
 }
 
+impl Handoff {
+    fn dead_letter(&mut self, job: DeliveryJob, reason: String) {
+        tracing::warn!(delivery_id = %job.delivery_id, %reason, "dead-lettered");
+        self.outcomes.push(outcome(
+            &job,
+            DeliveryStatus::Failed,
+            Some(reason.clone()),
+            None,
+            false,
+        ));
+        self.dead_letters.push(DeadLetter {
+            reason,
+            job: Some(DeliveryJob {
+                attempt: 0,
+                not_before: None,
+                ..job
+            }),
+            raw: None,
+            source_topic: String::new(),
+            at: chrono::Utc::now(),
+        });
+    }
+}
+
+fn chrono_ms(ms: u64) -> chrono::Duration {
+    chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
 fn settle(status: DeliveryStatus, reason: &str) -> Step {
     Step::Settle {
         status,
@@ -339,23 +521,23 @@ fn settle(status: DeliveryStatus, reason: &str) -> Step {
 }
 
 fn outcome(
-    p: &Pending,
+    job: &DeliveryJob,
     status: DeliveryStatus,
     reason: Option<String>,
     provider_id: Option<String>,
     invalid_token: bool,
 ) -> DeliveryOutcome {
     DeliveryOutcome {
-        delivery_id: p.job.delivery_id,
-        message_id: p.job.message_id,
-        app_id: p.job.app_id,
-        platform: p.job.platform,
+        delivery_id: job.delivery_id,
+        message_id: job.message_id,
+        app_id: job.app_id,
+        platform: job.platform,
         status,
         reason,
         provider_id,
         invalid_token,
-        token: p.job.token.clone(),
-        attempts: p.attempts + 1,
+        token: job.token.clone(),
+        attempts: job.attempt + 1,
         at: chrono::Utc::now(),
     }
 }

@@ -1,6 +1,6 @@
 //! The APNs provider API: `POST /3/device/{token}` over HTTP/2.
 
-use crate::state::{SimState, APNS_KEY_ID, APNS_TEAM_ID, APNS_TOPIC};
+use crate::state::{SimState, Verdict, APNS_KEY_ID, APNS_TEAM_ID, APNS_TOPIC};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Version};
@@ -62,7 +62,15 @@ pub(crate) async fn send(
         )
             .into_response();
     }
-    state.before_judging().await;
+    if let Verdict::Fail(status) = state.before_judging().await {
+        let reason = match status {
+            429 => "TooManyRequests",
+            500 => "InternalServerError",
+            _ => "ServiceUnavailable",
+        };
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return error(status, reason, "");
+    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let apns_id = match header("apns-id") {
         Some(id) => match Uuid::parse_str(id) {
@@ -134,6 +142,7 @@ pub(crate) async fn send(
         return reject(status, reason);
     }
     state.record("apns", &token, apns_id.clone(), collapse_id, payload, &body);
+    state.after_accepting().await;
     (StatusCode::OK, [("apns-id", apns_id)]).into_response()
 }
 

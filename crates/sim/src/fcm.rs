@@ -1,7 +1,7 @@
 //! FCM HTTP v1 (`POST /v1/projects/{project}/messages:send`) and the OAuth2
 //! token endpoint that the simulator's service account points at.
 
-use crate::state::{SimState, FCM_CLIENT_EMAIL, FCM_PROJECT};
+use crate::state::{SimState, Verdict, FCM_CLIENT_EMAIL, FCM_PROJECT};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -48,7 +48,15 @@ pub(crate) async fn send(
     if verb != "messages:send" {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", None, "unknown method");
     }
-    state.before_judging().await;
+    if let Verdict::Fail(status) = state.before_judging().await {
+        let (rpc, code) = match status {
+            429 => ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"),
+            500 => ("INTERNAL", "INTERNAL"),
+            _ => ("UNAVAILABLE", "UNAVAILABLE"),
+        };
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return error(status, rpc, Some(code), "injected fault");
+    }
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -115,6 +123,7 @@ pub(crate) async fn send(
         .as_str()
         .map(str::to_string);
     state.record("fcm", token, name.clone(), tag, message.clone(), &body);
+    state.after_accepting().await;
     Json(json!({ "name": name })).into_response()
 }
 

@@ -44,12 +44,26 @@ pub struct Faults {
     /// Let this many provider requests through (counted from when the faults
     /// were set), then hold the rest like `stall`.
     pub stall_after: Option<u64>,
+    /// Record each accepted delivery, then hold its answer until lifted: the
+    /// provider has it, the sender never hears so.
+    pub hang_after_accept: bool,
+    /// Answer the first this-many provider requests (since the faults were
+    /// set) with `fail_status` instead of judging them.
+    pub fail_first: u64,
+    /// 429, 500 or 503 (default 503).
+    pub fail_status: Option<u16>,
 }
 
 impl Faults {
     fn holding(&self) -> bool {
         self.stall || self.stall_after.is_some()
     }
+}
+
+/// What to do with a provider request, decided before it is judged.
+pub(crate) enum Verdict {
+    Judge,
+    Fail(u16),
 }
 
 pub(crate) const APNS_TEAM_ID: &str = "HERALDSIM1";
@@ -70,6 +84,8 @@ pub(crate) struct SimState {
     pub stalled: std::sync::atomic::AtomicU64,
     /// Requests let through since the faults were last set (for `stall_after`).
     admitted: std::sync::atomic::AtomicU64,
+    /// Requests failed since the faults were last set (for `fail_first`).
+    failed: std::sync::atomic::AtomicU64,
 }
 
 impl SimState {
@@ -107,6 +123,7 @@ impl SimState {
             faults: watch::Sender::new(Faults::default()),
             stalled: std::sync::atomic::AtomicU64::new(0),
             admitted: std::sync::atomic::AtomicU64::new(0),
+            failed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -175,12 +192,22 @@ impl SimState {
 
     pub fn set_faults(&self, faults: Faults) {
         self.admitted.store(0, std::sync::atomic::Ordering::SeqCst);
+        self.failed.store(0, std::sync::atomic::Ordering::SeqCst);
         self.faults.send_replace(faults);
     }
 
-    /// Applies latency, then waits out a stall. Dropped with the request if
-    /// the client goes away, so a held request is never recorded.
-    pub async fn before_judging(&self) {
+    /// After a delivery was recorded: waits while `hang_after_accept` holds.
+    pub async fn after_accepting(&self) {
+        let mut rx = self.faults.subscribe();
+        if rx.borrow().hang_after_accept {
+            let _ = rx.wait_for(|f| !f.hang_after_accept).await;
+        }
+    }
+
+    /// Applies latency, waits out a stall, then says whether to fail the
+    /// request outright. Dropped with the request if the client goes away, so
+    /// a held request is never recorded.
+    pub async fn before_judging(&self) -> Verdict {
         use std::sync::atomic::Ordering;
         let latency = self.faults.borrow().latency_ms;
         if latency > 0 {
@@ -198,6 +225,14 @@ impl SimState {
             let _guard = StallGuard(&self.stalled);
             let _ = rx.wait_for(|f| !f.holding()).await;
         }
+        let (fail_first, status) = {
+            let f = rx.borrow();
+            (f.fail_first, f.fail_status.unwrap_or(503))
+        };
+        if fail_first > 0 && self.failed.fetch_add(1, Ordering::SeqCst) < fail_first {
+            return Verdict::Fail(status);
+        }
+        Verdict::Judge
     }
 }
 

@@ -131,6 +131,8 @@ fn job_from_row(row: JobRow) -> Result<DeliveryJob> {
         notification: serde_json::from_value(row.notification).map_err(corrupt)?,
         policy: DeliveryPolicy::from_str(&row.policy).map_err(corrupt)?,
         expires_at: row.expires_at,
+        attempt: 0,
+        not_before: None,
     })
 }
 
@@ -312,7 +314,9 @@ impl Store {
     }
 
     /// Stores a batch of outcomes. The first outcome of a delivery wins, so a
-    /// replayed outcome event changes nothing. Invalid tokens are pruned.
+    /// replayed outcome event changes nothing; the one exception is `failed`,
+    /// which a replayed dead letter may turn into a real outcome. Invalid
+    /// tokens are pruned.
     pub async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<()> {
         if outcomes.is_empty() {
             return Ok(());
@@ -333,7 +337,8 @@ impl Store {
                     provider_id = u.provider_id, attempts = u.attempts, settled_at = u.at
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::timestamptz[])
                   AS u(id, status, reason, provider_id, attempts, at)
-             WHERE d.id = u.id AND d.status = 'pending'",
+             WHERE d.id = u.id
+               AND (d.status = 'pending' OR (d.status = 'failed' AND u.status <> 'failed'))",
         )
         .bind(&ids)
         .bind(&statuses)
@@ -362,6 +367,61 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The settled deliveries among `ids`: the dedupe fallback while the
+    /// Redis ledger is being rebuilt.
+    pub async fn settled_statuses(
+        &self,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<(DeliveryId, DeliveryStatus)>> {
+        let ids: Vec<Uuid> = ids.iter().map(|d| d.as_uuid()).collect();
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, status FROM deliveries WHERE id = ANY($1) AND status <> 'pending'",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, s)| {
+                let status =
+                    DeliveryStatus::parse(&s).ok_or_else(|| corrupt(format!("status `{s}`")))?;
+                Ok((DeliveryId(id), status))
+            })
+            .collect()
+    }
+
+    /// Deliveries settled since `since`, a page at a time by (settled_at, id):
+    /// what rebuilding the Redis ledger copies.
+    pub async fn settled_page(
+        &self,
+        since: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, DeliveryId)>,
+        limit: i64,
+    ) -> Result<Vec<(DateTime<Utc>, DeliveryId, DeliveryStatus)>> {
+        let (after_at, after_id) = match after {
+            Some((at, id)) => (at, id.as_uuid()),
+            None => (since, Uuid::nil()),
+        };
+        let rows: Vec<(DateTime<Utc>, Uuid, String)> = sqlx::query_as(
+            "SELECT settled_at, id, status FROM deliveries
+             WHERE status <> 'pending' AND settled_at IS NOT NULL AND settled_at >= $1
+               AND (settled_at, id) > ($2, $3)
+             ORDER BY settled_at, id LIMIT $4",
+        )
+        .bind(since)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(at, id, s)| {
+                let status =
+                    DeliveryStatus::parse(&s).ok_or_else(|| corrupt(format!("status `{s}`")))?;
+                Ok((at, DeliveryId(id), status))
+            })
+            .collect()
     }
 
     pub async fn message(
