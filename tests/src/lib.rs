@@ -17,8 +17,13 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub const DELIVERIES_TOPIC: &str = "herald.deliveries";
-pub const OUTCOMES_TOPIC: &str = "herald.outcomes";
+/// Herald's default topic names.
+pub const TOPICS: [&str; 4] = [
+    "herald.deliveries",
+    "herald.retries",
+    "herald.outcomes",
+    "herald.dead-letters",
+];
 
 /// Waits for a condition, polling; panics with `what` when `timeout` passes.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
@@ -62,12 +67,109 @@ pub struct HeraldProcess {
     pub name: String,
     pub child: Child,
     pub url: Option<String>,
+    pub log: PathBuf,
 }
 
 impl HeraldProcess {
     /// SIGKILL: the process gets no chance to settle anything.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// SIGSTOP / SIGCONT: a paused process keeps its connections open and
+    /// wakes up with stale leases: a zombie.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("process is running");
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// Whether the process has logged `text` so far.
+    pub fn logged(&self, text: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(text))
+    }
+}
+
+/// A Redis server of one test's own, on a Unix socket, so that the test can
+/// restart it (without persistence: it comes back empty).
+pub struct PrivateRedis {
+    dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    pub fn start(dir: &std::path::Path) -> Self {
+        let dir = dir.join("redis");
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let child = Self::spawn(&dir);
+        let r = Self { dir, child };
+        r.wait_ready();
+        r
+    }
+
+    fn socket(dir: &std::path::Path) -> PathBuf {
+        dir.join("redis.sock")
+    }
+
+    fn spawn(dir: &std::path::Path) -> std::process::Child {
+        let _ = std::fs::remove_file(Self::socket(dir));
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--unixsocket",
+            ])
+            .arg(Self::socket(dir))
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server")
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..200 {
+            if Self::socket(&self.dir).exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("private redis did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", Self::socket(&self.dir).display())
+    }
+
+    /// Kills Redis and starts an empty one on the same socket.
+    pub fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir);
+        self.wait_ready();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -102,8 +204,7 @@ impl TestEnv {
     /// A broker, a fresh database (migrated), and a running simulator.
     pub async fn start(name: &str) -> Self {
         let run = uuid::Uuid::new_v4().simple().to_string();
-        let broker = EmbeddedBroker::start(1, &[DELIVERIES_TOPIC, OUTCOMES_TOPIC], 4)
-            .expect("embedded broker");
+        let broker = EmbeddedBroker::start(1, &TOPICS, 4).expect("embedded broker");
         let db_name = format!("herald_t_{}_{}", name, &run[..12]);
         let db_url = format!("{}/{}", postgres_base(), db_name);
         let log_dir = std::env::var("CARGO_TARGET_DIR")
@@ -198,11 +299,10 @@ impl TestEnv {
 
     /// Starts a long-running role; with `listens`, waits for its address.
     pub async fn spawn(&self, name: &str, args: &[&str], listens: bool) -> HeraldProcess {
-        let log = std::fs::File::create(
-            self.log_dir
-                .join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple())),
-        )
-        .expect("log file");
+        let log_path = self
+            .log_dir
+            .join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
+        let log = std::fs::File::create(&log_path).expect("log file");
         let mut child = self
             .command(args)
             .stdout(Stdio::piped())
@@ -235,6 +335,7 @@ impl TestEnv {
             name: name.to_string(),
             child,
             url,
+            log: log_path,
         }
     }
 
@@ -323,6 +424,56 @@ impl TestEnv {
         counts
     }
 
+    /// Waits until `group` has committed every record of `topic`: nothing it
+    /// was given is still in flight.
+    pub async fn wait_consumed(&self, group: &str, topic: &str, timeout: Duration) {
+        let bootstrap = self.broker.bootstrap_servers().to_string();
+        let (group, topic) = (group.to_string(), topic.to_string());
+        let what = format!("{group} to consume all of {topic}");
+        wait_until(&what, timeout, || {
+            let (bootstrap, group, topic) = (bootstrap.clone(), group.clone(), topic.clone());
+            async move {
+                tokio::task::spawn_blocking(move || caught_up(&bootstrap, &group, &topic))
+                    .await
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+
+    /// A test's API call: POST /v1/push, returning the status and JSON body.
+    pub async fn push(
+        &self,
+        gateway: &str,
+        key: &str,
+        idempotency_key: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .post(format!("{gateway}/v1/push"))
+            .bearer_auth(key)
+            .json(body);
+        if let Some(k) = idempotency_key {
+            r = r.header("Idempotency-Key", k);
+        }
+        let resp = r.send().await.expect("push");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn message(&self, gateway: &str, key: &str, id: &str) -> Value {
+        self.http
+            .get(format!("{gateway}/v1/messages/{id}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("message")
+            .json()
+            .await
+            .expect("message json")
+    }
+
     pub async fn count_rows(&self, table: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&self.db)
@@ -354,4 +505,41 @@ pub fn ios_token(n: usize) -> String {
 
 pub fn android_token(n: usize) -> String {
     format!("fcm-device-{n:04}")
+}
+
+fn caught_up(bootstrap: &str, group: &str, topic: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let timeout = Duration::from_secs(5);
+    let Ok(consumer) = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create::<BaseConsumer>()
+    else {
+        return false;
+    };
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else {
+        return false;
+    };
+    let mut tpl = TopicPartitionList::new();
+    let mut highs = HashMap::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let Ok((_, high)) = consumer.fetch_watermarks(topic, p.id(), timeout) else {
+                return false;
+            };
+            highs.insert(p.id(), high);
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, timeout) else {
+        return false;
+    };
+    committed.elements().iter().all(|e| {
+        let high = highs.get(&e.partition()).copied().unwrap_or(0);
+        match e.offset() {
+            Offset::Offset(o) => o >= high,
+            _ => high == 0,
+        }
+    })
 }

@@ -1,0 +1,515 @@
+//! The delivery protocol under the failures of docs/delivery-semantics.md,
+//! each with real processes and asserted on the simulators' record: the
+//! duplicates and losses the docs promise, and no more.
+
+use herald_core::DeliveryJob;
+use herald_tests::{android_token, ios_token, wait_until, PrivateRedis, TestEnv, TOPICS};
+use rdkafka::Message;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const DELIVERIES: &str = TOPICS[0];
+const SENDERS: &str = "herald-senders";
+const LONG: Duration = Duration::from_secs(90);
+
+fn one_token(platform: &str, token: &str) -> Value {
+    json!({"platform": platform, "token": token})
+}
+
+fn push_body(tokens: Vec<Value>, policy: &str) -> Value {
+    json!({"to": {"tokens": tokens}, "notification": {"title": "t", "body": "b"}, "delivery_policy": policy})
+}
+
+/// Long request timeout and a lease just above it: held requests are still in
+/// flight when a test acts, however slow the machine.
+fn slow_leases(env: &mut TestEnv) {
+    env.extra_env
+        .insert("HERALD_SENDER__REQUEST_TIMEOUT_MS".into(), "8000".into());
+    env.extra_env
+        .insert("HERALD_SENDER__LEASE_MS".into(), "9000".into());
+}
+
+async fn wait_status(
+    env: &TestEnv,
+    gw: &str,
+    key: &str,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let s = env.message(gw, key, id).await;
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "message {id} never reached the expected state: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sender_killed_between_the_providers_answer_and_settling() {
+    let mut env = TestEnv::start("crashafter").await;
+    slow_leases(&mut env);
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let mut first = env.sender().await;
+
+    // The providers record each delivery, then never answer.
+    env.set_sim_faults(json!({"hang_after_accept": true})).await;
+    let (_, least) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("least"),
+            &push_body(vec![one_token("ios", &ios_token(1))], "at_least_once"),
+        )
+        .await;
+    let (_, most) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("most"),
+            &push_body(
+                vec![one_token("android", &android_token(1))],
+                "at_most_once",
+            ),
+        )
+        .await;
+    let least = least["message_id"].as_str().expect("id").to_string();
+    let most = most["message_id"].as_str().expect("id").to_string();
+    wait_until("both accepted by the providers", LONG, || async {
+        env.sim_stats().await["accepted"] == 2
+    })
+    .await;
+    first.kill().await;
+    env.set_sim_faults(json!({})).await;
+    let _second = env.sender().await;
+
+    // at_least_once: resent once by the new owner, with the same ids, so the
+    // device shows it once.
+    let s = wait_status(&env, &gw, &app.server_key, &least, |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(s["counts"]["delivered"], 1, "{s}");
+    let copies: Vec<Value> = env
+        .sim_deliveries()
+        .await
+        .into_iter()
+        .filter(|d| d["collapse_id"] == least.as_str())
+        .collect();
+    assert_eq!(copies.len(), 2, "the promised resend: {copies:?}");
+    assert_eq!(
+        copies[0]["provider_id"], copies[1]["provider_id"],
+        "same apns-id"
+    );
+
+    // at_most_once: recorded unknown, never resent.
+    let s = wait_status(&env, &gw, &app.server_key, &most, |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(s["counts"]["unknown"], 1, "{s}");
+    assert_eq!(
+        env.deliveries_per_token(&most)
+            .await
+            .values()
+            .sum::<usize>(),
+        1
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_sender_paused_past_its_lease_cannot_overwrite_its_successor() {
+    let mut env = TestEnv::start("zombie").await;
+    slow_leases(&mut env);
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let zombie = env.sender().await;
+
+    env.set_sim_faults(json!({"stall": true})).await;
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("z"),
+            &push_body(vec![one_token("ios", &ios_token(7))], "at_most_once"),
+        )
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until("the send is held at the provider", LONG, || async {
+        env.sim_stats().await["stalled"] == 1
+    })
+    .await;
+    zombie.pause();
+    let _successor = env.sender().await;
+
+    // The successor waits out the lease, takes over, and under at_most_once
+    // records `unknown` without sending.
+    let s = wait_status(&env, &gw, &app.server_key, &id, |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(s["counts"]["unknown"], 1, "{s}");
+
+    // The zombie wakes up, its held request is answered 200: its settle is
+    // refused, because the successor's epoch is newer.
+    env.set_sim_faults(json!({})).await;
+    zombie.resume();
+    wait_until("the zombie's settle is fenced off", LONG, || async {
+        zombie.logged("lease lost before settling")
+    })
+    .await;
+    assert_eq!(
+        env.deliveries_per_token(&id).await.values().sum::<usize>(),
+        1
+    );
+    let s = env.message(&gw, &app.server_key, &id).await;
+    assert_eq!(
+        s["counts"]["unknown"], 1,
+        "the successor's outcome stands: {s}"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn redis_restarted_without_persistence_does_not_resend_what_was_delivered() {
+    let mut env = TestEnv::start("redisloss").await;
+    let mut redis = PrivateRedis::start(&env.log_dir);
+    env.extra_env
+        .insert("HERALD_REDIS__URL".into(), redis.url());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+
+    let tokens = |from: usize| {
+        (from..from + 10)
+            .map(|i| one_token("ios", &ios_token(i)))
+            .collect::<Vec<_>>()
+    };
+    let (_, first) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("before"),
+            &push_body(tokens(0), "at_least_once"),
+        )
+        .await;
+    let first = first["message_id"].as_str().expect("id").to_string();
+    wait_status(&env, &gw, &app.server_key, &first, |s| {
+        s["counts"]["delivered"] == 10
+    })
+    .await;
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+
+    // Redis comes back empty; then every job ever published is replayed (as
+    // after a consumer offset reset, or a replay into a new cluster).
+    redis.restart_empty();
+    let kafka = herald_config_for(&env);
+    let records = tokio::task::spawn_blocking(move || {
+        herald_bus::read_topic(&kafka, DELIVERIES, Duration::from_secs(10))
+    })
+    .await
+    .expect("join")
+    .expect("read topic");
+    let jobs: Vec<DeliveryJob> = records
+        .iter()
+        .map(|m| DeliveryJob::from_json(m.payload().unwrap_or_default()).expect("job"))
+        .collect();
+    assert_eq!(jobs.len(), 10);
+    herald_bus::Publisher::new(&herald_config_for(&env))
+        .expect("publisher")
+        .publish_jobs(&jobs)
+        .await
+        .expect("replay");
+    let (_, second) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("after"),
+            &push_body(tokens(100), "at_least_once"),
+        )
+        .await;
+    let second = second["message_id"].as_str().expect("id").to_string();
+    wait_status(&env, &gw, &app.server_key, &second, |s| {
+        s["counts"]["delivered"] == 10
+    })
+    .await;
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+
+    let first_copies = env.deliveries_per_token(&first).await;
+    assert_eq!(first_copies.len(), 10);
+    assert!(
+        first_copies.values().all(|&n| n == 1),
+        "resent after Redis lost its data: {first_copies:?}"
+    );
+    env.finish().await;
+}
+
+fn herald_config_for(env: &TestEnv) -> herald_config::KafkaConfig {
+    herald_config::KafkaConfig {
+        bootstrap_servers: env.broker.bootstrap_servers().to_string(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_second_sender_joining_mid_batch_delivers_everything_once() {
+    let env = TestEnv::start("rebalance").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    env.set_sim_faults(json!({"latency_ms": 20})).await;
+    let _first = env.sender().await;
+    let tokens: Vec<Value> = (0..300)
+        .map(|i| {
+            if i % 2 == 0 {
+                one_token("ios", &ios_token(i))
+            } else {
+                one_token("android", &android_token(i))
+            }
+        })
+        .collect();
+    let (status, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("rb"),
+            &push_body(tokens, "at_least_once"),
+        )
+        .await;
+    assert_eq!(status, 202, "{m}");
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until("the first sender is under way", LONG, || async {
+        env.sim_stats().await["accepted"].as_u64().unwrap_or(0) >= 20
+    })
+    .await;
+    let _second = env.sender().await;
+    wait_status(&env, &gw, &app.server_key, &id, |s| {
+        s["counts"]["delivered"] == 300
+    })
+    .await;
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+    let per_token = env.deliveries_per_token(&id).await;
+    assert_eq!(per_token.len(), 300);
+    assert!(
+        per_token.values().all(|&n| n == 1),
+        "duplicates after a rebalance"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn the_same_jobs_published_three_times_are_delivered_once() {
+    let env = TestEnv::start("thrice").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let tokens: Vec<Value> = (0..10)
+        .map(|i| one_token("android", &android_token(i)))
+        .collect();
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("x3"),
+            &push_body(tokens, "at_least_once"),
+        )
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    // No sender yet: the relay published once; recovery publishes twice more.
+    wait_until("the outbox is published", LONG, || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&env.db)
+            .await
+            .map(|n| n == 0)
+            .unwrap_or(false)
+    })
+    .await;
+    for _ in 0..2 {
+        let out = env.run_cli(&["recover"]).await;
+        assert!(out.contains("republished 10"), "{out}");
+    }
+    let _sender = env.sender().await;
+    wait_status(&env, &gw, &app.server_key, &id, |s| {
+        s["counts"]["delivered"] == 10
+    })
+    .await;
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+    let per_token = env.deliveries_per_token(&id).await;
+    assert_eq!(per_token.len(), 10);
+    assert!(per_token.values().all(|&n| n == 1), "{per_token:?}");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn storms_of_429_and_503_are_retried_until_each_delivery_lands_once() {
+    let env = TestEnv::start("storms").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    // APNs 429s (FCM quota errors rightly wait a minute, too long for a test),
+    // then 503s on both providers.
+    for (status, tokens) in [
+        (
+            429,
+            (0..20)
+                .map(|i| one_token("ios", &ios_token(i)))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            503,
+            (20..40)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        one_token("ios", &ios_token(i))
+                    } else {
+                        one_token("android", &android_token(i))
+                    }
+                })
+                .collect(),
+        ),
+    ] {
+        env.set_sim_faults(json!({"fail_first": 30, "fail_status": status}))
+            .await;
+        let (_, m) = env
+            .push(
+                &gw,
+                &app.server_key,
+                None,
+                &push_body(tokens, "at_least_once"),
+            )
+            .await;
+        let id = m["message_id"].as_str().expect("id").to_string();
+        let s = wait_status(&env, &gw, &app.server_key, &id, |s| {
+            s["counts"]["delivered"] == 20
+        })
+        .await;
+        let retried = s["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .iter()
+            .filter(|d| d["attempts"].as_u64() > Some(1))
+            .count();
+        assert!(retried > 0, "{status}: nothing was retried: {s}");
+        let per_token = env.deliveries_per_token(&id).await;
+        assert_eq!(per_token.len(), 20, "{status}: lost");
+        assert!(per_token.values().all(|&n| n == 1), "{status}: duplicates");
+    }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn permanently_invalid_tokens_are_not_retried_and_their_installations_are_invalidated() {
+    let env = TestEnv::start("badtokens").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    let bad = [
+        ("gone", "ios", format!("0410{}", &ios_token(1)[4..])),
+        ("badtoken", "ios", format!("0bad{}", &ios_token(2)[4..])),
+        ("unregistered", "android", "unreg-device-1".to_string()),
+        ("good", "ios", ios_token(3)),
+    ];
+    for (install, platform, token) in &bad {
+        let r = env
+            .http
+            .put(format!("{gw}/v1/installations/{install}"))
+            .bearer_auth(&app.sdk_key)
+            .json(&json!({"platform": platform, "token": token}))
+            .send()
+            .await
+            .expect("install");
+        assert_eq!(r.status(), 200);
+    }
+    let body = json!({"to": {"install_ids": ["gone", "badtoken", "unregistered", "good"]}, "notification": {"title": "t"}});
+    let (_, m) = env.push(&gw, &app.server_key, None, &body).await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    let s = wait_status(&env, &gw, &app.server_key, &id, |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(s["counts"]["rejected"], 3, "{s}");
+    assert_eq!(s["counts"]["delivered"], 1, "{s}");
+    for d in s["deliveries"].as_array().expect("deliveries") {
+        assert_eq!(d["attempts"], 1, "never retried: {d}");
+    }
+    let invalid: Vec<String> = sqlx::query_scalar(
+        "SELECT install_id FROM installations WHERE invalidated_at IS NOT NULL ORDER BY install_id",
+    )
+    .fetch_all(&env.db)
+    .await
+    .expect("query");
+    assert_eq!(invalid, ["badtoken", "gone", "unregistered"]);
+    // Never targeted again.
+    let (_, again) = env.push(&gw, &app.server_key, None, &body).await;
+    assert_eq!(again["recipients"], 1, "{again}");
+    assert_eq!(
+        again["unresolved_install_ids"],
+        json!(["gone", "badtoken", "unregistered"])
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn jobs_that_cannot_be_processed_are_dead_lettered_and_replay_safely() {
+    let env = TestEnv::start("dlq").await;
+    // An app without provider credentials: its deliveries cannot be sent.
+    let out = env.run_cli(&["apps", "create", "--name", "nocreds"]).await;
+    let app: Value = serde_json::from_str(out.trim()).expect("json");
+    let key = app["server_key"].as_str().expect("key").to_string();
+    let app_id = app["app_id"].as_str().expect("id").to_string();
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    let tokens = vec![
+        one_token("ios", &ios_token(1)),
+        one_token("android", &android_token(1)),
+    ];
+    let (_, m) = env
+        .push(&gw, &key, Some("dl"), &push_body(tokens, "at_least_once"))
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    let s = wait_status(&env, &gw, &key, &id, |s| s["counts"]["failed"] == 2).await;
+    assert!(
+        s["deliveries"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("credentials")),
+        "{s}"
+    );
+
+    let listed = env.run_cli(&["dlq", "list"]).await;
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(listed.contains("credentials"));
+
+    // Fixed, then replayed twice: delivered once each.
+    env.run_cli(&[
+        "apps",
+        "credentials",
+        "--app",
+        &app_id,
+        "--sim",
+        env.sim_url(),
+    ])
+    .await;
+    for _ in 0..2 {
+        let out = env.run_cli(&["dlq", "replay"]).await;
+        assert!(out.contains("replayed 2"), "{out}");
+    }
+    wait_status(&env, &gw, &key, &id, |s| s["counts"]["delivered"] == 2).await;
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+    let per_token = env.deliveries_per_token(&id).await;
+    assert_eq!(per_token.len(), 2);
+    assert!(per_token.values().all(|&n| n == 1), "{per_token:?}");
+    env.finish().await;
+}
