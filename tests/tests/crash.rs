@@ -93,3 +93,62 @@ async fn a_sender_killed_mid_batch_and_restarted_loses_and_duplicates_nothing() 
     assert!(doubled.is_empty(), "delivered twice: {doubled:?}");
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_sender_stopped_with_sigterm_settles_its_batch_before_it_leaves() {
+    let env = TestEnv::start("sigterm").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("gateway url");
+    let mut first = env.sender().await;
+    env.set_sim_faults(json!({"latency_ms": 300})).await;
+    let tokens: Vec<Value> = (0..60)
+        .map(|i| json!({"platform": "ios", "token": ios_token(i)}))
+        .collect();
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("term"),
+            &json!({"to": {"tokens": tokens}, "notification": {"title": "t"}}),
+        )
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until(
+        "the sender has requests in flight",
+        Duration::from_secs(60),
+        || async { env.sim_stats().await["accepted"].as_u64().unwrap_or(0) >= 1 },
+    )
+    .await;
+
+    let pid = first.child.id().expect("running");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), first.child.wait())
+        .await
+        .expect("the sender exits within 30 s of SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "clean exit: {status}");
+
+    let second = env.sender().await;
+    wait_until("all 60 delivered", Duration::from_secs(60), || async {
+        env.message(&gw, &app.server_key, &id).await["counts"]["delivered"] == 60
+    })
+    .await;
+    let per_token = env.deliveries_per_token(&id).await;
+    assert_eq!(per_token.len(), 60);
+    assert!(
+        per_token.values().all(|&n| n == 1),
+        "duplicates: {per_token:?}"
+    );
+    // The first sender settled what it had claimed: nothing was left for its
+    // successor to take over after a lease.
+    assert!(
+        !second.logged("lease expired"),
+        "a claim was abandoned on SIGTERM"
+    );
+    env.finish().await;
+}

@@ -23,6 +23,15 @@ pub struct Config {
     pub recorder: RecorderConfig,
     pub providers: ProvidersConfig,
     pub sim: SimConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics (`GET /metrics`) of the roles in this process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the metrics endpoint; empty: none (`herald dev` uses 127.0.0.1:9464).
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

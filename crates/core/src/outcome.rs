@@ -12,8 +12,14 @@ use std::time::Duration;
 pub enum OutcomeClass {
     /// 2xx: the provider accepted it.
     Delivered { provider_id: Option<String> },
-    /// Never retried. `invalid_token` means the device token must be pruned.
-    Rejected { reason: String, invalid_token: bool },
+    /// Never retried. `invalid_token` means the device token must be pruned;
+    /// `invalid_since` (APNs 410) is when it stopped being valid: an
+    /// installation that registered again after that keeps its token.
+    Rejected {
+        reason: String,
+        invalid_token: bool,
+        invalid_since: Option<DateTime<Utc>>,
+    },
     /// Known not delivered (429, 5xx, refused before the request was written).
     Retry {
         reason: String,
@@ -84,6 +90,9 @@ pub struct DeliveryOutcome {
     /// The token is permanently invalid: the installation must not be targeted again.
     #[serde(default)]
     pub invalid_token: bool,
+    /// Since when (APNs 410 `timestamp`), if the provider said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_since: Option<DateTime<Utc>>,
     pub token: String,
     pub attempts: u32,
     pub at: DateTime<Utc>,

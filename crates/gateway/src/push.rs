@@ -102,6 +102,7 @@ pub(crate) async fn create(
         .await?
     {
         AcceptOutcome::Accepted { .. } => {
+            metrics::counter!("herald_pushes_accepted_total").increment(1);
             state.relay_wakeup.notify_one();
             tracing::info!(%message_id, app_id = %app, recipients = message.deliveries.len(), "push accepted");
             Ok(accepted(StatusCode::ACCEPTED, message_id, body, false))
@@ -113,6 +114,7 @@ pub(crate) async fn create(
 }
 
 fn replay(stored: StoredResponse) -> Response {
+    metrics::counter!("herald_idempotent_replays_total").increment(1);
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED);
     accepted(status, stored.message_id, stored.body, true)
 }

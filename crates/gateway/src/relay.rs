@@ -46,6 +46,7 @@ impl OutboxRelay {
             let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
             self.store.mark_published(&ids).await?;
             published += jobs.len();
+            metrics::counter!("herald_outbox_published_jobs_total").increment(jobs.len() as u64);
             tracing::debug!(rows = ids.len(), jobs = jobs.len(), "outbox published");
         }
     }

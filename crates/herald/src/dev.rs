@@ -16,6 +16,10 @@ pub const DEV_SERVER_KEY: &str = "hk_server_dev_demo_key";
 pub async fn run(mut config: Config) -> Result<()> {
     let store = preflight::postgres(&config).await?;
     preflight::redis(&config).await?;
+    if config.metrics.listen.is_empty() {
+        config.metrics.listen = "127.0.0.1:9464".into();
+    }
+    roles::install_metrics(&config)?;
 
     let _broker = if config.kafka.bootstrap_servers.trim().is_empty() {
         let topics = config.kafka.topics.all();

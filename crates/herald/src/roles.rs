@@ -76,6 +76,25 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Serves Prometheus metrics for every role of this process, if configured.
+pub fn install_metrics(config: &Config) -> Result<()> {
+    if config.metrics.listen.trim().is_empty() {
+        return Ok(());
+    }
+    let addr: SocketAddr = config.metrics.listen.parse().with_context(|| {
+        format!(
+            "metrics.listen `{}` is not an address",
+            config.metrics.listen
+        )
+    })?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    announce("metrics", &format!("http://{addr}/metrics"));
+    Ok(())
+}
+
 /// Tests and scripts read these lines from stdout to learn bound addresses.
 pub fn announce(what: &str, url: &str) {
     println!("listening {what} {url}");
@@ -225,6 +244,7 @@ fn rand_suffix() -> u32 {
 }
 
 pub async fn gateway(config: Config) -> Result<()> {
+    install_metrics(&config)?;
     preflight::kafka_configured(&config)?;
     let store = preflight::postgres(&config).await?;
     let mut roles = Roles::new();
@@ -233,6 +253,7 @@ pub async fn gateway(config: Config) -> Result<()> {
 }
 
 pub async fn sender(config: Config, with_recorder: bool) -> Result<()> {
+    install_metrics(&config)?;
     preflight::kafka_configured(&config)?;
     let store = preflight::postgres(&config).await?;
     preflight::redis(&config).await?;
@@ -245,6 +266,7 @@ pub async fn sender(config: Config, with_recorder: bool) -> Result<()> {
 }
 
 pub async fn recorder(config: Config) -> Result<()> {
+    install_metrics(&config)?;
     preflight::kafka_configured(&config)?;
     let store = preflight::postgres(&config).await?;
     let mut roles = Roles::new();

@@ -91,6 +91,9 @@ fn sign(c: &ApnsCredentials) -> Result<String, jsonwebtoken::errors::Error> {
 #[derive(Deserialize)]
 struct ApnsError {
     reason: String,
+    /// With 410: milliseconds since the epoch when the token became invalid.
+    #[serde(default)]
+    timestamp: Option<i64>,
 }
 
 pub(crate) async fn send(
@@ -106,6 +109,7 @@ pub(crate) async fn send(
             return OutcomeClass::Rejected {
                 reason: format!("APNs signing key unusable: {e}"),
                 invalid_token: false,
+                invalid_since: None,
             }
         }
     };
@@ -140,14 +144,18 @@ pub(crate) async fn send(
     if status == 200 {
         return OutcomeClass::Delivered { provider_id };
     }
-    let reason = match response.json::<ApnsError>().await {
-        Ok(e) => e.reason,
-        Err(_) => format!("HTTP {status}"),
+    let (reason, timestamp) = match response.json::<ApnsError>().await {
+        Ok(e) => (e.reason, e.timestamp),
+        Err(_) => (format!("HTTP {status}"), None),
     };
     if reason == "ExpiredProviderToken" {
         tokens.forget(creds);
     }
-    classify(status, reason, after)
+    let mut class = classify(status, reason, after);
+    if let OutcomeClass::Rejected { invalid_since, .. } = &mut class {
+        *invalid_since = timestamp.and_then(chrono::DateTime::from_timestamp_millis);
+    }
+    class
 }
 
 /// Apple's documented answers, mapped to Herald's outcome classes.
@@ -156,6 +164,7 @@ pub(crate) fn classify(status: u16, reason: String, after: Option<Duration>) -> 
         (400, "BadDeviceToken" | "DeviceTokenNotForTopic") | (410, _) => OutcomeClass::Rejected {
             reason,
             invalid_token: true,
+            invalid_since: None,
         },
         // Our provider token: refreshed (or throttled), then retried.
         (403, "ExpiredProviderToken") | (429, _) | (500..=599, _) => OutcomeClass::Retry {
@@ -165,6 +174,7 @@ pub(crate) fn classify(status: u16, reason: String, after: Option<Duration>) -> 
         _ => OutcomeClass::Rejected {
             reason,
             invalid_token: false,
+            invalid_since: None,
         },
     }
 }

@@ -183,12 +183,14 @@ pub(crate) fn classify(status: u16, code: String, after: Option<Duration>) -> Ou
         (_, "UNREGISTERED" | "SENDER_ID_MISMATCH") | (404, _) => OutcomeClass::Rejected {
             reason: code,
             invalid_token: true,
+            invalid_since: None,
         },
         // Herald validates payloads before accepting them, so an
         // INVALID_ARGUMENT on a send is about the token.
         (400, "INVALID_ARGUMENT") => OutcomeClass::Rejected {
             reason: code,
             invalid_token: true,
+            invalid_since: None,
         },
         (429, _) | (_, "QUOTA_EXCEEDED") => OutcomeClass::Retry {
             reason: code,
@@ -197,6 +199,7 @@ pub(crate) fn classify(status: u16, code: String, after: Option<Duration>) -> Ou
         (_, "THIRD_PARTY_AUTH_ERROR") => OutcomeClass::Rejected {
             reason: code,
             invalid_token: false,
+            invalid_since: None,
         },
         // Our access token expired or was revoked: refreshed, then retried.
         (401, _) | (500..=599, _) => OutcomeClass::Retry {
@@ -206,6 +209,7 @@ pub(crate) fn classify(status: u16, code: String, after: Option<Duration>) -> Ou
         _ => OutcomeClass::Rejected {
             reason: code,
             invalid_token: false,
+            invalid_since: None,
         },
     }
 }

@@ -101,6 +101,7 @@ fn missing_credentials(provider: &str) -> OutcomeClass {
     OutcomeClass::Rejected {
         reason: format!("the app has no {provider} credentials"),
         invalid_token: false,
+        invalid_since: None,
     }
 }
 

@@ -47,7 +47,16 @@ impl Recorder {
                 tracing::warn!(error = %e, "recording outcomes failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            self.consumer.commit(&batch, CommitMode::Async)?;
+            metrics::counter!("herald_outcomes_recorded_total").increment(outcomes.len() as u64);
+            // On shutdown the commit must land before the process exits.
+            let mode = if shutdown.is_cancelled() {
+                CommitMode::Sync
+            } else {
+                CommitMode::Async
+            };
+            if let Err(e) = self.consumer.commit(&batch, mode) {
+                tracing::warn!(error = %e, "committing outcome offsets failed; they will be recorded again, harmlessly");
+            }
         }
         self.consumer.unsubscribe();
         Ok(())

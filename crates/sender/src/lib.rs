@@ -51,13 +51,19 @@ pub struct Sender {
     guard: LedgerGuard,
 }
 
+/// A permanently invalid token, and since when (if the provider said).
+#[derive(Debug, Clone, Copy)]
+struct InvalidToken {
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// How one send attempt ended, before the ledger is told.
 enum Step {
     Settle {
         status: DeliveryStatus,
         reason: Option<String>,
         provider_id: Option<String>,
-        invalid_token: bool,
+        invalid_token: Option<InvalidToken>,
     },
     Retry {
         reason: String,
@@ -163,7 +169,13 @@ impl Sender {
             } else {
                 self.process_until_settled(jobs).await;
             }
-            if let Err(e) = consumer.commit(&batch, CommitMode::Async) {
+            // On shutdown the commit must land before the process exits.
+            let mode = if shutdown.is_cancelled() {
+                CommitMode::Sync
+            } else {
+                CommitMode::Async
+            };
+            if let Err(e) = consumer.commit(&batch, mode) {
                 tracing::warn!(error = %e, "committing offsets failed; the jobs will be seen again and deduped");
             }
         }
@@ -216,6 +228,7 @@ impl Sender {
         let ids: Vec<_> = jobs.iter().map(|j| j.delivery_id).collect();
         let batch = self.ledger.claim_batch(&ids).await?;
         let mut claims = batch.claims;
+        metrics::gauge!("herald_ledger_fallback").set(if batch.ledger_intact { 0.0 } else { 1.0 });
         if !batch.ledger_intact {
             self.guard
                 .ledger_lost(&self.ledger, &self.store, self.config.dedupe_horizon_hours);
@@ -232,6 +245,7 @@ impl Sender {
             };
             let resend = matches!(claim, Claim::TakenOver { .. });
             if let Claim::TakenOver { takeovers, .. } = claim {
+                metrics::counter!("herald_lease_takeovers_total").increment(1);
                 tracing::info!(
                     delivery_id = %job.delivery_id, takeovers, policy = job.policy.as_str(),
                     "lease expired: the previous owner died mid-send; the policy decides"
@@ -264,10 +278,11 @@ impl Sender {
                     // keeps the first).
                     if let Claim::Settled { state } = &claim {
                         if let Some(status) = DeliveryStatus::parse(state) {
+                            metrics::counter!("herald_dedupe_hits_total").increment(1);
                             tracing::debug!(delivery_id = %job.delivery_id, %state, "duplicate job dropped");
                             handoff
                                 .outcomes
-                                .push(outcome(&job, status, None, None, false));
+                                .push(outcome(&job, status, None, None, None));
                         }
                     }
                 }
@@ -439,11 +454,11 @@ impl Sender {
                 reason: format!("the app has no usable {provider} credentials"),
             };
         }
-        let mut class = self.providers.send(job, &creds).await;
+        let mut class = self.timed_send(job, &creds).await;
         if let OutcomeClass::Unknown { reason } = &class {
             if job.policy == DeliveryPolicy::AtLeastOnce && !resend {
                 tracing::info!(delivery_id = %job.delivery_id, %reason, "outcome unknown; resending once");
-                class = self.providers.send(job, &creds).await;
+                class = self.timed_send(job, &creds).await;
             }
         }
         match class {
@@ -451,16 +466,19 @@ impl Sender {
                 status: DeliveryStatus::Delivered,
                 reason: None,
                 provider_id,
-                invalid_token: false,
+                invalid_token: None,
             },
             OutcomeClass::Rejected {
                 reason,
                 invalid_token,
+                invalid_since,
             } => Step::Settle {
                 status: DeliveryStatus::Rejected,
                 reason: Some(reason),
                 provider_id: None,
-                invalid_token,
+                invalid_token: invalid_token.then_some(InvalidToken {
+                    since: invalid_since,
+                }),
             },
             OutcomeClass::Retry {
                 reason,
@@ -471,6 +489,18 @@ impl Sender {
             },
             OutcomeClass::Unknown { reason } => settle(DeliveryStatus::Unknown, &reason),
         }
+    }
+
+    async fn timed_send(
+        &self,
+        job: &DeliveryJob,
+        creds: &herald_providers::Credentials,
+    ) -> OutcomeClass {
+        let started = std::time::Instant::now();
+        let class = self.providers.send(job, creds).await;
+        metrics::histogram!("herald_provider_request_seconds", "platform" => job.platform.as_str())
+            .record(started.elapsed().as_secs_f64());
+        class
     }
 
     /// Exponential backoff with full jitter, never sooner than Retry-After.
@@ -491,7 +521,7 @@ impl Handoff {
             DeliveryStatus::Failed,
             Some(reason.clone()),
             None,
-            false,
+            None,
         ));
         self.dead_letters.push(DeadLetter {
             reason,
@@ -516,7 +546,7 @@ fn settle(status: DeliveryStatus, reason: &str) -> Step {
         status,
         reason: Some(reason.to_string()),
         provider_id: None,
-        invalid_token: false,
+        invalid_token: None,
     }
 }
 
@@ -525,7 +555,7 @@ fn outcome(
     status: DeliveryStatus,
     reason: Option<String>,
     provider_id: Option<String>,
-    invalid_token: bool,
+    invalid_token: Option<InvalidToken>,
 ) -> DeliveryOutcome {
     DeliveryOutcome {
         delivery_id: job.delivery_id,
@@ -535,7 +565,8 @@ fn outcome(
         status,
         reason,
         provider_id,
-        invalid_token,
+        invalid_token: invalid_token.is_some(),
+        invalid_since: invalid_token.and_then(|t| t.since),
         token: job.token.clone(),
         attempts: job.attempt + 1,
         at: chrono::Utc::now(),

@@ -353,15 +353,22 @@ impl Store {
             let apps: Vec<Uuid> = invalid.iter().map(|o| o.app_id.as_uuid()).collect();
             let platforms: Vec<&str> = invalid.iter().map(|o| o.platform.as_str()).collect();
             let tokens: Vec<&str> = invalid.iter().map(|o| o.token.as_str()).collect();
+            let since: Vec<Option<DateTime<Utc>>> =
+                invalid.iter().map(|o| o.invalid_since).collect();
+            // APNs's rule: a token invalid since T stays in use by an
+            // installation that registered again after T.
             sqlx::query(
                 "UPDATE installations i SET invalidated_at = now()
-                 FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(app_id, platform, token)
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
+                      AS u(app_id, platform, token, since)
                  WHERE i.app_id = u.app_id AND i.platform = u.platform AND i.token = u.token
-                   AND i.invalidated_at IS NULL",
+                   AND i.invalidated_at IS NULL
+                   AND (u.since IS NULL OR i.updated_at <= u.since)",
             )
             .bind(&apps)
             .bind(&platforms)
             .bind(&tokens)
+            .bind(&since)
             .execute(&mut *tx)
             .await?;
         }
