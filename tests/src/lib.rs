@@ -481,6 +481,22 @@ impl TestEnv {
             .expect("count")
     }
 
+    /// Replaces the Kafka-protocol cluster with a new, empty one (the old one
+    /// and all its data are gone). Processes started afterwards use the new one.
+    pub fn replace_broker(&mut self) {
+        self.broker = EmbeddedBroker::start(1, &TOPICS, 4).expect("embedded broker");
+    }
+
+    /// Takes the cluster's only broker down, or brings it back.
+    pub fn broker_up(&self, up: bool) {
+        let cmd = if up {
+            herald_bus::BrokerCommand::BrokerUp(1)
+        } else {
+            herald_bus::BrokerCommand::BrokerDown(1)
+        };
+        self.broker.command(cmd).expect("broker command");
+    }
+
     /// Drops the test database; called at the end of a passing test.
     pub async fn finish(self) {
         let Self { db, db_url, .. } = self;

@@ -82,6 +82,9 @@ pub struct GatewayConfig {
     pub listen: String,
     /// How often the outbox relay looks for rows that were not published at once.
     pub relay_interval_ms: u64,
+    /// How long a request waits for its own publish before answering with
+    /// `Herald-Publish: deferred` (the relay publishes it later).
+    pub publish_wait_ms: u64,
     /// How long an Idempotency-Key and its stored response are kept.
     pub idempotency_retention_hours: u64,
 }
@@ -180,6 +183,7 @@ impl Default for GatewayConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             relay_interval_ms: 1_000,
+            publish_wait_ms: 250,
             idempotency_retention_hours: 24 * 7,
         }
     }

@@ -14,17 +14,15 @@ pub use relay::OutboxRelay;
 use axum::routing::{get, post, put};
 use axum::Router;
 use herald_store::Store;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    /// Wakes the outbox relay as soon as a request committed.
-    pub relay_wakeup: Arc<Notify>,
+    pub relay: OutboxRelay,
     pub idempotency_retention: Duration,
+    pub publish_wait: Duration,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -101,16 +101,54 @@ pub(crate) async fn create(
         .accept_message(&message, record.as_ref())
         .await?
     {
-        AcceptOutcome::Accepted { .. } => {
+        AcceptOutcome::Accepted { outbox_id } => {
             metrics::counter!("herald_pushes_accepted_total").increment(1);
-            state.relay_wakeup.notify_one();
             tracing::info!(%message_id, app_id = %app, recipients = message.deliveries.len(), "push accepted");
-            Ok(accepted(StatusCode::ACCEPTED, message_id, body, false))
+            let published = match outbox_id {
+                Some(id) => publish_now(&state, id, message_id).await,
+                None => true,
+            };
+            let mut response = accepted(StatusCode::ACCEPTED, message_id, body, false);
+            if !published {
+                response
+                    .headers_mut()
+                    .insert(PUBLISH_HEADER, HeaderValue::from_static("deferred"));
+            }
+            Ok(response)
         }
         AcceptOutcome::Replay(stored) => Ok(replay(stored)),
         AcceptOutcome::KeyInProgress => Err(Problem::idempotency_in_progress()),
         AcceptOutcome::KeyMismatch => Err(Problem::idempotency_mismatch()),
     }
+}
+
+/// Says the message is stored but not yet handed to Kafka (the broker is away
+/// or slow); the outbox relay publishes it as soon as it can.
+pub const PUBLISH_HEADER: &str = "herald-publish";
+
+/// Publishes the request's own message at once, waiting at most
+/// `publish_wait`; a broker known to be away is not waited for.
+async fn publish_now(state: &AppState, outbox_id: i64, message: MessageId) -> bool {
+    use std::sync::atomic::Ordering;
+    if !state.relay.broker_down.load(Ordering::SeqCst) {
+        match tokio::time::timeout(
+            state.publish_wait,
+            state.relay.publish_now(outbox_id, message),
+        )
+        .await
+        {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => {
+                tracing::warn!(%message, error = %e, "publishing at once failed; the relay will retry")
+            }
+            Err(_) => {
+                tracing::warn!(%message, "publishing at once timed out; the relay will retry")
+            }
+        }
+        state.relay.broker_down.store(true, Ordering::SeqCst);
+    }
+    state.relay.wakeup.notify_one();
+    false
 }
 
 fn replay(stored: StoredResponse) -> Response {

@@ -3,7 +3,9 @@
 //! retried every interval, so the API keeps accepting while the broker is gone.
 
 use herald_bus::Publisher;
+use herald_core::MessageId;
 use herald_store::Store;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -11,18 +13,28 @@ use tokio_util::sync::CancellationToken;
 
 const ROWS_PER_ROUND: i64 = 200;
 
+#[derive(Clone)]
 pub struct OutboxRelay {
     pub store: Store,
     pub publisher: Publisher,
     pub wakeup: Arc<Notify>,
     pub interval: Duration,
+    /// Set when a publish failed or timed out, cleared by the next success:
+    /// requests then skip waiting on a broker that is known to be away.
+    pub broker_down: Arc<AtomicBool>,
 }
+
+type RelayError = Box<dyn std::error::Error + Send + Sync>;
 
 impl OutboxRelay {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            if let Err(e) = self.drain().await {
-                tracing::warn!(error = %e, "outbox relay: publishing failed; will retry");
+            match self.drain().await {
+                Ok(_) => self.broker_down.store(false, Ordering::SeqCst),
+                Err(e) => {
+                    self.broker_down.store(true, Ordering::SeqCst);
+                    tracing::warn!(error = %e, "outbox relay: publishing failed; will retry");
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -32,8 +44,17 @@ impl OutboxRelay {
         }
     }
 
+    /// Publishes one message's row at once, as its request commits.
+    pub async fn publish_now(&self, outbox_id: i64, message: MessageId) -> Result<(), RelayError> {
+        let jobs = self.store.pending_jobs_for(&[message]).await?;
+        self.publisher.publish_jobs(&jobs).await?;
+        self.store.mark_published(&[outbox_id]).await?;
+        metrics::counter!("herald_outbox_published_jobs_total").increment(jobs.len() as u64);
+        Ok(())
+    }
+
     /// Publishes every unpublished row, oldest first.
-    pub async fn drain(&self) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    pub async fn drain(&self) -> Result<usize, RelayError> {
         let mut published = 0;
         loop {
             let rows = self.store.unpublished_outbox(ROWS_PER_ROUND).await?;

@@ -102,24 +102,25 @@ pub fn announce(what: &str, url: &str) {
 
 pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> Result<SocketAddr> {
     let publisher = Publisher::new(&config.kafka).context("creating the Kafka producer")?;
-    let wakeup = Arc::new(tokio::sync::Notify::new());
-    let state = AppState {
+    let relay = OutboxRelay {
         store: store.clone(),
-        relay_wakeup: wakeup.clone(),
+        publisher,
+        wakeup: Arc::new(tokio::sync::Notify::new()),
+        interval: Duration::from_millis(config.gateway.relay_interval_ms),
+        broker_down: Arc::default(),
+    };
+    let state = AppState {
+        store,
+        relay: relay.clone(),
         idempotency_retention: Duration::from_secs(
             config.gateway.idempotency_retention_hours * 3600,
         ),
+        publish_wait: Duration::from_millis(config.gateway.publish_wait_ms),
     };
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen)
         .await
         .with_context(|| format!("binding the gateway to {}", config.gateway.listen))?;
     let addr = listener.local_addr()?;
-    let relay = OutboxRelay {
-        store,
-        publisher,
-        wakeup,
-        interval: Duration::from_millis(config.gateway.relay_interval_ms),
-    };
     let shutdown = roles.shutdown.clone();
     roles.tasks.spawn(async move {
         relay.run(shutdown).await;

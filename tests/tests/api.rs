@@ -1,0 +1,299 @@
+//! The transactional API's promises: the Idempotency-Key table across gateway
+//! processes, accepting while the broker is down, and resubmission after the
+//! broker was replaced.
+
+use herald_tests::{android_token, ios_token, wait_until, TestEnv};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn body(tokens: Vec<Value>) -> Value {
+    json!({"to": {"tokens": tokens}, "notification": {"title": "t", "body": "b"}})
+}
+
+#[tokio::test]
+async fn fifty_concurrent_identical_requests_on_two_gateways_make_one_message() {
+    let env = TestEnv::start("concurrent").await;
+    let app = env.create_app().await;
+    let g1 = env.gateway().await;
+    let g2 = env.gateway().await;
+    let _sender = env.sender().await;
+    let gws = [g1.url.clone().expect("url"), g2.url.clone().expect("url")];
+    let tokens = vec![
+        json!({"platform": "ios", "token": ios_token(1)}),
+        json!({"platform": "android", "token": android_token(1)}),
+    ];
+    let request = body(tokens);
+    let mut handles = Vec::new();
+    for i in 0..50 {
+        let (http, url, key, request) = (
+            env.http.clone(),
+            gws[i % 2].clone(),
+            app.server_key.clone(),
+            request.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{url}/v1/push"))
+                .bearer_auth(key)
+                .header("Idempotency-Key", "\"same-for-all\"")
+                .json(&request)
+                .send()
+                .await
+                .expect("push");
+            let status = r.status().as_u16();
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            let retry_after = r.headers().contains_key("retry-after");
+            let body: Value = r.json().await.expect("json");
+            (status, replayed, retry_after, body)
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let (mut fresh, mut conflicts) = (0, 0);
+    for h in handles {
+        let (status, replayed, retry_after, body) = h.await.expect("task");
+        match status {
+            202 => {
+                ids.insert(body["message_id"].as_str().expect("id").to_string());
+                if !replayed {
+                    fresh += 1;
+                }
+            }
+            409 => {
+                conflicts += 1;
+                assert!(retry_after, "409 says when to retry");
+                assert_eq!(
+                    body["type"],
+                    "urn:herald:problem:idempotency-key-in-progress"
+                );
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(
+        fresh, 1,
+        "exactly one request was processed ({conflicts} conflicts)"
+    );
+    assert_eq!(ids.len(), 1);
+    assert_eq!(env.count_rows("messages").await, 1);
+    let id = ids.into_iter().next().expect("id");
+    wait_until("both devices delivered", LONG, || async {
+        env.message(&gws[0], &app.server_key, &id).await["counts"]["delivered"] == 2
+    })
+    .await;
+    let per_token = env.deliveries_per_token(&id).await;
+    assert_eq!(per_token.len(), 2);
+    assert!(per_token.values().all(|&n| n == 1));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn while_the_broker_is_down_pushes_are_accepted_and_later_delivered_once() {
+    let mut env = TestEnv::start("brokerdown").await;
+    env.extra_env
+        .insert("HERALD_KAFKA__MESSAGE_TIMEOUT_MS".into(), "3000".into());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+
+    env.broker_up(false);
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let r = env
+            .http
+            .post(format!("{gw}/v1/push"))
+            .bearer_auth(&app.server_key)
+            .header("Idempotency-Key", format!("down-{i}"))
+            .json(&body(vec![
+                json!({"platform": "ios", "token": ios_token(i)}),
+            ]))
+            .send()
+            .await
+            .expect("push");
+        assert_eq!(r.status(), 202, "accepted while the broker is down");
+        assert_eq!(
+            r.headers().get("herald-publish").map(|v| v.as_bytes()),
+            Some(&b"deferred"[..]),
+            "the answer says delivery waits for the broker"
+        );
+        let m: Value = r.json().await.expect("json");
+        ids.push(m["message_id"].as_str().expect("id").to_string());
+    }
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&env.db)
+            .await
+            .expect("count");
+    assert!(unpublished > 0, "nothing can have been published");
+    assert_eq!(env.sim_stats().await["accepted"], 0);
+
+    env.broker_up(true);
+    wait_until("all 100 delivered", LONG, || async {
+        env.sim_stats().await["accepted"].as_u64() == Some(100)
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(
+            env.deliveries_per_token(id).await.values().sum::<usize>(),
+            1,
+            "{id}"
+        );
+    }
+    wait_until("the outbox is empty", LONG, || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&env.db)
+            .await
+            .map(|n| n == 0)
+            .unwrap_or(false)
+    })
+    .await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_resubmission_after_the_broker_was_replaced_gets_the_same_id_and_no_second_delivery() {
+    let mut env = TestEnv::start("newbroker").await;
+    let app = env.create_app().await;
+    let request = body(vec![
+        json!({"platform": "android", "token": android_token(5)}),
+    ]);
+    let first_id = {
+        let gateway = env.gateway().await;
+        let _sender = env.sender().await;
+        let gw = gateway.url.clone().expect("url");
+        let (_, m) = env
+            .push(&gw, &app.server_key, Some("survives"), &request)
+            .await;
+        let id = m["message_id"].as_str().expect("id").to_string();
+        wait_until("delivered", LONG, || async {
+            env.message(&gw, &app.server_key, &id).await["counts"]["delivered"] == 1
+        })
+        .await;
+        id
+    };
+    // The cluster is lost outright; Herald comes back on a new one.
+    env.replace_broker();
+    let gateway = env.gateway().await;
+    let _sender = env.sender().await;
+    let gw = gateway.url.clone().expect("url");
+    let out = env.run_cli(&["recover"]).await;
+    assert!(out.contains("republished 0"), "{out}");
+    let r = env
+        .http
+        .post(format!("{gw}/v1/push"))
+        .bearer_auth(&app.server_key)
+        .header("Idempotency-Key", "survives")
+        .json(&request)
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(r.status(), 202);
+    assert!(r.headers().contains_key("idempotent-replayed"));
+    let m: Value = r.json().await.expect("json");
+    assert_eq!(m["message_id"], first_id.as_str());
+    // A sentinel through the new cluster proves the pipeline runs; the first
+    // message still has its single delivery.
+    let (_, s) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &body(vec![
+                json!({"platform": "android", "token": android_token(6)}),
+            ]),
+        )
+        .await;
+    let sentinel = s["message_id"].as_str().expect("id").to_string();
+    wait_until("the sentinel arrives", LONG, || async {
+        env.deliveries_per_token(&sentinel).await.len() == 1
+    })
+    .await;
+    assert_eq!(
+        env.deliveries_per_token(&first_id)
+            .await
+            .values()
+            .sum::<usize>(),
+        1
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn the_idempotency_key_table_row_by_row() {
+    let env = TestEnv::start("keytable").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let request = body(vec![json!({"platform": "ios", "token": ios_token(3)})]);
+    let send = |key: &'static str, request: Value| {
+        env.http
+            .post(format!("{gw}/v1/push"))
+            .bearer_auth(&app.server_key)
+            .header("Idempotency-Key", key)
+            .json(&request)
+            .send()
+    };
+
+    // Same key while the first is in progress: this test holds the key's lock
+    // the way a gateway does inside its transaction.
+    let app_id: uuid::Uuid = app.id.parse().expect("uuid");
+    let message =
+        herald_core::MessageId::for_idempotency_key(herald_core::AppId(app_id), "row-by-row");
+    let b = message.as_uuid().into_bytes();
+    let lock_id = i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let mut holder = env.db.begin().await.expect("tx");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(lock_id)
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let busy = send("\"row-by-row\"", request.clone()).await.expect("push");
+    assert_eq!(busy.status(), 409);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    holder.rollback().await.expect("release");
+    assert_eq!(
+        env.count_rows("idempotency_keys").await,
+        0,
+        "a 409 stores nothing"
+    );
+
+    // First request: processed, stored.
+    let first = send("\"row-by-row\"", request.clone()).await.expect("push");
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.expect("json");
+    assert_eq!(first["message_id"], message.to_string());
+
+    // Same key, same body (reordered): the stored answer, replayed.
+    let reordered: Value = serde_json::from_str(&format!(
+        r#"{{"notification": {{"body": "b", "title": "t"}}, "to": {{"tokens": [{{"token": "{}", "platform": "ios"}}]}}}}"#,
+        ios_token(3)
+    ))
+    .expect("json");
+    let again = send("\"row-by-row\"", reordered).await.expect("push");
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.expect("json"), first);
+
+    // Same key, different body: 422.
+    let other = send(
+        "\"row-by-row\"",
+        body(vec![json!({"platform": "ios", "token": ios_token(4)})]),
+    )
+    .await
+    .expect("push");
+    assert_eq!(other.status(), 422);
+
+    // Malformed key: 400.
+    let bad = send("\"no-closing-quote", request.clone())
+        .await
+        .expect("push");
+    assert_eq!(bad.status(), 400);
+    let p: Value = bad.json().await.expect("json");
+    assert_eq!(p["field"], "Idempotency-Key");
+
+    assert_eq!(env.count_rows("messages").await, 1);
+    env.finish().await;
+}
