@@ -297,3 +297,185 @@ async fn the_idempotency_key_table_row_by_row() {
     assert_eq!(env.count_rows("messages").await, 1);
     env.finish().await;
 }
+
+#[tokio::test]
+async fn installations_custom_ids_localization_and_send_at() {
+    let env = TestEnv::start("installs").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    let put = |id: &str, body: Value| {
+        env.http
+            .put(format!("{gw}/v1/installations/{id}"))
+            .bearer_auth(&app.sdk_key)
+            .json(&body)
+            .send()
+    };
+
+    // Every field is kept and returned.
+    let full = json!({"platform": "ios", "token": ios_token(1), "custom_id": "u1", "apns_environment": "production",
+                      "app_version": "5.2.0", "locale": "fr-CA", "time_zone": "America/Montreal",
+                      "tags": ["vip", "beta"], "attributes": {"plan": "gold", "orders": 12, "pro": true}, "opted_in": true});
+    assert_eq!(
+        put("phone-1", full.clone()).await.expect("put").status(),
+        200
+    );
+    let got: Value = env
+        .http
+        .get(format!("{gw}/v1/installations/phone-1"))
+        .bearer_auth(&app.server_key)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    for field in [
+        "platform",
+        "token",
+        "custom_id",
+        "app_version",
+        "locale",
+        "time_zone",
+        "tags",
+        "attributes",
+        "opted_in",
+    ] {
+        assert_eq!(got[field], full[field], "{field}");
+    }
+    // The SDK key cannot read installations back (they hold tokens).
+    let r = env
+        .http
+        .get(format!("{gw}/v1/installations/phone-1"))
+        .bearer_auth(&app.sdk_key)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 403);
+    // A bad field is named, and nothing changes.
+    let r = put(
+        "phone-1",
+        json!({"platform": "ios", "time_zone": "Nowhere/Special"}),
+    )
+    .await
+    .expect("put");
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.expect("json")["field"], "time_zone");
+
+    assert_eq!(put("tablet-1", json!({"platform": "android", "token": android_token(1), "custom_id": "u1", "locale": "pt-BR"})).await.expect("put").status(), 200);
+    assert_eq!(put("web-2", json!({"platform": "android", "token": android_token(2), "custom_id": "u2", "opted_in": false})).await.expect("put").status(), 200);
+    assert_eq!(
+        put(
+            "plain-3",
+            json!({"platform": "android", "token": android_token(3), "custom_id": "u3"})
+        )
+        .await
+        .expect("put")
+        .status(),
+        200
+    );
+
+    // A token registered again by another installation moves there.
+    assert_eq!(
+        put(
+            "plain-3b",
+            json!({"platform": "android", "token": android_token(3), "custom_id": "u3"})
+        )
+        .await
+        .expect("put")
+        .status(),
+        200
+    );
+    let moved: Option<String> =
+        sqlx::query_scalar("SELECT token FROM installations WHERE install_id = 'plain-3'")
+            .fetch_one(&env.db)
+            .await
+            .expect("query");
+    assert_eq!(moved, None);
+
+    let push = json!({
+        "to": {"custom_ids": ["u1", "u2", "u3", "nobody"]},
+        "notification": {"title": "Hello", "body": "Default",
+                         "localizations": {"fr": {"title": "Bonjour"}, "pt-BR": {"title": "Olá", "body": "Padrão"}}},
+    });
+    let (status, m) = env.push(&gw, &app.server_key, None, &push).await;
+    assert_eq!(status, 202, "{m}");
+    assert_eq!(m["recipients"], 3, "{m}");
+    assert_eq!(m["unresolved_custom_ids"], json!(["u2", "nobody"]));
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until("three deliveries", LONG, || async {
+        env.deliveries_per_token(&id).await.len() == 3
+    })
+    .await;
+    let by_token: std::collections::HashMap<String, Value> = env
+        .sim_deliveries()
+        .await
+        .into_iter()
+        .filter(|d| d["collapse_id"] == id.as_str())
+        .map(|d| {
+            (
+                d["token"].as_str().unwrap_or_default().to_string(),
+                d["payload"].clone(),
+            )
+        })
+        .collect();
+    let ios = &by_token[&ios_token(1)];
+    assert_eq!(
+        ios["aps"]["alert"]["title"], "Bonjour",
+        "fr-CA falls back to fr"
+    );
+    assert_eq!(ios["aps"]["alert"]["body"], "Default");
+    let br = &by_token[&android_token(1)];
+    assert_eq!(br["notification"]["title"], "Olá");
+    assert_eq!(br["notification"]["body"], "Padrão");
+    let plain = &by_token[&android_token(3)];
+    assert_eq!(plain["notification"]["title"], "Hello");
+
+    // Scheduled: nothing before send_at, delivered after.
+    let send_at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let (status, m) = env
+        .push(&gw, &app.server_key, None, &json!({"to": {"install_ids": ["phone-1"]}, "notification": {"title": "Later"}, "send_at": send_at}))
+        .await;
+    assert_eq!(status, 202, "{m}");
+    assert!(m["send_at"].is_string(), "{m}");
+    let later = m["message_id"].as_str().expect("id").to_string();
+    assert_eq!(
+        env.message(&gw, &app.server_key, &later).await["status"],
+        "scheduled"
+    );
+    wait_until("the scheduled push is delivered", LONG, || async {
+        env.deliveries_per_token(&later).await.len() == 1
+    })
+    .await;
+    let received: Vec<Value> = env
+        .sim_deliveries()
+        .await
+        .into_iter()
+        .filter(|d| d["collapse_id"] == later.as_str())
+        .collect();
+    let at: chrono::DateTime<chrono::Utc> = received[0]["received_at"]
+        .as_str()
+        .expect("time")
+        .parse()
+        .expect("rfc3339");
+    assert!(at >= send_at, "delivered at {at}, before {send_at}");
+
+    let r = env
+        .http
+        .delete(format!("{gw}/v1/installations/phone-1"))
+        .bearer_auth(&app.sdk_key)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    let r = env
+        .http
+        .get(format!("{gw}/v1/installations/phone-1"))
+        .bearer_auth(&app.server_key)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+    env.finish().await;
+}

@@ -122,6 +122,9 @@ pub struct RecorderConfig {
 pub struct ProvidersConfig {
     /// `https://api.push.apple.com` in production; the simulator by default.
     pub apns_url: String,
+    /// `https://api.sandbox.push.apple.com` for development builds' tokens;
+    /// empty: the same as `apns_url`.
+    pub apns_sandbox_url: String,
     /// `https://fcm.googleapis.com` in production; the simulator by default.
     pub fcm_url: String,
     /// Extra CA certificate (PEM) to trust, e.g. the simulator's TLS certificate.
@@ -220,6 +223,7 @@ impl Default for ProvidersConfig {
     fn default() -> Self {
         Self {
             apns_url: "http://127.0.0.1:8090".into(),
+            apns_sandbox_url: String::new(),
             fcm_url: "http://127.0.0.1:8090".into(),
             ca_cert_path: None,
         }

@@ -86,6 +86,12 @@ pub struct DeliveryJob {
     /// Past this instant the notification is dropped as expired, never sent late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// The installation's locale: picks the localized content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// The token belongs to a development build (APNs sandbox host).
+    #[serde(default)]
+    pub apns_sandbox: bool,
     /// Provider sends already made (0 for a new job).
     #[serde(default)]
     pub attempt: u32,

@@ -3,6 +3,7 @@
 
 pub mod dedupe;
 pub mod ids;
+pub mod installation;
 pub mod job;
 pub mod outcome;
 pub mod payload;

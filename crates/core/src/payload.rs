@@ -29,6 +29,33 @@ pub struct Notification {
     /// Custom key/value pairs. FCM only carries strings, so that is the common type.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    /// Title and body per language tag (`fr`, `pt-BR`), chosen by each
+    /// installation's locale: exact tag, then its language, then the default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub localizations: BTreeMap<String, Localized>,
+    /// `high` (default for visible notifications) or `normal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// Replaces the default collapse id (the message id): notifications with
+    /// the same key replace each other on the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Localized {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    Normal,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +70,10 @@ pub enum PayloadError {
     },
     #[error("data key `{0}` is reserved by the push providers")]
     ReservedDataKey(String),
+    #[error("localization `{0}`: {1}")]
+    BadLocalization(String, String),
+    #[error("collapse_key is 1 to 64 bytes")]
+    BadCollapseKey,
 }
 
 impl PayloadError {
@@ -52,6 +83,8 @@ impl PayloadError {
             PayloadError::Empty => "notification",
             PayloadError::TooLarge { .. } => "notification",
             PayloadError::ReservedDataKey(_) => "notification.data",
+            PayloadError::BadLocalization(..) => "notification.localizations",
+            PayloadError::BadCollapseKey => "notification.collapse_key",
         }
     }
 }
@@ -63,9 +96,56 @@ impl Notification {
         self.title.is_some() || self.body.is_some()
     }
 
+    /// The notification as an installation with `locale` sees it.
+    pub fn for_locale(&self, locale: Option<&str>) -> Notification {
+        let mut n = self.clone();
+        n.localizations.clear();
+        let Some(locale) = locale else { return n };
+        let normalized = locale.replace('_', "-");
+        let language = normalized.split('-').next().unwrap_or_default();
+        let chosen = self
+            .localizations
+            .iter()
+            .find(|(tag, _)| tag.eq_ignore_ascii_case(&normalized))
+            .or_else(|| {
+                self.localizations
+                    .iter()
+                    .find(|(tag, _)| tag.eq_ignore_ascii_case(language))
+            })
+            .map(|(_, l)| l);
+        if let Some(l) = chosen {
+            if l.title.is_some() {
+                n.title = l.title.clone();
+            }
+            if l.body.is_some() {
+                n.body = l.body.clone();
+            }
+        }
+        n
+    }
+
     /// Checks the notification as accepted at the API: not empty, no reserved
-    /// keys, within both providers' size limits.
+    /// keys, every localized version within both providers' size limits.
     pub fn validate(&self) -> Result<(), PayloadError> {
+        if self
+            .collapse_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > 64)
+        {
+            return Err(PayloadError::BadCollapseKey);
+        }
+        for tag in self.localizations.keys() {
+            crate::installation::validate_locale(tag)
+                .map_err(|d| PayloadError::BadLocalization(tag.clone(), d))?;
+        }
+        self.for_locale(None).validate_one()?;
+        for tag in self.localizations.keys() {
+            self.for_locale(Some(tag)).validate_one()?;
+        }
+        Ok(())
+    }
+
+    fn validate_one(&self) -> Result<(), PayloadError> {
         if !self.is_visible() && self.data.is_empty() && self.badge.is_none() {
             return Err(PayloadError::Empty);
         }
@@ -131,8 +211,9 @@ impl Notification {
         }
     }
 
+    /// Background pushes must use 5; `normal` asks for power-considerate delivery.
     pub fn apns_priority(&self) -> u8 {
-        if self.is_visible() {
+        if self.is_visible() && self.priority != Some(Priority::Normal) {
             10
         } else {
             5
@@ -155,7 +236,7 @@ impl Notification {
             }
             msg.insert("notification".into(), Value::Object(n));
             let mut an = Map::new();
-            an.insert("tag".into(), json!(message.to_string()));
+            an.insert("tag".into(), json!(collapse_id(self, message)));
             if let Some(sound) = &self.sound {
                 an.insert("sound".into(), json!(sound));
             }
@@ -163,9 +244,14 @@ impl Notification {
                 an.insert("notification_count".into(), json!(badge));
             }
             android.insert("notification".into(), Value::Object(an));
-            android.insert("priority".into(), json!("HIGH"));
-        } else {
-            android.insert("priority".into(), json!("NORMAL"));
+        }
+        let high = self.is_visible() && self.priority != Some(Priority::Normal);
+        android.insert(
+            "priority".into(),
+            json!(if high { "HIGH" } else { "NORMAL" }),
+        );
+        if let Some(key) = &self.collapse_key {
+            android.insert("collapse_key".into(), json!(key));
         }
         if let Some(ttl) = ttl_seconds {
             android.insert("ttl".into(), json!(format!("{ttl}s")));
@@ -201,9 +287,12 @@ fn is_reserved_data_key(key: &str) -> bool {
         || key.starts_with("gcm.")
 }
 
-/// `apns-collapse-id`: the message id, so duplicates of one message collapse.
-pub fn apns_collapse_id(message: MessageId) -> String {
-    message.to_string()
+/// `apns-collapse-id` and the Android `tag`: the caller's collapse key, else
+/// the message id, so that duplicates of one message collapse on the device.
+pub fn collapse_id(n: &Notification, message: MessageId) -> String {
+    n.collapse_key
+        .clone()
+        .unwrap_or_else(|| message.to_string())
 }
 
 /// `apns-id`: the delivery id, echoed back by Apple for correlation.
@@ -300,6 +389,71 @@ mod tests {
         };
         n.data.insert("key".into(), "v".repeat(50));
         assert_eq!(n.fcm_payload_size(), 5 + 100 + 3 + 50);
+    }
+
+    #[test]
+    fn localized_content_follows_the_locale_with_fallbacks() {
+        let mut n = visible();
+        n.localizations.insert(
+            "fr".into(),
+            Localized {
+                title: Some("Salut".into()),
+                body: None,
+            },
+        );
+        n.localizations.insert(
+            "pt-BR".into(),
+            Localized {
+                title: Some("Olá".into()),
+                body: Some("Seu pedido".into()),
+            },
+        );
+        assert_eq!(n.for_locale(Some("fr-CA")).title.as_deref(), Some("Salut"));
+        assert_eq!(
+            n.for_locale(Some("fr-CA")).body.as_deref(),
+            Some("Your order shipped")
+        );
+        assert_eq!(
+            n.for_locale(Some("pt_BR")).body.as_deref(),
+            Some("Seu pedido")
+        );
+        assert_eq!(n.for_locale(Some("de")).title.as_deref(), Some("Hi"));
+        assert_eq!(n.for_locale(None).title.as_deref(), Some("Hi"));
+        assert!(n.for_locale(Some("fr")).localizations.is_empty());
+    }
+
+    #[test]
+    fn an_oversize_localization_is_refused() {
+        let mut n = visible();
+        n.localizations.insert(
+            "de".into(),
+            Localized {
+                title: None,
+                body: Some("x".repeat(5000)),
+            },
+        );
+        assert!(matches!(n.validate(), Err(PayloadError::TooLarge { .. })));
+        let mut n = visible();
+        n.localizations
+            .insert("not a tag".into(), Localized::default());
+        assert_eq!(
+            n.validate().unwrap_err().field(),
+            "notification.localizations"
+        );
+    }
+
+    #[test]
+    fn priority_and_collapse_key_reach_both_platforms() {
+        let mut n = visible();
+        n.priority = Some(Priority::Normal);
+        n.collapse_key = Some("score".into());
+        assert_eq!(n.apns_priority(), 5);
+        let m = MessageId(Uuid::from_u128(1));
+        let f = n.fcm_message("t", m, None);
+        assert_eq!(f["message"]["android"]["priority"], "NORMAL");
+        assert_eq!(f["message"]["android"]["collapse_key"], "score");
+        assert_eq!(f["message"]["android"]["notification"]["tag"], "score");
+        assert_eq!(collapse_id(&n, m), "score");
     }
 
     #[test]

@@ -20,7 +20,13 @@ pub struct PushRequest {
     /// How long the providers may hold the notification for an offline device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
+    /// Deliver at this time (RFC 3339) instead of now; at most 30 days ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+/// The furthest ahead a push may be scheduled.
+pub const MAX_SEND_AHEAD_DAYS: i64 = 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +35,9 @@ pub struct Targets {
     pub tokens: Vec<TokenTarget>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub install_ids: Vec<String>,
+    /// The app's user ids: every installation of each user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,11 +66,11 @@ impl FieldError {
 
 impl PushRequest {
     pub fn validate(&self) -> Result<(), FieldError> {
-        let count = self.to.tokens.len() + self.to.install_ids.len();
+        let count = self.to.tokens.len() + self.to.install_ids.len() + self.to.custom_ids.len();
         if count == 0 {
             return Err(FieldError::new(
                 "to",
-                "name at least one recipient in `to.tokens` or `to.install_ids`",
+                "name at least one recipient in `to.tokens`, `to.install_ids` or `to.custom_ids`",
             ));
         }
         if count > MAX_TARGETS_PER_REQUEST {
@@ -77,6 +86,22 @@ impl PushRequest {
         for (i, id) in self.to.install_ids.iter().enumerate() {
             validate_install_id(id)
                 .map_err(|detail| FieldError::new(format!("to.install_ids[{i}]"), detail))?;
+        }
+        for (i, id) in self.to.custom_ids.iter().enumerate() {
+            if id.is_empty() || id.len() > 128 {
+                return Err(FieldError::new(
+                    format!("to.custom_ids[{i}]"),
+                    "a custom id is 1 to 128 characters",
+                ));
+            }
+        }
+        if let Some(at) = self.send_at {
+            if at > chrono::Utc::now() + chrono::Duration::days(MAX_SEND_AHEAD_DAYS) {
+                return Err(FieldError::new(
+                    "send_at",
+                    format!("at most {MAX_SEND_AHEAD_DAYS} days ahead"),
+                ));
+            }
         }
         self.notification
             .validate()
@@ -168,6 +193,7 @@ mod tests {
             to: Targets {
                 tokens: vec![],
                 install_ids: ids,
+                custom_ids: vec![],
             },
             notification: Notification {
                 title: Some("t".into()),
@@ -175,6 +201,7 @@ mod tests {
             },
             delivery_policy: None,
             ttl_seconds: None,
+            send_at: None,
         };
         assert_eq!(r.validate().unwrap_err().field, "to");
     }

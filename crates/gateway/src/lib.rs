@@ -31,7 +31,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/messages/{id}", get(messages::get))
         .route(
             "/v1/installations/{install_id}",
-            put(messages::put_installation),
+            put(messages::put_installation)
+                .get(messages::get_installation)
+                .delete(messages::delete_installation),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))

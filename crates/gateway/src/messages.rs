@@ -8,10 +8,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use herald_core::push::{validate_install_id, validate_token};
-use herald_core::{DeliveryStatus, MessageId, Platform};
-use herald_store::Installation;
-use serde::Deserialize;
+use herald_core::installation::InstallationInput;
+use herald_core::{DeliveryStatus, MessageId};
 use serde_json::{json, Map, Value};
 use std::str::FromStr;
 
@@ -46,6 +44,11 @@ pub(crate) async fn get(
         p[c.status.as_str()] = json!(c.count);
     }
     let pending = totals["pending"].as_i64().unwrap_or(0);
+    let status = match (pending, view.send_at) {
+        (0, _) => "completed",
+        (_, Some(at)) if at > chrono::Utc::now() => "scheduled",
+        _ => "in_progress",
+    };
     let deliveries: Vec<Value> = view
         .deliveries
         .iter()
@@ -69,7 +72,8 @@ pub(crate) async fn get(
         "delivery_policy": view.policy.as_str(),
         "created_at": view.created_at,
         "expires_at": view.expires_at,
-        "status": if pending > 0 { "in_progress" } else { "completed" },
+        "send_at": view.send_at,
+        "status": status,
         "recipients": total,
         "counts": totals,
         "by_platform": by_platform,
@@ -78,17 +82,16 @@ pub(crate) async fn get(
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct InstallationBody {
-    platform: Platform,
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    custom_id: Option<String>,
+fn installation_json(i: &herald_store::Installation) -> Value {
+    let mut v = serde_json::to_value(&i.input).unwrap_or_default();
+    v["install_id"] = json!(i.install_id);
+    v["invalidated_at"] = json!(i.invalidated_at);
+    v["created_at"] = json!(i.created_at);
+    v["updated_at"] = json!(i.updated_at);
+    v
 }
 
-/// `PUT /v1/installations/{install_id}`: create or update (SDK or server key).
+/// `PUT /v1/installations/{install_id}`: create or replace (SDK or server key).
 pub(crate) async fn put_installation(
     State(state): State<AppState>,
     AnyKey(key): AnyKey,
@@ -96,22 +99,46 @@ pub(crate) async fn put_installation(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, Problem> {
-    validate_install_id(&install_id).map_err(|d| Problem::invalid_field("install_id", d))?;
-    let (_, b): (Value, InstallationBody) = parse_body(&headers, &body)?;
-    if let Some(token) = &b.token {
-        validate_token(b.platform, token).map_err(|d| Problem::invalid_field("token", d))?;
+    let (_, input): (Value, InstallationInput) = parse_body(&headers, &body)?;
+    input
+        .validate(&install_id)
+        .map_err(|e| Problem::invalid_field(e.field, e.detail))?;
+    let stored = state
+        .store
+        .upsert_installation(key.app_id, &install_id, &input)
+        .await?;
+    Ok(Json(installation_json(&stored)))
+}
+
+/// `GET /v1/installations/{install_id}` (server key: it reveals the token).
+pub(crate) async fn get_installation(
+    State(state): State<AppState>,
+    ServerKey(key): ServerKey,
+    Path(install_id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let stored = state
+        .store
+        .installation(key.app_id, &install_id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no installation `{install_id}` in this app")))?;
+    Ok(Json(installation_json(&stored)))
+}
+
+/// `DELETE /v1/installations/{install_id}` (SDK or server key).
+pub(crate) async fn delete_installation(
+    State(state): State<AppState>,
+    AnyKey(key): AnyKey,
+    Path(install_id): Path<String>,
+) -> Result<axum::http::StatusCode, Problem> {
+    if state
+        .store
+        .delete_installation(key.app_id, &install_id)
+        .await?
+    {
+        Ok(axum::http::StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!(
+            "no installation `{install_id}` in this app"
+        )))
     }
-    let inst = Installation {
-        install_id,
-        platform: b.platform,
-        token: b.token,
-        custom_id: b.custom_id,
-    };
-    state.store.upsert_installation(key.app_id, &inst).await?;
-    Ok(Json(json!({
-        "install_id": inst.install_id,
-        "platform": inst.platform,
-        "token": inst.token,
-        "custom_id": inst.custom_id,
-    })))
 }

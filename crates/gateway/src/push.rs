@@ -69,15 +69,23 @@ pub(crate) async fn create(
         Some(k) => MessageId::for_idempotency_key(app, k),
         None => MessageId::new_random(),
     };
-    let (deliveries, unresolved) = resolve_targets(&state, &request, message_id, app).await?;
-    let body = json!({
+    let resolved = resolve_targets(&state, &request, message_id, app).await?;
+    let now = chrono::Utc::now();
+    let send_at = request.send_at.filter(|at| *at > now);
+    let mut body = json!({
         "message_id": message_id,
-        "recipients": deliveries.len(),
-        "unresolved_install_ids": unresolved,
+        "recipients": resolved.deliveries.len(),
+        "unresolved_install_ids": resolved.unresolved_install_ids,
+        "unresolved_custom_ids": resolved.unresolved_custom_ids,
     });
+    if let Some(at) = send_at {
+        body["send_at"] = json!(at);
+    }
+    // The TTL runs from when the push is due.
     let expires_at = request.ttl_seconds.map(|s| {
-        chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX))
+        send_at.unwrap_or(now) + chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX))
     });
+    let deliveries = resolved.deliveries;
     let message = NewMessage {
         id: message_id,
         app_id: app,
@@ -87,6 +95,7 @@ pub(crate) async fn create(
             .delivery_policy
             .unwrap_or(DeliveryPolicy::AtLeastOnce),
         expires_at,
+        send_at,
         deliveries,
     };
     let record = idempotency_key.map(|key| IdempotencyRecord {
@@ -105,8 +114,9 @@ pub(crate) async fn create(
             metrics::counter!("herald_pushes_accepted_total").increment(1);
             tracing::info!(%message_id, app_id = %app, recipients = message.deliveries.len(), "push accepted");
             let published = match outbox_id {
-                Some(id) => publish_now(&state, id, message_id).await,
-                None => true,
+                // Scheduled pushes are the relay's to publish when due.
+                Some(id) if send_at.is_none() => publish_now(&state, id, message_id).await,
+                _ => true,
             };
             let mut response = accepted(StatusCode::ACCEPTED, message_id, body, false);
             if !published {
@@ -169,37 +179,48 @@ fn accepted(status: StatusCode, message_id: MessageId, body: Value, replayed: bo
     response
 }
 
-/// Turns targets into deliveries. Installations come first so that a device
-/// named both by install id and by its raw token gets one delivery, whose id
-/// survives a later token change. Unknown, invalidated or opted-out install
-/// ids are reported back, not failed on.
+struct Resolved {
+    deliveries: Vec<NewDelivery>,
+    unresolved_install_ids: Vec<String>,
+    unresolved_custom_ids: Vec<String>,
+}
+
+/// Turns targets into deliveries. Installations come first (by install id,
+/// then by custom id) so that a device named twice, or by its raw token too,
+/// gets one delivery whose id survives a later token change. Unknown,
+/// invalidated or opted-out ids are reported back, not failed on.
 async fn resolve_targets(
     state: &AppState,
     request: &PushRequest,
     message: MessageId,
     app: herald_core::AppId,
-) -> Result<(Vec<NewDelivery>, Vec<String>), Problem> {
-    let resolved = state
+) -> Result<Resolved, Problem> {
+    let by_install = state
         .store
         .resolve_install_ids(app, &request.to.install_ids)
         .await?;
+    let by_user = state
+        .store
+        .resolve_custom_ids(app, &request.to.custom_ids)
+        .await?;
+    let found_installs: HashSet<&str> = by_install.iter().map(|r| r.install_id.as_str()).collect();
+    let found_users: HashSet<&str> = by_user
+        .iter()
+        .filter_map(|r| r.custom_id.as_deref())
+        .collect();
+    let unresolved_install_ids = unresolved(&request.to.install_ids, &found_installs);
+    let unresolved_custom_ids = unresolved(&request.to.custom_ids, &found_users);
     let mut seen: HashSet<(Platform, String)> = HashSet::new();
     let mut deliveries = Vec::new();
-    let found: HashSet<&str> = resolved.iter().map(|r| r.install_id.as_str()).collect();
-    let unresolved: Vec<String> = request
-        .to
-        .install_ids
-        .iter()
-        .filter(|id| !found.contains(id.as_str()))
-        .cloned()
-        .collect();
-    for r in &resolved {
+    for r in by_install.iter().chain(&by_user) {
         if seen.insert((r.platform, r.token.clone())) {
             deliveries.push(NewDelivery {
                 id: DeliveryId::derive(message, DeliveryTarget::Installation(&r.install_id)),
                 platform: r.platform,
                 token: r.token.clone(),
                 install_id: Some(r.install_id.clone()),
+                locale: r.locale.clone(),
+                apns_sandbox: r.apns_sandbox,
             });
         }
     }
@@ -210,8 +231,24 @@ async fn resolve_targets(
                 platform: t.platform,
                 token: t.token.clone(),
                 install_id: None,
+                locale: None,
+                apns_sandbox: false,
             });
         }
     }
-    Ok((deliveries, unresolved))
+    Ok(Resolved {
+        deliveries,
+        unresolved_install_ids,
+        unresolved_custom_ids,
+    })
+}
+
+fn unresolved(asked: &[String], found: &HashSet<&str>) -> Vec<String> {
+    let mut out: Vec<String> = asked
+        .iter()
+        .filter(|id| !found.contains(id.as_str()))
+        .cloned()
+        .collect();
+    out.dedup();
+    out
 }

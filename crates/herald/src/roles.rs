@@ -160,6 +160,11 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
     };
     let providers = Providers::new(ProviderSettings {
         apns_url: config.providers.apns_url.clone(),
+        apns_sandbox_url: if config.providers.apns_sandbox_url.is_empty() {
+            config.providers.apns_url.clone()
+        } else {
+            config.providers.apns_sandbox_url.clone()
+        },
         fcm_url: config.providers.fcm_url.clone(),
         ca_cert_pem,
         request_timeout: Duration::from_millis(config.sender.request_timeout_ms),

@@ -1,5 +1,5 @@
 use crate::{classify_transport, retry_after};
-use herald_core::payload::{apns_collapse_id, apns_id};
+use herald_core::payload::{apns_id, collapse_id};
 use herald_core::{DeliveryJob, OutcomeClass};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
@@ -113,19 +113,20 @@ pub(crate) async fn send(
             }
         }
     };
-    let body = job.notification.apns_payload().to_string();
+    let notification = job.notification.for_locale(job.locale.as_deref());
+    let body = notification.apns_payload().to_string();
     let url = format!("{}/3/device/{}", base.trim_end_matches('/'), job.token);
     let mut request = http
         .post(url)
         .header("authorization", format!("bearer {token}"))
         .header("apns-topic", &creds.topic)
-        .header("apns-push-type", job.notification.apns_push_type())
-        .header(
-            "apns-priority",
-            job.notification.apns_priority().to_string(),
-        )
+        .header("apns-push-type", notification.apns_push_type())
+        .header("apns-priority", notification.apns_priority().to_string())
         .header("apns-id", apns_id(job.delivery_id))
-        .header("apns-collapse-id", apns_collapse_id(job.message_id))
+        .header(
+            "apns-collapse-id",
+            collapse_id(&notification, job.message_id),
+        )
         .body(body);
     if let Some(at) = job.expires_at {
         request = request.header("apns-expiration", at.timestamp().max(0).to_string());

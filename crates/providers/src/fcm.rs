@@ -146,6 +146,7 @@ pub(crate) async fn send(
     let now = chrono::Utc::now();
     let body = job
         .notification
+        .for_locale(job.locale.as_deref())
         .fcm_message(&job.token, job.message_id, job.ttl_seconds(now));
     let response = match http.post(url).bearer_auth(token).json(&body).send().await {
         Ok(r) => r,

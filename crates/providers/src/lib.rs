@@ -30,6 +30,8 @@ pub enum ProviderError {
 #[derive(Debug, Clone)]
 pub struct ProviderSettings {
     pub apns_url: String,
+    /// For tokens of development builds.
+    pub apns_sandbox_url: String,
     pub fcm_url: String,
     pub ca_cert_pem: Option<Vec<u8>>,
     pub request_timeout: Duration,
@@ -76,14 +78,12 @@ impl Providers {
         match job.platform {
             Platform::Ios => match &creds.apns {
                 Some(c) => {
-                    apns::send(
-                        &self.http,
-                        &self.settings.apns_url,
-                        &self.apns_tokens,
-                        c,
-                        job,
-                    )
-                    .await
+                    let base = if job.apns_sandbox {
+                        &self.settings.apns_sandbox_url
+                    } else {
+                        &self.settings.apns_url
+                    };
+                    apns::send(&self.http, base, &self.apns_tokens, c, job).await
                 }
                 None => missing_credentials("APNs"),
             },

@@ -18,6 +18,8 @@ pub struct NewMessage {
     pub notification: Notification,
     pub policy: DeliveryPolicy,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Not published before this time.
+    pub send_at: Option<DateTime<Utc>>,
     pub deliveries: Vec<NewDelivery>,
 }
 
@@ -27,6 +29,8 @@ pub struct NewDelivery {
     pub platform: Platform,
     pub token: String,
     pub install_id: Option<String>,
+    pub locale: Option<String>,
+    pub apns_sandbox: bool,
 }
 
 /// The Idempotency-Key of a request, with the response to store beside it.
@@ -85,6 +89,7 @@ pub struct MessageView {
     pub policy: DeliveryPolicy,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub send_at: Option<DateTime<Utc>>,
     pub counts: Vec<StatusCount>,
     pub deliveries: Vec<DeliveryRow>,
 }
@@ -111,6 +116,8 @@ struct JobRow {
     notification: Value,
     policy: String,
     expires_at: Option<DateTime<Utc>>,
+    locale: Option<String>,
+    apns_sandbox: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -131,6 +138,8 @@ fn job_from_row(row: JobRow) -> Result<DeliveryJob> {
         notification: serde_json::from_value(row.notification).map_err(corrupt)?,
         policy: DeliveryPolicy::from_str(&row.policy).map_err(corrupt)?,
         expires_at: row.expires_at,
+        locale: row.locale,
+        apns_sandbox: row.apns_sandbox,
         attempt: 0,
         not_before: None,
     })
@@ -142,6 +151,7 @@ struct MessageRow {
     policy: String,
     created_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
+    send_at: Option<DateTime<Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -158,7 +168,7 @@ struct DeliveryDbRow {
 }
 
 const JOB_COLUMNS: &str = "d.id, d.message_id, d.app_id, d.platform, d.token, d.install_id, \
-                           m.notification, m.policy, m.expires_at";
+                           m.notification, m.policy, m.expires_at, d.locale, d.apns_sandbox";
 
 impl Store {
     /// The stored answer for an Idempotency-Key, if it is still retained.
@@ -224,8 +234,8 @@ impl Store {
         // A message that exists already (its key expired and was purged) is not
         // written again: its deliveries are settled or on their way.
         let inserted = sqlx::query(
-            "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at, idempotency_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at, idempotency_key, send_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
         )
         .bind(message.id.as_uuid())
         .bind(message.app_id.as_uuid())
@@ -234,6 +244,7 @@ impl Store {
         .bind(message.policy.as_str())
         .bind(message.expires_at)
         .bind(key.map(|k| k.key.as_str()))
+        .bind(message.send_at)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -242,20 +253,25 @@ impl Store {
         if inserted {
             insert_deliveries(&mut tx, message).await?;
             outbox_id = Some(
-                sqlx::query_scalar("INSERT INTO outbox (message_id) VALUES ($1) RETURNING id")
-                    .bind(message.id.as_uuid())
-                    .fetch_one(&mut *tx)
-                    .await?,
+                sqlx::query_scalar(
+                    "INSERT INTO outbox (message_id, publish_at) VALUES ($1, $2) RETURNING id",
+                )
+                .bind(message.id.as_uuid())
+                .bind(message.send_at)
+                .fetch_one(&mut *tx)
+                .await?,
             );
         }
         tx.commit().await?;
         Ok(AcceptOutcome::Accepted { outbox_id })
     }
 
-    /// Outbox rows not yet acknowledged by Kafka, oldest first.
+    /// Outbox rows due and not yet acknowledged by Kafka, oldest first.
     pub async fn unpublished_outbox(&self, limit: i64) -> Result<Vec<(i64, MessageId)>> {
         let rows: Vec<(i64, Uuid)> = sqlx::query_as(
-            "SELECT id, message_id FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            "SELECT id, message_id FROM outbox
+             WHERE published_at IS NULL AND (publish_at IS NULL OR publish_at <= now())
+             ORDER BY id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -438,7 +454,7 @@ impl Store {
         delivery_limit: i64,
     ) -> Result<Option<MessageView>> {
         let row: Option<MessageRow> = sqlx::query_as(
-            "SELECT kind, policy, created_at, expires_at FROM messages WHERE id = $1 AND app_id = $2",
+            "SELECT kind, policy, created_at, expires_at, send_at FROM messages WHERE id = $1 AND app_id = $2",
         )
         .bind(id.as_uuid())
         .bind(app.as_uuid())
@@ -470,6 +486,7 @@ impl Store {
             policy: DeliveryPolicy::from_str(&m.policy).map_err(corrupt)?,
             created_at: m.created_at,
             expires_at: m.expires_at,
+            send_at: m.send_at,
             counts: counts
                 .into_iter()
                 .map(|(p, s, count)| {
@@ -554,10 +571,17 @@ async fn insert_deliveries(tx: &mut Transaction<'_, Postgres>, message: &NewMess
         .iter()
         .map(|d| d.install_id.as_deref())
         .collect();
+    let locales: Vec<Option<&str>> = message
+        .deliveries
+        .iter()
+        .map(|d| d.locale.as_deref())
+        .collect();
+    let sandbox: Vec<bool> = message.deliveries.iter().map(|d| d.apns_sandbox).collect();
     sqlx::query(
-        "INSERT INTO deliveries (id, message_id, app_id, platform, token, install_id)
-         SELECT u.id, $1, $2, u.platform, u.token, u.install_id
-         FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[]) AS u(id, platform, token, install_id)
+        "INSERT INTO deliveries (id, message_id, app_id, platform, token, install_id, locale, apns_sandbox)
+         SELECT u.id, $1, $2, u.platform, u.token, u.install_id, u.locale, u.apns_sandbox
+         FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[])
+              AS u(id, platform, token, install_id, locale, apns_sandbox)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(message.id.as_uuid())
@@ -566,6 +590,8 @@ async fn insert_deliveries(tx: &mut Transaction<'_, Postgres>, message: &NewMess
     .bind(&platforms)
     .bind(&tokens)
     .bind(&installs)
+    .bind(&locales)
+    .bind(&sandbox)
     .execute(&mut **tx)
     .await?;
     Ok(())
