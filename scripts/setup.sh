@@ -11,7 +11,7 @@ as_root() {
 # cmake-build) and the engines Herald talks to.
 ensure_packages() {
   local wanted=(build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev
-                postgresql redis-server curl)
+                postgresql redis-server curl python3 python3-pip)
   local missing=()
   for p in "${wanted[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -73,9 +73,19 @@ ensure_redis() {
   fi
 }
 
+# The OpenAPI document is checked with openapi-spec-validator (PyPI).
+ensure_openapi_validator() {
+  if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+    herald_log "installing openapi-spec-validator"
+    python3 -m pip install -q openapi-spec-validator 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages openapi-spec-validator
+  fi
+}
+
 ensure_all() {
   ensure_packages
   ensure_rust
+  ensure_openapi_validator
   ensure_postgres
   ensure_redis
 }

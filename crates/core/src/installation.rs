@@ -9,7 +9,7 @@ use std::str::FromStr;
 pub const MAX_TAGS: usize = 100;
 pub const MAX_ATTRIBUTES: usize = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ApnsEnvironment {
     #[default]
@@ -44,7 +44,7 @@ fn yes() -> bool {
 
 /// `PUT /v1/installations/{install_id}`: the whole installation (fields left
 /// out take their defaults).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstallationInput {
     pub platform: Platform,
@@ -68,6 +68,7 @@ pub struct InstallationInput {
     pub tags: Vec<String>,
     /// Flat key/value pairs (string, number or boolean values).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub attributes: Map<String, Value>,
     /// False: the user opted out; the installation is never targeted.
     #[serde(default = "yes")]

@@ -9,7 +9,7 @@ pub const MAX_TARGETS_PER_REQUEST: usize = 1000;
 /// FCM's longest TTL; APNs accepts any expiration but the same bound keeps both alike.
 pub const MAX_TTL_SECONDS: u64 = 28 * 24 * 3600;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
     pub to: Targets,
@@ -28,7 +28,7 @@ pub struct PushRequest {
 /// The furthest ahead a push may be scheduled.
 pub const MAX_SEND_AHEAD_DAYS: i64 = 30;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Targets {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -40,7 +40,7 @@ pub struct Targets {
     pub custom_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenTarget {
     pub platform: Platform,

@@ -1,6 +1,7 @@
 //! The gateway role: the REST API (`/v1`), API-key auth, Idempotency-Key
 //! handling, and the outbox relay that publishes accepted work to Kafka.
 
+mod api;
 mod auth;
 mod idempotency;
 mod messages;
@@ -8,6 +9,7 @@ mod problem;
 mod push;
 mod relay;
 
+pub use api::ApiDoc;
 pub use problem::Problem;
 pub use relay::OutboxRelay;
 
@@ -28,13 +30,18 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/push", post(push::create))
-        .route("/v1/messages/{id}", get(messages::get))
+        .route("/v1/messages/{message_id}", get(messages::get))
+        .route(
+            "/v1/messages/{message_id}/deliveries",
+            get(messages::deliveries),
+        )
         .route(
             "/v1/installations/{install_id}",
             put(messages::put_installation)
                 .get(messages::get_installation)
                 .delete(messages::delete_installation),
         )
+        .route("/v1/openapi.json", get(api::openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { Problem::not_found("no such endpoint") })

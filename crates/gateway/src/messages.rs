@@ -1,104 +1,209 @@
-//! `GET /v1/messages/{id}` and the first cut of the installations API.
+//! Message status, per-device outcomes, and installations.
 
+use crate::api::{DeliveryView, InstallationView, MessageStatus};
 use crate::auth::{AnyKey, ServerKey};
 use crate::problem::Problem;
 use crate::push::parse_body;
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use herald_core::installation::InstallationInput;
-use herald_core::{DeliveryStatus, MessageId};
-use serde_json::{json, Map, Value};
+use herald_core::{DeliveryId, DeliveryStatus, MessageId};
+use herald_store::DeliveryRow;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 /// How many per-device outcomes the message view lists.
 const DELIVERY_LIMIT: i64 = 1000;
+const PAGE_MAX: i64 = 1000;
 
+fn parse_message_id(id: &str) -> Result<MessageId, Problem> {
+    MessageId::from_str(id)
+        .map_err(|_| Problem::invalid_field("message_id", "a message id is a UUID"))
+}
+
+fn delivery_view(d: &DeliveryRow) -> DeliveryView {
+    DeliveryView {
+        delivery_id: d.id.as_uuid(),
+        platform: d.platform,
+        token: d.token.clone(),
+        install_id: d.install_id.clone(),
+        status: d.status,
+        reason: d.reason.clone(),
+        provider_id: d.provider_id.clone(),
+        attempts: d.attempts,
+        settled_at: d.settled_at,
+    }
+}
+
+/// A message's status: counts per outcome and platform, and its first deliveries.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{message_id}",
+    tag = "messages",
+    params(("message_id" = String, Path, description = "As returned by POST /v1/push")),
+    responses(
+        (status = 200, body = MessageStatus),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
-    let id = MessageId::from_str(&id)
-        .map_err(|_| Problem::invalid_field("id", "a message id is a UUID"))?;
+) -> Result<Json<MessageStatus>, Problem> {
+    let id = parse_message_id(&id)?;
     let view = state
         .store
         .message(key.app_id, id, DELIVERY_LIMIT)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no message {id} in this app")))?;
-    let mut totals: Map<String, Value> = DeliveryStatus::ALL
+    let mut counts: BTreeMap<String, i64> = DeliveryStatus::ALL
         .iter()
-        .map(|s| (s.as_str().to_string(), json!(0)))
+        .map(|s| (s.as_str().to_string(), 0))
         .collect();
-    let mut by_platform: Map<String, Value> = Map::new();
-    let mut total = 0i64;
+    let mut by_platform: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for c in &view.counts {
-        total += c.count;
-        let t = totals.entry(c.status.as_str()).or_insert(json!(0));
-        *t = json!(t.as_i64().unwrap_or(0) + c.count);
-        let p = by_platform
-            .entry(c.platform.as_str())
-            .or_insert_with(|| json!({}));
-        p[c.status.as_str()] = json!(c.count);
+        *counts.entry(c.status.as_str().to_string()).or_default() += c.count;
+        *by_platform
+            .entry(c.platform.as_str().to_string())
+            .or_default()
+            .entry(c.status.as_str().to_string())
+            .or_default() += c.count;
     }
-    let pending = totals["pending"].as_i64().unwrap_or(0);
+    let recipients: i64 = counts.values().sum();
+    let pending = counts.get("pending").copied().unwrap_or(0);
     let status = match (pending, view.send_at) {
         (0, _) => "completed",
         (_, Some(at)) if at > chrono::Utc::now() => "scheduled",
         _ => "in_progress",
     };
-    let deliveries: Vec<Value> = view
-        .deliveries
-        .iter()
-        .map(|d| {
-            json!({
-                "delivery_id": d.id,
-                "platform": d.platform,
-                "token": d.token,
-                "install_id": d.install_id,
-                "status": d.status,
-                "reason": d.reason,
-                "provider_id": d.provider_id,
-                "attempts": d.attempts,
-                "settled_at": d.settled_at,
-            })
+    Ok(Json(MessageStatus {
+        message_id: view.id.as_uuid(),
+        kind: view.kind,
+        delivery_policy: view.policy,
+        created_at: view.created_at,
+        expires_at: view.expires_at,
+        send_at: view.send_at,
+        status: status.into(),
+        recipients,
+        counts,
+        by_platform,
+        deliveries: view.deliveries.iter().map(delivery_view).collect(),
+        deliveries_truncated: recipients > DELIVERY_LIMIT,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    /// At most 1000 (default 100).
+    limit: Option<i64>,
+    /// The `next_after` of the previous page.
+    after: Option<String>,
+    /// Only deliveries with this status.
+    status: Option<String>,
+}
+
+/// A page of deliveries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveriesPage {
+    pub deliveries: Vec<DeliveryView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// Every per-device outcome of a message, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{message_id}/deliveries",
+    tag = "messages",
+    params(("message_id" = String, Path), PageQuery),
+    responses(
+        (status = 200, body = DeliveriesPage),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn deliveries(
+    State(state): State<AppState>,
+    ServerKey(key): ServerKey,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<DeliveriesPage>, Problem> {
+    let id = parse_message_id(&id)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(Problem::invalid_field("limit", format!("1 to {PAGE_MAX}")));
+    }
+    let after = q
+        .after
+        .as_deref()
+        .map(DeliveryId::from_str)
+        .transpose()
+        .map_err(|_| {
+            Problem::invalid_field("after", "a delivery id (the previous page's next_after)")
+        })?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            DeliveryStatus::parse(s)
+                .ok_or_else(|| Problem::invalid_field("status", format!("unknown status `{s}`")))
         })
-        .collect();
-    Ok(Json(json!({
-        "message_id": view.id,
-        "kind": view.kind,
-        "delivery_policy": view.policy.as_str(),
-        "created_at": view.created_at,
-        "expires_at": view.expires_at,
-        "send_at": view.send_at,
-        "status": status,
-        "recipients": total,
-        "counts": totals,
-        "by_platform": by_platform,
-        "deliveries": deliveries,
-        "deliveries_truncated": total > DELIVERY_LIMIT,
-    })))
+        .transpose()?;
+    // The message must belong to this app.
+    if state.store.message(key.app_id, id, 0).await?.is_none() {
+        return Err(Problem::not_found(format!("no message {id} in this app")));
+    }
+    let rows = state
+        .store
+        .deliveries_page(id, after, status, limit)
+        .await?;
+    let next_after = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|d| d.id.to_string()))
+        .flatten();
+    Ok(Json(DeliveriesPage {
+        deliveries: rows.iter().map(delivery_view).collect(),
+        next_after,
+    }))
 }
 
-fn installation_json(i: &herald_store::Installation) -> Value {
-    let mut v = serde_json::to_value(&i.input).unwrap_or_default();
-    v["install_id"] = json!(i.install_id);
-    v["invalidated_at"] = json!(i.invalidated_at);
-    v["created_at"] = json!(i.created_at);
-    v["updated_at"] = json!(i.updated_at);
-    v
+fn installation_view(i: herald_store::Installation) -> InstallationView {
+    InstallationView {
+        install_id: i.install_id,
+        installation: i.input,
+        invalidated_at: i.invalidated_at,
+        created_at: i.created_at,
+        updated_at: i.updated_at,
+    }
 }
 
-/// `PUT /v1/installations/{install_id}`: create or replace (SDK or server key).
+/// Create or replace an installation (SDK or server key).
+#[utoipa::path(
+    put,
+    path = "/v1/installations/{install_id}",
+    tag = "installations",
+    params(("install_id" = String, Path, description = "The app's id for this installation, 1 to 128 characters")),
+    request_body = InstallationInput,
+    responses(
+        (status = 200, body = InstallationView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn put_installation(
     State(state): State<AppState>,
     AnyKey(key): AnyKey,
     Path(install_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<InstallationView>, Problem> {
     let (_, input): (Value, InstallationInput) = parse_body(&headers, &body)?;
     input
         .validate(&install_id)
@@ -107,35 +212,56 @@ pub(crate) async fn put_installation(
         .store
         .upsert_installation(key.app_id, &install_id, &input)
         .await?;
-    Ok(Json(installation_json(&stored)))
+    Ok(Json(installation_view(stored)))
 }
 
-/// `GET /v1/installations/{install_id}` (server key: it reveals the token).
+/// Read an installation (server key: it reveals the token).
+#[utoipa::path(
+    get,
+    path = "/v1/installations/{install_id}",
+    tag = "installations",
+    params(("install_id" = String, Path)),
+    responses(
+        (status = 200, body = InstallationView),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn get_installation(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
     Path(install_id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<InstallationView>, Problem> {
     let stored = state
         .store
         .installation(key.app_id, &install_id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no installation `{install_id}` in this app")))?;
-    Ok(Json(installation_json(&stored)))
+    Ok(Json(installation_view(stored)))
 }
 
-/// `DELETE /v1/installations/{install_id}` (SDK or server key).
+/// Delete an installation (SDK or server key).
+#[utoipa::path(
+    delete,
+    path = "/v1/installations/{install_id}",
+    tag = "installations",
+    params(("install_id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn delete_installation(
     State(state): State<AppState>,
     AnyKey(key): AnyKey,
     Path(install_id): Path<String>,
-) -> Result<axum::http::StatusCode, Problem> {
+) -> Result<StatusCode, Problem> {
     if state
         .store
         .delete_installation(key.app_id, &install_id)
         .await?
     {
-        Ok(axum::http::StatusCode::NO_CONTENT)
+        Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(format!(
             "no installation `{install_id}` in this app"

@@ -1,5 +1,6 @@
 //! `POST /v1/push`: a transactional push to tokens and installations.
 
+use crate::api::PushAccepted;
 use crate::auth::ServerKey;
 use crate::idempotency;
 use crate::problem::Problem;
@@ -13,7 +14,7 @@ use herald_core::ids::DeliveryTarget;
 use herald_core::{DeliveryId, DeliveryPolicy, MessageId, Platform, PushRequest};
 use herald_store::{AcceptOutcome, IdempotencyRecord, NewDelivery, NewMessage, StoredResponse};
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashSet;
 
 /// Parses a JSON body strictly; errors name the field at fault.
@@ -41,6 +42,31 @@ pub(crate) fn parse_body<T: DeserializeOwned>(
     Ok((value, parsed))
 }
 
+/// Send a push to tokens, installations and users.
+///
+/// With an `Idempotency-Key` the request is safe to retry: the same key and
+/// body replay the stored answer (`Idempotent-Replayed: true`).
+#[utoipa::path(
+    post,
+    path = "/v1/push",
+    tag = "push",
+    request_body = PushRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Structured-field string, 1 to 255 printable characters; scoped per app"),
+    ),
+    responses(
+        (status = 202, description = "Accepted: stored, and published unless `Herald-Publish: deferred`", body = PushAccepted,
+         headers(("Location" = String), ("Idempotent-Replayed" = String), ("Herald-Publish" = String))),
+        (status = 400, description = "A field, the JSON or the Idempotency-Key is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No key, or an unknown one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An SDK key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The same key is being processed", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used for a different request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL is unreachable; nothing was accepted", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
@@ -72,15 +98,14 @@ pub(crate) async fn create(
     let resolved = resolve_targets(&state, &request, message_id, app).await?;
     let now = chrono::Utc::now();
     let send_at = request.send_at.filter(|at| *at > now);
-    let mut body = json!({
-        "message_id": message_id,
-        "recipients": resolved.deliveries.len(),
-        "unresolved_install_ids": resolved.unresolved_install_ids,
-        "unresolved_custom_ids": resolved.unresolved_custom_ids,
-    });
-    if let Some(at) = send_at {
-        body["send_at"] = json!(at);
-    }
+    let body = serde_json::to_value(PushAccepted {
+        message_id: message_id.as_uuid(),
+        recipients: resolved.deliveries.len(),
+        unresolved_install_ids: resolved.unresolved_install_ids,
+        unresolved_custom_ids: resolved.unresolved_custom_ids,
+        send_at,
+    })
+    .map_err(|_| Problem::internal())?;
     // The TTL runs from when the push is due.
     let expires_at = request.ttl_seconds.map(|s| {
         send_at.unwrap_or(now) + chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX))

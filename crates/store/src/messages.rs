@@ -447,6 +447,30 @@ impl Store {
             .collect()
     }
 
+    /// One page of a message's deliveries, by delivery id, optionally of one
+    /// status.
+    pub async fn deliveries_page(
+        &self,
+        message: MessageId,
+        after: Option<DeliveryId>,
+        status: Option<DeliveryStatus>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        let rows: Vec<DeliveryDbRow> = sqlx::query_as(
+            "SELECT id, platform, token, install_id, status, reason, provider_id, attempts, settled_at
+             FROM deliveries
+             WHERE message_id = $1 AND ($2::uuid IS NULL OR id > $2) AND ($3::text IS NULL OR status = $3)
+             ORDER BY id LIMIT $4",
+        )
+        .bind(message.as_uuid())
+        .bind(after.map(|a| a.as_uuid()))
+        .bind(status.map(|s| s.as_str()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(delivery_from_row).collect()
+    }
+
     pub async fn message(
         &self,
         app: AppId,
@@ -478,8 +502,6 @@ impl Store {
             .bind(delivery_limit)
             .fetch_all(&self.pool)
             .await?;
-        let parse_status =
-            |s: &str| DeliveryStatus::parse(s).ok_or_else(|| corrupt(format!("status `{s}`")));
         Ok(Some(MessageView {
             id,
             kind: m.kind,
@@ -499,22 +521,28 @@ impl Store {
                 .collect::<Result<_>>()?,
             deliveries: deliveries
                 .into_iter()
-                .map(|d| {
-                    Ok(DeliveryRow {
-                        id: DeliveryId(d.id),
-                        platform: Platform::from_str(&d.platform).map_err(corrupt)?,
-                        token: d.token,
-                        install_id: d.install_id,
-                        status: parse_status(&d.status)?,
-                        reason: d.reason,
-                        provider_id: d.provider_id,
-                        attempts: d.attempts,
-                        settled_at: d.settled_at,
-                    })
-                })
+                .map(delivery_from_row)
                 .collect::<Result<_>>()?,
         }))
     }
+}
+
+fn parse_status(s: &str) -> Result<DeliveryStatus> {
+    DeliveryStatus::parse(s).ok_or_else(|| corrupt(format!("status `{s}`")))
+}
+
+fn delivery_from_row(d: DeliveryDbRow) -> Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: DeliveryId(d.id),
+        platform: Platform::from_str(&d.platform).map_err(corrupt)?,
+        token: d.token,
+        install_id: d.install_id,
+        status: parse_status(&d.status)?,
+        reason: d.reason,
+        provider_id: d.provider_id,
+        attempts: d.attempts,
+        settled_at: d.settled_at,
+    })
 }
 
 async fn check_existing_key(

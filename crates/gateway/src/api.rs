@@ -1,0 +1,125 @@
+//! The OpenAPI document (`GET /v1/openapi.json`), generated from the handlers'
+//! annotations and the request and response types themselves.
+
+use crate::problem::Problem;
+use chrono::{DateTime, Utc};
+use herald_core::installation::{ApnsEnvironment, InstallationInput};
+use herald_core::payload::{Localized, Notification, Priority};
+use herald_core::push::{PushRequest, Targets, TokenTarget};
+use herald_core::{DeliveryPolicy, DeliveryStatus, Platform};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use uuid::Uuid;
+
+/// The answer to an accepted push.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PushAccepted {
+    /// Deterministic with an Idempotency-Key: UUIDv5(app id, key).
+    pub message_id: Uuid,
+    /// Devices the push will be sent to.
+    pub recipients: usize,
+    /// Install ids that are unknown, opted out, without a token, or invalidated.
+    pub unresolved_install_ids: Vec<String>,
+    /// Custom ids with no installation that can receive a push.
+    pub unresolved_custom_ids: Vec<String>,
+    /// When the push is due, if it was scheduled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+/// One device's delivery of a message.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub delivery_id: Uuid,
+    pub platform: Platform,
+    pub token: String,
+    pub install_id: Option<String>,
+    pub status: DeliveryStatus,
+    /// Why it was rejected, failed, expired or is unknown.
+    pub reason: Option<String>,
+    /// `apns-id`, or the FCM message name.
+    pub provider_id: Option<String>,
+    pub attempts: i32,
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+/// A message and its per-device outcomes.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MessageStatus {
+    pub message_id: Uuid,
+    /// `transactional`, `campaign` or `trigger`.
+    pub kind: String,
+    pub delivery_policy: DeliveryPolicy,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub send_at: Option<DateTime<Utc>>,
+    /// `scheduled`, `in_progress` (some deliveries pending) or `completed`.
+    pub status: String,
+    pub recipients: i64,
+    /// Deliveries per status (every status is present).
+    pub counts: BTreeMap<String, i64>,
+    /// Deliveries per platform, then per status.
+    pub by_platform: BTreeMap<String, BTreeMap<String, i64>>,
+    /// The first deliveries, up to 1000.
+    pub deliveries: Vec<DeliveryView>,
+    pub deliveries_truncated: bool,
+}
+
+/// An installation as stored.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InstallationView {
+    pub install_id: String,
+    #[serde(flatten)]
+    pub installation: InstallationInput,
+    /// Set when a provider reported the token permanently invalid.
+    pub invalidated_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Idempotent push notification delivery. Errors are application/problem+json (RFC 9457).",
+    ),
+    paths(
+        crate::push::create,
+        crate::messages::get,
+        crate::messages::deliveries,
+        crate::messages::put_installation,
+        crate::messages::get_installation,
+        crate::messages::delete_installation,
+    ),
+    components(schemas(
+        PushRequest, Targets, TokenTarget, Notification, Localized, Priority, Platform,
+        DeliveryPolicy, DeliveryStatus, InstallationInput, ApnsEnvironment, PushAccepted,
+        MessageStatus, DeliveryView, InstallationView, Problem, crate::messages::DeliveriesPage,
+    )),
+    modifiers(&BearerKey),
+    security(("api_key" = [])),
+    tags(
+        (name = "push", description = "Transactional push"),
+        (name = "messages", description = "Message status and outcomes"),
+        (name = "installations", description = "Devices registered by apps"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerKey;
+
+impl Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+pub(crate) async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

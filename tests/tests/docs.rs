@@ -1,0 +1,121 @@
+//! The documentation is part of the product: the OpenAPI document validates
+//! and covers every route, and every example in docs/api.md runs.
+
+use herald_tests::TestEnv;
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+#[tokio::test]
+async fn the_openapi_document_validates_and_covers_every_route() {
+    let env = TestEnv::start("openapi").await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let doc: Value = env
+        .http
+        .get(format!("{gw}/v1/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    for path in [
+        "/v1/push",
+        "/v1/messages/{message_id}",
+        "/v1/messages/{message_id}/deliveries",
+        "/v1/installations/{install_id}",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
+    }
+    let file = env.log_dir.join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc).expect("json")).expect("write");
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .expect("python3 (the test script installs openapi-spec-validator)");
+    assert!(
+        out.status.success(),
+        "the OpenAPI document does not validate:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.finish().await;
+}
+
+/// The ```sh blocks of a Markdown file that call curl.
+fn curl_examples(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```sh") => current = Some(String::new()),
+            (Some(block), l) if l.starts_with("```") => {
+                if block.contains("curl ") {
+                    blocks.push(block.clone());
+                }
+                current = None;
+            }
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[tokio::test]
+async fn every_example_in_the_api_guide_runs() {
+    let env = TestEnv::start("apidocs").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let _sender = env.sender().await;
+    let gw = gateway.url.clone().expect("url");
+    let guide = std::fs::read_to_string(repo_file("docs/api.md")).expect("docs/api.md");
+    let examples = curl_examples(&guide);
+    assert!(
+        examples.len() >= 6,
+        "found only {} examples",
+        examples.len()
+    );
+    let mut message_id = String::new();
+    for example in &examples {
+        // Any HTTP error fails the example.
+        let script =
+            format!("set -e\ncurl() {{ command curl --fail-with-body \"$@\"; }}\n{example}");
+        let out = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .env("HERALD", &gw)
+            .env("KEY", &app.server_key)
+            .env("SDK_KEY", &app.sdk_key)
+            .env("MESSAGE_ID", &message_id)
+            .output()
+            .await
+            .expect("bash");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "example failed:\n{example}\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Ok(v) = serde_json::from_str::<Value>(stdout.trim()) {
+            if let Some(id) = v["message_id"].as_str() {
+                message_id = id.to_string();
+            }
+        }
+    }
+    assert!(
+        !message_id.is_empty(),
+        "the push example printed a message id"
+    );
+    env.finish().await;
+}
