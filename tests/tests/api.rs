@@ -479,3 +479,192 @@ async fn installations_custom_ids_localization_and_send_at() {
     assert_eq!(r.status(), 404);
     env.finish().await;
 }
+
+#[tokio::test]
+async fn keys_are_created_listed_and_revoked_through_the_api_and_the_cli() {
+    let env = TestEnv::start("keys").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let created: Value = env
+        .http
+        .post(format!("{gw}/v1/keys"))
+        .bearer_auth(&app.server_key)
+        .json(&json!({"kind": "sdk"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let secret = created["secret"].as_str().expect("secret").to_string();
+    let id = created["id"].as_str().expect("id").to_string();
+    let listed: Value = env
+        .http
+        .get(format!("{gw}/v1/keys"))
+        .bearer_auth(&app.server_key)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    assert!(
+        !listed.to_string().contains(&secret),
+        "secrets are never listed"
+    );
+    let install = |key: String| {
+        env.http
+            .put(format!("{gw}/v1/installations/k1"))
+            .bearer_auth(key)
+            .json(&json!({"platform": "android", "token": "t"}))
+            .send()
+    };
+    assert_eq!(install(secret.clone()).await.expect("put").status(), 200);
+    let r = env
+        .http
+        .delete(format!("{gw}/v1/keys/{id}"))
+        .bearer_auth(&app.server_key)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        install(secret).await.expect("put").status(),
+        401,
+        "a revoked key is refused"
+    );
+
+    // The same through the CLI.
+    let out = env
+        .run_cli(&["apps", "create-key", "--app", &app.id, "--kind", "server"])
+        .await;
+    let cli_key: Value = serde_json::from_str(out.trim()).expect("json");
+    let cli_secret = cli_key["secret"].as_str().expect("secret").to_string();
+    let r = env
+        .http
+        .get(format!("{gw}/v1/keys"))
+        .bearer_auth(&cli_secret)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(r.status(), 200);
+    env.run_cli(&[
+        "apps",
+        "revoke-key",
+        "--app",
+        &app.id,
+        "--key",
+        cli_key["id"].as_str().expect("id"),
+    ])
+    .await;
+    let r = env
+        .http
+        .get(format!("{gw}/v1/keys"))
+        .bearer_auth(&cli_secret)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(r.status(), 401);
+    let listed = env.run_cli(&["apps", "keys", "--app", &app.id]).await;
+    assert_eq!(listed.lines().count(), 4);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_key_over_its_rate_limit_gets_429_and_other_keys_do_not() {
+    let mut env = TestEnv::start("ratelimit").await;
+    env.extra_env
+        .insert("HERALD_GATEWAY__RATE_LIMIT_PER_SECOND".into(), "5".into());
+    let noisy = env.create_app().await;
+    let quiet = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let mut handles = Vec::new();
+    let started = std::time::Instant::now();
+    for _ in 0..30 {
+        let (http, url, key) = (
+            env.http.clone(),
+            format!("{gw}/v1/keys"),
+            noisy.server_key.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let r = http.get(url).bearer_auth(key).send().await.expect("get");
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            (
+                r.status().as_u16(),
+                retry_after,
+                r.text().await.unwrap_or_default(),
+            )
+        }));
+    }
+    let mut limited = 0;
+    for h in handles {
+        let (status, retry_after, body) = h.await.expect("task");
+        if status == 429 {
+            limited += 1;
+            let secs: u64 = retry_after.expect("Retry-After").parse().expect("seconds");
+            assert!((1..=1).contains(&secs), "{secs}");
+            assert!(body.contains("urn:herald:problem:rate-limited"), "{body}");
+        } else {
+            assert_eq!(status, 200);
+        }
+    }
+    // Each one-second window the burst touched lets 5 through.
+    let windows = started.elapsed().as_secs() + 2;
+    assert!(limited > 0, "nothing was limited");
+    assert!(
+        30 - limited <= 5 * windows,
+        "{} allowed in {windows} windows",
+        30 - limited
+    );
+    let r = env
+        .http
+        .get(format!("{gw}/v1/keys"))
+        .bearer_auth(&quiet.server_key)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200, "another key has its own budget");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn expired_idempotency_keys_are_purged() {
+    let mut env = TestEnv::start("purge").await;
+    env.extra_env.insert(
+        "HERALD_GATEWAY__IDEMPOTENCY_RETENTION_HOURS".into(),
+        "0".into(),
+    );
+    env.extra_env
+        .insert("HERALD_GATEWAY__PURGE_INTERVAL_MS".into(), "100".into());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let request = body(vec![
+        json!({"platform": "android", "token": android_token(1)}),
+    ]);
+    let (status, first) = env
+        .push(&gw, &app.server_key, Some("short-lived"), &request)
+        .await;
+    assert_eq!(status, 202);
+    wait_until("the expired key is purged", LONG, || async {
+        env.count_rows("idempotency_keys").await == 0
+    })
+    .await;
+    // The message id is derived from the key, so a late resubmission still
+    // names the same message and adds nothing.
+    let (status, again) = env
+        .push(&gw, &app.server_key, Some("short-lived"), &request)
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(again["message_id"], first["message_id"]);
+    assert_eq!(env.count_rows("messages").await, 1);
+    assert_eq!(env.count_rows("deliveries").await, 1);
+    env.finish().await;
+}

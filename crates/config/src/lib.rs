@@ -87,6 +87,10 @@ pub struct GatewayConfig {
     pub publish_wait_ms: u64,
     /// How long an Idempotency-Key and its stored response are kept.
     pub idempotency_retention_hours: u64,
+    /// Requests per second per API key; 0: no limit.
+    pub rate_limit_per_second: u64,
+    /// How often expired Idempotency-Keys are deleted.
+    pub purge_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -188,6 +192,8 @@ impl Default for GatewayConfig {
             relay_interval_ms: 1_000,
             publish_wait_ms: 250,
             idempotency_retention_hours: 24 * 7,
+            rate_limit_per_second: 1000,
+            purge_interval_ms: 600_000,
         }
     }
 }

@@ -92,11 +92,15 @@ pub struct InstallationView {
         crate::messages::put_installation,
         crate::messages::get_installation,
         crate::messages::delete_installation,
+        crate::keys::list,
+        crate::keys::create,
+        crate::keys::revoke,
     ),
     components(schemas(
         PushRequest, Targets, TokenTarget, Notification, Localized, Priority, Platform,
         DeliveryPolicy, DeliveryStatus, InstallationInput, ApnsEnvironment, PushAccepted,
         MessageStatus, DeliveryView, InstallationView, Problem, crate::messages::DeliveriesPage,
+        crate::keys::KeyKind, crate::keys::NewKey, crate::keys::KeyView, crate::keys::CreatedKey,
     )),
     modifiers(&BearerKey),
     security(("api_key" = [])),
@@ -104,6 +108,7 @@ pub struct InstallationView {
         (name = "push", description = "Transactional push"),
         (name = "messages", description = "Message status and outcomes"),
         (name = "installations", description = "Devices registered by apps"),
+        (name = "keys", description = "The app's API keys"),
     )
 )]
 pub struct ApiDoc;

@@ -2,6 +2,7 @@ use crate::problem::Problem;
 use crate::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use herald_ledger::RateDecision;
 use herald_store::{ApiKeyKind, AuthenticatedKey};
 
 /// A request authenticated with the app's server key.
@@ -24,11 +25,25 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthenticatedKe
         .ok_or_else(|| {
             Problem::unauthorized("the Authorization header must be `Bearer <API key>`")
         })?;
-    state
+    let key = state
         .store
         .authenticate(secret)
         .await?
-        .ok_or_else(|| Problem::unauthorized("this API key is unknown or revoked"))
+        .ok_or_else(|| Problem::unauthorized("this API key is unknown or revoked"))?;
+    if let Some(limiter) = &state.limiter {
+        match limiter
+            .hit(&key.key_id.to_string(), state.rate_limit_per_second)
+            .await
+        {
+            Ok(RateDecision::Allow) => {}
+            Ok(RateDecision::Limited(wait)) => {
+                return Err(Problem::rate_limited(wait.as_secs_f64().ceil() as u64));
+            }
+            // A rate limit is a courtesy; Redis being away must not stop pushes.
+            Err(e) => tracing::warn!(error = %e, "rate limiter unavailable; request allowed"),
+        }
+    }
+    Ok(key)
 }
 
 impl FromRequestParts<AppState> for ServerKey {

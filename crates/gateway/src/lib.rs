@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod idempotency;
+mod keys;
 mod messages;
 mod problem;
 mod push;
@@ -25,6 +26,9 @@ pub struct AppState {
     pub relay: OutboxRelay,
     pub idempotency_retention: Duration,
     pub publish_wait: Duration,
+    /// None: no per-key rate limit.
+    pub limiter: Option<herald_ledger::RateLimiter>,
+    pub rate_limit_per_second: u64,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -41,11 +45,37 @@ pub fn router(state: AppState) -> Router {
                 .get(messages::get_installation)
                 .delete(messages::delete_installation),
         )
+        .route("/v1/keys", get(keys::list).post(keys::create))
+        .route("/v1/keys/{key_id}", axum::routing::delete(keys::revoke))
         .route("/v1/openapi.json", get(api::openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { Problem::not_found("no such endpoint") })
         .with_state(state)
+}
+
+/// Deletes expired Idempotency-Keys every `interval` until `shutdown`.
+pub async fn purge_idempotency_keys(
+    store: Store,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        loop {
+            match store.purge_expired_idempotency_keys(10_000).await {
+                Ok(n) if n > 0 => tracing::info!(purged = n, "expired Idempotency-Keys deleted"),
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging Idempotency-Keys failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 async fn ready(

@@ -44,6 +44,7 @@ fn delivery_view(d: &DeliveryRow) -> DeliveryView {
 #[utoipa::path(
     get,
     path = "/v1/messages/{message_id}",
+    operation_id = "get_message",
     tag = "messages",
     params(("message_id" = String, Path, description = "As returned by POST /v1/push")),
     responses(
@@ -123,6 +124,7 @@ pub struct DeliveriesPage {
 #[utoipa::path(
     get,
     path = "/v1/messages/{message_id}/deliveries",
+    operation_id = "list_deliveries",
     tag = "messages",
     params(("message_id" = String, Path), PageQuery),
     responses(

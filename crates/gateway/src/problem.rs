@@ -117,6 +117,17 @@ impl Problem {
         p
     }
 
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let mut p = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests for this API key",
+            "slow down and retry after the number of seconds in Retry-After",
+        );
+        p.retry_after = Some(retry_after_secs.max(1));
+        p
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -49,6 +49,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(
 #[utoipa::path(
     post,
     path = "/v1/push",
+    operation_id = "send_push",
     tag = "push",
     request_body = PushRequest,
     params(

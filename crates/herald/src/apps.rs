@@ -21,6 +21,25 @@ pub enum AppsCommand {
         #[arg(long)]
         sim: Option<String>,
     },
+    /// Creates another key for an app and prints its secret (once).
+    CreateKey {
+        #[arg(long)]
+        app: String,
+        #[arg(long, value_parser = ["server", "sdk"])]
+        kind: String,
+    },
+    /// Lists an app's keys (never their secrets).
+    Keys {
+        #[arg(long)]
+        app: String,
+    },
+    /// Revokes a key at once.
+    RevokeKey {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        key: String,
+    },
     /// Sets an app's provider credentials from JSON files.
     Credentials {
         #[arg(long)]
@@ -52,16 +71,44 @@ pub async fn run(config: Config, command: AppsCommand) -> Result<()> {
                 json!({ "app_id": app, "server_key": server.secret, "sdk_key": sdk.secret })
             );
         }
+        AppsCommand::CreateKey { app, kind } => {
+            let app = existing_app(&store, &app).await?;
+            let kind = if kind == "server" {
+                ApiKeyKind::Server
+            } else {
+                ApiKeyKind::Sdk
+            };
+            let key = store.create_api_key(app, kind).await?;
+            println!(
+                "{}",
+                json!({ "id": key.id, "kind": kind.as_str(), "secret": key.secret })
+            );
+        }
+        AppsCommand::Keys { app } => {
+            let app = existing_app(&store, &app).await?;
+            for k in store.api_keys(app).await? {
+                println!(
+                    "{}",
+                    json!({ "id": k.id, "kind": k.kind.as_str(), "prefix": k.prefix,
+                            "created_at": k.created_at, "revoked_at": k.revoked_at })
+                );
+            }
+        }
+        AppsCommand::RevokeKey { app, key } => {
+            let app = existing_app(&store, &app).await?;
+            let key = uuid::Uuid::parse_str(&key).context("--key is a key id (UUID)")?;
+            if !store.revoke_api_key(app, key).await? {
+                bail!("no live key {key} in app {app}");
+            }
+            println!("revoked {key}");
+        }
         AppsCommand::Credentials {
             app,
             apns,
             fcm,
             sim,
         } => {
-            let app = AppId::from_str(&app).context("--app is an app id (UUID)")?;
-            if !store.app_exists(app).await? {
-                bail!("no app {app}");
-            }
+            let app = existing_app(&store, &app).await?;
             if let Some(sim) = sim {
                 load_sim_credentials(&store, app, &sim).await?;
             }
@@ -78,6 +125,14 @@ pub async fn run(config: Config, command: AppsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn existing_app(store: &Store, app: &str) -> Result<AppId> {
+    let app = AppId::from_str(app).context("--app is an app id (UUID)")?;
+    if !store.app_exists(app).await? {
+        bail!("no app {app}");
+    }
+    Ok(app)
 }
 
 pub async fn load_sim_credentials(store: &Store, app: AppId, sim: &str) -> Result<()> {

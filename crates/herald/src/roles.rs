@@ -102,6 +102,24 @@ pub fn announce(what: &str, url: &str) {
 
 pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> Result<SocketAddr> {
     let publisher = Publisher::new(&config.kafka).context("creating the Kafka producer")?;
+    let limiter = if config.gateway.rate_limit_per_second == 0 {
+        None
+    } else {
+        Some(
+            herald_ledger::RateLimiter::connect(&config.redis.url, &config.redis.prefix)
+                .await
+                .context("connecting the rate limiter to Redis")?,
+        )
+    };
+    let purge = tokio::spawn(herald_gateway::purge_idempotency_keys(
+        store.clone(),
+        Duration::from_millis(config.gateway.purge_interval_ms),
+        roles.shutdown.clone(),
+    ));
+    roles.tasks.spawn(async move {
+        let _ = purge.await;
+        Ok(())
+    });
     let relay = OutboxRelay {
         store: store.clone(),
         publisher,
@@ -116,6 +134,8 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
             config.gateway.idempotency_retention_hours * 3600,
         ),
         publish_wait: Duration::from_millis(config.gateway.publish_wait_ms),
+        limiter,
+        rate_limit_per_second: config.gateway.rate_limit_per_second,
     };
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen)
         .await
@@ -253,6 +273,9 @@ pub async fn gateway(config: Config) -> Result<()> {
     install_metrics(&config)?;
     preflight::kafka_configured(&config)?;
     let store = preflight::postgres(&config).await?;
+    if config.gateway.rate_limit_per_second > 0 {
+        preflight::redis(&config).await?;
+    }
     let mut roles = Roles::new();
     start_gateway(&mut roles, &config, store).await?;
     roles.wait().await

@@ -6,6 +6,10 @@
 //! `takeovers`. Lease times come from the Redis server's clock, so workers with
 //! skewed clocks still agree on when a lease has expired.
 
+mod rate_limit;
+
+pub use rate_limit::{RateDecision, RateLimiter};
+
 use herald_core::dedupe::Claim;
 use herald_core::DeliveryId;
 use redis::aio::ConnectionManager;

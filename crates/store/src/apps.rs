@@ -21,7 +21,7 @@ impl ApiKeyKind {
         }
     }
 
-    fn parse(s: &str) -> Result<Self> {
+    pub fn parse(s: &str) -> Result<Self> {
         match s {
             "server" => Ok(ApiKeyKind::Server),
             "sdk" => Ok(ApiKeyKind::Sdk),
@@ -43,6 +43,17 @@ pub struct AuthenticatedKey {
     pub key_id: Uuid,
     pub app_id: AppId,
     pub kind: ApiKeyKind,
+}
+
+/// A key as listed: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub kind: ApiKeyKind,
+    /// The secret's first characters, to tell keys apart.
+    pub prefix: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// An app's provider credentials, as uploaded (JSON objects).
@@ -140,6 +151,48 @@ impl Store {
             })
         })
         .transpose()
+    }
+
+    pub async fn api_keys(&self, app: AppId) -> Result<Vec<ApiKeyInfo>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            id: Uuid,
+            kind: String,
+            key_prefix: String,
+            created_at: chrono::DateTime<chrono::Utc>,
+            revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, kind, key_prefix, created_at, revoked_at FROM api_keys
+             WHERE app_id = $1 ORDER BY created_at",
+        )
+        .bind(app.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ApiKeyInfo {
+                    id: r.id,
+                    kind: ApiKeyKind::parse(&r.kind)?,
+                    prefix: r.key_prefix,
+                    created_at: r.created_at,
+                    revoked_at: r.revoked_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes a key of this app; false if there is no such live key.
+    pub async fn revoke_api_key(&self, app: AppId, key: Uuid) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = now()
+             WHERE app_id = $1 AND id = $2 AND revoked_at IS NULL",
+        )
+        .bind(app.as_uuid())
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn put_credentials(&self, app: AppId, provider: &str, config: &Value) -> Result<()> {

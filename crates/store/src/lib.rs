@@ -8,7 +8,7 @@ mod apps;
 mod installations;
 mod messages;
 
-pub use apps::{ApiKeyKind, AppCredentials, AuthenticatedKey, NewApiKey};
+pub use apps::{ApiKeyInfo, ApiKeyKind, AppCredentials, AuthenticatedKey, NewApiKey};
 pub use installations::{Installation, ResolvedTarget};
 pub use messages::{
     AcceptOutcome, DeliveryRow, IdempotencyRecord, MessageView, NewDelivery, NewMessage,

@@ -266,6 +266,19 @@ impl Store {
         Ok(AcceptOutcome::Accepted { outbox_id })
     }
 
+    /// Deletes Idempotency-Keys past their retention, a batch at a time;
+    /// returns how many went.
+    pub async fn purge_expired_idempotency_keys(&self, batch: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE ctid IN
+                (SELECT ctid FROM idempotency_keys WHERE expires_at <= now() LIMIT $1)",
+        )
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Outbox rows due and not yet acknowledged by Kafka, oldest first.
     pub async fn unpublished_outbox(&self, limit: i64) -> Result<Vec<(i64, MessageId)>> {
         let rows: Vec<(i64, Uuid)> = sqlx::query_as(
