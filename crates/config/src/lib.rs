@@ -119,6 +119,12 @@ pub struct RecorderConfig {
     pub group_id: String,
     pub batch_size: usize,
     pub batch_linger_ms: u64,
+    /// Posts to an app's outcome webhook before giving up on an event.
+    pub webhook_max_attempts: u32,
+    /// The first retry's delay; each next one doubles, up to an hour.
+    pub webhook_retry_base_ms: u64,
+    /// How often the webhook dispatcher looks for due events.
+    pub webhook_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -221,6 +227,9 @@ impl Default for RecorderConfig {
             group_id: "herald-recorder".into(),
             batch_size: 1_000,
             batch_linger_ms: 50,
+            webhook_max_attempts: 10,
+            webhook_retry_base_ms: 1_000,
+            webhook_poll_ms: 500,
         }
     }
 }

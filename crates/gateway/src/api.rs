@@ -95,12 +95,16 @@ pub struct InstallationView {
         crate::keys::list,
         crate::keys::create,
         crate::keys::revoke,
+        crate::webhook::put,
+        crate::webhook::get,
+        crate::webhook::delete,
     ),
     components(schemas(
         PushRequest, Targets, TokenTarget, Notification, Localized, Priority, Platform,
         DeliveryPolicy, DeliveryStatus, InstallationInput, ApnsEnvironment, PushAccepted,
         MessageStatus, DeliveryView, InstallationView, Problem, crate::messages::DeliveriesPage,
         crate::keys::KeyKind, crate::keys::NewKey, crate::keys::KeyView, crate::keys::CreatedKey,
+        crate::webhook::WebhookInput, crate::webhook::WebhookView,
     )),
     modifiers(&BearerKey),
     security(("api_key" = [])),
@@ -109,6 +113,7 @@ pub struct InstallationView {
         (name = "messages", description = "Message status and outcomes"),
         (name = "installations", description = "Devices registered by apps"),
         (name = "keys", description = "The app's API keys"),
+        (name = "webhook", description = "Outcome events posted to the app"),
     )
 )]
 pub struct ApiDoc;

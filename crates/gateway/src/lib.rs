@@ -9,6 +9,7 @@ mod messages;
 mod problem;
 mod push;
 mod relay;
+mod webhook;
 
 pub use api::ApiDoc;
 pub use problem::Problem;
@@ -47,6 +48,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/keys", get(keys::list).post(keys::create))
         .route("/v1/keys/{key_id}", axum::routing::delete(keys::revoke))
+        .route(
+            "/v1/webhook",
+            put(webhook::put).get(webhook::get).delete(webhook::delete),
+        )
         .route("/v1/openapi.json", get(api::openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))

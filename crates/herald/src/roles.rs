@@ -220,6 +220,7 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
 }
 
 pub fn start_recorder(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
+    let recorder_store = store.clone();
     let recorder = Recorder {
         consumer: BatchConsumer::new(
             &config.kafka,
@@ -233,6 +234,19 @@ pub fn start_recorder(roles: &mut Roles, config: &Config, store: Store) -> Resul
     roles
         .tasks
         .spawn(async move { recorder.run(shutdown).await.context("recorder") });
+    let dispatcher = herald_recorder::WebhookDispatcher {
+        store: recorder_store,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("creating the webhook client")?,
+        config: config.recorder.clone(),
+    };
+    let shutdown = roles.shutdown.clone();
+    roles.tasks.spawn(async move {
+        dispatcher.run(shutdown).await;
+        Ok(())
+    });
     Ok(())
 }
 

@@ -2,6 +2,10 @@
 //! (per-device status, token invalidation) and commits offsets only after the
 //! batch is written. Writing an outcome twice changes nothing.
 
+mod webhooks;
+
+pub use webhooks::{sign, WebhookDispatcher};
+
 use herald_bus::BatchConsumer;
 use herald_config::RecorderConfig;
 use herald_core::DeliveryOutcome;

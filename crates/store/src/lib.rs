@@ -7,6 +7,7 @@
 mod apps;
 mod installations;
 mod messages;
+mod webhooks;
 
 pub use apps::{ApiKeyInfo, ApiKeyKind, AppCredentials, AuthenticatedKey, NewApiKey};
 pub use installations::{Installation, ResolvedTarget};
@@ -14,6 +15,7 @@ pub use messages::{
     AcceptOutcome, DeliveryRow, IdempotencyRecord, MessageView, NewDelivery, NewMessage,
     StatusCount, StoredResponse,
 };
+pub use webhooks::{Webhook, WebhookEvent};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Executor, PgPool};

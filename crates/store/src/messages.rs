@@ -361,13 +361,28 @@ impl Store {
             .map(|o| i32::try_from(o.attempts).unwrap_or(i32::MAX))
             .collect();
         let ats: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.at).collect();
+        // Only outcomes recorded now (not replays) go to the apps' webhooks,
+        // one event per app and batch.
         sqlx::query(
-            "UPDATE deliveries d SET status = u.status, reason = u.reason,
-                    provider_id = u.provider_id, attempts = u.attempts, settled_at = u.at
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::timestamptz[])
-                  AS u(id, status, reason, provider_id, attempts, at)
-             WHERE d.id = u.id
-               AND (d.status = 'pending' OR (d.status = 'failed' AND u.status <> 'failed'))",
+            "WITH recorded AS (
+                UPDATE deliveries d SET status = u.status, reason = u.reason,
+                       provider_id = u.provider_id, attempts = u.attempts, settled_at = u.at
+                FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::timestamptz[])
+                     AS u(id, status, reason, provider_id, attempts, at)
+                WHERE d.id = u.id
+                  AND (d.status = 'pending' OR (d.status = 'failed' AND u.status <> 'failed'))
+                RETURNING d.*
+             )
+             INSERT INTO webhook_events (app_id, payload)
+             SELECT r.app_id, jsonb_build_object('type', 'deliveries.settled', 'deliveries',
+                        jsonb_agg(jsonb_build_object(
+                            'delivery_id', r.id, 'message_id', r.message_id, 'platform', r.platform,
+                            'token', r.token, 'install_id', r.install_id, 'status', r.status,
+                            'reason', r.reason, 'provider_id', r.provider_id,
+                            'attempts', r.attempts, 'settled_at', r.settled_at) ORDER BY r.id))
+             FROM recorded r JOIN apps a ON a.id = r.app_id
+             WHERE a.webhook_url IS NOT NULL
+             GROUP BY r.app_id",
         )
         .bind(&ids)
         .bind(&statuses)
