@@ -72,7 +72,7 @@ impl FromStr for DeliveryPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryJob {
     pub delivery_id: DeliveryId,
     pub message_id: MessageId,
@@ -101,7 +101,7 @@ pub struct DeliveryJob {
 }
 
 /// A job that could not be processed, on the dead-letter topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub reason: String,
     /// The job, when it could be decoded: `herald dlq replay` publishes it again.

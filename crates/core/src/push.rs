@@ -9,7 +9,7 @@ pub const MAX_TARGETS_PER_REQUEST: usize = 1000;
 /// FCM's longest TTL; APNs accepts any expiration but the same bound keeps both alike.
 pub const MAX_TTL_SECONDS: u64 = 28 * 24 * 3600;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
     pub to: Targets,

@@ -119,7 +119,14 @@ pub(crate) async fn send(
     let mut request = http
         .post(url)
         .header("authorization", format!("bearer {token}"))
-        .header("apns-topic", &creds.topic)
+        .header(
+            "apns-topic",
+            format!(
+                "{}{}",
+                creds.topic,
+                notification.apns_push_type_kind().topic_suffix()
+            ),
+        )
         .header("apns-push-type", notification.apns_push_type())
         .header("apns-priority", notification.apns_priority().to_string())
         .header("apns-id", apns_id(job.delivery_id))

@@ -102,10 +102,17 @@ pub(crate) async fn send(
     if !PUSH_TYPES.contains(&push_type) {
         return reject(StatusCode::BAD_REQUEST, "InvalidPushType");
     }
-    let base_topic = topic
-        .trim_end_matches(".voip")
-        .trim_end_matches(".complication")
-        .trim_end_matches(".pushkit.fileprovider");
+    let base_topic = [
+        ".voip-ptt",
+        ".voip",
+        ".complication",
+        ".pushkit.fileprovider",
+        ".location-query",
+        ".push-type.liveactivity",
+    ]
+    .iter()
+    .find_map(|suffix| topic.strip_suffix(suffix))
+    .unwrap_or(topic);
     if base_topic != APNS_TOPIC {
         return reject(StatusCode::BAD_REQUEST, "TopicDisallowed");
     }
