@@ -17,6 +17,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Seals provider credentials in the tests' databases.
+pub const TEST_CREDENTIALS_KEY: &str = "dGVzdC1jcmVkZW50aWFscy1rZXktMzItYnl0ZXMhISE=";
+
 /// Herald's default topic names.
 pub const TOPICS: [&str; 4] = [
     "herald.deliveries",
@@ -276,6 +279,7 @@ impl TestEnv {
             ("HERALD_SENDER__RETRY_BASE_MS", "100".into()),
             ("HERALD_SENDER__RETRY_MAX_MS", "1000".into()),
             ("HERALD_LOG", "info,herald=debug".into()),
+            ("HERALD_CREDENTIALS__KEY", TEST_CREDENTIALS_KEY.into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

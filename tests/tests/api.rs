@@ -668,3 +668,121 @@ async fn expired_idempotency_keys_are_purged() {
     assert_eq!(env.count_rows("deliveries").await, 1);
     env.finish().await;
 }
+
+#[tokio::test]
+async fn credentials_are_uploaded_sealed_never_returned_and_never_logged() {
+    let env = TestEnv::start("creds").await;
+    let out = env.run_cli(&["apps", "create", "--name", "bare"]).await;
+    let app: Value = serde_json::from_str(out.trim()).expect("json");
+    let key = app["server_key"].as_str().expect("key").to_string();
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let sender = env.sender().await;
+    let sim: Value = env
+        .http
+        .get(format!("{}/sim/credentials", env.sim_url()))
+        .send()
+        .await
+        .expect("sim")
+        .json()
+        .await
+        .expect("json");
+    let apns_key = sim["apns"]["private_key_pem"]
+        .as_str()
+        .expect("pem")
+        .to_string();
+    let fcm_key = sim["fcm"]["service_account"]["private_key"]
+        .as_str()
+        .expect("pem")
+        .to_string();
+
+    let put = |provider: &str, body: Value| {
+        env.http
+            .put(format!("{gw}/v1/credentials/{provider}"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let mut broken = sim["apns"].clone();
+    broken["private_key_pem"] =
+        json!("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----");
+    let r = put("apns", broken).await.expect("put");
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["field"],
+        "private_key_pem"
+    );
+
+    for (provider, body) in [("apns", sim["apns"].clone()), ("fcm", sim["fcm"].clone())] {
+        let r = put(provider, body).await.expect("put");
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.expect("text");
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+    }
+    let shown = env
+        .http
+        .get(format!("{gw}/v1/credentials"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        shown.contains("HERALDSIM1") && shown.contains("herald-sim"),
+        "{shown}"
+    );
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+
+    let rows: Vec<(Option<Value>, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT config, sealed FROM provider_credentials")
+            .fetch_all(&env.db)
+            .await
+            .expect("rows");
+    assert_eq!(rows.len(), 2);
+    for (plain, sealed) in rows {
+        assert!(plain.is_none(), "no plaintext column");
+        let sealed = sealed.expect("sealed");
+        assert!(
+            !sealed.windows(11).any(|w| w == b"PRIVATE KEY"),
+            "sealed, not stored in clear"
+        );
+    }
+
+    let tokens = vec![
+        json!({"platform": "ios", "token": ios_token(1)}),
+        json!({"platform": "android", "token": android_token(1)}),
+    ];
+    let (_, m) = env
+        .push(
+            &gw,
+            &key,
+            None,
+            &json!({"to": {"tokens": tokens}, "notification": {"title": "t"}}),
+        )
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until("delivered with the uploaded credentials", LONG, || async {
+        env.message(&gw, &key, &id).await["counts"]["delivered"] == 2
+    })
+    .await;
+
+    // No secret in any log, with debug logging on.
+    let key_line = |pem: &str| pem.lines().nth(1).expect("a base64 line").to_string();
+    for log in [&gateway.log, &sender.log] {
+        let text = std::fs::read_to_string(log).expect("log");
+        for secret in [key_line(&apns_key), key_line(&fcm_key), key.clone()] {
+            assert!(!text.contains(&secret), "a secret is in {}", log.display());
+        }
+    }
+    let r = env
+        .http
+        .delete(format!("{gw}/v1/credentials/fcm"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    env.finish().await;
+}

@@ -24,6 +24,17 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub sim: SimConfig,
     pub metrics: MetricsConfig,
+    pub credentials: CredentialsConfig,
+}
+
+/// Encryption at rest of the apps' provider credentials.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// 32 bytes, base64 (`openssl rand -base64 32`); set it with
+    /// `HERALD_CREDENTIALS__KEY`, not in a file. Empty: credentials can be
+    /// neither stored nor read (`herald dev` uses a fixed development key).
+    pub key: String,
 }
 
 /// Prometheus metrics (`GET /metrics`) of the roles in this process.

@@ -98,6 +98,11 @@ pub struct InstallationView {
         crate::webhook::put,
         crate::webhook::get,
         crate::webhook::delete,
+        crate::credentials::put_apns,
+        crate::credentials::put_fcm,
+        crate::credentials::get,
+        crate::credentials::delete_apns,
+        crate::credentials::delete_fcm,
     ),
     components(schemas(
         PushRequest, Targets, TokenTarget, Notification, Localized, Priority, Platform,
@@ -105,6 +110,8 @@ pub struct InstallationView {
         MessageStatus, DeliveryView, InstallationView, Problem, crate::messages::DeliveriesPage,
         crate::keys::KeyKind, crate::keys::NewKey, crate::keys::KeyView, crate::keys::CreatedKey,
         crate::webhook::WebhookInput, crate::webhook::WebhookView,
+        herald_providers::ApnsCredentials, herald_providers::FcmCredentials, herald_providers::ServiceAccount,
+        crate::credentials::CredentialsView, crate::credentials::ApnsView, crate::credentials::FcmView,
     )),
     modifiers(&BearerKey),
     security(("api_key" = [])),
@@ -114,6 +121,7 @@ pub struct InstallationView {
         (name = "installations", description = "Devices registered by apps"),
         (name = "keys", description = "The app's API keys"),
         (name = "webhook", description = "Outcome events posted to the app"),
+        (name = "credentials", description = "The app's APNs and FCM credentials (write-only secrets)"),
     )
 )]
 pub struct ApiDoc;

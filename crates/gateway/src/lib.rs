@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod credentials;
 mod idempotency;
 mod keys;
 mod messages;
@@ -51,6 +52,15 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/webhook",
             put(webhook::put).get(webhook::get).delete(webhook::delete),
+        )
+        .route("/v1/credentials", get(credentials::get))
+        .route(
+            "/v1/credentials/apns",
+            put(credentials::put_apns).delete(credentials::delete_apns),
+        )
+        .route(
+            "/v1/credentials/fcm",
+            put(credentials::put_fcm).delete(credentials::delete_fcm),
         )
         .route("/v1/openapi.json", get(api::openapi_json))
         .route("/healthz", get(|| async { "ok" }))

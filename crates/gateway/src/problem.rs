@@ -170,6 +170,9 @@ impl From<herald_store::StoreError> for Problem {
     fn from(e: herald_store::StoreError) -> Self {
         tracing::error!(error = %e, "store error");
         match e {
+            herald_store::StoreError::Seal(herald_store::SealError::NoKey) => Problem::unavailable(
+                "this Herald has no credentials.key: provider credentials cannot be stored",
+            ),
             herald_store::StoreError::Database(sqlx::Error::PoolTimedOut)
             | herald_store::StoreError::Database(sqlx::Error::Io(_)) => {
                 Problem::unavailable("PostgreSQL is not reachable; nothing was accepted")

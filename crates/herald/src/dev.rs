@@ -13,7 +13,15 @@ use herald_store::ApiKeyKind;
 /// `herald dev` is for a laptop, never for production.
 pub const DEV_SERVER_KEY: &str = "hk_server_dev_demo_key";
 
+/// Seals the demo app's credentials when no credentials.key is set. Public
+/// and fixed: fine for simulator keys on a laptop, never for real ones.
+const DEV_CREDENTIALS_KEY: &str = "aGVyYWxkLWRldi1vbmx5LWtleS1ub3QtYS1zZWNyZXQ=";
+
 pub async fn run(mut config: Config) -> Result<()> {
+    if config.credentials.key.is_empty() {
+        tracing::warn!("credentials.key is not set: using the fixed development key (dev only)");
+        config.credentials.key = DEV_CREDENTIALS_KEY.into();
+    }
     let store = preflight::postgres(&config).await?;
     preflight::redis(&config).await?;
     if config.metrics.listen.is_empty() {

@@ -35,7 +35,13 @@ pub async fn postgres(config: &Config) -> Result<Store> {
         .migrate()
         .await
         .map_err(|e| anyhow!("applying migrations to {}: {e}", redact(url)))?;
-    Ok(store)
+    let sealer = match config.credentials.key.trim() {
+        "" => None,
+        key => Some(
+            herald_store::Sealer::from_base64(key).map_err(|e| anyhow!("credentials.key: {e}"))?,
+        ),
+    };
+    Ok(store.with_sealer(sealer))
 }
 
 pub async fn redis(config: &Config) -> Result<()> {

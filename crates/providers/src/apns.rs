@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const TOKEN_REFRESH_AFTER: Duration = Duration::from_secs(40 * 60);
 
 /// Token-based APNs credentials (a .p8 signing key).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApnsCredentials {
     pub team_id: String,
@@ -30,6 +30,43 @@ type SigningKeyId = (String, String);
 struct ProviderToken {
     jwt: String,
     signed_at: Instant,
+}
+
+// Never prints the key.
+impl std::fmt::Debug for ApnsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApnsCredentials")
+            .field("team_id", &self.team_id)
+            .field("key_id", &self.key_id)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApnsCredentials {
+    /// Checks what Apple would refuse later; the error names the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let id_ok = |s: &str| s.len() == 10 && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !id_ok(&self.team_id) {
+            return Err((
+                "team_id",
+                "an Apple team id is 10 letters and digits".into(),
+            ));
+        }
+        if !id_ok(&self.key_id) {
+            return Err(("key_id", "an APNs key id is 10 letters and digits".into()));
+        }
+        if self.topic.is_empty() || self.topic.contains(char::is_whitespace) {
+            return Err(("topic", "the app's bundle id, e.g. com.example.shop".into()));
+        }
+        EncodingKey::from_ec_pem(self.private_key_pem.as_bytes()).map_err(|_| {
+            (
+                "private_key_pem",
+                "not a P-256 private key in PEM (the .p8 file)".to_string(),
+            )
+        })?;
+        Ok(())
+    }
 }
 
 /// One provider token per (team, key), reused until it is due for refresh.

@@ -15,7 +15,7 @@ const MIN_QUOTA_BACKOFF: Duration = Duration::from_secs(60);
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
 /// The fields Herald uses from a Google service-account key file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ServiceAccount {
     pub client_email: String,
     pub private_key: String,
@@ -26,11 +26,48 @@ pub struct ServiceAccount {
     pub project_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FcmCredentials {
     pub project_id: String,
+    /// A Google service-account key file (other fields of it are ignored).
     pub service_account: ServiceAccount,
+}
+
+// Never prints the key.
+impl std::fmt::Debug for ServiceAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccount")
+            .field("client_email", &self.client_email)
+            .field("token_uri", &self.token_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FcmCredentials {
+    /// Checks what Google would refuse later; the error names the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.project_id.is_empty() {
+            return Err(("project_id", "the Firebase project id".into()));
+        }
+        if !self.service_account.client_email.contains('@') {
+            return Err((
+                "service_account.client_email",
+                "the service account's e-mail".into(),
+            ));
+        }
+        match url::Url::parse(&self.service_account.token_uri) {
+            Ok(u) if matches!(u.scheme(), "https" | "http") => {}
+            _ => return Err(("service_account.token_uri", "an https URL".into())),
+        }
+        EncodingKey::from_rsa_pem(self.service_account.private_key.as_bytes()).map_err(|_| {
+            (
+                "service_account.private_key",
+                "not an RSA private key in PEM".to_string(),
+            )
+        })?;
+        Ok(())
+    }
 }
 
 /// OAuth2 access tokens per service account, cached until shortly before they

@@ -63,6 +63,11 @@ pub struct AppCredentials {
     pub fcm: Option<Value>,
 }
 
+/// Associated data: a sealed value opens only for its own app and provider.
+fn seal_context(app: AppId, provider: &str) -> String {
+    format!("{app}:{provider}")
+}
+
 fn key_hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
@@ -195,30 +200,59 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Stores a provider's credentials sealed; the plaintext never reaches
+    /// the database.
     pub async fn put_credentials(&self, app: AppId, provider: &str, config: &Value) -> Result<()> {
+        let sealer = self.sealer.as_ref().ok_or(crate::SealError::NoKey)?;
+        let plaintext =
+            serde_json::to_vec(config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sealed = sealer.seal(&plaintext, &seal_context(app, provider))?;
         sqlx::query(
-            "INSERT INTO provider_credentials (app_id, provider, config) VALUES ($1, $2, $3)
-             ON CONFLICT (app_id, provider) DO UPDATE SET config = EXCLUDED.config, updated_at = now()",
+            "INSERT INTO provider_credentials (app_id, provider, config, sealed) VALUES ($1, $2, NULL, $3)
+             ON CONFLICT (app_id, provider) DO UPDATE SET config = NULL, sealed = EXCLUDED.sealed, updated_at = now()",
         )
         .bind(app.as_uuid())
         .bind(provider)
-        .bind(config)
+        .bind(sealed)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn credentials(&self, app: AppId) -> Result<AppCredentials> {
-        let rows: Vec<(String, Value)> =
-            sqlx::query_as("SELECT provider, config FROM provider_credentials WHERE app_id = $1")
+    /// True if the app had credentials for this provider.
+    pub async fn delete_credentials(&self, app: AppId, provider: &str) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM provider_credentials WHERE app_id = $1 AND provider = $2")
                 .bind(app.as_uuid())
-                .fetch_all(&self.pool)
+                .bind(provider)
+                .execute(&self.pool)
                 .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn credentials(&self, app: AppId) -> Result<AppCredentials> {
+        let rows: Vec<(String, Option<Value>, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT provider, config, sealed FROM provider_credentials WHERE app_id = $1",
+        )
+        .bind(app.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
         let mut creds = AppCredentials::default();
-        for (provider, config) in rows {
+        for (provider, config, sealed) in rows {
+            let value = match (sealed, config) {
+                (Some(sealed), _) => {
+                    let sealer = self.sealer.as_ref().ok_or(crate::SealError::NoKey)?;
+                    let plain = sealer.open(&sealed, &seal_context(app, &provider))?;
+                    serde_json::from_slice(&plain)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                }
+                // Written before sealing existed.
+                (None, Some(config)) => config,
+                (None, None) => continue,
+            };
             match provider.as_str() {
-                "apns" => creds.apns = Some(config),
-                "fcm" => creds.fcm = Some(config),
+                "apns" => creds.apns = Some(value),
+                "fcm" => creds.fcm = Some(value),
                 other => return Err(StoreError::Corrupt(format!("provider `{other}`"))),
             }
         }

@@ -7,6 +7,7 @@
 mod apps;
 mod installations;
 mod messages;
+mod sealing;
 mod webhooks;
 
 pub use apps::{ApiKeyInfo, ApiKeyKind, AppCredentials, AuthenticatedKey, NewApiKey};
@@ -15,6 +16,7 @@ pub use messages::{
     AcceptOutcome, DeliveryRow, IdempotencyRecord, MessageView, NewDelivery, NewMessage,
     StatusCount, StoredResponse,
 };
+pub use sealing::{SealError, Sealer};
 pub use webhooks::{Webhook, WebhookEvent};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -30,6 +32,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is not what Herald wrote: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Seal(#[from] SealError),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -37,6 +41,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    sealer: Option<Sealer>,
 }
 
 impl Store {
@@ -47,7 +52,14 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, sealer: None })
+    }
+
+    /// The key that seals provider credentials; without one they can be
+    /// neither stored nor read.
+    pub fn with_sealer(mut self, sealer: Option<Sealer>) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     /// Creates the database named in `url` when it does not exist, by way of
