@@ -513,3 +513,67 @@ async fn jobs_that_cannot_be_processed_are_dead_lettered_and_replay_safely() {
     assert!(per_token.values().all(|&n| n == 1), "{per_token:?}");
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_connection_reset_after_the_provider_accepted_is_an_unknown_outcome() {
+    let env = TestEnv::start("reset").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    // Every request is recorded, then its connection dropped unanswered.
+    env.set_sim_faults(json!({"reset_after_accept": true}))
+        .await;
+
+    // at_least_once: resent once at once (same apns-id); that answer is lost
+    // too, so the outcome stays unknown. The device shows one notification.
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &push_body(vec![one_token("ios", &ios_token(1))], "at_least_once"),
+        )
+        .await;
+    let least = m["message_id"].as_str().expect("id").to_string();
+    let s = wait_status(&env, &gw, &app.server_key, &least, |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(s["counts"]["unknown"], 1, "{s}");
+    let copies: Vec<Value> = env
+        .sim_deliveries()
+        .await
+        .into_iter()
+        .filter(|d| d["collapse_id"] == least.as_str())
+        .collect();
+    assert_eq!(copies.len(), 2, "one resend: {copies:?}");
+    assert_eq!(copies[0]["provider_id"], copies[1]["provider_id"]);
+
+    // at_most_once: recorded unknown, never resent.
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &push_body(
+                vec![one_token("android", &android_token(1))],
+                "at_most_once",
+            ),
+        )
+        .await;
+    let most = m["message_id"].as_str().expect("id").to_string();
+    let s = wait_status(&env, &gw, &app.server_key, &most, |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(s["counts"]["unknown"], 1, "{s}");
+    assert_eq!(
+        env.deliveries_per_token(&most)
+            .await
+            .values()
+            .sum::<usize>(),
+        1
+    );
+    env.finish().await;
+}

@@ -150,6 +150,9 @@ pub struct ProvidersConfig {
     pub fcm_url: String,
     /// Extra CA certificate (PEM) to trust, e.g. the simulator's TLS certificate.
     pub ca_cert_path: Option<String>,
+    /// HTTP/2 connections per sender process (per provider host); each
+    /// carries as many concurrent streams as the provider's SETTINGS allow.
+    pub connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -252,6 +255,7 @@ impl Default for ProvidersConfig {
             apns_sandbox_url: String::new(),
             fcm_url: "http://127.0.0.1:8090".into(),
             ca_cert_path: None,
+            connections: 4,
         }
     }
 }

@@ -188,6 +188,7 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
         fcm_url: config.providers.fcm_url.clone(),
         ca_cert_pem,
         request_timeout: Duration::from_millis(config.sender.request_timeout_ms),
+        connections: config.providers.connections,
     })?;
     let sender = Arc::new(Sender::new(
         ledger,

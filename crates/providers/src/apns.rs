@@ -5,11 +5,14 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Apple refuses tokens older than an hour and throttles refreshes more often
 /// than every 20 minutes; 40 minutes sits safely between.
 const TOKEN_REFRESH_AFTER: Duration = Duration::from_secs(40 * 60);
+/// Never sign a new token sooner than this after the last one, even when
+/// Apple calls it expired (TooManyProviderTokenUpdates would follow).
+const TOKEN_MIN_AGE: Duration = Duration::from_secs(20 * 60);
 
 /// Token-based APNs credentials (a .p8 signing key).
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -26,10 +29,10 @@ pub struct ApnsCredentials {
 /// (team id, key id): Apple issues one signing key per team and key id.
 type SigningKeyId = (String, String);
 
-/// A signed provider token and when it was signed.
+/// A signed provider token and when it was signed (its `iat`).
 struct ProviderToken {
     jwt: String,
-    signed_at: Instant,
+    signed_at: SystemTime,
 }
 
 // Never prints the key.
@@ -77,29 +80,53 @@ pub struct ApnsTokenCache {
 
 impl ApnsTokenCache {
     fn token(&self, c: &ApnsCredentials) -> Result<String, jsonwebtoken::errors::Error> {
+        self.token_at(c, SystemTime::now())
+    }
+
+    /// The token to use at `now`: the cached one until it is 40 minutes old.
+    pub fn token_at(
+        &self,
+        c: &ApnsCredentials,
+        now: SystemTime,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let key = (c.team_id.clone(), c.key_id.clone());
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = tokens.get(&key) {
-            if t.signed_at.elapsed() < TOKEN_REFRESH_AFTER {
+            if age(t, now) < TOKEN_REFRESH_AFTER {
                 return Ok(t.jwt.clone());
             }
         }
-        let jwt = sign(c)?;
+        let jwt = sign(c, now)?;
         tokens.insert(
             key,
             ProviderToken {
                 jwt: jwt.clone(),
-                signed_at: Instant::now(),
+                signed_at: now,
             },
         );
         Ok(jwt)
     }
 
-    /// Apple said the token expired: the next send signs a new one.
-    fn forget(&self, c: &ApnsCredentials) {
+    /// Apple said the token expired: the next send signs a new one, unless
+    /// the current one is younger than 20 minutes (then the clocks disagree,
+    /// and signing again would only earn TooManyProviderTokenUpdates).
+    pub fn expired_at(&self, c: &ApnsCredentials, now: SystemTime) {
+        let key = (c.team_id.clone(), c.key_id.clone());
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.remove(&(c.team_id.clone(), c.key_id.clone()));
+        match tokens.get(&key) {
+            Some(t) if age(t, now) < TOKEN_MIN_AGE => {
+                tracing::warn!(team_id = %c.team_id, key_id = %c.key_id,
+                    "APNs calls a provider token under 20 minutes old expired; check this host's clock");
+            }
+            _ => {
+                tokens.remove(&key);
+            }
+        }
     }
+}
+
+fn age(t: &ProviderToken, now: SystemTime) -> Duration {
+    now.duration_since(t.signed_at).unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -108,12 +135,10 @@ struct Claims<'a> {
     iat: u64,
 }
 
-fn sign(c: &ApnsCredentials) -> Result<String, jsonwebtoken::errors::Error> {
+fn sign(c: &ApnsCredentials, now: SystemTime) -> Result<String, jsonwebtoken::errors::Error> {
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(c.key_id.clone());
-    let iat = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let iat = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let key = EncodingKey::from_ec_pem(c.private_key_pem.as_bytes())?;
     jsonwebtoken::encode(
         &header,
@@ -194,7 +219,7 @@ pub(crate) async fn send(
         Err(_) => (format!("HTTP {status}"), None),
     };
     if reason == "ExpiredProviderToken" {
-        tokens.forget(creds);
+        tokens.expired_at(creds, SystemTime::now());
     }
     let mut class = classify(status, reason, after);
     if let OutcomeClass::Rejected { invalid_since, .. } = &mut class {
@@ -227,6 +252,58 @@ pub(crate) fn classify(status: u16, reason: String, after: Option<Duration>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn creds() -> ApnsCredentials {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        ApnsCredentials {
+            team_id: "TEAM123456".into(),
+            key_id: "KEY1234567".into(),
+            private_key_pem: key.serialize_pem(),
+            topic: "com.example.app".into(),
+        }
+    }
+
+    fn iat(jwt: &str) -> u64 {
+        let data = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(jwt).unwrap();
+        data.claims["iat"].as_u64().unwrap()
+    }
+
+    #[test]
+    fn a_token_is_reused_for_40_minutes_then_refreshed() {
+        let (cache, c) = (ApnsTokenCache::default(), creds());
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let first = cache.token_at(&c, t0).unwrap();
+        assert_eq!(iat(&first), 1_800_000_000);
+        let header = jsonwebtoken::decode_header(&first).unwrap();
+        assert_eq!(header.alg, Algorithm::ES256);
+        assert_eq!(header.kid.as_deref(), Some("KEY1234567"));
+        for minutes in [1, 20, 39] {
+            let t = t0 + Duration::from_secs(minutes * 60);
+            assert_eq!(cache.token_at(&c, t).unwrap(), first, "at {minutes} min");
+        }
+        let later = cache
+            .token_at(&c, t0 + Duration::from_secs(40 * 60))
+            .unwrap();
+        assert_ne!(later, first);
+        assert_eq!(iat(&later), 1_800_000_000 + 40 * 60);
+    }
+
+    #[test]
+    fn an_expired_answer_refreshes_only_a_token_over_20_minutes_old() {
+        let (cache, c) = (ApnsTokenCache::default(), creds());
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let first = cache.token_at(&c, t0).unwrap();
+        let five = t0 + Duration::from_secs(5 * 60);
+        cache.expired_at(&c, five);
+        assert_eq!(
+            cache.token_at(&c, five).unwrap(),
+            first,
+            "no refresh under 20 minutes"
+        );
+        let twenty_one = t0 + Duration::from_secs(21 * 60);
+        cache.expired_at(&c, twenty_one);
+        assert_ne!(cache.token_at(&c, twenty_one).unwrap(), first);
+    }
 
     #[test]
     fn every_documented_reason_has_its_class() {

@@ -35,6 +35,8 @@ pub struct ProviderSettings {
     pub fcm_url: String,
     pub ca_cert_pem: Option<Vec<u8>>,
     pub request_timeout: Duration,
+    /// HTTP/2 connections per host.
+    pub connections: usize,
 }
 
 /// The credentials a send needs, per platform.
@@ -44,11 +46,13 @@ pub struct Credentials {
     pub fcm: Option<FcmCredentials>,
 }
 
-/// One HTTP/2 client (one connection pool) shared by both providers; provider
+/// A few long-lived HTTP/2 connections per provider host (Apple treats rapid
+/// connect/disconnect as abuse), each multiplexing many streams; provider
 /// tokens are cached and reused, as Apple and Google require.
 #[derive(Clone)]
 pub struct Providers {
-    http: reqwest::Client,
+    /// One client per connection: reqwest keeps one HTTP/2 connection per host.
+    http: Vec<reqwest::Client>,
     settings: ProviderSettings,
     apns_tokens: ApnsTokenCache,
     fcm_tokens: FcmTokenCache,
@@ -56,21 +60,34 @@ pub struct Providers {
 
 impl Providers {
     pub fn new(settings: ProviderSettings) -> Result<Self, ProviderError> {
-        let mut builder = reqwest::Client::builder()
-            .http2_prior_knowledge()
-            .timeout(settings.request_timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_while_idle(true);
-        if let Some(pem) = &settings.ca_cert_pem {
-            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
-        }
+        let client = || -> Result<reqwest::Client, ProviderError> {
+            let mut builder = reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .timeout(settings.request_timeout)
+                .connect_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_while_idle(true);
+            if let Some(pem) = &settings.ca_cert_pem {
+                builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+            }
+            Ok(builder.build()?)
+        };
+        let http = (0..settings.connections.max(1))
+            .map(|_| client())
+            .collect::<Result<_, _>>()?;
         Ok(Self {
-            http: builder.build()?,
+            http,
             settings,
             apns_tokens: ApnsTokenCache::default(),
             fcm_tokens: FcmTokenCache::default(),
         })
+    }
+
+    /// Spreads deliveries over the connections; a resend of one delivery
+    /// takes the same connection.
+    fn client(&self, job: &DeliveryJob) -> &reqwest::Client {
+        let i = (job.delivery_id.as_uuid().as_u128() % self.http.len() as u128) as usize;
+        &self.http[i]
     }
 
     /// Sends one delivery and classifies the answer.
@@ -83,13 +100,20 @@ impl Providers {
                     } else {
                         &self.settings.apns_url
                     };
-                    apns::send(&self.http, base, &self.apns_tokens, c, job).await
+                    apns::send(self.client(job), base, &self.apns_tokens, c, job).await
                 }
                 None => missing_credentials("APNs"),
             },
             Platform::Android => match &creds.fcm {
                 Some(c) => {
-                    fcm::send(&self.http, &self.settings.fcm_url, &self.fcm_tokens, c, job).await
+                    fcm::send(
+                        self.client(job),
+                        &self.settings.fcm_url,
+                        &self.fcm_tokens,
+                        c,
+                        job,
+                    )
+                    .await
                 }
                 None => missing_credentials("FCM"),
             },

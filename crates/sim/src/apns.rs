@@ -50,6 +50,7 @@ struct Claims {
 
 pub(crate) async fn send(
     State(state): State<Arc<SimState>>,
+    conn: Option<axum::Extension<Arc<crate::serve::ConnectionControl>>>,
     Path(token): Path<String>,
     version: Version,
     headers: HeaderMap,
@@ -149,7 +150,9 @@ pub(crate) async fn send(
         return reject(status, reason);
     }
     state.record("apns", &token, apns_id.clone(), collapse_id, payload, &body);
-    state.after_accepting().await;
+    state
+        .after_accepting(conn.as_ref().map(|c| c.0.as_ref()))
+        .await;
     (StatusCode::OK, [("apns-id", apns_id)]).into_response()
 }
 

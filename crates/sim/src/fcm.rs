@@ -41,6 +41,7 @@ fn error(
 
 pub(crate) async fn send(
     State(state): State<Arc<SimState>>,
+    conn: Option<axum::Extension<Arc<crate::serve::ConnectionControl>>>,
     Path((project, verb)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -123,7 +124,9 @@ pub(crate) async fn send(
         .as_str()
         .map(str::to_string);
     state.record("fcm", token, name.clone(), tag, message.clone(), &body);
-    state.after_accepting().await;
+    state
+        .after_accepting(conn.as_ref().map(|c| c.0.as_ref()))
+        .await;
     Json(json!({ "name": name })).into_response()
 }
 

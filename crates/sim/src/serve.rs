@@ -43,15 +43,28 @@ async fn accept_tls(
     acceptor.accept(stream).await
 }
 
+/// Lets a handler act on its own connection (fault injection).
+#[derive(Default)]
+pub(crate) struct ConnectionControl {
+    /// Drop the connection at once, without answering.
+    pub kill: tokio::sync::Notify,
+}
+
 async fn connection<I>(io: I, app: Router)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(app);
+    let control = Arc::new(ConnectionControl::default());
+    let service = TowerToHyperService::new(app.layer(axum::Extension(control.clone())));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // APNs advertises about 1000 concurrent streams per connection.
     builder.http2().max_concurrent_streams(1000);
-    let _ = builder.serve_connection(io, service).await;
+    let conn = builder.serve_connection(io, service);
+    tokio::select! {
+        _ = conn => {}
+        // Dropping the connection closes the socket: every stream on it ends.
+        _ = control.kill.notified() => {}
+    }
 }
 
 pub(crate) fn tls_acceptor(cert: &CertifiedKey<KeyPair>) -> Result<TlsAcceptor, rustls::Error> {

@@ -47,6 +47,9 @@ pub struct Faults {
     /// Record each accepted delivery, then hold its answer until lifted: the
     /// provider has it, the sender never hears so.
     pub hang_after_accept: bool,
+    /// Record each accepted delivery, then drop its connection without an
+    /// answer (a reset after the request was written: outcome unknown).
+    pub reset_after_accept: bool,
     /// Answer the first this-many provider requests (since the faults were
     /// set) with `fail_status` instead of judging them.
     pub fail_first: u64,
@@ -196,8 +199,16 @@ impl SimState {
         self.faults.send_replace(faults);
     }
 
-    /// After a delivery was recorded: waits while `hang_after_accept` holds.
-    pub async fn after_accepting(&self) {
+    /// After a delivery was recorded: drops the connection for
+    /// `reset_after_accept` (never returning), or waits while
+    /// `hang_after_accept` holds.
+    pub async fn after_accepting(&self, conn: Option<&crate::serve::ConnectionControl>) {
+        if self.faults.borrow().reset_after_accept {
+            if let Some(conn) = conn {
+                conn.kill.notify_one();
+                std::future::pending::<()>().await;
+            }
+        }
         let mut rx = self.faults.subscribe();
         if rx.borrow().hang_after_accept {
             let _ = rx.wait_for(|f| !f.hang_after_accept).await;
