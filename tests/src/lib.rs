@@ -70,6 +70,8 @@ pub struct HeraldProcess {
     pub name: String,
     pub child: Child,
     pub url: Option<String>,
+    /// The simulator's TLS address, when it has one.
+    pub tls_url: Option<String>,
     pub log: PathBuf,
 }
 
@@ -192,6 +194,7 @@ pub struct TestEnv {
     pub log_dir: PathBuf,
     pub extra_env: HashMap<String, String>,
     pub db: sqlx::PgPool,
+    pub sim_tls_url: Option<String>,
 }
 
 fn postgres_base() -> String {
@@ -206,6 +209,12 @@ fn redis_url() -> String {
 impl TestEnv {
     /// A broker, a fresh database (migrated), and a running simulator.
     pub async fn start(name: &str) -> Self {
+        Self::start_with(name, &[]).await
+    }
+
+    /// As `start`, with settings that must be in place before the simulator
+    /// starts (they apply to every process of the test).
+    pub async fn start_with(name: &str, settings: &[(&str, &str)]) -> Self {
         let run = uuid::Uuid::new_v4().simple().to_string();
         let broker = EmbeddedBroker::start(1, &TOPICS, 4).expect("embedded broker");
         let db_name = format!("herald_t_{}_{}", name, &run[..12]);
@@ -232,15 +241,20 @@ impl TestEnv {
             db_url: db_url.clone(),
             redis_prefix: format!("herald-test:{run}:"),
             sim: None,
+            sim_tls_url: None,
             http,
             log_dir,
-            extra_env: HashMap::new(),
+            extra_env: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             db: sqlx::postgres::PgPoolOptions::new()
                 .max_connections(2)
                 .connect_lazy(&db_url)
                 .expect("db url"),
         };
         env.sim = Some(env.spawn("sim", &["sim"], true).await);
+        env.sim_tls_url = env.sim.as_ref().and_then(|s| s.tls_url.clone());
         env.run_cli(&["migrate"]).await;
         env
     }
@@ -317,11 +331,15 @@ impl TestEnv {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut url = None;
+        let mut tls_url = None;
         if listens {
             let prefix = format!("listening {} ", args[0]);
+            let tls_prefix = format!("listening {}-tls ", args[0]);
             let found = tokio::time::timeout(Duration::from_secs(30), async {
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(u) = line.strip_prefix(&prefix) {
+                    if let Some(u) = line.strip_prefix(&tls_prefix) {
+                        tls_url = Some(u.to_string());
+                    } else if let Some(u) = line.strip_prefix(&prefix) {
                         return Some(u.to_string());
                     }
                 }
@@ -339,6 +357,7 @@ impl TestEnv {
             name: name.to_string(),
             child,
             url,
+            tls_url,
             log: log_path,
         }
     }

@@ -577,3 +577,91 @@ async fn a_connection_reset_after_the_provider_accepted_is_an_unknown_outcome() 
     );
     env.finish().await;
 }
+
+#[tokio::test]
+async fn goaway_mid_stream_loses_and_duplicates_nothing() {
+    let env = TestEnv::start("goaway").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    // Every connection is told to go away after 5 requests, while many more
+    // streams are in flight on it; latency keeps them overlapping.
+    env.set_sim_faults(json!({"goaway_after": 5, "latency_ms": 30}))
+        .await;
+    let tokens: Vec<Value> = (0..120)
+        .map(|i| {
+            if i % 2 == 0 {
+                one_token("ios", &ios_token(i))
+            } else {
+                one_token("android", &android_token(i))
+            }
+        })
+        .collect();
+    // at_most_once: a stream refused by GOAWAY must be known as not
+    // delivered (and retried), never as unknown (which this policy drops).
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &push_body(tokens, "at_most_once"),
+        )
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    let s = wait_status(&env, &gw, &app.server_key, &id, |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(s["counts"]["delivered"], 120, "{}", s["counts"]);
+    let per_token = env.deliveries_per_token(&id).await;
+    assert_eq!(per_token.len(), 120);
+    assert!(per_token.values().all(|&n| n == 1), "duplicates");
+    let stats = env.sim_stats().await;
+    assert!(
+        stats["goaways"].as_u64() >= Some(5),
+        "connections were sent away: {stats}"
+    );
+    assert!(
+        stats["connections"].as_u64() > stats["goaways"].as_u64(),
+        "and replaced: {stats}"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_provider_allowing_two_streams_per_connection_gets_everything_once() {
+    let env =
+        TestEnv::start_with("twostreams", &[("HERALD_SIM__MAX_CONCURRENT_STREAMS", "2")]).await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    env.set_sim_faults(json!({"latency_ms": 20})).await;
+    let tokens: Vec<Value> = (0..80).map(|i| one_token("ios", &ios_token(i))).collect();
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &push_body(tokens, "at_most_once"),
+        )
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    let s = wait_status(&env, &gw, &app.server_key, &id, |s| {
+        s["status"] == "completed"
+    })
+    .await;
+    assert_eq!(s["counts"]["delivered"], 80, "{}", s["counts"]);
+    assert!(env
+        .deliveries_per_token(&id)
+        .await
+        .values()
+        .all(|&n| n == 1));
+    let stats = env.sim_stats().await;
+    assert_eq!(
+        stats["max_streams_seen"], 2,
+        "the client kept to the server's SETTINGS: {stats}"
+    );
+    env.finish().await;
+}

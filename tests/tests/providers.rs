@@ -173,3 +173,51 @@ async fn every_provider_answer_is_classified_as_the_design_says() {
     .await;
     env.finish().await;
 }
+
+#[tokio::test]
+async fn senders_reach_the_providers_over_tls_trusting_a_configured_certificate() {
+    let mut env = TestEnv::start("tls").await;
+    let tls = env.sim_tls_url.clone().expect("the simulator serves TLS");
+    let cert = env
+        .http
+        .get(format!("{}/sim/tls-certificate", env.sim_url()))
+        .send()
+        .await
+        .expect("cert")
+        .text()
+        .await
+        .expect("pem");
+    let path = env.log_dir.join("sim-cert.pem");
+    std::fs::write(&path, cert).expect("write");
+    // https://127.0.0.1:PORT: the certificate names 127.0.0.1.
+    env.extra_env
+        .insert("HERALD_PROVIDERS__APNS_URL".into(), tls.clone());
+    env.extra_env
+        .insert("HERALD_PROVIDERS__FCM_URL".into(), tls);
+    env.extra_env.insert(
+        "HERALD_PROVIDERS__CA_CERT_PATH".into(),
+        path.display().to_string(),
+    );
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    let tokens = vec![
+        json!({"platform": "ios", "token": ios_token(1)}),
+        json!({"platform": "android", "token": "fcm-over-tls"}),
+    ];
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &json!({"to": {"tokens": tokens}, "notification": {"title": "t"}}),
+        )
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until("both delivered over TLS", LONG, || async {
+        env.message(&gw, &app.server_key, &id).await["counts"]["delivered"] == 2
+    })
+    .await;
+    env.finish().await;
+}

@@ -162,6 +162,8 @@ pub struct SimConfig {
     pub listen: String,
     /// TLS (HTTP/2 via ALPN) with a generated certificate; empty disables it.
     pub tls_listen: String,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS per connection (APNs: about 1000).
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for PostgresConfig {
@@ -265,6 +267,7 @@ impl Default for SimConfig {
         Self {
             listen: "127.0.0.1:8090".into(),
             tls_listen: "127.0.0.1:8443".into(),
+            max_concurrent_streams: 1000,
         }
     }
 }

@@ -252,13 +252,18 @@ pub fn start_recorder(roles: &mut Roles, config: &Config, store: Store) -> Resul
 }
 
 pub async fn start_sim(config: &Config) -> Result<Simulator> {
-    let sim = Simulator::start(&config.sim.listen, &config.sim.tls_listen)
-        .await
-        .context("starting the simulators")?;
-    announce("sim", &format!("http://{}", sim.h2c_addr));
+    let sim = Simulator::start(
+        &config.sim.listen,
+        &config.sim.tls_listen,
+        config.sim.max_concurrent_streams,
+    )
+    .await
+    .context("starting the simulators")?;
+    // The TLS line first: readers may stop at the `sim` line.
     if let Some(tls) = sim.tls_addr {
         announce("sim-tls", &format!("https://{tls}"));
     }
+    announce("sim", &format!("http://{}", sim.h2c_addr));
     Ok(sim)
 }
 

@@ -63,6 +63,8 @@ pub(crate) async fn send(
         )
             .into_response();
     }
+    let _in_flight = conn.as_ref().map(|c| c.0.enter());
+    state.count_request(conn.as_ref().map(|c| c.0.as_ref()));
     if let Verdict::Fail(status) = state.before_judging().await {
         let reason = match status {
             429 => "TooManyRequests",

@@ -53,6 +53,9 @@ pub(crate) async fn stats(State(state): State<Arc<SimState>>) -> Response {
         "fcm": per_provider.get("fcm").copied().unwrap_or(0),
         "duplicates": duplicates,
         "stalled": state.stalled.load(Ordering::SeqCst),
+        "connections": crate::serve::CONNECTIONS.load(Ordering::Relaxed),
+        "goaways": crate::serve::GOAWAYS.load(Ordering::Relaxed),
+        "max_streams_seen": crate::serve::MAX_STREAMS_SEEN.load(Ordering::Relaxed),
     }))
     .into_response()
 }

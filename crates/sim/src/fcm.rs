@@ -49,6 +49,8 @@ pub(crate) async fn send(
     if verb != "messages:send" {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", None, "unknown method");
     }
+    let _in_flight = conn.as_ref().map(|c| c.0.enter());
+    state.count_request(conn.as_ref().map(|c| c.0.as_ref()));
     if let Verdict::Fail(status) = state.before_judging().await {
         let (rpc, code) = match status {
             429 => ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED"),

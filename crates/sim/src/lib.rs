@@ -45,7 +45,11 @@ pub struct Simulator {
 impl Simulator {
     /// Binds the listeners (an empty `tls_listen` disables TLS) and serves in
     /// background tasks until the process ends.
-    pub async fn start(listen: &str, tls_listen: &str) -> Result<Self, SimError> {
+    pub async fn start(
+        listen: &str,
+        tls_listen: &str,
+        max_concurrent_streams: u32,
+    ) -> Result<Self, SimError> {
         let h2c = bind(listen).await?;
         let h2c_addr = h2c.local_addr().map_err(|source| SimError::Bind {
             addr: listen.to_string(),
@@ -53,11 +57,11 @@ impl Simulator {
         })?;
         let token_uri = format!("http://{h2c_addr}/token");
         let state = Arc::new(SimState::new(token_uri)?);
-        let app = router(state.clone());
         let cert =
             rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
         let ca_pem = cert.cert.pem();
-        tokio::spawn(serve::plain(h2c, app.clone()));
+        let app = router(state.clone(), ca_pem.clone());
+        tokio::spawn(serve::plain(h2c, app.clone(), max_concurrent_streams));
         let tls_addr = if tls_listen.is_empty() {
             None
         } else {
@@ -67,7 +71,7 @@ impl Simulator {
                 source,
             })?;
             let acceptor = serve::tls_acceptor(&cert)?;
-            tokio::spawn(serve::tls(tls, acceptor, app));
+            tokio::spawn(serve::tls(tls, acceptor, app, max_concurrent_streams));
             Some(addr)
         };
         Ok(Self {
@@ -97,8 +101,12 @@ async fn bind(addr: &str) -> Result<TcpListener, SimError> {
         })
 }
 
-fn router(state: Arc<SimState>) -> Router {
+fn router(state: Arc<SimState>, tls_certificate: String) -> Router {
     Router::new()
+        .route(
+            "/sim/tls-certificate",
+            get(move || async move { tls_certificate }),
+        )
         .route(
             "/3/device/{token}",
             post(apns::send).fallback(apns::method_not_allowed),

@@ -10,17 +10,22 @@ use tokio_rustls::TlsAcceptor;
 
 /// Cleartext: HTTP/2 with prior knowledge (h2c), and HTTP/1.1 so that the
 /// inspection endpoints work from any curl. Provider paths insist on HTTP/2.
-pub(crate) async fn plain(listener: TcpListener, app: Router) {
+pub(crate) async fn plain(listener: TcpListener, app: Router, max_streams: u32) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(TokioIo::new(stream), app.clone()));
+        tokio::spawn(connection(TokioIo::new(stream), app.clone(), max_streams));
     }
 }
 
-pub(crate) async fn tls(listener: TcpListener, acceptor: TlsAcceptor, app: Router) {
+pub(crate) async fn tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Router,
+    max_streams: u32,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -29,7 +34,7 @@ pub(crate) async fn tls(listener: TcpListener, acceptor: TlsAcceptor, app: Route
         let app = app.clone();
         tokio::spawn(async move {
             if let Ok(stream) = accept_tls(&acceptor, stream).await {
-                connection(TokioIo::new(stream), app).await;
+                connection(TokioIo::new(stream), app, max_streams).await;
             }
         });
     }
@@ -43,26 +48,65 @@ async fn accept_tls(
     acceptor.accept(stream).await
 }
 
+/// Connections accepted and GOAWAYs sent, for `/sim/stats`.
+pub(crate) static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub(crate) static GOAWAYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The most provider requests ever in flight at once on one connection.
+pub(crate) static MAX_STREAMS_SEEN: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
 /// Lets a handler act on its own connection (fault injection).
 #[derive(Default)]
 pub(crate) struct ConnectionControl {
     /// Drop the connection at once, without answering.
     pub kill: tokio::sync::Notify,
+    /// Send GOAWAY: finish the streams begun, refuse new ones.
+    pub goaway: tokio::sync::Notify,
+    /// Provider requests seen on this connection.
+    pub requests: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicU64,
 }
 
-async fn connection<I>(io: I, app: Router)
+impl ConnectionControl {
+    /// Counts a provider request in flight on this connection until dropped.
+    pub fn enter(&self) -> InFlight<'_> {
+        use std::sync::atomic::Ordering;
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        MAX_STREAMS_SEEN.fetch_max(now, Ordering::SeqCst);
+        InFlight(&self.in_flight)
+    }
+}
+
+pub(crate) struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn connection<I>(io: I, app: Router, max_streams: u32)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let control = Arc::new(ConnectionControl::default());
     let service = TowerToHyperService::new(app.layer(axum::Extension(control.clone())));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // APNs advertises about 1000 concurrent streams per connection.
-    builder.http2().max_concurrent_streams(1000);
+    builder.http2().max_concurrent_streams(max_streams);
     let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        // Dropping the connection closes the socket: every stream on it ends.
+        _ = control.kill.notified() => return,
+        _ = control.goaway.notified() => {
+            GOAWAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            conn.as_mut().graceful_shutdown();
+        }
+    }
     tokio::select! {
         _ = conn => {}
-        // Dropping the connection closes the socket: every stream on it ends.
         _ = control.kill.notified() => {}
     }
 }

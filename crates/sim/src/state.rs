@@ -47,6 +47,9 @@ pub struct Faults {
     /// Record each accepted delivery, then hold its answer until lifted: the
     /// provider has it, the sender never hears so.
     pub hang_after_accept: bool,
+    /// Send GOAWAY on a connection once it has carried this many provider
+    /// requests: streams begun finish, later ones are refused.
+    pub goaway_after: Option<u64>,
     /// Record each accepted delivery, then drop its connection without an
     /// answer (a reset after the request was written: outcome unknown).
     pub reset_after_accept: bool,
@@ -197,6 +200,20 @@ impl SimState {
         self.admitted.store(0, std::sync::atomic::Ordering::SeqCst);
         self.failed.store(0, std::sync::atomic::Ordering::SeqCst);
         self.faults.send_replace(faults);
+    }
+
+    /// Counts a provider request on its connection, and sends GOAWAY when
+    /// `goaway_after` is reached.
+    pub fn count_request(&self, conn: Option<&crate::serve::ConnectionControl>) {
+        if let (Some(n), Some(conn)) = (self.faults.borrow().goaway_after, conn) {
+            let seen = conn
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            if seen == n {
+                conn.goaway.notify_one();
+            }
+        }
     }
 
     /// After a delivery was recorded: drops the connection for
