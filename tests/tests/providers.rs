@@ -221,3 +221,79 @@ async fn senders_reach_the_providers_over_tls_trusting_a_configured_certificate(
     .await;
     env.finish().await;
 }
+
+#[tokio::test]
+async fn apns_certificate_auth_proves_itself_in_the_tls_handshake() {
+    let mut env = TestEnv::start("certauth").await;
+    let tls = env.sim_tls_url.clone().expect("the simulator serves TLS");
+    let cert = env
+        .http
+        .get(format!("{}/sim/tls-certificate", env.sim_url()))
+        .send()
+        .await
+        .expect("cert")
+        .text()
+        .await
+        .expect("pem");
+    let path = env.log_dir.join("sim-cert.pem");
+    std::fs::write(&path, cert).expect("write");
+    env.extra_env
+        .insert("HERALD_PROVIDERS__APNS_URL".into(), tls);
+    env.extra_env.insert(
+        "HERALD_PROVIDERS__CA_CERT_PATH".into(),
+        path.display().to_string(),
+    );
+    let out = env.run_cli(&["apps", "create", "--name", "certs"]).await;
+    let app: Value = serde_json::from_str(out.trim()).expect("json");
+    let key = app["server_key"].as_str().expect("key").to_string();
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+
+    let sim: Value = env
+        .http
+        .get(format!("{}/sim/credentials", env.sim_url()))
+        .send()
+        .await
+        .expect("sim")
+        .json()
+        .await
+        .expect("json");
+    let r = env
+        .http
+        .put(format!("{gw}/v1/credentials/apns"))
+        .bearer_auth(&key)
+        .json(&sim["apns_certificate"])
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    let shown: Value = r.json().await.expect("json");
+    assert_eq!(shown["auth"], "certificate");
+    let mut broken = sim["apns_certificate"].clone();
+    broken["certificate_pem"] =
+        json!("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----");
+    let r = env
+        .http
+        .put(format!("{gw}/v1/credentials/apns"))
+        .bearer_auth(&key)
+        .json(&broken)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["field"],
+        "certificate_pem"
+    );
+
+    let (_, m) = env
+        .push(&gw, &key, None, &json!({"to": {"tokens": [{"platform": "ios", "token": ios_token(3)}]}, "notification": {"title": "t"}}))
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until("delivered with certificate auth", LONG, || async {
+        env.message(&gw, &key, &id).await["counts"]["delivered"] == 1
+    })
+    .await;
+    env.finish().await;
+}

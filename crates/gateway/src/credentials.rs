@@ -22,7 +22,11 @@ pub struct CredentialsView {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApnsView {
+    /// `token` or `certificate`.
+    pub auth: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub team_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub key_id: String,
     pub topic: String,
 }
@@ -35,6 +39,12 @@ pub struct FcmView {
 
 fn apns_view(c: &ApnsCredentials) -> ApnsView {
     ApnsView {
+        auth: if c.certificate_pem.is_some() {
+            "certificate"
+        } else {
+            "token"
+        }
+        .into(),
         team_id: c.team_id.clone(),
         key_id: c.key_id.clone(),
         topic: c.topic.clone(),

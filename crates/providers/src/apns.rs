@@ -14,14 +14,22 @@ const TOKEN_REFRESH_AFTER: Duration = Duration::from_secs(40 * 60);
 /// Apple calls it expired (TooManyProviderTokenUpdates would follow).
 const TOKEN_MIN_AGE: Duration = Duration::from_secs(20 * 60);
 
-/// Token-based APNs credentials (a .p8 signing key).
+/// APNs credentials: token auth (a .p8 signing key with its key and team
+/// ids) or certificate auth (a client certificate and its key, in PEM).
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApnsCredentials {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub team_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_id: String,
-    /// The .p8 file's contents (PKCS#8 PEM, P-256).
+    /// Token auth: the .p8 file's contents (PKCS#8 PEM, P-256).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub private_key_pem: String,
+    /// Certificate auth: the certificate and its private key, both PEM, one
+    /// after the other (e.g. `openssl pkcs12 -in cert.p12 -nodes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_pem: Option<String>,
     /// The app's bundle id, sent as `apns-topic`.
     pub topic: String,
 }
@@ -49,6 +57,26 @@ impl std::fmt::Debug for ApnsCredentials {
 impl ApnsCredentials {
     /// Checks what Apple would refuse later; the error names the field.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.topic.is_empty() || self.topic.contains(char::is_whitespace) {
+            return Err(("topic", "the app's bundle id, e.g. com.example.shop".into()));
+        }
+        if let Some(pem) = &self.certificate_pem {
+            if !self.private_key_pem.is_empty() {
+                return Err((
+                    "certificate_pem",
+                    "use token auth (private_key_pem) or certificate auth, not both".into(),
+                ));
+            }
+            let has_cert = pem.contains("BEGIN CERTIFICATE");
+            let has_key = pem.contains("PRIVATE KEY");
+            if !has_cert || !has_key || reqwest::Identity::from_pem(pem.as_bytes()).is_err() {
+                return Err((
+                    "certificate_pem",
+                    "a certificate and its private key, in PEM".into(),
+                ));
+            }
+            return Ok(());
+        }
         let id_ok = |s: &str| s.len() == 10 && s.bytes().all(|b| b.is_ascii_alphanumeric());
         if !id_ok(&self.team_id) {
             return Err((
@@ -58,9 +86,6 @@ impl ApnsCredentials {
         }
         if !id_ok(&self.key_id) {
             return Err(("key_id", "an APNs key id is 10 letters and digits".into()));
-        }
-        if self.topic.is_empty() || self.topic.contains(char::is_whitespace) {
-            return Err(("topic", "the app's bundle id, e.g. com.example.shop".into()));
         }
         EncodingKey::from_ec_pem(self.private_key_pem.as_bytes()).map_err(|_| {
             (
@@ -165,22 +190,29 @@ pub(crate) async fn send(
     creds: &ApnsCredentials,
     job: &DeliveryJob,
 ) -> OutcomeClass {
-    let token = match tokens.token(creds) {
-        Ok(t) => t,
-        Err(e) => {
-            return OutcomeClass::Rejected {
-                reason: format!("APNs signing key unusable: {e}"),
-                invalid_token: false,
-                invalid_since: None,
+    // Certificate auth proves itself in the TLS handshake: no token.
+    let token = if creds.certificate_pem.is_some() {
+        None
+    } else {
+        match tokens.token(creds) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                return OutcomeClass::Rejected {
+                    reason: format!("APNs signing key unusable: {e}"),
+                    invalid_token: false,
+                    invalid_since: None,
+                }
             }
         }
     };
     let notification = job.notification.for_locale(job.locale.as_deref());
     let body = notification.apns_payload().to_string();
     let url = format!("{}/3/device/{}", base.trim_end_matches('/'), job.token);
-    let mut request = http
-        .post(url)
-        .header("authorization", format!("bearer {token}"))
+    let mut request = http.post(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("bearer {token}"));
+    }
+    request = request
         .header(
             "apns-topic",
             format!(
@@ -259,6 +291,7 @@ mod tests {
             team_id: "TEAM123456".into(),
             key_id: "KEY1234567".into(),
             private_key_pem: key.serialize_pem(),
+            certificate_pem: None,
             topic: "com.example.app".into(),
         }
     }

@@ -53,6 +53,9 @@ pub struct Credentials {
 pub struct Providers {
     /// One client per connection: reqwest keeps one HTTP/2 connection per host.
     http: Vec<reqwest::Client>,
+    /// Apps on APNs certificate auth: a client (TLS identity) per certificate.
+    cert_clients:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, reqwest::Client>>>,
     settings: ProviderSettings,
     apns_tokens: ApnsTokenCache,
     fcm_tokens: FcmTokenCache,
@@ -60,27 +63,30 @@ pub struct Providers {
 
 impl Providers {
     pub fn new(settings: ProviderSettings) -> Result<Self, ProviderError> {
-        let client = || -> Result<reqwest::Client, ProviderError> {
-            let mut builder = reqwest::Client::builder()
-                .http2_prior_knowledge()
-                .timeout(settings.request_timeout)
-                .connect_timeout(Duration::from_secs(5))
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .http2_keep_alive_while_idle(true);
-            if let Some(pem) = &settings.ca_cert_pem {
-                builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
-            }
-            Ok(builder.build()?)
-        };
         let http = (0..settings.connections.max(1))
-            .map(|_| client())
+            .map(|_| build_client(&settings, None))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             http,
+            cert_clients: Default::default(),
             settings,
             apns_tokens: ApnsTokenCache::default(),
             fcm_tokens: FcmTokenCache::default(),
         })
+    }
+
+    /// The client holding an app's APNs client certificate, made once.
+    fn cert_client(&self, pem: &str) -> Result<reqwest::Client, ProviderError> {
+        use sha2::Digest;
+        let id = sha2::Sha256::digest(pem.as_bytes()).to_vec();
+        let mut clients = self.cert_clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&id) {
+            return Ok(c.clone());
+        }
+        let identity = reqwest::Identity::from_pem(pem.as_bytes())?;
+        let client = build_client(&self.settings, Some(identity))?;
+        clients.insert(id, client.clone());
+        Ok(client)
     }
 
     /// Spreads deliveries over the connections; a resend of one delivery
@@ -100,7 +106,20 @@ impl Providers {
                     } else {
                         &self.settings.apns_url
                     };
-                    apns::send(self.client(job), base, &self.apns_tokens, c, job).await
+                    let client = match &c.certificate_pem {
+                        Some(pem) => match self.cert_client(pem) {
+                            Ok(client) => client,
+                            Err(e) => {
+                                return OutcomeClass::Rejected {
+                                    reason: format!("APNs certificate unusable: {e}"),
+                                    invalid_token: false,
+                                    invalid_since: None,
+                                }
+                            }
+                        },
+                        None => self.client(job).clone(),
+                    };
+                    apns::send(&client, base, &self.apns_tokens, c, job).await
                 }
                 None => missing_credentials("APNs"),
             },
@@ -119,6 +138,25 @@ impl Providers {
             },
         }
     }
+}
+
+fn build_client(
+    settings: &ProviderSettings,
+    identity: Option<reqwest::Identity>,
+) -> Result<reqwest::Client, ProviderError> {
+    let mut builder = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(settings.request_timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_while_idle(true);
+    if let Some(pem) = &settings.ca_cert_pem {
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+    }
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
+    Ok(builder.build()?)
 }
 
 fn missing_credentials(provider: &str) -> OutcomeClass {

@@ -84,15 +84,20 @@ pub(crate) async fn send(
     };
     let reject = |status, reason: &str| error(status, reason, &apns_id);
 
-    // Authentication first, as Apple does.
-    let Some(auth) = header("authorization") else {
-        return reject(StatusCode::FORBIDDEN, "MissingProviderToken");
-    };
-    let Some(jwt) = auth.strip_prefix("bearer ") else {
-        return reject(StatusCode::FORBIDDEN, "InvalidProviderToken");
-    };
-    if let Err(reason) = verify_provider_token(&state, jwt) {
-        return reject(StatusCode::FORBIDDEN, reason);
+    // Authentication first, as Apple does: a provider token, or a client
+    // certificate verified in the TLS handshake.
+    let certificate = conn.as_ref().is_some_and(|c| c.0.client_certificate);
+    match header("authorization") {
+        Some(auth) => {
+            let Some(jwt) = auth.strip_prefix("bearer ") else {
+                return reject(StatusCode::FORBIDDEN, "InvalidProviderToken");
+            };
+            if let Err(reason) = verify_provider_token(&state, jwt) {
+                return reject(StatusCode::FORBIDDEN, reason);
+            }
+        }
+        None if certificate => {}
+        None => return reject(StatusCode::FORBIDDEN, "MissingProviderToken"),
     }
 
     if token.len() < 16 || token.len() > 200 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -70,7 +70,7 @@ impl Simulator {
                 addr: tls_listen.to_string(),
                 source,
             })?;
-            let acceptor = serve::tls_acceptor(&cert)?;
+            let acceptor = serve::tls_acceptor(&cert, &state.client_ca_der)?;
             tokio::spawn(serve::tls(tls, acceptor, app, max_concurrent_streams));
             Some(addr)
         };

@@ -16,7 +16,12 @@ pub(crate) async fn plain(listener: TcpListener, app: Router, max_streams: u32) 
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(TokioIo::new(stream), app.clone(), max_streams));
+        tokio::spawn(connection(
+            TokioIo::new(stream),
+            app.clone(),
+            max_streams,
+            false,
+        ));
     }
 }
 
@@ -34,7 +39,9 @@ pub(crate) async fn tls(
         let app = app.clone();
         tokio::spawn(async move {
             if let Ok(stream) = accept_tls(&acceptor, stream).await {
-                connection(TokioIo::new(stream), app, max_streams).await;
+                // The verifier only lets through certificates our CA signed.
+                let client_certificate = stream.get_ref().1.peer_certificates().is_some();
+                connection(TokioIo::new(stream), app, max_streams, client_certificate).await;
             }
         });
     }
@@ -65,6 +72,9 @@ pub(crate) struct ConnectionControl {
     /// Provider requests seen on this connection.
     pub requests: std::sync::atomic::AtomicU64,
     in_flight: std::sync::atomic::AtomicU64,
+    /// The TLS client presented a certificate signed by the simulator's CA
+    /// (APNs certificate auth).
+    pub client_certificate: bool,
 }
 
 impl ConnectionControl {
@@ -85,12 +95,15 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn connection<I>(io: I, app: Router, max_streams: u32)
+async fn connection<I>(io: I, app: Router, max_streams: u32, client_certificate: bool)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let control = Arc::new(ConnectionControl::default());
+    let control = Arc::new(ConnectionControl {
+        client_certificate,
+        ..Default::default()
+    });
     let service = TowerToHyperService::new(app.layer(axum::Extension(control.clone())));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(max_streams);
@@ -111,14 +124,29 @@ where
     }
 }
 
-pub(crate) fn tls_acceptor(cert: &CertifiedKey<KeyPair>) -> Result<TlsAcceptor, rustls::Error> {
+/// TLS with the generated server certificate; client certificates are asked
+/// for, not required, and verified against the simulator's APNs client CA.
+pub(crate) fn tls_acceptor(
+    cert: &CertifiedKey<KeyPair>,
+    client_ca_der: &[u8],
+) -> Result<TlsAcceptor, rustls::Error> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.cert.der().clone()], key)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(
+        client_ca_der.to_vec(),
+    ))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert.cert.der().clone()], key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -13,6 +13,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimCredentials {
     pub apns: serde_json::Value,
+    /// APNs certificate auth: a client certificate the TLS listener accepts.
+    pub apns_certificate: serde_json::Value,
     pub fcm: serde_json::Value,
 }
 
@@ -83,6 +85,8 @@ pub(crate) struct SimState {
     pub apns_key: DecodingKey,
     pub fcm_key: DecodingKey,
     pub token_uri: String,
+    /// The CA that signs APNs client certificates (DER), for the TLS listener.
+    pub client_ca_der: Vec<u8>,
     access_tokens: Mutex<HashMap<String, Instant>>,
     deliveries: Mutex<Vec<RecordedDelivery>>,
     faults: watch::Sender<Faults>,
@@ -102,11 +106,16 @@ impl SimState {
             .map_err(|e| rcgen::Error::PemError(e.to_string()))?;
         let fcm_key = DecodingKey::from_rsa_pem(fcm.public_key_pem().as_bytes())
             .map_err(|e| rcgen::Error::PemError(e.to_string()))?;
+        let (client_ca_der, client_cert_pem) = client_certificate()?;
         let credentials = SimCredentials {
             apns: serde_json::json!({
                 "team_id": APNS_TEAM_ID,
                 "key_id": APNS_KEY_ID,
                 "private_key_pem": apns.serialize_pem(),
+                "topic": APNS_TOPIC,
+            }),
+            apns_certificate: serde_json::json!({
+                "certificate_pem": client_cert_pem,
                 "topic": APNS_TOPIC,
             }),
             fcm: serde_json::json!({
@@ -124,6 +133,7 @@ impl SimState {
             apns_key,
             fcm_key,
             token_uri,
+            client_ca_der,
             access_tokens: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(Vec::new()),
             faults: watch::Sender::new(Faults::default()),
@@ -270,4 +280,32 @@ impl Drop for StallGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// A CA, and a client certificate it signed for the simulator's topic, as
+/// Apple issues per app: (CA certificate DER, client certificate and key PEM).
+fn client_certificate() -> Result<(Vec<u8>, String), rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Herald simulator APNs CA");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("Apple Push Services: {APNS_TOPIC}"),
+    );
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((
+        ca_cert.der().to_vec(),
+        format!("{}{}", cert.pem(), key.serialize_pem()),
+    ))
 }
