@@ -267,7 +267,8 @@ async fn a_second_sender_joining_mid_batch_delivers_everything_once() {
     let app = env.create_app().await;
     let gateway = env.gateway().await;
     let gw = gateway.url.clone().expect("url");
-    env.set_sim_faults(json!({"latency_ms": 20})).await;
+    env.set_sim_faults(json!({"latency_ms": 10, "latency_jitter_ms": 30}))
+        .await;
     let _first = env.sender().await;
     let tokens: Vec<Value> = (0..300)
         .map(|i| {

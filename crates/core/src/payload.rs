@@ -744,6 +744,8 @@ mod tests {
         n.ios = Some(IosOptions {
             title: Some("iOS title".into()),
             subtitle: Some("sub".into()),
+            title_loc_key: Some("ORDER_TITLE".into()),
+            title_loc_args: vec!["Ann".into()],
             loc_key: Some("ORDER_SHIPPED".into()),
             loc_args: vec!["42".into()],
             sound: Some("chime.caf".into()),
@@ -764,6 +766,8 @@ mod tests {
             "the base body stays"
         );
         assert_eq!(aps["alert"]["loc-key"], "ORDER_SHIPPED");
+        assert_eq!(aps["alert"]["title-loc-key"], "ORDER_TITLE");
+        assert_eq!(aps["alert"]["title-loc-args"], json!(["Ann"]));
         assert_eq!(aps["alert"]["loc-args"], json!(["42"]));
         assert_eq!(aps["sound"], "chime.caf");
         assert_eq!(aps["badge"], 3);

@@ -101,10 +101,9 @@ impl FcmTokenCache {
             }
         }
         let (token, expires_in) = fetch_token(http, sa).await?;
-        let valid_for = Duration::from_secs(expires_in).saturating_sub(REFRESH_MARGIN);
         tokens.insert(
             sa.client_email.clone(),
-            (token.clone(), Instant::now() + valid_for),
+            (token.clone(), use_until(Instant::now(), expires_in)),
         );
         Ok(token)
     }
@@ -112,6 +111,12 @@ impl FcmTokenCache {
     async fn forget(&self, sa: &ServiceAccount) {
         self.tokens.lock().await.remove(&sa.client_email);
     }
+}
+
+/// When a token fetched at `fetched_at`, valid `expires_in` seconds, stops
+/// being used: five minutes early, so no request carries an expiring token.
+fn use_until(fetched_at: Instant, expires_in: u64) -> Instant {
+    fetched_at + Duration::from_secs(expires_in).saturating_sub(REFRESH_MARGIN)
 }
 
 /// The JWT-bearer grant: a self-signed RS256 assertion traded for an access token.
@@ -315,6 +320,14 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn access_tokens_are_replaced_five_minutes_before_they_expire() {
+        let t0 = Instant::now();
+        assert_eq!(use_until(t0, 3600), t0 + Duration::from_secs(55 * 60));
+        // A token that lives less than the margin is never reused.
+        assert_eq!(use_until(t0, 120), t0);
     }
 
     #[test]

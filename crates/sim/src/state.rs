@@ -41,6 +41,8 @@ pub struct RecordedDelivery {
 pub struct Faults {
     /// Added before each request is judged and recorded.
     pub latency_ms: u64,
+    /// Plus a uniformly random extra of up to this much, per request.
+    pub latency_jitter_ms: u64,
     /// Hold every provider request, unrecorded, until stall is lifted.
     pub stall: bool,
     /// Let this many provider requests through (counted from when the faults
@@ -247,7 +249,11 @@ impl SimState {
     /// a held request is never recorded.
     pub async fn before_judging(&self) -> Verdict {
         use std::sync::atomic::Ordering;
-        let latency = self.faults.borrow().latency_ms;
+        let latency = {
+            use rand::Rng;
+            let f = self.faults.borrow();
+            f.latency_ms + rand::rng().random_range(0..=f.latency_jitter_ms)
+        };
         if latency > 0 {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
