@@ -80,6 +80,15 @@ async fn a_sender_killed_mid_batch_and_restarted_loses_and_duplicates_nothing() 
     .await;
 
     first_sender.kill().await;
+    // The dead sender's held requests end with its connections: the provider
+    // never got them. Only then is the stall lifted, or a request still in
+    // the provider's hands when the client died would count as received.
+    wait_until(
+        "the killed sender's requests are dropped",
+        Duration::from_secs(30),
+        || async { env.sim_stats().await["stalled"] == 0 },
+    )
+    .await;
     env.set_sim_faults(json!({})).await;
     let _second_sender = env.sender().await;
 
