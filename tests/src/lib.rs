@@ -392,6 +392,17 @@ impl TestEnv {
         }
     }
 
+    /// An app with keys but no provider credentials.
+    pub async fn create_bare_app(&self, name: &str) -> App {
+        let out = self.run_cli(&["apps", "create", "--name", name]).await;
+        let v: Value = serde_json::from_str(out.trim()).expect("apps create prints JSON");
+        App {
+            id: v["app_id"].as_str().expect("app_id").to_string(),
+            server_key: v["server_key"].as_str().expect("server_key").to_string(),
+            sdk_key: v["sdk_key"].as_str().expect("sdk_key").to_string(),
+        }
+    }
+
     pub async fn gateway(&self) -> HeraldProcess {
         self.spawn("gateway", &["gateway"], true).await
     }
@@ -400,10 +411,9 @@ impl TestEnv {
         self.spawn("sender", &["sender"], false).await
     }
 
-    /// The simulator's record of accepted deliveries.
-    pub async fn sim_deliveries(&self) -> Vec<Value> {
+    async fn sim_get(&self, path: &str) -> Value {
         self.http
-            .get(format!("{}/sim/deliveries", self.sim_url()))
+            .get(format!("{}{path}", self.sim_url()))
             .send()
             .await
             .expect("sim")
@@ -412,15 +422,47 @@ impl TestEnv {
             .expect("sim json")
     }
 
+    /// The simulator's record of accepted deliveries.
+    pub async fn sim_deliveries(&self) -> Vec<Value> {
+        serde_json::from_value(self.sim_get("/sim/deliveries").await).expect("a list")
+    }
+
     pub async fn sim_stats(&self) -> Value {
-        self.http
-            .get(format!("{}/sim/stats", self.sim_url()))
+        self.sim_get("/sim/stats").await
+    }
+
+    /// The credentials the simulator accepts (`apns`, `apns_certificate`, `fcm`).
+    pub async fn sim_credentials(&self) -> Value {
+        self.sim_get("/sim/credentials").await
+    }
+
+    /// Points the providers at the simulator's TLS listener, trusting its
+    /// certificate. Applies to processes started afterwards.
+    pub async fn use_sim_tls(&mut self, apns: bool, fcm: bool) {
+        let tls = self.sim_tls_url.clone().expect("the simulator serves TLS");
+        let cert = self
+            .http
+            .get(format!("{}/sim/tls-certificate", self.sim_url()))
             .send()
             .await
-            .expect("sim")
-            .json()
+            .expect("cert")
+            .text()
             .await
-            .expect("sim json")
+            .expect("pem");
+        let path = self.log_dir.join("sim-cert.pem");
+        std::fs::write(&path, cert).expect("write");
+        if apns {
+            self.extra_env
+                .insert("HERALD_PROVIDERS__APNS_URL".into(), tls.clone());
+        }
+        if fcm {
+            self.extra_env
+                .insert("HERALD_PROVIDERS__FCM_URL".into(), tls);
+        }
+        self.extra_env.insert(
+            "HERALD_PROVIDERS__CA_CERT_PATH".into(),
+            path.display().to_string(),
+        );
     }
 
     pub async fn set_sim_faults(&self, faults: Value) {
@@ -495,6 +537,28 @@ impl TestEnv {
             .json()
             .await
             .expect("message json")
+    }
+
+    /// Polls a message's status until `done` holds; returns that status.
+    pub async fn wait_message(
+        &self,
+        gateway: &str,
+        key: &str,
+        id: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let s = self.message(gateway, key, id).await;
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "message {id} never reached the expected state: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn count_rows(&self, table: &str) -> i64 {

@@ -672,9 +672,7 @@ async fn expired_idempotency_keys_are_purged() {
 #[tokio::test]
 async fn credentials_are_uploaded_sealed_never_returned_and_never_logged() {
     let env = TestEnv::start("creds").await;
-    let out = env.run_cli(&["apps", "create", "--name", "bare"]).await;
-    let app: Value = serde_json::from_str(out.trim()).expect("json");
-    let key = app["server_key"].as_str().expect("key").to_string();
+    let key = env.create_bare_app("bare").await.server_key;
     let gateway = env.gateway().await;
     let gw = gateway.url.clone().expect("url");
     let sender = env.sender().await;

@@ -49,23 +49,6 @@ async fn a_sender_killed_mid_batch_and_restarted_loses_and_duplicates_nothing() 
         .expect("json");
     let message_id = resp["message_id"].as_str().expect("message_id").to_string();
 
-    let delivered = |env: &TestEnv| {
-        let url = format!("{gw}/v1/messages/{message_id}");
-        let key = app.server_key.clone();
-        let http = env.http.clone();
-        async move {
-            let s: Value = http
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .expect("status")
-                .json()
-                .await
-                .expect("json");
-            s["counts"]["delivered"].as_u64().unwrap_or(0)
-        }
-    };
     // Wait until the first 15 are settled all the way to PostgreSQL and the
     // other 25 are held at the provider: no send is between "accepted by the
     // provider" and "settled in the ledger" when the kill lands.
@@ -74,7 +57,9 @@ async fn a_sender_killed_mid_batch_and_restarted_loses_and_duplicates_nothing() 
         Duration::from_secs(60),
         || async {
             let stalled = env.sim_stats().await["stalled"].as_u64().unwrap_or(0);
-            stalled == (TOTAL as u64 - LET_THROUGH) && delivered(&env).await == LET_THROUGH
+            stalled == (TOTAL as u64 - LET_THROUGH)
+                && env.message(&gw, &app.server_key, &message_id).await["counts"]["delivered"]
+                    == LET_THROUGH
         },
     )
     .await;
@@ -93,7 +78,7 @@ async fn a_sender_killed_mid_batch_and_restarted_loses_and_duplicates_nothing() 
     let _second_sender = env.sender().await;
 
     wait_until("all 40 delivered", Duration::from_secs(90), || async {
-        delivered(&env).await == TOTAL as u64
+        env.message(&gw, &app.server_key, &message_id).await["counts"]["delivered"] == TOTAL as u64
     })
     .await;
     let per_token = env.deliveries_per_token(&message_id).await;

@@ -29,25 +29,18 @@ fn slow_leases(env: &mut TestEnv) {
         .insert("HERALD_SENDER__LEASE_MS".into(), "9000".into());
 }
 
-async fn wait_status(
-    env: &TestEnv,
-    gw: &str,
-    key: &str,
-    id: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = tokio::time::Instant::now() + LONG;
-    loop {
-        let s = env.message(gw, key, id).await;
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "message {id} never reached the expected state: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The at_most_once verdict on an unknown outcome: recorded `unknown`, and
+/// the provider got exactly the one send whose answer was lost.
+async fn assert_unknown_and_sent_once(env: &TestEnv, gw: &str, key: &str, id: &str) {
+    let s = env
+        .wait_message(gw, key, id, |s| s["status"] == "completed")
+        .await;
+    assert_eq!(s["counts"]["unknown"], 1, "{s}");
+    assert_eq!(
+        env.deliveries_per_token(id).await.values().sum::<usize>(),
+        1,
+        "never resent"
+    );
 }
 
 #[tokio::test]
@@ -92,10 +85,9 @@ async fn a_sender_killed_between_the_providers_answer_and_settling() {
 
     // at_least_once: resent once by the new owner, with the same ids, so the
     // device shows it once.
-    let s = wait_status(&env, &gw, &app.server_key, &least, |s| {
-        s["status"] == "completed"
-    })
-    .await;
+    let s = env
+        .wait_message(&gw, &app.server_key, &least, |s| s["status"] == "completed")
+        .await;
     assert_eq!(s["counts"]["delivered"], 1, "{s}");
     let copies: Vec<Value> = env
         .sim_deliveries()
@@ -110,18 +102,7 @@ async fn a_sender_killed_between_the_providers_answer_and_settling() {
     );
 
     // at_most_once: recorded unknown, never resent.
-    let s = wait_status(&env, &gw, &app.server_key, &most, |s| {
-        s["status"] == "completed"
-    })
-    .await;
-    assert_eq!(s["counts"]["unknown"], 1, "{s}");
-    assert_eq!(
-        env.deliveries_per_token(&most)
-            .await
-            .values()
-            .sum::<usize>(),
-        1
-    );
+    assert_unknown_and_sent_once(&env, &gw, &app.server_key, &most).await;
     env.finish().await;
 }
 
@@ -153,10 +134,9 @@ async fn a_sender_paused_past_its_lease_cannot_overwrite_its_successor() {
 
     // The successor waits out the lease, takes over, and under at_most_once
     // records `unknown` without sending.
-    let s = wait_status(&env, &gw, &app.server_key, &id, |s| {
-        s["status"] == "completed"
-    })
-    .await;
+    let s = env
+        .wait_message(&gw, &app.server_key, &id, |s| s["status"] == "completed")
+        .await;
     assert_eq!(s["counts"]["unknown"], 1, "{s}");
 
     // The zombie wakes up, its held request is answered 200: its settle is
@@ -204,7 +184,7 @@ async fn redis_restarted_without_persistence_does_not_resend_what_was_delivered(
         )
         .await;
     let first = first["message_id"].as_str().expect("id").to_string();
-    wait_status(&env, &gw, &app.server_key, &first, |s| {
+    env.wait_message(&gw, &app.server_key, &first, |s| {
         s["counts"]["delivered"] == 10
     })
     .await;
@@ -239,7 +219,7 @@ async fn redis_restarted_without_persistence_does_not_resend_what_was_delivered(
         )
         .await;
     let second = second["message_id"].as_str().expect("id").to_string();
-    wait_status(&env, &gw, &app.server_key, &second, |s| {
+    env.wait_message(&gw, &app.server_key, &second, |s| {
         s["counts"]["delivered"] == 10
     })
     .await;
@@ -294,7 +274,7 @@ async fn a_second_sender_joining_mid_batch_delivers_everything_once() {
     })
     .await;
     let _second = env.sender().await;
-    wait_status(&env, &gw, &app.server_key, &id, |s| {
+    env.wait_message(&gw, &app.server_key, &id, |s| {
         s["counts"]["delivered"] == 300
     })
     .await;
@@ -340,7 +320,7 @@ async fn the_same_jobs_published_three_times_are_delivered_once() {
         assert!(out.contains("republished 10"), "{out}");
     }
     let _sender = env.sender().await;
-    wait_status(&env, &gw, &app.server_key, &id, |s| {
+    env.wait_message(&gw, &app.server_key, &id, |s| {
         s["counts"]["delivered"] == 10
     })
     .await;
@@ -391,10 +371,11 @@ async fn storms_of_429_and_503_are_retried_until_each_delivery_lands_once() {
             )
             .await;
         let id = m["message_id"].as_str().expect("id").to_string();
-        let s = wait_status(&env, &gw, &app.server_key, &id, |s| {
-            s["counts"]["delivered"] == 20
-        })
-        .await;
+        let s = env
+            .wait_message(&gw, &app.server_key, &id, |s| {
+                s["counts"]["delivered"] == 20
+            })
+            .await;
         let retried = s["deliveries"]
             .as_array()
             .expect("deliveries")
@@ -436,10 +417,9 @@ async fn permanently_invalid_tokens_are_not_retried_and_their_installations_are_
     let body = json!({"to": {"install_ids": ["gone", "badtoken", "unregistered", "good"]}, "notification": {"title": "t"}});
     let (_, m) = env.push(&gw, &app.server_key, None, &body).await;
     let id = m["message_id"].as_str().expect("id").to_string();
-    let s = wait_status(&env, &gw, &app.server_key, &id, |s| {
-        s["status"] == "completed"
-    })
-    .await;
+    let s = env
+        .wait_message(&gw, &app.server_key, &id, |s| s["status"] == "completed")
+        .await;
     assert_eq!(s["counts"]["rejected"], 3, "{s}");
     assert_eq!(s["counts"]["delivered"], 1, "{s}");
     for d in s["deliveries"].as_array().expect("deliveries") {
@@ -466,10 +446,8 @@ async fn permanently_invalid_tokens_are_not_retried_and_their_installations_are_
 async fn jobs_that_cannot_be_processed_are_dead_lettered_and_replay_safely() {
     let env = TestEnv::start("dlq").await;
     // An app without provider credentials: its deliveries cannot be sent.
-    let out = env.run_cli(&["apps", "create", "--name", "nocreds"]).await;
-    let app: Value = serde_json::from_str(out.trim()).expect("json");
-    let key = app["server_key"].as_str().expect("key").to_string();
-    let app_id = app["app_id"].as_str().expect("id").to_string();
+    let app = env.create_bare_app("nocreds").await;
+    let (key, app_id) = (app.server_key.clone(), app.id.clone());
     let gateway = env.gateway().await;
     let gw = gateway.url.clone().expect("url");
     let _sender = env.sender().await;
@@ -481,7 +459,9 @@ async fn jobs_that_cannot_be_processed_are_dead_lettered_and_replay_safely() {
         .push(&gw, &key, Some("dl"), &push_body(tokens, "at_least_once"))
         .await;
     let id = m["message_id"].as_str().expect("id").to_string();
-    let s = wait_status(&env, &gw, &key, &id, |s| s["counts"]["failed"] == 2).await;
+    let s = env
+        .wait_message(&gw, &key, &id, |s| s["counts"]["failed"] == 2)
+        .await;
     assert!(
         s["deliveries"][0]["reason"]
             .as_str()
@@ -507,7 +487,8 @@ async fn jobs_that_cannot_be_processed_are_dead_lettered_and_replay_safely() {
         let out = env.run_cli(&["dlq", "replay"]).await;
         assert!(out.contains("replayed 2"), "{out}");
     }
-    wait_status(&env, &gw, &key, &id, |s| s["counts"]["delivered"] == 2).await;
+    env.wait_message(&gw, &key, &id, |s| s["counts"]["delivered"] == 2)
+        .await;
     env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
     let per_token = env.deliveries_per_token(&id).await;
     assert_eq!(per_token.len(), 2);
@@ -537,10 +518,9 @@ async fn a_connection_reset_after_the_provider_accepted_is_an_unknown_outcome() 
         )
         .await;
     let least = m["message_id"].as_str().expect("id").to_string();
-    let s = wait_status(&env, &gw, &app.server_key, &least, |s| {
-        s["status"] == "completed"
-    })
-    .await;
+    let s = env
+        .wait_message(&gw, &app.server_key, &least, |s| s["status"] == "completed")
+        .await;
     assert_eq!(s["counts"]["unknown"], 1, "{s}");
     let copies: Vec<Value> = env
         .sim_deliveries()
@@ -564,18 +544,7 @@ async fn a_connection_reset_after_the_provider_accepted_is_an_unknown_outcome() 
         )
         .await;
     let most = m["message_id"].as_str().expect("id").to_string();
-    let s = wait_status(&env, &gw, &app.server_key, &most, |s| {
-        s["status"] == "completed"
-    })
-    .await;
-    assert_eq!(s["counts"]["unknown"], 1, "{s}");
-    assert_eq!(
-        env.deliveries_per_token(&most)
-            .await
-            .values()
-            .sum::<usize>(),
-        1
-    );
+    assert_unknown_and_sent_once(&env, &gw, &app.server_key, &most).await;
     env.finish().await;
 }
 
@@ -610,10 +579,9 @@ async fn goaway_mid_stream_loses_and_duplicates_nothing() {
         )
         .await;
     let id = m["message_id"].as_str().expect("id").to_string();
-    let s = wait_status(&env, &gw, &app.server_key, &id, |s| {
-        s["status"] == "completed"
-    })
-    .await;
+    let s = env
+        .wait_message(&gw, &app.server_key, &id, |s| s["status"] == "completed")
+        .await;
     assert_eq!(s["counts"]["delivered"], 120, "{}", s["counts"]);
     let per_token = env.deliveries_per_token(&id).await;
     assert_eq!(per_token.len(), 120);
@@ -649,10 +617,9 @@ async fn a_provider_allowing_two_streams_per_connection_gets_everything_once() {
         )
         .await;
     let id = m["message_id"].as_str().expect("id").to_string();
-    let s = wait_status(&env, &gw, &app.server_key, &id, |s| {
-        s["status"] == "completed"
-    })
-    .await;
+    let s = env
+        .wait_message(&gw, &app.server_key, &id, |s| s["status"] == "completed")
+        .await;
     assert_eq!(s["counts"]["delivered"], 80, "{}", s["counts"]);
     assert!(env
         .deliveries_per_token(&id)

@@ -76,17 +76,9 @@ async fn every_provider_answer_is_classified_as_the_design_says() {
         )
         .await;
     let id = m["message_id"].as_str().expect("id").to_string();
-    let status = {
-        let deadline = tokio::time::Instant::now() + LONG;
-        loop {
-            let s = env.message(&gw, &app.server_key, &id).await;
-            if s["counts"]["pending"] == 1 {
-                break s;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never settled: {s}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    let status = env
+        .wait_message(&gw, &app.server_key, &id, |s| s["counts"]["pending"] == 1)
+        .await;
     let deliveries = status["deliveries"].as_array().expect("deliveries");
     for (_, token, expected, reason, attempts) in &cases {
         let d = deliveries
@@ -177,27 +169,7 @@ async fn every_provider_answer_is_classified_as_the_design_says() {
 #[tokio::test]
 async fn senders_reach_the_providers_over_tls_trusting_a_configured_certificate() {
     let mut env = TestEnv::start("tls").await;
-    let tls = env.sim_tls_url.clone().expect("the simulator serves TLS");
-    let cert = env
-        .http
-        .get(format!("{}/sim/tls-certificate", env.sim_url()))
-        .send()
-        .await
-        .expect("cert")
-        .text()
-        .await
-        .expect("pem");
-    let path = env.log_dir.join("sim-cert.pem");
-    std::fs::write(&path, cert).expect("write");
-    // https://127.0.0.1:PORT: the certificate names 127.0.0.1.
-    env.extra_env
-        .insert("HERALD_PROVIDERS__APNS_URL".into(), tls.clone());
-    env.extra_env
-        .insert("HERALD_PROVIDERS__FCM_URL".into(), tls);
-    env.extra_env.insert(
-        "HERALD_PROVIDERS__CA_CERT_PATH".into(),
-        path.display().to_string(),
-    );
+    env.use_sim_tls(true, true).await;
     let app = env.create_app().await;
     let gateway = env.gateway().await;
     let gw = gateway.url.clone().expect("url");
@@ -225,27 +197,8 @@ async fn senders_reach_the_providers_over_tls_trusting_a_configured_certificate(
 #[tokio::test]
 async fn apns_certificate_auth_proves_itself_in_the_tls_handshake() {
     let mut env = TestEnv::start("certauth").await;
-    let tls = env.sim_tls_url.clone().expect("the simulator serves TLS");
-    let cert = env
-        .http
-        .get(format!("{}/sim/tls-certificate", env.sim_url()))
-        .send()
-        .await
-        .expect("cert")
-        .text()
-        .await
-        .expect("pem");
-    let path = env.log_dir.join("sim-cert.pem");
-    std::fs::write(&path, cert).expect("write");
-    env.extra_env
-        .insert("HERALD_PROVIDERS__APNS_URL".into(), tls);
-    env.extra_env.insert(
-        "HERALD_PROVIDERS__CA_CERT_PATH".into(),
-        path.display().to_string(),
-    );
-    let out = env.run_cli(&["apps", "create", "--name", "certs"]).await;
-    let app: Value = serde_json::from_str(out.trim()).expect("json");
-    let key = app["server_key"].as_str().expect("key").to_string();
+    env.use_sim_tls(true, false).await;
+    let key = env.create_bare_app("certs").await.server_key;
     let gateway = env.gateway().await;
     let gw = gateway.url.clone().expect("url");
     let _sender = env.sender().await;

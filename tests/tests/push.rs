@@ -7,18 +7,6 @@ use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-async fn message_status(env: &TestEnv, gateway: &str, key: &str, id: &str) -> Value {
-    env.http
-        .get(format!("{gateway}/v1/messages/{id}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("status json")
-}
-
 #[tokio::test]
 async fn a_push_to_six_devices_resubmitted_five_times_is_delivered_once_each() {
     let env = TestEnv::start("push6").await;
@@ -107,11 +95,11 @@ async fn a_push_to_six_devices_resubmitted_five_times_is_delivered_once_each() {
 
     // The recorder has written every outcome back to PostgreSQL.
     wait_until("the message status shows 6 delivered", SETTLE, || async {
-        let s = message_status(&env, &gw, &app.server_key, &message_id).await;
+        let s = env.message(&gw, &app.server_key, &message_id).await;
         s["counts"]["delivered"] == 6 && s["status"] == "completed"
     })
     .await;
-    let status = message_status(&env, &gw, &app.server_key, &message_id).await;
+    let status = env.message(&gw, &app.server_key, &message_id).await;
     assert_eq!(status["by_platform"]["ios"]["delivered"], 3);
     assert_eq!(status["by_platform"]["android"]["delivered"], 3);
     env.finish().await;

@@ -434,11 +434,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, s)| {
-                let status =
-                    DeliveryStatus::parse(&s).ok_or_else(|| corrupt(format!("status `{s}`")))?;
-                Ok((DeliveryId(id), status))
-            })
+            .map(|(id, s)| Ok((DeliveryId(id), parse_status(&s)?)))
             .collect()
     }
 
@@ -467,11 +463,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(at, id, s)| {
-                let status =
-                    DeliveryStatus::parse(&s).ok_or_else(|| corrupt(format!("status `{s}`")))?;
-                Ok((at, DeliveryId(id), status))
-            })
+            .map(|(at, id, s)| Ok((at, DeliveryId(id), parse_status(&s)?)))
             .collect()
     }
 
