@@ -100,6 +100,10 @@ pub struct GatewayConfig {
     pub idempotency_retention_hours: u64,
     /// Requests per second per API key; 0: no limit.
     pub rate_limit_per_second: u64,
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: usize,
+    /// A request (body included) taking longer is cut off with 408.
+    pub request_timeout_ms: u64,
     /// How often expired Idempotency-Keys are deleted.
     pub purge_interval_ms: u64,
 }
@@ -215,6 +219,8 @@ impl Default for GatewayConfig {
             publish_wait_ms: 250,
             idempotency_retention_hours: 24 * 7,
             rate_limit_per_second: 1000,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_ms: 30_000,
             purge_interval_ms: 600_000,
         }
     }

@@ -31,6 +31,8 @@ pub struct AppState {
     /// None: no per-key rate limit.
     pub limiter: Option<herald_ledger::RateLimiter>,
     pub rate_limit_per_second: u64,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -66,7 +68,36 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(|| async { Problem::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
+}
+
+/// Cuts off requests that take too long (a slow body included), and turns
+/// the framework's own refusals (too large, wrong method) into problem+json.
+async fn guard(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(r) => r,
+        Err(_) => return Problem::timed_out().into_response(),
+    };
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    match response.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE if !is_problem => {
+            Problem::too_large(state.max_body_bytes).into_response()
+        }
+        axum::http::StatusCode::METHOD_NOT_ALLOWED if !is_problem => {
+            Problem::method_not_allowed().into_response()
+        }
+        _ => response,
+    }
 }
 
 /// Deletes expired Idempotency-Keys every `interval` until `shutdown`.

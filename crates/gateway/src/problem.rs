@@ -128,6 +128,33 @@ impl Problem {
         p
     }
 
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "The request body is too large",
+            format!("at most {limit} bytes"),
+        )
+    }
+
+    pub fn timed_out() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "The request took too long",
+            "the request was not completed in time; nothing was accepted, retrying is safe",
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "This endpoint does not take that method",
+            "see /v1/openapi.json for the methods each endpoint takes",
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -136,6 +136,8 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
         publish_wait: Duration::from_millis(config.gateway.publish_wait_ms),
         limiter,
         rate_limit_per_second: config.gateway.rate_limit_per_second,
+        max_body_bytes: config.gateway.max_body_bytes,
+        request_timeout: Duration::from_millis(config.gateway.request_timeout_ms),
     };
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen)
         .await
