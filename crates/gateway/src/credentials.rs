@@ -2,8 +2,8 @@
 //! never read back beyond their identifying fields.
 
 use crate::auth::ServerKey;
+use crate::body::parse_body;
 use crate::problem::Problem;
-use crate::push::parse_body;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::State;

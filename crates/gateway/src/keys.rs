@@ -1,8 +1,8 @@
 //! API keys of the calling app: list, create, revoke (server key).
 
 use crate::auth::ServerKey;
+use crate::body::parse_body;
 use crate::problem::Problem;
-use crate::push::parse_body;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};

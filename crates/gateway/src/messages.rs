@@ -2,8 +2,8 @@
 
 use crate::api::{DeliveryView, InstallationView, MessageStatus};
 use crate::auth::{AnyKey, ServerKey};
+use crate::body::parse_body;
 use crate::problem::Problem;
-use crate::push::parse_body;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -161,7 +161,7 @@ pub(crate) async fn deliveries(
         })
         .transpose()?;
     // The message must belong to this app.
-    if state.store.message(key.app_id, id, 0).await?.is_none() {
+    if !state.store.message_exists(key.app_id, id).await? {
         return Err(Problem::not_found(format!("no message {id} in this app")));
     }
     let rows = state

@@ -2,6 +2,7 @@
 
 use crate::api::PushAccepted;
 use crate::auth::ServerKey;
+use crate::body::parse_body;
 use crate::idempotency;
 use crate::problem::Problem;
 use crate::AppState;
@@ -13,34 +14,8 @@ use axum::Json;
 use herald_core::ids::DeliveryTarget;
 use herald_core::{DeliveryId, DeliveryPolicy, MessageId, Platform, PushRequest};
 use herald_store::{AcceptOutcome, IdempotencyRecord, NewDelivery, NewMessage, StoredResponse};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::HashSet;
-
-/// Parses a JSON body strictly; errors name the field at fault.
-pub(crate) fn parse_body<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(Value, T), Problem> {
-    if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
-        if !ct.starts_with("application/json") && !ct.contains("+json") {
-            return Err(Problem::unsupported_media_type());
-        }
-    }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| Problem::malformed_json(e.to_string()))?;
-    let parsed = serde_path_to_error::deserialize(&value).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "body".to_string()
-        } else {
-            path
-        };
-        Problem::invalid_field(field, e.inner().to_string())
-    })?;
-    Ok((value, parsed))
-}
 
 /// Send a push to tokens, installations and users.
 ///

@@ -1,8 +1,8 @@
 //! The app's outcome webhook (server key).
 
 use crate::auth::ServerKey;
+use crate::body::parse_body;
 use crate::problem::Problem;
-use crate::push::parse_body;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::State;

@@ -467,6 +467,17 @@ impl Store {
             .collect()
     }
 
+    /// Whether the app has this message (one index lookup).
+    pub async fn message_exists(&self, app: AppId, id: MessageId) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1 AND app_id = $2)",
+        )
+        .bind(id.as_uuid())
+        .bind(app.as_uuid())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// One page of a message's deliveries, by delivery id, optionally of one
     /// status.
     pub async fn deliveries_page(

@@ -1,0 +1,32 @@
+//! Request bodies: strict JSON, with errors that name the field at fault.
+
+use crate::problem::Problem;
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Parses a JSON body strictly; errors name the field at fault.
+pub(crate) fn parse_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Value, T), Problem> {
+    if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+        if !ct.starts_with("application/json") && !ct.contains("+json") {
+            return Err(Problem::unsupported_media_type());
+        }
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| Problem::malformed_json(e.to_string()))?;
+    let parsed = serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        Problem::invalid_field(field, e.inner().to_string())
+    })?;
+    Ok((value, parsed))
+}
