@@ -20,6 +20,9 @@ use tokio::process::{Child, Command};
 /// Seals provider credentials in the tests' databases.
 pub const TEST_CREDENTIALS_KEY: &str = "dGVzdC1jcmVkZW50aWFscy1rZXktMzItYnl0ZXMhISE=";
 
+/// Partitions per topic in the tests' clusters.
+pub const PARTITIONS: i32 = 4;
+
 /// Herald's default topic names.
 pub const TOPICS: [&str; 4] = [
     "herald.deliveries",
@@ -216,7 +219,7 @@ impl TestEnv {
     /// starts (they apply to every process of the test).
     pub async fn start_with(name: &str, settings: &[(&str, &str)]) -> Self {
         let run = uuid::Uuid::new_v4().simple().to_string();
-        let broker = EmbeddedBroker::start(1, &TOPICS, 4).expect("embedded broker");
+        let broker = EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("embedded broker");
         let db_name = format!("herald_t_{}_{}", name, &run[..12]);
         let db_url = format!("{}/{}", postgres_base(), db_name);
         let log_dir = std::env::var("CARGO_TARGET_DIR")
@@ -561,6 +564,14 @@ impl TestEnv {
         }
     }
 
+    /// Asserts that no push was stored: no message, delivery, outbox row or
+    /// Idempotency-Key.
+    pub async fn assert_nothing_accepted(&self) {
+        for table in ["messages", "deliveries", "outbox", "idempotency_keys"] {
+            assert_eq!(self.count_rows(table).await, 0, "{table} was written");
+        }
+    }
+
     pub async fn count_rows(&self, table: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&self.db)
@@ -571,17 +582,23 @@ impl TestEnv {
     /// Replaces the Kafka-protocol cluster with a new, empty one (the old one
     /// and all its data are gone). Processes started afterwards use the new one.
     pub fn replace_broker(&mut self) {
-        self.broker = EmbeddedBroker::start(1, &TOPICS, 4).expect("embedded broker");
+        self.broker = EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("embedded broker");
     }
 
-    /// Takes the cluster's only broker down, or brings it back.
-    pub fn broker_up(&self, up: bool) {
-        let cmd = if up {
-            herald_bus::BrokerCommand::BrokerUp(1)
-        } else {
-            herald_bus::BrokerCommand::BrokerDown(1)
-        };
-        self.broker.command(cmd).expect("broker command");
+    /// Makes the cluster unavailable (every partition leaderless: nothing can
+    /// be produced or fetched), or available again. The broker keeps its port.
+    pub fn kafka_available(&self, available: bool) {
+        for topic in TOPICS {
+            for partition in 0..PARTITIONS {
+                self.broker
+                    .command(herald_bus::BrokerCommand::PartitionLeader {
+                        topic: topic.to_string(),
+                        partition,
+                        leader: available.then_some(1),
+                    })
+                    .expect("broker command");
+            }
+        }
     }
 
     /// Drops the test database; called at the end of a passing test.

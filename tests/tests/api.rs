@@ -98,7 +98,7 @@ async fn while_the_broker_is_down_pushes_are_accepted_and_later_delivered_once()
     let gw = gateway.url.clone().expect("url");
     let _sender = env.sender().await;
 
-    env.broker_up(false);
+    env.kafka_available(false);
     let mut ids = Vec::new();
     for i in 0..100 {
         let r = env
@@ -129,7 +129,7 @@ async fn while_the_broker_is_down_pushes_are_accepted_and_later_delivered_once()
     assert!(unpublished > 0, "nothing can have been published");
     assert_eq!(env.sim_stats().await["accepted"], 0);
 
-    env.broker_up(true);
+    env.kafka_available(true);
     wait_until("all 100 delivered", LONG, || async {
         env.sim_stats().await["accepted"].as_u64() == Some(100)
     })

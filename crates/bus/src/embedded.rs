@@ -11,9 +11,21 @@ use std::thread;
 /// cluster handle cannot leave the thread that made it).
 #[derive(Debug, Clone)]
 pub enum BrokerCommand {
-    CreateTopic { name: String, partitions: i32 },
+    CreateTopic {
+        name: String,
+        partitions: i32,
+    },
+    /// Closes the broker's listener. Beware: bringing it back re-binds the
+    /// same port, and librdkafka aborts the process if another socket took
+    /// it meanwhile. `PartitionLeader` makes a cluster unavailable without that.
     BrokerDown(i32),
     BrokerUp(i32),
+    /// Sets a partition's leader; None leaves it leaderless (no produce, no fetch).
+    PartitionLeader {
+        topic: String,
+        partition: i32,
+        leader: Option<i32>,
+    },
 }
 
 pub struct EmbeddedBroker {
@@ -46,6 +58,11 @@ impl EmbeddedBroker {
                         }
                         BrokerCommand::BrokerDown(id) => cluster.broker_down(id),
                         BrokerCommand::BrokerUp(id) => cluster.broker_up(id),
+                        BrokerCommand::PartitionLeader {
+                            topic,
+                            partition,
+                            leader,
+                        } => cluster.partition_leader(&topic, partition, leader),
                     };
                     let _ = reply.send(r.map_err(|e| e.to_string()));
                 }
