@@ -633,3 +633,59 @@ async fn a_provider_allowing_two_streams_per_connection_gets_everything_once() {
     );
     env.finish().await;
 }
+
+#[tokio::test]
+async fn an_outcome_said_twice_in_one_batch_is_recorded_once() {
+    let env = TestEnv::start("outcometwice").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    // No sender: the delivery stays pending until the outcomes below arrive.
+    let (status, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("twice"),
+            &push_body(vec![one_token("ios", &ios_token(1))], "at_least_once"),
+        )
+        .await;
+    assert_eq!(status, 202, "{m}");
+    let id = m["message_id"].as_str().expect("id").to_string();
+    let s = env.message(&gw, &app.server_key, &id).await;
+    let delivery = &s["deliveries"][0];
+    let outcome = herald_core::DeliveryOutcome {
+        delivery_id: delivery["delivery_id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("uuid"),
+        message_id: id.parse().expect("uuid"),
+        app_id: app.id.parse().expect("uuid"),
+        platform: herald_core::Platform::Ios,
+        status: herald_core::DeliveryStatus::Delivered,
+        reason: None,
+        provider_id: Some("first".into()),
+        invalid_token: false,
+        invalid_since: None,
+        token: ios_token(1),
+        install_id: None,
+        attempts: 1,
+        at: chrono::Utc::now(),
+    };
+    let again = herald_core::DeliveryOutcome {
+        provider_id: Some("second".into()),
+        ..outcome.clone()
+    };
+    // Both land before the recorder starts, so they arrive in one batch.
+    herald_bus::Publisher::new(&herald_config_for(&env))
+        .expect("publisher")
+        .publish_outcomes(&[outcome, again])
+        .await
+        .expect("publish");
+    let _recorder = env.spawn("recorder", &["recorder"], false).await;
+    let s = env
+        .wait_message(&gw, &app.server_key, &id, |s| s["counts"]["delivered"] == 1)
+        .await;
+    assert_eq!(s["deliveries"][0]["provider_id"], "first", "{s}");
+    env.finish().await;
+}

@@ -20,6 +20,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub gateway: GatewayConfig,
     pub sender: SenderConfig,
+    pub scheduler: SchedulerConfig,
     pub recorder: RecorderConfig,
     pub providers: ProvidersConfig,
     pub sim: SimConfig,
@@ -126,6 +127,25 @@ pub struct SenderConfig {
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+}
+
+/// The campaign scheduler.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// How often to look for campaigns with a wave due.
+    pub poll_interval_ms: u64,
+    /// Installations read, filtered and produced per page; the checkpoint
+    /// moves once per page.
+    pub page_size: i64,
+    /// Campaigns one scheduler process sends at once.
+    pub max_concurrent_campaigns: usize,
+    /// How soon a running campaign notices a pause or cancel.
+    pub status_check_ms: u64,
+    /// Tests only: read "now" from this file (an RFC 3339 instant) instead of
+    /// the system clock, to move through local-time waves at will. Empty: the
+    /// system clock.
+    pub clock_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -239,6 +259,18 @@ impl Default for SenderConfig {
             max_attempts: 8,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
+        }
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 250,
+            page_size: 1000,
+            max_concurrent_campaigns: 8,
+            status_check_ms: 250,
+            clock_file: String::new(),
         }
     }
 }

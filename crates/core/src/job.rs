@@ -98,6 +98,9 @@ pub struct DeliveryJob {
     /// A retry waits until this instant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
+    /// Set on a campaign's jobs: senders drop them while it is paused or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<crate::campaign::CampaignRef>,
 }
 
 /// A job that could not be processed, on the dead-letter topic.

@@ -1,6 +1,8 @@
 //! Herald's domain core: identities, payloads, delivery jobs, outcomes and the
 //! dedupe state machine. Nothing here does I/O, so all of it is tested on its own.
 
+pub mod audience;
+pub mod campaign;
 pub mod dedupe;
 pub mod ids;
 pub mod installation;
@@ -9,6 +11,7 @@ pub mod outcome;
 pub mod payload;
 pub mod push;
 
+pub use campaign::{CampaignRef, CampaignStatus};
 pub use ids::{AppId, DeliveryId, MessageId};
 pub use job::{DeadLetter, DeliveryJob, DeliveryPolicy, Platform};
 pub use outcome::{DeliveryOutcome, DeliveryStatus, OutcomeClass};

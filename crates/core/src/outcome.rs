@@ -94,6 +94,10 @@ pub struct DeliveryOutcome {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid_since: Option<DateTime<Utc>>,
     pub token: String,
+    /// The installation, for deliveries (campaigns, triggers) whose row the
+    /// recorder writes with the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_id: Option<String>,
     pub attempts: u32,
     pub at: DateTime<Utc>,
 }

@@ -8,7 +8,7 @@
 
 mod rate_limit;
 
-pub use rate_limit::{RateDecision, RateLimiter};
+pub use rate_limit::{Grant, RateDecision, RateLimiter};
 
 use herald_core::dedupe::Claim;
 use herald_core::DeliveryId;

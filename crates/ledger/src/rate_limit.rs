@@ -17,11 +17,49 @@ end
 return {n, math.floor(1000 - ms)}
 "#;
 
+/// Takes up to ARGV[1] permits from every limit in KEYS at once, each with
+/// its own per-second rate (ARGV[2..]); grants what the tightest allows.
+/// Windows are 100 ms, each allowed a tenth of the rate (the remainder spread
+/// over the second), so that a rate is steady within the second, not a burst
+/// at its start.
+const TAKE: &str = r#"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = math.floor(now_ms / 100)
+local slot = window % 10
+local grant = tonumber(ARGV[1])
+for i, k in ipairs(KEYS) do
+  local rate = tonumber(ARGV[i + 1])
+  local allowed = math.floor((slot + 1) * rate / 10) - math.floor(slot * rate / 10)
+  local used = tonumber(redis.call('GET', k .. ':w' .. window) or '0')
+  local left = allowed - used
+  if left < grant then grant = left end
+end
+if grant < 0 then grant = 0 end
+if grant > 0 then
+  for _, k in ipairs(KEYS) do
+    local key = k .. ':w' .. window
+    redis.call('INCRBY', key, grant)
+    redis.call('PEXPIRE', key, 1000)
+  end
+end
+return {grant, 100 - (now_ms % 100)}
+"#;
+
 #[derive(Clone)]
 pub struct RateLimiter {
     conn: ConnectionManager,
     prefix: String,
     hit: Script,
+    take: Script,
+}
+
+/// Permits granted by [`RateLimiter::take`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub granted: u64,
+    /// Until the current 100 ms window ends.
+    pub window_left: Duration,
 }
 
 /// Whether a request may go on.
@@ -39,6 +77,7 @@ impl RateLimiter {
             conn,
             prefix: prefix.to_string(),
             hit: Script::new(HIT),
+            take: Script::new(TAKE),
         })
     }
 
@@ -58,6 +97,29 @@ impl RateLimiter {
             RateDecision::Limited(Duration::from_millis(left_ms.max(1)))
         } else {
             RateDecision::Allow
+        })
+    }
+
+    /// Takes up to `wanted` permits from several limits at once (a campaign's
+    /// and its app's): the grant is what the tightest allows in the current
+    /// 100 ms window.
+    pub async fn take(
+        &self,
+        limits: &[(&str, u64)],
+        wanted: u64,
+    ) -> Result<Grant, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.take.prepare_invoke();
+        invocation.arg(wanted);
+        for (subject, per_second) in limits {
+            invocation
+                .key(format!("{}rl:{subject}", self.prefix))
+                .arg(*per_second);
+        }
+        let (granted, left_ms): (u64, u64) = invocation.invoke_async(&mut conn).await?;
+        Ok(Grant {
+            granted,
+            window_left: Duration::from_millis(left_ms.max(1)),
         })
     }
 }

@@ -3,9 +3,11 @@
 //! commits a batch's offsets only once every delivery in it is settled or
 //! handed on (to the retry topic, or the dead-letter topic).
 
+mod campaigns;
 mod credentials;
 mod ledger_guard;
 
+pub use campaigns::CampaignGate;
 pub use credentials::CredentialsCache;
 
 use futures::stream::{self, StreamExt};
@@ -46,6 +48,7 @@ pub struct Sender {
     pub providers: Providers,
     pub publisher: Publisher,
     pub credentials: CredentialsCache,
+    pub campaigns: CampaignGate,
     pub store: Store,
     pub config: SenderConfig,
     guard: LedgerGuard,
@@ -100,6 +103,7 @@ impl Sender {
     ) -> Self {
         Self {
             credentials: CredentialsCache::new(store.clone(), Duration::from_secs(30)),
+            campaigns: CampaignGate::new(store.clone(), Duration::from_millis(500)),
             guard: LedgerGuard::default(),
             ledger,
             providers,
@@ -222,6 +226,8 @@ impl Sender {
     /// One claim-send-settle round for a batch; retries and dead letters are
     /// published before it returns.
     pub async fn process(&self, jobs: &[DeliveryJob]) -> Result<(), SenderError> {
+        let admitted = self.campaigns.admit(jobs).await?;
+        let jobs = &admitted[..];
         if jobs.is_empty() {
             return Ok(());
         }
@@ -568,6 +574,7 @@ fn outcome(
         invalid_token: invalid_token.is_some(),
         invalid_since: invalid_token.and_then(|t| t.since),
         token: job.token.clone(),
+        install_id: job.install_id.clone(),
         attempts: job.attempt + 1,
         at: chrono::Utc::now(),
     }

@@ -5,12 +5,17 @@
 //! lives in `migrations/` and is applied by [`Store::migrate`].
 
 mod apps;
+mod campaigns;
 mod installations;
 mod messages;
 mod sealing;
 mod webhooks;
 
 pub use apps::{ApiKeyInfo, ApiKeyKind, AppCredentials, AuthenticatedKey, NewApiKey};
+pub use campaigns::{
+    AudienceCandidate, AudienceList, AudienceScope, Campaign, CampaignLock, CampaignProgress,
+    CampaignRefusal, CampaignState, Wave,
+};
 pub use installations::{Installation, ResolvedTarget};
 pub use messages::{
     AcceptOutcome, DeliveryRow, IdempotencyRecord, MessageView, NewDelivery, NewMessage,

@@ -142,6 +142,7 @@ fn job_from_row(row: JobRow) -> Result<DeliveryJob> {
         apns_sandbox: row.apns_sandbox,
         attempt: 0,
         not_before: None,
+        campaign: None,
     })
 }
 
@@ -344,12 +345,14 @@ impl Store {
 
     /// Stores a batch of outcomes. The first outcome of a delivery wins, so a
     /// replayed outcome event changes nothing; the one exception is `failed`,
-    /// which a replayed dead letter may turn into a real outcome. Invalid
-    /// tokens are pruned.
+    /// which a replayed dead letter may turn into a real outcome. A delivery
+    /// with no row yet (a campaign's: rows are not written ahead for millions
+    /// of devices) gets its row here. Invalid tokens are pruned.
     pub async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<()> {
         if outcomes.is_empty() {
             return Ok(());
         }
+        let outcomes = &one_per_delivery(outcomes);
         let mut tx = self.pool.begin().await?;
         let ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id.as_uuid()).collect();
         let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
@@ -361,16 +364,30 @@ impl Store {
             .map(|o| i32::try_from(o.attempts).unwrap_or(i32::MAX))
             .collect();
         let ats: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.at).collect();
+        let message_ids: Vec<Uuid> = outcomes.iter().map(|o| o.message_id.as_uuid()).collect();
+        let app_ids: Vec<Uuid> = outcomes.iter().map(|o| o.app_id.as_uuid()).collect();
+        let platforms: Vec<&str> = outcomes.iter().map(|o| o.platform.as_str()).collect();
+        let tokens: Vec<&str> = outcomes.iter().map(|o| o.token.as_str()).collect();
+        let installs: Vec<Option<&str>> =
+            outcomes.iter().map(|o| o.install_id.as_deref()).collect();
         // Only outcomes recorded now (not replays) go to the apps' webhooks,
         // one event per app and batch.
         sqlx::query(
             "WITH recorded AS (
-                UPDATE deliveries d SET status = u.status, reason = u.reason,
-                       provider_id = u.provider_id, attempts = u.attempts, settled_at = u.at
-                FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::timestamptz[])
-                     AS u(id, status, reason, provider_id, attempts, at)
-                WHERE d.id = u.id
-                  AND (d.status = 'pending' OR (d.status = 'failed' AND u.status <> 'failed'))
+                INSERT INTO deliveries AS d (id, message_id, app_id, platform, token, install_id,
+                                             status, reason, provider_id, attempts, settled_at)
+                SELECT u.id, u.message_id, u.app_id, u.platform, u.token, u.install_id,
+                       u.status, u.reason, u.provider_id, u.attempts, u.at
+                FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::timestamptz[],
+                            $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[])
+                     AS u(id, status, reason, provider_id, attempts, at,
+                          message_id, app_id, platform, token, install_id)
+                -- The message may be gone (its app deleted): nothing to record.
+                WHERE EXISTS (SELECT 1 FROM messages m WHERE m.id = u.message_id)
+                ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason,
+                       provider_id = EXCLUDED.provider_id, attempts = EXCLUDED.attempts,
+                       settled_at = EXCLUDED.settled_at
+                WHERE d.status = 'pending' OR (d.status = 'failed' AND EXCLUDED.status <> 'failed')
                 RETURNING d.*
              )
              INSERT INTO webhook_events (app_id, payload)
@@ -390,9 +407,18 @@ impl Store {
         .bind(&provider_ids)
         .bind(&attempts)
         .bind(&ats)
+        .bind(&message_ids)
+        .bind(&app_ids)
+        .bind(&platforms)
+        .bind(&tokens)
+        .bind(&installs)
         .execute(&mut *tx)
         .await?;
-        let invalid: Vec<&DeliveryOutcome> = outcomes.iter().filter(|o| o.invalid_token).collect();
+        let invalid: Vec<&DeliveryOutcome> = outcomes
+            .iter()
+            .copied()
+            .filter(|o| o.invalid_token)
+            .collect();
         if !invalid.is_empty() {
             let apps: Vec<Uuid> = invalid.iter().map(|o| o.app_id.as_uuid()).collect();
             let platforms: Vec<&str> = invalid.iter().map(|o| o.platform.as_str()).collect();
@@ -556,6 +582,28 @@ impl Store {
                 .collect::<Result<_>>()?,
         }))
     }
+}
+
+/// A batch may hold the same delivery twice (an outcome said again after a
+/// rebalance); one statement can write a row only once. Keep the outcome the
+/// table would keep: the first, unless it is `failed` and a later one is not.
+fn one_per_delivery(outcomes: &[DeliveryOutcome]) -> Vec<&DeliveryOutcome> {
+    let mut index: std::collections::HashMap<DeliveryId, usize> = Default::default();
+    let mut kept: Vec<&DeliveryOutcome> = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        match index.get(&o.delivery_id) {
+            None => {
+                index.insert(o.delivery_id, kept.len());
+                kept.push(o);
+            }
+            Some(&i) => {
+                if kept[i].status == DeliveryStatus::Failed && o.status != DeliveryStatus::Failed {
+                    kept[i] = o;
+                }
+            }
+        }
+    }
+    kept
 }
 
 fn parse_status(s: &str) -> Result<DeliveryStatus> {
