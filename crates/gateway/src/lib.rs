@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod body;
+mod campaigns;
 mod credentials;
 mod idempotency;
 mod keys;
@@ -17,7 +18,7 @@ pub use api::ApiDoc;
 pub use problem::Problem;
 pub use relay::OutboxRelay;
 
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use herald_store::Store;
 use std::time::Duration;
@@ -51,7 +52,43 @@ pub fn router(state: AppState) -> Router {
                 .delete(messages::delete_installation),
         )
         .route("/v1/keys", get(keys::list).post(keys::create))
-        .route("/v1/keys/{key_id}", axum::routing::delete(keys::revoke))
+        .route("/v1/keys/{key_id}", delete(keys::revoke))
+        .route(
+            "/v1/campaigns",
+            post(campaigns::create).get(campaigns::list),
+        )
+        .route(
+            "/v1/campaigns/{campaign_id}",
+            get(campaigns::get)
+                .put(campaigns::update)
+                .delete(campaigns::delete),
+        )
+        .route(
+            "/v1/campaigns/{campaign_id}/launch",
+            post(campaigns::launch),
+        )
+        .route("/v1/campaigns/{campaign_id}/pause", post(campaigns::pause))
+        .route(
+            "/v1/campaigns/{campaign_id}/resume",
+            post(campaigns::resume),
+        )
+        .route(
+            "/v1/campaigns/{campaign_id}/cancel",
+            post(campaigns::cancel),
+        )
+        .route(
+            "/v1/campaigns/{campaign_id}/audience/ids",
+            put(campaigns::upload_ids),
+        )
+        .route(
+            "/v1/campaigns/{campaign_id}/estimate",
+            get(campaigns::estimate_campaign),
+        )
+        .route("/v1/audiences/estimate", post(campaigns::estimate_audience))
+        .route(
+            "/v1/campaign-settings",
+            get(campaigns::get_settings).put(campaigns::put_settings),
+        )
         .route(
             "/v1/webhook",
             put(webhook::put).get(webhook::get).delete(webhook::delete),

@@ -84,6 +84,16 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
 
+    /// The resource is not in a state that allows the request (409).
+    pub fn wrong_state(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "wrong-state",
+            "Not possible in the current state",
+            detail,
+        )
+    }
+
     pub fn malformed_idempotency_key(detail: impl Into<String>) -> Self {
         let mut p = Self::new(
             StatusCode::BAD_REQUEST,

@@ -1,6 +1,7 @@
 //! `herald`: one binary, every role as a subcommand, plus operator commands.
 
 mod apps;
+mod campaign;
 mod dev;
 mod dlq;
 mod preflight;
@@ -37,6 +38,8 @@ enum Command {
         #[arg(long)]
         no_recorder: bool,
     },
+    /// Sends campaigns: pages through audiences and produces delivery jobs.
+    Scheduler,
     /// Writes delivery outcomes to PostgreSQL.
     Recorder,
     /// APNs and FCM simulators.
@@ -50,6 +53,11 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
+    },
+    /// Campaigns: follow one's progress.
+    Campaign {
+        #[command(subcommand)]
+        command: campaign::CampaignCommand,
     },
     /// Apps and their keys.
     Apps {
@@ -80,7 +88,9 @@ fn main() -> ExitCode {
             Command::Dev => dev::run(config).await,
             Command::Gateway => roles::gateway(config).await,
             Command::Sender { no_recorder } => roles::sender(config, !no_recorder).await,
+            Command::Scheduler => roles::scheduler(config).await,
             Command::Recorder => roles::recorder(config).await,
+            Command::Campaign { command } => campaign::run(config, command).await,
             Command::Sim => roles::sim(config).await,
             Command::Migrate => roles::migrate(config).await,
             Command::Recover => roles::recover(config).await,

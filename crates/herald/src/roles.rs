@@ -222,6 +222,25 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
     Ok(())
 }
 
+pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
+    let limiter = herald_ledger::RateLimiter::connect(&config.redis.url, &config.redis.prefix)
+        .await
+        .context("connecting the campaign rate limiter to Redis")?;
+    let scheduler = Arc::new(herald_scheduler::Scheduler {
+        store,
+        publisher: Publisher::new(&config.kafka).context("creating the Kafka producer")?,
+        limiter,
+        config: config.scheduler.clone(),
+        clock: herald_scheduler::Clock::from_config(&config.scheduler.clock_file),
+    });
+    let shutdown = roles.shutdown.clone();
+    roles
+        .tasks
+        .spawn(async move { scheduler.run(shutdown).await.context("scheduler") });
+    tracing::info!("scheduler started");
+    Ok(())
+}
+
 pub fn start_recorder(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
     let recorder_store = store.clone();
     let recorder = Recorder {
@@ -313,6 +332,16 @@ pub async fn sender(config: Config, with_recorder: bool) -> Result<()> {
     if with_recorder {
         start_recorder(&mut roles, &config, store)?;
     }
+    roles.wait().await
+}
+
+pub async fn scheduler(config: Config) -> Result<()> {
+    install_metrics(&config)?;
+    preflight::kafka_configured(&config)?;
+    let store = preflight::postgres(&config).await?;
+    preflight::redis(&config).await?;
+    let mut roles = Roles::new();
+    start_scheduler(&mut roles, &config, store).await?;
     roles.wait().await
 }
 

@@ -1,0 +1,400 @@
+//! The scheduler role: sends campaigns.
+//!
+//! For each campaign with a wave due it takes the campaign's lock (one
+//! scheduler per campaign, whatever the number of processes), pages through
+//! the wave's audience by install id, filters each page with the core's rules,
+//! produces the page's delivery jobs at the allowed rate, and moves the
+//! wave's checkpoint only once Kafka acknowledged them all. A crash resumes
+//! from the last checkpoint: the page in flight is produced again, and its
+//! delivery ids, derived from (campaign, installation), are deduped by senders.
+
+mod clock;
+
+pub use clock::Clock;
+
+use herald_bus::Publisher;
+use herald_config::SchedulerConfig;
+use herald_core::campaign::{rate_slice, CampaignRef, CampaignStatus, WaveZone};
+use herald_core::ids::DeliveryTarget;
+use herald_core::{DeliveryId, DeliveryJob};
+use herald_ledger::RateLimiter;
+use herald_store::{AudienceList, AudienceScope, Campaign, Store, Wave};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Store(#[from] herald_store::StoreError),
+    #[error(transparent)]
+    Bus(#[from] herald_bus::BusError),
+}
+
+pub struct Scheduler {
+    pub store: Store,
+    pub publisher: Publisher,
+    pub limiter: RateLimiter,
+    pub config: SchedulerConfig,
+    pub clock: Clock,
+}
+
+/// Why a campaign's run ended before its waves did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Paused, cancelled, relaunched or deleted: the new state rules.
+    Superseded,
+    /// This process is shutting down.
+    Shutdown,
+}
+
+impl Scheduler {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), SchedulerError> {
+        let mut running: HashMap<Uuid, JoinHandle<()>> = HashMap::new();
+        let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
+        loop {
+            running.retain(|_, task| !task.is_finished());
+            metrics::gauge!("herald_scheduler_campaigns_running").set(running.len() as f64);
+            let free = self
+                .config
+                .max_concurrent_campaigns
+                .max(1)
+                .saturating_sub(running.len());
+            if free > 0 {
+                match self.pick_up(&running, free, &shutdown).await {
+                    Ok(started) => running.extend(started),
+                    Err(e) => tracing::warn!(error = %e, "looking for due campaigns"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+        // Each run stops at its next page boundary, checkpointed.
+        for (_, task) in running {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    async fn pick_up(
+        self: &Arc<Self>,
+        running: &HashMap<Uuid, JoinHandle<()>>,
+        free: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<(Uuid, JoinHandle<()>)>, SchedulerError> {
+        let due = self
+            .store
+            .due_campaigns(self.clock.now(), (free * 4) as i64)
+            .await?;
+        let mut started = Vec::new();
+        for id in due {
+            if started.len() >= free || running.contains_key(&id) {
+                continue;
+            }
+            // Another scheduler has it: leave it to that one.
+            let Some(lock) = self.store.try_lock_campaign(id).await? else {
+                continue;
+            };
+            let this = self.clone();
+            let stop = shutdown.clone();
+            started.push((
+                id,
+                tokio::spawn(async move {
+                    match this.send_campaign(id, &stop).await {
+                        Ok(outcome) => tracing::debug!(campaign_id = %id, ?outcome, "campaign run ended"),
+                        Err(e) => tracing::warn!(campaign_id = %id, error = %e, "campaign run failed; it will be picked up again from its checkpoint"),
+                    }
+                    lock.release().await;
+                }),
+            ));
+        }
+        Ok(started)
+    }
+
+    /// Sends every due wave of the campaign; returns when none is due, or
+    /// the campaign stops being sendable.
+    async fn send_campaign(
+        &self,
+        id: Uuid,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Stop>, SchedulerError> {
+        let Some(campaign) = self.store.campaign_by_id(id).await? else {
+            return Ok(Some(Stop::Superseded));
+        };
+        if !matches!(
+            campaign.status,
+            CampaignStatus::Scheduled | CampaignStatus::Running
+        ) {
+            return Ok(Some(Stop::Superseded));
+        }
+        loop {
+            let waves = self.store.waves(id, campaign.generation).await?;
+            let now = self.clock.now();
+            let due: Vec<Wave> = waves
+                .iter()
+                .filter(|w| !w.done && w.due_at <= now)
+                .cloned()
+                .collect();
+            if due.is_empty() {
+                if waves.iter().all(|w| w.done)
+                    && self.store.finish_campaign(id, campaign.generation).await?
+                {
+                    tracing::info!(campaign_id = %id, generation = campaign.generation, "campaign completed: every job handed to Kafka");
+                }
+                return Ok(None);
+            }
+            self.store
+                .mark_campaign_running(id, campaign.generation)
+                .await?;
+            for wave in due {
+                if let Some(stop) = self.send_wave(&campaign, wave, shutdown).await? {
+                    return Ok(Some(stop));
+                }
+            }
+        }
+    }
+
+    async fn send_wave(
+        &self,
+        campaign: &Campaign,
+        wave: Wave,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Stop>, SchedulerError> {
+        tracing::info!(campaign_id = %campaign.id, zone = wave.zone.key(), produced = wave.produced, "sending wave");
+        let audience = &campaign.input.audience;
+        let scope = AudienceScope {
+            app: campaign.app_id,
+            kind: audience.kind,
+            list: AudienceList::Stored(campaign.id),
+        };
+        let mut cursor = wave.cursor.clone();
+        let mut watch = StatusWatch::new(campaign, self.config.status_check_ms);
+        let mut pacer = Pacer::new(campaign.input.rate_limit_per_second);
+        loop {
+            let page = self
+                .store
+                .audience_page(
+                    scope,
+                    &wave.zone,
+                    cursor.as_deref(),
+                    self.config.page_size.max(1),
+                )
+                .await?;
+            let Some(last) = page.last().map(|c| c.install_id.clone()) else {
+                return Ok(
+                    if self.checkpoint(campaign, &wave.zone, None, 0, true).await? {
+                        None
+                    } else {
+                        Some(Stop::Superseded)
+                    },
+                );
+            };
+            let jobs: Vec<DeliveryJob> = page
+                .into_iter()
+                .filter(|c| audience.filter.as_ref().is_none_or(|f| f.matches(&c.facts)))
+                .map(|c| {
+                    let delivery_id = DeliveryId::derive(
+                        campaign.message_id,
+                        DeliveryTarget::Installation(&c.install_id),
+                    );
+                    DeliveryJob {
+                        delivery_id,
+                        message_id: campaign.message_id,
+                        app_id: campaign.app_id,
+                        platform: c.platform,
+                        token: c.token,
+                        install_id: Some(c.install_id),
+                        notification: campaign.input.notification.clone(),
+                        policy: campaign.input.delivery_policy,
+                        expires_at: campaign.input.expires_at,
+                        locale: c.facts.locale,
+                        apns_sandbox: c.apns_sandbox,
+                        attempt: 0,
+                        not_before: None,
+                        campaign: Some(CampaignRef {
+                            id: campaign.id,
+                            generation: campaign.generation,
+                        }),
+                    }
+                })
+                .collect();
+            let produced = jobs.len() as i64;
+            if let Some(stop) = self
+                .produce(campaign, jobs, &mut pacer, &mut watch, shutdown)
+                .await?
+            {
+                return Ok(Some(stop));
+            }
+            metrics::counter!("herald_campaign_jobs_produced_total").increment(produced as u64);
+            if !self
+                .checkpoint(campaign, &wave.zone, Some(&last), produced, false)
+                .await?
+            {
+                return Ok(Some(Stop::Superseded));
+            }
+            if shutdown.is_cancelled() {
+                return Ok(Some(Stop::Shutdown));
+            }
+            cursor = Some(last);
+        }
+    }
+
+    async fn checkpoint(
+        &self,
+        campaign: &Campaign,
+        zone: &WaveZone,
+        cursor: Option<&str>,
+        produced: i64,
+        done: bool,
+    ) -> Result<bool, SchedulerError> {
+        Ok(self
+            .store
+            .checkpoint_wave(
+                campaign.id,
+                campaign.generation,
+                zone,
+                cursor,
+                produced,
+                done,
+            )
+            .await?)
+    }
+
+    /// Hands a page's jobs to Kafka within the campaign's and the app's
+    /// rates, looking at the campaign's status as it goes.
+    async fn produce(
+        &self,
+        campaign: &Campaign,
+        mut jobs: Vec<DeliveryJob>,
+        pacer: &mut Pacer,
+        watch: &mut StatusWatch,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Stop>, SchedulerError> {
+        let app_limit = self.store.app_campaign_rate_limit(campaign.app_id).await?;
+        let campaign_key = format!("campaign:{}", campaign.id);
+        let app_key = format!("campaign-app:{}", campaign.app_id);
+        let mut limits: Vec<(&str, u64)> = Vec::new();
+        if let Some(l) = campaign.input.rate_limit_per_second {
+            limits.push((&campaign_key, u64::from(l)));
+        }
+        if let Some(l) = app_limit {
+            limits.push((&app_key, u64::from(l)));
+        }
+        let slice = limits
+            .iter()
+            .map(|(_, l)| rate_slice(u32::try_from(*l).unwrap_or(u32::MAX)) as usize)
+            .min()
+            .unwrap_or(jobs.len().max(1));
+        while !jobs.is_empty() {
+            if let Some(stop) = watch.check(&self.store, shutdown).await? {
+                return Ok(Some(stop));
+            }
+            let mut n = slice.min(jobs.len());
+            if !limits.is_empty() {
+                pacer.wait_turn().await;
+                match self.limiter.take(&limits, n as u64).await {
+                    Ok(grant) if grant.granted == 0 => {
+                        tokio::time::sleep(grant.window_left).await;
+                        continue;
+                    }
+                    Ok(grant) => n = n.min(grant.granted as usize),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rate limiter unreachable; waiting for Redis");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            let batch: Vec<DeliveryJob> = jobs.drain(..n).collect();
+            while let Err(e) = self.publisher.publish_jobs(&batch).await {
+                tracing::warn!(campaign_id = %campaign.id, error = %e, "producing campaign jobs failed; retrying");
+                if let Some(stop) = watch.check(&self.store, shutdown).await? {
+                    return Ok(Some(stop));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            pacer.sent(batch.len());
+        }
+        Ok(None)
+    }
+}
+
+/// Looks at the campaign's status at most every `every`, so that a pause or
+/// cancel stops production within that time.
+struct StatusWatch {
+    id: Uuid,
+    generation: i64,
+    every: Duration,
+    last: Instant,
+}
+
+impl StatusWatch {
+    fn new(campaign: &Campaign, every_ms: u64) -> Self {
+        Self {
+            id: campaign.id,
+            generation: campaign.generation,
+            every: Duration::from_millis(every_ms.max(10)),
+            last: Instant::now(),
+        }
+    }
+
+    async fn check(
+        &mut self,
+        store: &Store,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Stop>, SchedulerError> {
+        if shutdown.is_cancelled() {
+            return Ok(Some(Stop::Shutdown));
+        }
+        if self.last.elapsed() < self.every {
+            return Ok(None);
+        }
+        self.last = Instant::now();
+        let sendable = store.campaign_state(self.id).await?.is_some_and(|s| {
+            s.generation == self.generation
+                && matches!(
+                    s.status,
+                    CampaignStatus::Scheduled | CampaignStatus::Running
+                )
+        });
+        Ok(if sendable {
+            None
+        } else {
+            tracing::info!(campaign_id = %self.id, "campaign paused, cancelled or relaunched: production stopped");
+            Some(Stop::Superseded)
+        })
+    }
+}
+
+/// Spreads a campaign's own rate evenly over each second; Redis enforces the
+/// limits across every scheduler process.
+struct Pacer {
+    per_second: Option<u32>,
+    started: Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    fn new(per_second: Option<u32>) -> Self {
+        Self {
+            per_second,
+            started: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    async fn wait_turn(&self) {
+        let Some(rate) = self.per_second else { return };
+        let due = self.started + Duration::from_secs_f64(self.sent as f64 / f64::from(rate.max(1)));
+        tokio::time::sleep_until(due.into()).await;
+    }
+
+    fn sent(&mut self, n: usize) {
+        self.sent += n as u64;
+    }
+}
