@@ -414,6 +414,28 @@ impl TestEnv {
         self.spawn("sender", &["sender"], false).await
     }
 
+    pub async fn scheduler(&self) -> HeraldProcess {
+        self.spawn("scheduler", &["scheduler"], false).await
+    }
+
+    /// Any API call: returns the status and the JSON body (Null if none).
+    pub async fn api(
+        &self,
+        method: &str,
+        url: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut r = self.http.request(method, url).bearer_auth(key);
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let resp = r.send().await.expect("api call");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     async fn sim_get(&self, path: &str) -> Value {
         self.http
             .get(format!("{}{path}", self.sim_url()))
