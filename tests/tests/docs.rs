@@ -87,6 +87,7 @@ async fn every_example_in_the_api_guide_runs() {
         examples.len()
     );
     let mut message_id = String::new();
+    let mut campaign_id = String::new();
     for example in &examples {
         // Any HTTP error fails the example.
         let script =
@@ -98,6 +99,7 @@ async fn every_example_in_the_api_guide_runs() {
             .env("KEY", &app.server_key)
             .env("SDK_KEY", &app.sdk_key)
             .env("MESSAGE_ID", &message_id)
+            .env("CAMPAIGN_ID", &campaign_id)
             .output()
             .await
             .expect("bash");
@@ -110,6 +112,9 @@ async fn every_example_in_the_api_guide_runs() {
         if let Ok(v) = serde_json::from_str::<Value>(stdout.trim()) {
             if let Some(id) = v["message_id"].as_str() {
                 message_id = id.to_string();
+            }
+            if let (Some(id), Some(_)) = (v["id"].as_str(), v.get("generation")) {
+                campaign_id = id.to_string();
             }
         }
     }
