@@ -53,13 +53,17 @@ pub fn herald_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TEST_HERALD_BIN") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test binary> -> target/<profile>/herald
+    // A test binary is in target/<profile>/deps/, a benchmark binary in
+    // target/<profile>/; herald is in target/<profile>/.
     let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("herald"))
-        .expect("target directory layout");
+    let dir = exe.parent().expect("target directory layout");
+    let bin = if dir.ends_with("deps") {
+        dir.parent()
+            .map(|p| p.join("herald"))
+            .expect("target directory layout")
+    } else {
+        dir.join("herald")
+    };
     assert!(
         bin.exists(),
         "{} not found: build it first with `cargo build -p herald`",

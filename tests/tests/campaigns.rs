@@ -834,6 +834,11 @@ async fn two_schedulers_and_a_relaunch_never_deliver_twice() {
         first["progress"]["produced"].as_i64().map(|p| p - pruned)
     );
     assert_exactly_once(&delivered(&env, &m).await, &expected);
+    let watched = env.run_cli(&["campaign", "watch", &id, "--plain"]).await;
+    assert!(
+        watched.contains(&format!("campaign {id} completed")),
+        "{watched}"
+    );
     let c = api.ok("GET", "/v1/campaigns?status=completed", None).await;
     assert_eq!(c["campaigns"].as_array().map(Vec::len), Some(1), "{c}");
     env.finish().await;

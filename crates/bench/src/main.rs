@@ -1,0 +1,219 @@
+//! `herald-bench`: how fast Herald is, measured on this machine.
+//!
+//! Each scenario starts what it needs on loopback (a Kafka-protocol broker,
+//! Herald's roles as separate processes, the simulators; PostgreSQL and Redis
+//! as configured for the tests), runs a fixed amount of work, and prints a
+//! table. Run it from a release build: `./scripts/bench campaign`.
+
+mod procstat;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use herald_tests::{HeraldProcess, TestEnv};
+use procstat::ProcStat;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "herald-bench", about = "Herald benchmarks (not tests)")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Fan-out: an app with N installations, one campaign to all of them,
+    /// timed from launch to every device's outcome recorded.
+    Campaign {
+        #[arg(long, default_value_t = 1_000_000)]
+        installations: i64,
+        /// Sender processes.
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Campaign {
+            installations,
+            senders,
+        } => campaign(installations, senders).await,
+    }
+}
+
+async fn campaign(installations: i64, senders: usize) -> Result<()> {
+    if installations <= 0 || senders == 0 {
+        bail!("--installations and --senders must be positive");
+    }
+    let env = TestEnv::start_with(
+        "bench",
+        &[
+            ("HERALD_LOG", "warn"),
+            ("HERALD_POSTGRES__MAX_CONNECTIONS", "16"),
+            ("HERALD_SENDER__BATCH_SIZE", "5000"),
+            ("HERALD_SENDER__CONCURRENCY", "1024"),
+            ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "20000"),
+            ("HERALD_SENDER__LEASE_MS", "60000"),
+            ("HERALD_RECORDER__BATCH_SIZE", "5000"),
+            ("HERALD_SCHEDULER__PAGE_SIZE", "5000"),
+        ],
+    )
+    .await;
+    let app = env.create_app().await;
+    let seeding = Instant::now();
+    sqlx::query(
+        "INSERT INTO installations (app_id, install_id, custom_id, platform, token)
+         SELECT $1::uuid, 'i-' || lpad(n::text, 8, '0'), 'user-' || n,
+                CASE WHEN n % 2 = 0 THEN 'ios' ELSE 'android' END,
+                CASE WHEN n % 2 = 0 THEN 'a' || lpad(to_hex(n), 63, '0') ELSE 'fcm-' || n END
+         FROM generate_series(1, $2::int8) AS n",
+    )
+    .bind(&app.id)
+    .bind(installations)
+    .execute(&env.db)
+    .await
+    .context("seeding installations")?;
+    sqlx::query("ANALYZE installations")
+        .execute(&env.db)
+        .await
+        .context("analyze")?;
+    let seeded_in = seeding.elapsed();
+
+    let gateway = env.gateway().await;
+    let base = gateway.url.clone().context("gateway url")?;
+    let mut procs: Vec<HeraldProcess> = Vec::new();
+    for _ in 0..senders {
+        procs.push(env.sender().await);
+    }
+    procs.push(env.scheduler().await);
+    // Warm up: the senders have joined their group and opened their
+    // connections before the clock starts.
+    let (status, _) = env
+        .push(
+            &base,
+            &app.server_key,
+            None,
+            &json!({"to": {"tokens": [{"platform": "ios", "token": format!("b{:063x}", 1)}]},
+                    "notification": {"title": "warm-up"}}),
+        )
+        .await;
+    if status != 202 {
+        bail!("warm-up push refused: {status}");
+    }
+    let warm = Instant::now();
+    while env.sim_stats().await["accepted"].as_u64().unwrap_or(0) < 1 {
+        if warm.elapsed() > Duration::from_secs(60) {
+            bail!("the warm-up push was never delivered");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before: Vec<ProcStat> = procs.iter().map(ProcStat::of).collect();
+
+    let (status, created) = env
+        .api(
+            "POST",
+            &format!("{base}/v1/campaigns"),
+            &app.server_key,
+            Some(&json!({"name": "bench", "notification": {"title": "Bench", "body": "fan-out"}})),
+        )
+        .await;
+    if status != 201 {
+        bail!("creating the campaign: {status} {created}");
+    }
+    let id = created["id"].as_str().context("campaign id")?.to_string();
+    let started = Instant::now();
+    let (status, launched) = env
+        .api(
+            "POST",
+            &format!("{base}/v1/campaigns/{id}/launch"),
+            &app.server_key,
+            None,
+        )
+        .await;
+    if status != 200 {
+        bail!("launching: {status} {launched}");
+    }
+    let mut produced_at = None;
+    let finished: Value = loop {
+        let (_, c) = env
+            .api(
+                "GET",
+                &format!("{base}/v1/campaigns/{id}"),
+                &app.server_key,
+                None,
+            )
+            .await;
+        if produced_at.is_none() && c["status"] == "completed" {
+            produced_at = Some(started.elapsed());
+        }
+        if c["status"] == "completed" && c["progress"]["pending"] == 0 {
+            break c;
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            bail!("the campaign did not finish within an hour: {c}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let total = started.elapsed();
+    let after: Vec<ProcStat> = procs.iter().map(ProcStat::of).collect();
+    let stats = env.sim_stats().await;
+    let delivered = finished["progress"]["counts"]["delivered"]
+        .as_i64()
+        .unwrap_or(0);
+
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!(
+        "\nCampaign fan-out: {installations} installations, {senders} sender(s), {build} build\n"
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| seeding installations (SQL, not Herald) | {:.1} s |",
+        seeded_in.as_secs_f64()
+    );
+    println!(
+        "| launch → every job produced | {:.1} s |",
+        produced_at.unwrap_or(total).as_secs_f64()
+    );
+    println!(
+        "| launch → every outcome recorded | {:.1} s |",
+        total.as_secs_f64()
+    );
+    println!(
+        "| deliveries per second (end to end) | {:.0} |",
+        delivered as f64 / total.as_secs_f64()
+    );
+    println!(
+        "| delivered / accepted by the simulators | {delivered} / {} |",
+        stats["accepted"].as_u64().unwrap_or(0).saturating_sub(1)
+    );
+    println!("| duplicates at the simulators | {} |", stats["duplicates"]);
+    println!("\n| process | CPU s | CPU s per 1,000 deliveries | peak RSS MB |");
+    println!("|---|---|---|---|");
+    for ((p, b), a) in procs.iter().zip(&before).zip(&after) {
+        let cpu = a.cpu_seconds - b.cpu_seconds;
+        println!(
+            "| {} | {:.1} | {:.3} | {:.0} |",
+            p.name,
+            cpu,
+            cpu * 1000.0 / delivered.max(1) as f64,
+            a.peak_rss_mb
+        );
+    }
+    if let Some(sim) = &env.sim {
+        let s = ProcStat::of(sim);
+        println!(
+            "| sim (APNs + FCM) | {:.1} | | {:.0} |",
+            s.cpu_seconds, s.peak_rss_mb
+        );
+    }
+    env.finish().await;
+    Ok(())
+}
