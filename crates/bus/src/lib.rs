@@ -90,6 +90,13 @@ impl Publisher {
         self.publish(&self.topics.outcomes, &records).await
     }
 
+    /// App events, keyed by user so that each user's stay in order.
+    pub async fn publish_events(&self, events: &[herald_core::trigger::EventRecord]) -> Result<()> {
+        let records: Vec<(String, Vec<u8>)> =
+            events.iter().map(|e| (e.key(), e.to_json())).collect();
+        self.publish(&self.topics.events, &records).await
+    }
+
     pub async fn publish_dead_letters(&self, letters: &[DeadLetter]) -> Result<()> {
         let records: Vec<(String, Vec<u8>)> = letters
             .iter()

@@ -8,6 +8,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+mod clock;
+pub use clock::Clock;
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
@@ -21,6 +24,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub sender: SenderConfig,
     pub scheduler: SchedulerConfig,
+    pub triggers: TriggersConfig,
     pub recorder: RecorderConfig,
     pub providers: ProvidersConfig,
     pub sim: SimConfig,
@@ -86,6 +90,8 @@ pub struct TopicsConfig {
     pub outcomes: String,
     /// Jobs that cannot be processed, with the reason (`herald dlq`).
     pub dead_letters: String,
+    /// App events for trigger campaigns, keyed by user.
+    pub events: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -145,6 +151,23 @@ pub struct SchedulerConfig {
     /// Tests only: read "now" from this file (an RFC 3339 instant) instead of
     /// the system clock, to move through local-time waves at will. Empty: the
     /// system clock.
+    pub clock_file: String,
+}
+
+/// The trigger engine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TriggersConfig {
+    pub group_id: String,
+    /// Events read per batch.
+    pub batch_size: usize,
+    pub batch_linger_ms: u64,
+    /// How often to look for due timers.
+    pub poll_interval_ms: u64,
+    /// Timers fired per database transaction.
+    pub fire_batch: i64,
+    /// Tests only: read "now" from this file (an RFC 3339 instant). Empty:
+    /// the system clock.
     pub clock_file: String,
 }
 
@@ -227,6 +250,7 @@ impl Default for TopicsConfig {
             retries: "herald.retries".into(),
             outcomes: "herald.outcomes".into(),
             dead_letters: "herald.dead-letters".into(),
+            events: "herald.events".into(),
         }
     }
 }
@@ -275,6 +299,19 @@ impl Default for SchedulerConfig {
     }
 }
 
+impl Default for TriggersConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "herald-triggers".into(),
+            batch_size: 1000,
+            batch_linger_ms: 20,
+            poll_interval_ms: 100,
+            fire_batch: 500,
+            clock_file: String::new(),
+        }
+    }
+}
+
 impl Default for RecorderConfig {
     fn default() -> Self {
         Self {
@@ -311,12 +348,13 @@ impl Default for SimConfig {
 }
 
 impl TopicsConfig {
-    pub fn all(&self) -> [&str; 4] {
+    pub fn all(&self) -> [&str; 5] {
         [
             self.deliveries.as_str(),
             self.retries.as_str(),
             self.outcomes.as_str(),
             self.dead_letters.as_str(),
+            self.events.as_str(),
         ]
     }
 }

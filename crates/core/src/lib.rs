@@ -10,6 +10,8 @@ pub mod job;
 pub mod outcome;
 pub mod payload;
 pub mod push;
+pub mod template;
+pub mod trigger;
 
 pub use campaign::{CampaignRef, CampaignStatus};
 pub use ids::{AppId, DeliveryId, MessageId};

@@ -8,9 +8,7 @@
 //! from the last checkpoint: the page in flight is produced again, and its
 //! delivery ids, derived from (campaign, installation), are deduped by senders.
 
-mod clock;
-
-pub use clock::Clock;
+pub use herald_config::Clock;
 
 use herald_bus::Publisher;
 use herald_config::SchedulerConfig;

@@ -9,6 +9,7 @@ mod campaigns;
 mod installations;
 mod messages;
 mod sealing;
+mod triggers;
 mod webhooks;
 
 pub use apps::{ApiKeyInfo, ApiKeyKind, AppCredentials, AuthenticatedKey, NewApiKey};
@@ -22,6 +23,7 @@ pub use messages::{
     StatusCount, StoredResponse,
 };
 pub use sealing::{SealError, Sealer};
+pub use triggers::{DueTimer, DueTimers, NewTimer, StoredEvent, Trigger, UserDevice};
 pub use webhooks::{Webhook, WebhookEvent};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -232,37 +232,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        // A message that exists already (its key expired and was purged) is not
-        // written again: its deliveries are settled or on their way.
-        let inserted = sqlx::query(
-            "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at, idempotency_key, send_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(message.id.as_uuid())
-        .bind(message.app_id.as_uuid())
-        .bind(message.kind)
-        .bind(serde_json::to_value(&message.notification).map_err(corrupt)?)
-        .bind(message.policy.as_str())
-        .bind(message.expires_at)
-        .bind(key.map(|k| k.key.as_str()))
-        .bind(message.send_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let mut outbox_id = None;
-        if inserted {
-            insert_deliveries(&mut tx, message).await?;
-            outbox_id = Some(
-                sqlx::query_scalar(
-                    "INSERT INTO outbox (message_id, publish_at) VALUES ($1, $2) RETURNING id",
-                )
-                .bind(message.id.as_uuid())
-                .bind(message.send_at)
-                .fetch_one(&mut *tx)
-                .await?,
-            );
-        }
+        let outbox_id = write_message(&mut tx, message, key.map(|k| k.key.as_str())).await?;
         tx.commit().await?;
         Ok(AcceptOutcome::Accepted { outbox_id })
     }
@@ -656,6 +626,46 @@ async fn check_existing_key(
         status: u16::try_from(status).unwrap_or(500),
         body,
     })))
+}
+
+/// Writes a message, its deliveries and its outbox row, unless the message
+/// exists already (its key expired and was purged, or a trigger's timer fired
+/// before): then its deliveries are settled or on their way. Returns the new
+/// outbox row.
+pub(crate) async fn write_message(
+    tx: &mut Transaction<'_, Postgres>,
+    message: &NewMessage,
+    idempotency_key: Option<&str>,
+) -> Result<Option<i64>> {
+    let inserted = sqlx::query(
+        "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at, idempotency_key, send_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(message.id.as_uuid())
+    .bind(message.app_id.as_uuid())
+    .bind(message.kind)
+    .bind(serde_json::to_value(&message.notification).map_err(corrupt)?)
+    .bind(message.policy.as_str())
+    .bind(message.expires_at)
+    .bind(idempotency_key)
+    .bind(message.send_at)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        return Ok(None);
+    }
+    insert_deliveries(tx, message).await?;
+    Ok(Some(
+        sqlx::query_scalar(
+            "INSERT INTO outbox (message_id, publish_at) VALUES ($1, $2) RETURNING id",
+        )
+        .bind(message.id.as_uuid())
+        .bind(message.send_at)
+        .fetch_one(&mut **tx)
+        .await?,
+    ))
 }
 
 async fn insert_deliveries(tx: &mut Transaction<'_, Postgres>, message: &NewMessage) -> Result<()> {
