@@ -30,3 +30,17 @@ pub(crate) fn parse_body<T: DeserializeOwned>(
     })?;
     Ok((value, parsed))
 }
+
+/// A filter error comes out of serde as field `audience.filter`, detail
+/// `filter.and[0].op: ...`: name the node itself (`audience.filter.and[0].op`).
+pub(crate) fn name_filter_node(mut p: Problem, filter_field: &str) -> Problem {
+    if p.field.as_deref() == Some(filter_field) {
+        if let Some((path, detail)) = p.detail.split_once(": ") {
+            if let Some(rest) = path.strip_prefix("filter") {
+                p.field = Some(format!("{filter_field}{rest}"));
+                p.detail = detail.to_string();
+            }
+        }
+    }
+    p
+}

@@ -2,7 +2,7 @@
 //! lists and estimates; the app's campaign send rate.
 
 use crate::auth::ServerKey;
-use crate::body::parse_body;
+use crate::body::{name_filter_node, parse_body};
 use crate::problem::Problem;
 use crate::AppState;
 use axum::body::Bytes;
@@ -116,23 +116,9 @@ fn parse_campaign_id(id: &str) -> Result<Uuid, Problem> {
     Uuid::from_str(id).map_err(|_| Problem::invalid_field("campaign_id", "a campaign id is a UUID"))
 }
 
-/// A filter error comes out of serde as `audience.filter: filter.and[0].op: ...`;
-/// name the node itself.
 fn parse_campaign(headers: &HeaderMap, body: &Bytes) -> Result<CampaignInput, Problem> {
-    let input: CampaignInput = match parse_body(headers, body) {
-        Ok((_, input)) => input,
-        Err(mut p) => {
-            if p.field.as_deref() == Some("audience.filter") {
-                if let Some((path, detail)) = p.detail.split_once(": ") {
-                    if let Some(rest) = path.strip_prefix("filter") {
-                        p.field = Some(format!("audience.filter{rest}"));
-                        p.detail = detail.to_string();
-                    }
-                }
-            }
-            return Err(p);
-        }
-    };
+    let (_, input): (_, CampaignInput) =
+        parse_body(headers, body).map_err(|p| name_filter_node(p, "audience.filter"))?;
     input
         .validate()
         .map_err(|e| Problem::invalid_field(e.field, e.detail))?;
@@ -625,18 +611,8 @@ pub(crate) async fn estimate_audience(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Estimate>, Problem> {
-    let audience: Audience = match parse_body(&headers, &body) {
-        Ok((_, a)) => a,
-        Err(mut p) => {
-            if p.field.as_deref() == Some("filter") {
-                if let Some((path, detail)) = p.detail.split_once(": ") {
-                    p.field = Some(path.to_string());
-                    p.detail = detail.to_string();
-                }
-            }
-            return Err(p);
-        }
-    };
+    let (_, audience): (_, Audience) =
+        parse_body(&headers, &body).map_err(|p| name_filter_node(p, "filter"))?;
     audience
         .validate()
         .map_err(|(f, d)| Problem::invalid_field(f.trim_start_matches("audience."), d))?;

@@ -12,6 +12,7 @@ mod messages;
 mod problem;
 mod push;
 mod relay;
+mod triggers;
 mod webhook;
 
 pub use api::ApiDoc;
@@ -85,6 +86,18 @@ pub fn router(state: AppState) -> Router {
             get(campaigns::estimate_campaign),
         )
         .route("/v1/audiences/estimate", post(campaigns::estimate_audience))
+        .route("/v1/events", post(triggers::post_events))
+        .route("/v1/triggers", post(triggers::create).get(triggers::list))
+        .route(
+            "/v1/triggers/{trigger_id}",
+            get(triggers::get)
+                .put(triggers::update)
+                .delete(triggers::delete),
+        )
+        .route(
+            "/v1/trigger-settings",
+            get(triggers::get_settings).put(triggers::put_settings),
+        )
         .route(
             "/v1/campaign-settings",
             get(campaigns::get_settings).put(campaigns::put_settings),

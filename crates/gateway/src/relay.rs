@@ -3,6 +3,7 @@
 //! retried every interval, so the API keeps accepting while the broker is gone.
 
 use herald_bus::Publisher;
+use herald_core::trigger::EventRecord;
 use herald_core::MessageId;
 use herald_store::Store;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,8 +54,55 @@ impl OutboxRelay {
         Ok(())
     }
 
-    /// Publishes every unpublished row, oldest first.
+    /// Publishes events as their request commits.
+    pub async fn publish_events_now(
+        &self,
+        app: herald_core::AppId,
+        events: Vec<herald_core::trigger::EventInput>,
+    ) -> Result<(), RelayError> {
+        let keys: Vec<(herald_core::AppId, String)> =
+            events.iter().map(|e| (app, e.event_id.clone())).collect();
+        let records: Vec<EventRecord> = events
+            .into_iter()
+            .map(|event| EventRecord { app_id: app, event })
+            .collect();
+        self.publisher.publish_events(&records).await?;
+        self.store.mark_events_published(&keys).await?;
+        Ok(())
+    }
+
+    /// Publishes every stored event not yet acknowledged, oldest first.
+    async fn drain_events(&self) -> Result<usize, RelayError> {
+        let mut published = 0;
+        loop {
+            let rows = self.store.unpublished_events(ROWS_PER_ROUND * 5).await?;
+            if rows.is_empty() {
+                return Ok(published);
+            }
+            let keys: Vec<_> = rows
+                .iter()
+                .map(|r| (r.app_id, r.event_id.clone()))
+                .collect();
+            let records: Vec<EventRecord> = rows
+                .into_iter()
+                .map(|r| EventRecord {
+                    app_id: r.app_id,
+                    event: r.event,
+                })
+                .collect();
+            self.publisher.publish_events(&records).await?;
+            self.store.mark_events_published(&keys).await?;
+            published += records.len();
+        }
+    }
+
+    /// Publishes every unpublished row and event, oldest first.
     pub async fn drain(&self) -> Result<usize, RelayError> {
+        let events = self.drain_events().await?;
+        Ok(events + self.drain_messages().await?)
+    }
+
+    async fn drain_messages(&self) -> Result<usize, RelayError> {
         let mut published = 0;
         loop {
             let rows = self.store.unpublished_outbox(ROWS_PER_ROUND).await?;

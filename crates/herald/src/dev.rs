@@ -73,6 +73,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     let gateway = roles::start_gateway(&mut roles, &config, store.clone()).await?;
     roles::start_sender(&mut roles, &config, store.clone()).await?;
     roles::start_scheduler(&mut roles, &config, store.clone()).await?;
+    roles::start_triggers(&mut roles, &config, store.clone())?;
     roles::start_recorder(&mut roles, &config, store)?;
 
     eprintln!(

@@ -40,6 +40,8 @@ enum Command {
     },
     /// Sends campaigns: pages through audiences and produces delivery jobs.
     Scheduler,
+    /// Trigger campaigns: consumes app events, keeps timers, fires pushes.
+    Triggers,
     /// Writes delivery outcomes to PostgreSQL.
     Recorder,
     /// APNs and FCM simulators.
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
             Command::Gateway => roles::gateway(config).await,
             Command::Sender { no_recorder } => roles::sender(config, !no_recorder).await,
             Command::Scheduler => roles::scheduler(config).await,
+            Command::Triggers => roles::triggers(config).await,
             Command::Recorder => roles::recorder(config).await,
             Command::Campaign { command } => campaign::run(config, command).await,
             Command::Sim => roles::sim(config).await,

@@ -241,6 +241,26 @@ pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -
     Ok(())
 }
 
+pub fn start_triggers(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
+    let engine = Arc::new(herald_triggers::TriggerEngine::new(
+        store,
+        Publisher::new(&config.kafka).context("creating the Kafka producer")?,
+        config.triggers.clone(),
+        herald_config::Clock::from_config(&config.triggers.clock_file),
+    ));
+    let events = BatchConsumer::new(
+        &config.kafka,
+        &config.triggers.group_id,
+        &[config.kafka.topics.events.as_str()],
+    )?;
+    let shutdown = roles.shutdown.clone();
+    roles
+        .tasks
+        .spawn(async move { engine.run(events, shutdown).await.context("trigger engine") });
+    tracing::info!("trigger engine started");
+    Ok(())
+}
+
 pub fn start_recorder(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
     let recorder_store = store.clone();
     let recorder = Recorder {
@@ -342,6 +362,15 @@ pub async fn scheduler(config: Config) -> Result<()> {
     preflight::redis(&config).await?;
     let mut roles = Roles::new();
     start_scheduler(&mut roles, &config, store).await?;
+    roles.wait().await
+}
+
+pub async fn triggers(config: Config) -> Result<()> {
+    install_metrics(&config)?;
+    preflight::kafka_configured(&config)?;
+    let store = preflight::postgres(&config).await?;
+    let mut roles = Roles::new();
+    start_triggers(&mut roles, &config, store)?;
     roles.wait().await
 }
 
