@@ -24,11 +24,12 @@ pub const TEST_CREDENTIALS_KEY: &str = "dGVzdC1jcmVkZW50aWFscy1rZXktMzItYnl0ZXMh
 pub const PARTITIONS: i32 = 4;
 
 /// Herald's default topic names.
-pub const TOPICS: [&str; 4] = [
+pub const TOPICS: [&str; 5] = [
     "herald.deliveries",
     "herald.retries",
     "herald.outcomes",
     "herald.dead-letters",
+    "herald.events",
 ];
 
 /// Waits for a condition, polling; panics with `what` when `timeout` passes.
@@ -322,14 +323,36 @@ impl TestEnv {
         cmd
     }
 
+    /// Starts a role that does not listen, with settings of its own on top
+    /// of the environment's.
+    pub async fn spawn_with(
+        &self,
+        name: &str,
+        args: &[&str],
+        settings: &[(&str, &str)],
+    ) -> HeraldProcess {
+        self.spawn_process(name, args, false, settings).await
+    }
+
     /// Starts a long-running role; with `listens`, waits for its address.
     pub async fn spawn(&self, name: &str, args: &[&str], listens: bool) -> HeraldProcess {
+        self.spawn_process(name, args, listens, &[]).await
+    }
+
+    async fn spawn_process(
+        &self,
+        name: &str,
+        args: &[&str],
+        listens: bool,
+        settings: &[(&str, &str)],
+    ) -> HeraldProcess {
         let log_path = self
             .log_dir
             .join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut child = self
-            .command(args)
+        let mut command = self.command(args);
+        command.envs(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)

@@ -88,6 +88,7 @@ async fn every_example_in_the_api_guide_runs() {
     );
     let mut message_id = String::new();
     let mut campaign_id = String::new();
+    let mut trigger_id = String::new();
     for example in &examples {
         // Any HTTP error fails the example.
         let script =
@@ -100,6 +101,7 @@ async fn every_example_in_the_api_guide_runs() {
             .env("SDK_KEY", &app.sdk_key)
             .env("MESSAGE_ID", &message_id)
             .env("CAMPAIGN_ID", &campaign_id)
+            .env("TRIGGER_ID", &trigger_id)
             .output()
             .await
             .expect("bash");
@@ -115,6 +117,9 @@ async fn every_example_in_the_api_guide_runs() {
             }
             if let (Some(id), Some(_)) = (v["id"].as_str(), v.get("generation")) {
                 campaign_id = id.to_string();
+            }
+            if let (Some(id), Some(_)) = (v["id"].as_str(), v.get("entry_event")) {
+                trigger_id = id.to_string();
             }
         }
     }

@@ -32,6 +32,15 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         senders: usize,
     },
+    /// Triggers: N users each post one event to a rule with a short delay;
+    /// events/s in, timers fired per second, and how late they fired.
+    Triggers {
+        #[arg(long, default_value_t = 100_000)]
+        users: i64,
+        /// Trigger engine processes.
+        #[arg(long, default_value_t = 1)]
+        engines: usize,
+    },
 }
 
 #[tokio::main]
@@ -41,6 +50,7 @@ async fn main() -> Result<()> {
             installations,
             senders,
         } => campaign(installations, senders).await,
+        Scenario::Triggers { users, engines } => triggers(users, engines).await,
     }
 }
 
@@ -212,6 +222,138 @@ async fn campaign(installations: i64, senders: usize) -> Result<()> {
         println!(
             "| sim (APNs + FCM) | {:.1} | | {:.0} |",
             s.cpu_seconds, s.peak_rss_mb
+        );
+    }
+    env.finish().await;
+    Ok(())
+}
+
+async fn triggers(users: i64, engines: usize) -> Result<()> {
+    if users <= 0 || engines == 0 {
+        bail!("--users and --engines must be positive");
+    }
+    let env = TestEnv::start_with(
+        "benchtrig",
+        &[
+            ("HERALD_LOG", "warn"),
+            ("HERALD_POSTGRES__MAX_CONNECTIONS", "16"),
+            ("HERALD_SENDER__BATCH_SIZE", "5000"),
+            ("HERALD_SENDER__CONCURRENCY", "1024"),
+            ("HERALD_RECORDER__BATCH_SIZE", "5000"),
+            ("HERALD_TRIGGERS__FIRE_BATCH", "1000"),
+        ],
+    )
+    .await;
+    let app = env.create_app().await;
+    sqlx::query(
+        "INSERT INTO installations (app_id, install_id, custom_id, platform, token)
+         SELECT $1::uuid, 'i-' || n, 'user-' || n,
+                CASE WHEN n % 2 = 0 THEN 'ios' ELSE 'android' END,
+                CASE WHEN n % 2 = 0 THEN 'a' || lpad(to_hex(n), 63, '0') ELSE 'fcm-' || n END
+         FROM generate_series(1, $2::int8) AS n",
+    )
+    .bind(&app.id)
+    .bind(users)
+    .execute(&env.db)
+    .await
+    .context("seeding installations")?;
+    let gateway = env.gateway().await;
+    let base = gateway.url.clone().context("gateway url")?;
+    let mut procs: Vec<HeraldProcess> = vec![env.sender().await];
+    for _ in 0..engines {
+        procs.push(env.spawn("triggers", &["triggers"], false).await);
+    }
+    let (status, rule) = env
+        .api(
+            "POST",
+            &format!("{base}/v1/triggers"),
+            &app.server_key,
+            Some(
+                &json!({"name": "bench", "entry_event": "signup", "delay_seconds": 10,
+                         "notification": {"title": "Welcome {{event.plan|friend}}"}}),
+            ),
+        )
+        .await;
+    if status != 201 {
+        bail!("creating the rule: {status} {rule}");
+    }
+    let rule_id = rule["id"].as_str().context("rule id")?.to_string();
+    let before: Vec<ProcStat> = procs.iter().map(ProcStat::of).collect();
+    let posting = Instant::now();
+    for chunk in (1..=users).collect::<Vec<_>>().chunks(1000) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|n| json!({"event_id": format!("e{n}"), "name": "signup", "custom_id": format!("user-{n}"),
+                            "attributes": {"plan": "pro"}}))
+            .collect();
+        let (status, body) = env
+            .api(
+                "POST",
+                &format!("{base}/v1/events"),
+                &app.sdk_key,
+                Some(&json!({"events": events})),
+            )
+            .await;
+        if status != 202 {
+            bail!("posting events: {status} {body}");
+        }
+    }
+    let posted_in = posting.elapsed();
+    loop {
+        let (_, r) = env
+            .api(
+                "GET",
+                &format!("{base}/v1/triggers/{rule_id}"),
+                &app.server_key,
+                None,
+            )
+            .await;
+        if r["timers"]["fired"].as_i64() == Some(users) {
+            break;
+        }
+        if posting.elapsed() > Duration::from_secs(3600) {
+            bail!("the timers did not all fire within an hour: {r}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let after: Vec<ProcStat> = procs.iter().map(ProcStat::of).collect();
+    let (first, last, p50, p99, max): (f64, f64, f64, f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM min(settled_at))::float8, extract(epoch FROM max(settled_at))::float8,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM settled_at - due_at))::float8,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM settled_at - due_at))::float8,
+                max(extract(epoch FROM settled_at - due_at))::float8
+         FROM trigger_timers WHERE status = 'fired'",
+    )
+    .fetch_one(&env.db)
+    .await
+    .context("timer statistics")?;
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("\nTriggers: {users} users, one event each, delay 10 s, {engines} engine(s), {build} build\n");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| events accepted per second (POST /v1/events, 1000 per request) | {:.0} |",
+        users as f64 / posted_in.as_secs_f64()
+    );
+    println!(
+        "| timers fired per second (first to last fire) | {:.0} |",
+        users as f64 / (last - first).max(0.001)
+    );
+    println!(
+        "| lateness p50 / p99 / max (due → push written) | {p50:.2} s / {p99:.2} s / {max:.2} s |"
+    );
+    println!("\n| process | CPU s | peak RSS MB |");
+    println!("|---|---|---|");
+    for ((p, b), a) in procs.iter().zip(&before).zip(&after) {
+        println!(
+            "| {} | {:.1} | {:.0} |",
+            p.name,
+            a.cpu_seconds - b.cpu_seconds,
+            a.peak_rss_mb
         );
     }
     env.finish().await;
