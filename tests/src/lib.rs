@@ -99,6 +99,15 @@ impl HeraldProcess {
         self.signal("-CONT");
     }
 
+    /// SIGTERM, then waits (up to 30 s) for the process to exit on its own.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within 30 s of SIGTERM", self.name))
+            .expect("wait")
+    }
+
     fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("process is running");
         let ok = std::process::Command::new("kill")

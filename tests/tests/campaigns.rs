@@ -698,6 +698,16 @@ async fn audiences_lists_filters_and_estimates_pick_exactly_the_right_devices() 
         .await;
     assert_eq!(status, 400, "{problem}");
     assert_eq!(problem["field"], "audience.filter.value", "{problem}");
+    let (status, problem) = api
+        .call(
+            "POST",
+            "/v1/campaigns",
+            Some(&json!({"name": "late", "notification": {"title": "t"},
+            "expires_at": "2020-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "expires_at", "{problem}");
     assert_eq!(
         env.count_rows("campaigns").await,
         0,
@@ -841,5 +851,52 @@ async fn two_schedulers_and_a_relaunch_never_deliver_twice() {
     );
     let c = api.ok("GET", "/v1/campaigns?status=completed", None).await;
     assert_eq!(c["campaigns"].as_array().map(Vec::len), Some(1), "{c}");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn sigterm_to_the_scheduler_and_a_sender_mid_campaign_loses_and_duplicates_nothing() {
+    let env = TestEnv::start_with("campaignterm", &[("HERALD_SCHEDULER__PAGE_SIZE", "200")]).await;
+    let app = env.create_app().await;
+    seed(&env, &app.id, 3_000).await;
+    let gateway = env.gateway().await;
+    let api = Api {
+        env: &env,
+        base: gateway.url.clone().expect("gateway url"),
+        key: app.server_key.clone(),
+    };
+    let mut sender = env.sender().await;
+    let mut scheduler = env.scheduler().await;
+    let id = api
+        .create(
+            json!({"name": "term", "notification": {"title": "t"}, "rate_limit_per_second": 500}),
+        )
+        .await;
+    let m = api.action(&id, "launch").await["message_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait_until("1,000 produced", Duration::from_secs(60), || async {
+        produced(&env, &id).await >= 1_000
+    })
+    .await;
+    let status = scheduler.terminate().await;
+    assert!(status.success(), "the scheduler exits cleanly: {status}");
+    let checkpointed = produced(&env, &id).await;
+    assert!(
+        checkpointed < 2_940,
+        "the run ended before the campaign did"
+    );
+    let _scheduler = env.scheduler().await;
+    wait_until("1,500 delivered", Duration::from_secs(60), || async {
+        delivered(&env, &m).await.len() >= 1_500
+    })
+    .await;
+    let status = sender.terminate().await;
+    assert!(status.success(), "the sender exits cleanly: {status}");
+    let _sender = env.sender().await;
+    api.wait_finished(&id, Duration::from_secs(120)).await;
+    let expected: HashSet<String> = (1..=3_000).filter(|n| deliverable(*n)).map(token).collect();
+    assert_exactly_once(&delivered(&env, &m).await, &expected);
     env.finish().await;
 }

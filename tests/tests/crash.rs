@@ -115,16 +115,7 @@ async fn a_sender_stopped_with_sigterm_settles_its_batch_before_it_leaves() {
     )
     .await;
 
-    let pid = first.child.id().expect("running");
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), first.child.wait())
-        .await
-        .expect("the sender exits within 30 s of SIGTERM")
-        .expect("wait");
+    let status = first.terminate().await;
     assert!(status.success(), "clean exit: {status}");
 
     let second = env.sender().await;

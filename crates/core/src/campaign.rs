@@ -84,6 +84,12 @@ impl CampaignInput {
             crate::installation::validate_time_zone(tz)
                 .map_err(|d| FieldError::new("schedule.fallback_time_zone", d))?;
         }
+        if self.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+            return Err(FieldError::new(
+                "expires_at",
+                "already past: nothing could be delivered",
+            ));
+        }
         if let Some(r) = self.rate_limit_per_second {
             if r == 0 || r > MAX_RATE_PER_SECOND {
                 return Err(FieldError::new(
