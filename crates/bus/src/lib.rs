@@ -138,6 +138,49 @@ impl Publisher {
     }
 }
 
+/// How far a consumer group is behind on a topic: records produced and not
+/// yet committed, over every partition. Reads offsets only; never joins the
+/// group.
+pub struct LagProbe {
+    consumer: rdkafka::consumer::BaseConsumer,
+}
+
+impl LagProbe {
+    pub fn new(kafka: &KafkaConfig, group_id: &str) -> Result<Self> {
+        let consumer = base_config(kafka)?
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        Ok(Self { consumer })
+    }
+
+    /// Blocking (metadata and offset requests): call it off the async threads.
+    pub fn lag(&self, topic: &str, timeout: Duration) -> Result<i64> {
+        let metadata = self.consumer.fetch_metadata(Some(topic), timeout)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut highs = HashMap::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let (_, high) = self.consumer.fetch_watermarks(topic, p.id(), timeout)?;
+                highs.insert(p.id(), high);
+                tpl.add_partition(topic, p.id());
+            }
+        }
+        let committed = self.consumer.committed_offsets(tpl, timeout)?;
+        let mut lag = 0;
+        for e in committed.elements() {
+            let high = highs.get(&e.partition()).copied().unwrap_or(0);
+            let done = match e.offset() {
+                Offset::Offset(o) => o,
+                // Nothing committed yet: the group starts at the beginning.
+                _ => 0,
+            };
+            lag += (high - done).max(0);
+        }
+        Ok(lag)
+    }
+}
+
 /// A consumer that hands out batches and commits a batch's offsets only when
 /// the caller says its work is settled.
 pub struct BatchConsumer {

@@ -148,6 +148,11 @@ pub struct SchedulerConfig {
     pub max_concurrent_campaigns: usize,
     /// How soon a running campaign notices a pause or cancel.
     pub status_check_ms: u64,
+    /// Produce no more while the senders' group is this many jobs behind on
+    /// the deliveries topic: the queue stays short, so a pause holds back
+    /// little, and a broker with small retention never drops queued jobs.
+    /// 0: no limit.
+    pub max_backlog: i64,
     /// Tests only: read "now" from this file (an RFC 3339 instant) instead of
     /// the system clock, to move through local-time waves at will. Empty: the
     /// system clock.
@@ -294,6 +299,7 @@ impl Default for SchedulerConfig {
             page_size: 1000,
             max_concurrent_campaigns: 8,
             status_check_ms: 250,
+            max_backlog: 20_000,
             clock_file: String::new(),
         }
     }

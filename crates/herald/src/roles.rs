@@ -232,6 +232,18 @@ pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -
         limiter,
         config: config.scheduler.clone(),
         clock: herald_scheduler::Clock::from_config(&config.scheduler.clock_file),
+        backlog: if config.scheduler.max_backlog > 0 {
+            Some(herald_scheduler::Backlog {
+                probe: Arc::new(herald_bus::LagProbe::new(
+                    &config.kafka,
+                    &config.sender.group_id,
+                )?),
+                topic: config.kafka.topics.deliveries.clone(),
+                max: config.scheduler.max_backlog,
+            })
+        } else {
+            None
+        },
     });
     let shutdown = roles.shutdown.clone();
     roles

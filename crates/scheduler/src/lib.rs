@@ -38,6 +38,15 @@ pub struct Scheduler {
     pub limiter: RateLimiter,
     pub config: SchedulerConfig,
     pub clock: Clock,
+    /// None: no flow control (`scheduler.max_backlog = 0`).
+    pub backlog: Option<Backlog>,
+}
+
+/// The senders' lag on the deliveries topic, which production waits on.
+pub struct Backlog {
+    pub probe: Arc<herald_bus::LagProbe>,
+    pub topic: String,
+    pub max: i64,
 }
 
 /// Why a campaign's run ended before its waves did.
@@ -222,6 +231,9 @@ impl Scheduler {
                 })
                 .collect();
             let produced = jobs.len() as i64;
+            if let Some(stop) = self.wait_for_room(&mut watch, shutdown).await? {
+                return Ok(Some(stop));
+            }
             if let Some(stop) = self
                 .produce(campaign, jobs, &mut pacer, &mut watch, shutdown)
                 .await?
@@ -239,6 +251,41 @@ impl Scheduler {
                 return Ok(Some(Stop::Shutdown));
             }
             cursor = Some(last);
+        }
+    }
+
+    /// Waits while the senders are more than `max_backlog` jobs behind.
+    async fn wait_for_room(
+        &self,
+        watch: &mut StatusWatch,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Stop>, SchedulerError> {
+        let Some(backlog) = &self.backlog else {
+            return Ok(None);
+        };
+        loop {
+            let probe = backlog.probe.clone();
+            let topic = backlog.topic.clone();
+            let lag =
+                tokio::task::spawn_blocking(move || probe.lag(&topic, Duration::from_secs(5)))
+                    .await
+                    .ok();
+            match lag {
+                Some(Ok(lag)) if lag > backlog.max => {
+                    metrics::counter!("herald_scheduler_backlog_waits_total").increment(1);
+                }
+                Some(Ok(_)) => return Ok(None),
+                // Flow control is a courtesy: without an answer, go on.
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the senders' lag; producing anyway");
+                    return Ok(None);
+                }
+                None => return Ok(None),
+            }
+            if let Some(stop) = watch.check(&self.store, shutdown).await? {
+                return Ok(Some(stop));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
