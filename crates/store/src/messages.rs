@@ -668,6 +668,72 @@ pub(crate) async fn write_message(
     ))
 }
 
+/// [`write_message`] for many messages in three statements (trigger pushes
+/// are written a transaction of timers at a time). Returns the new outbox
+/// rows with their messages.
+pub(crate) async fn write_messages(
+    tx: &mut Transaction<'_, Postgres>,
+    messages: &[NewMessage],
+) -> Result<Vec<(i64, MessageId)>> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id.as_uuid()).collect();
+    let apps: Vec<Uuid> = messages.iter().map(|m| m.app_id.as_uuid()).collect();
+    let kinds: Vec<&str> = messages.iter().map(|m| m.kind).collect();
+    let notifications: Vec<Value> = messages
+        .iter()
+        .map(|m| serde_json::to_value(&m.notification).map_err(corrupt))
+        .collect::<Result<_>>()?;
+    let policies: Vec<&str> = messages.iter().map(|m| m.policy.as_str()).collect();
+    let expires: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.expires_at).collect();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[])
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&apps)
+    .bind(&kinds)
+    .bind(&notifications)
+    .bind(&policies)
+    .bind(&expires)
+    .fetch_all(&mut **tx)
+    .await?;
+    let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+    let new: Vec<&NewMessage> = messages
+        .iter()
+        .filter(|m| inserted.contains(&m.id.as_uuid()))
+        .collect();
+    let deliveries: Vec<(&NewMessage, &NewDelivery)> = new
+        .iter()
+        .flat_map(|m| m.deliveries.iter().map(move |d| (*m, d)))
+        .collect();
+    sqlx::query(
+        "INSERT INTO deliveries (id, message_id, app_id, platform, token, install_id, locale, apns_sandbox)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                              $7::text[], $8::bool[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(deliveries.iter().map(|(_, d)| d.id.as_uuid()).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|(m, _)| m.id.as_uuid()).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|(m, _)| m.app_id.as_uuid()).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|(_, d)| d.platform.as_str()).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|(_, d)| d.token.as_str()).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|(_, d)| d.install_id.as_deref()).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|(_, d)| d.locale.as_deref()).collect::<Vec<_>>())
+    .bind(deliveries.iter().map(|(_, d)| d.apns_sandbox).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    let rows: Vec<(i64, Uuid)> = sqlx::query_as(
+        "INSERT INTO outbox (message_id) SELECT * FROM UNNEST($1::uuid[]) RETURNING id, message_id",
+    )
+    .bind(new.iter().map(|m| m.id.as_uuid()).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(o, m)| (o, MessageId(m))).collect())
+}
+
 async fn insert_deliveries(tx: &mut Transaction<'_, Postgres>, message: &NewMessage) -> Result<()> {
     if message.deliveries.is_empty() {
         return Ok(());

@@ -1,13 +1,14 @@
 //! Trigger campaigns: posted events (their own outbox), rules, and durable
 //! timers, fired in transactions that hold a per-user lock.
 
-use crate::messages::{write_message, NewMessage};
+use crate::messages::{write_messages, NewMessage};
 use crate::{Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use herald_core::trigger::{EventInput, QuietHours, TimerStatus, TriggerInput, UserKey};
 use herald_core::{AppId, Platform};
 use serde_json::{Map, Value};
 use sqlx::{Postgres, Transaction};
+use std::collections::HashMap;
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -95,6 +96,8 @@ impl TryFrom<TriggerRow> for Trigger {
 
 #[derive(sqlx::FromRow)]
 struct DeviceRow {
+    app_id: Uuid,
+    user_key: String,
     install_id: String,
     platform: String,
     token: String,
@@ -457,51 +460,88 @@ impl DueTimers {
         .await?)
     }
 
-    pub async fn devices(&mut self, timer: &DueTimer) -> Result<Vec<UserDevice>> {
-        let (column, value) = match UserKey::decode(&timer.user_key) {
-            Some(UserKey::CustomId(c)) => ("custom_id", c),
-            Some(UserKey::InstallId(i)) => ("install_id", i),
-            None => return Ok(Vec::new()),
-        };
-        let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
-            "SELECT install_id, platform, token, locale, apns_environment, time_zone, attributes
-             FROM installations
-             WHERE app_id = $1 AND {column} = $2
-               AND token IS NOT NULL AND opted_in AND invalidated_at IS NULL
-             ORDER BY install_id"
-        ))
-        .bind(timer.app_id.as_uuid())
-        .bind(value)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(UserDevice {
-                    install_id: r.install_id,
-                    platform: Platform::from_str(&r.platform).map_err(corrupt)?,
-                    token: r.token,
-                    locale: r.locale,
-                    apns_sandbox: r.apns_environment == "sandbox",
-                    time_zone: r.time_zone,
-                    attributes: object(r.attributes),
-                })
-            })
-            .collect()
+    /// The reachable installations of every timer's user, in two queries
+    /// (users named by custom id, and by install id).
+    pub async fn devices(
+        &mut self,
+        timers: &[DueTimer],
+    ) -> Result<HashMap<(AppId, String), Vec<UserDevice>>> {
+        let mut by_custom: (Vec<Uuid>, Vec<String>, Vec<String>) = Default::default();
+        let mut by_install: (Vec<Uuid>, Vec<String>, Vec<String>) = Default::default();
+        for t in timers {
+            let (list, value) = match UserKey::decode(&t.user_key) {
+                Some(UserKey::CustomId(c)) => (&mut by_custom, c),
+                Some(UserKey::InstallId(i)) => (&mut by_install, i),
+                None => continue,
+            };
+            list.0.push(t.app_id.as_uuid());
+            list.1.push(t.user_key.clone());
+            list.2.push(value);
+        }
+        let mut out: HashMap<(AppId, String), Vec<UserDevice>> = HashMap::new();
+        for (column, (apps, keys, values)) in [("custom_id", by_custom), ("install_id", by_install)]
+        {
+            if apps.is_empty() {
+                continue;
+            }
+            let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
+                "SELECT DISTINCT ON (u.app_id, u.user_key, i.install_id)
+                        u.app_id, u.user_key, i.install_id, i.platform, i.token, i.locale,
+                        i.apns_environment, i.time_zone, i.attributes
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(app_id, user_key, value)
+                 JOIN installations i ON i.app_id = u.app_id AND i.{column} = u.value
+                 WHERE i.token IS NOT NULL AND i.opted_in AND i.invalidated_at IS NULL
+                 ORDER BY u.app_id, u.user_key, i.install_id"
+            ))
+            .bind(&apps)
+            .bind(&keys)
+            .bind(&values)
+            .fetch_all(&mut *self.tx)
+            .await?;
+            for r in rows {
+                out.entry((AppId(r.app_id), r.user_key.clone()))
+                    .or_default()
+                    .push(UserDevice {
+                        install_id: r.install_id,
+                        platform: Platform::from_str(&r.platform).map_err(corrupt)?,
+                        token: r.token,
+                        locale: r.locale,
+                        apns_sandbox: r.apns_environment == "sandbox",
+                        time_zone: r.time_zone,
+                        attributes: object(r.attributes),
+                    });
+            }
+        }
+        Ok(out)
     }
 
+    /// Settles timers that did not fire, in one statement.
     pub async fn settle(
         &mut self,
-        timer: &DueTimer,
-        status: TimerStatus,
+        settled: &[(&DueTimer, TimerStatus)],
         at: DateTime<Utc>,
     ) -> Result<()> {
+        if settled.is_empty() {
+            return Ok(());
+        }
         sqlx::query(
-            "UPDATE trigger_timers SET status = $3, settled_at = $4
-             WHERE trigger_id = $1 AND event_id = $2",
+            "UPDATE trigger_timers t SET status = u.status, settled_at = $4
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(trigger_id, event_id, status)
+             WHERE t.trigger_id = u.trigger_id AND t.event_id = u.event_id",
         )
-        .bind(timer.trigger_id)
-        .bind(&timer.event_id)
-        .bind(status.as_str())
+        .bind(
+            settled
+                .iter()
+                .map(|(t, _)| t.trigger_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            settled
+                .iter()
+                .map(|(t, _)| t.event_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(settled.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>())
         .bind(at)
         .execute(&mut *self.tx)
         .await?;
@@ -520,23 +560,27 @@ impl DueTimers {
         Ok(())
     }
 
-    /// Writes the push (message, deliveries, outbox row) and marks the timer
-    /// fired, in this transaction. Returns the outbox row to publish.
+    /// Writes the pushes (messages, deliveries, outbox rows) and marks their
+    /// timers fired, in this transaction. Returns the outbox rows to publish.
     pub async fn fire(
         &mut self,
-        timer: &DueTimer,
-        message: &NewMessage,
+        fired: &[(&DueTimer, NewMessage)],
         at: DateTime<Utc>,
-    ) -> Result<Option<i64>> {
-        let outbox = write_message(&mut self.tx, message, None).await?;
+    ) -> Result<Vec<(i64, herald_core::MessageId)>> {
+        if fired.is_empty() {
+            return Ok(Vec::new());
+        }
+        let messages: Vec<NewMessage> = fired.iter().map(|(_, m)| m.clone()).collect();
+        let outbox = write_messages(&mut self.tx, &messages).await?;
         sqlx::query(
-            "UPDATE trigger_timers SET status = 'fired', settled_at = $3, message_id = $4
-             WHERE trigger_id = $1 AND event_id = $2",
+            "UPDATE trigger_timers t SET status = 'fired', settled_at = $4, message_id = u.message_id
+             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS u(trigger_id, event_id, message_id)
+             WHERE t.trigger_id = u.trigger_id AND t.event_id = u.event_id",
         )
-        .bind(timer.trigger_id)
-        .bind(&timer.event_id)
+        .bind(fired.iter().map(|(t, _)| t.trigger_id).collect::<Vec<_>>())
+        .bind(fired.iter().map(|(t, _)| t.event_id.as_str()).collect::<Vec<_>>())
+        .bind(fired.iter().map(|(_, m)| m.id.as_uuid()).collect::<Vec<_>>())
         .bind(at)
-        .bind(message.id.as_uuid())
         .execute(&mut *self.tx)
         .await?;
         Ok(outbox)

@@ -15,7 +15,7 @@ use herald_core::ids::DeliveryTarget;
 use herald_core::template::TemplateContext;
 use herald_core::trigger::{user_time_zone, EventRecord, QuietDecision, QuietHours, TimerStatus};
 use herald_core::{AppId, DeliveryId, MessageId};
-use herald_store::{NewDelivery, NewMessage, NewTimer, Store, Trigger};
+use herald_store::{DueTimer, NewDelivery, NewMessage, NewTimer, Store, Trigger};
 use rdkafka::consumer::CommitMode;
 use rdkafka::Message;
 use std::collections::HashMap;
@@ -229,6 +229,9 @@ impl TriggerEngine {
     }
 
     /// Settles one transaction's worth of due timers; returns how many.
+    /// Reads and writes are batched (a few statements per transaction); only
+    /// timers of capped rules take their (rule, user) lock and count, one by
+    /// one, since the cap must see every push fired before.
     pub async fn fire_due(&self) -> Result<usize, TriggerError> {
         let now = self.clock.now();
         let mut batch = self
@@ -236,10 +239,14 @@ impl TriggerEngine {
             .due_timers(now, self.config.fire_batch.max(1))
             .await?;
         let timers = std::mem::take(&mut batch.timers);
-        let mut written: Vec<(i64, MessageId)> = Vec::new();
         let all_rules = self
             .rules_for(timers.iter().map(|t| t.app_id).collect())
             .await?;
+        let devices = batch.devices(&timers).await?;
+        let mut settled: Vec<(&DueTimer, TimerStatus)> = Vec::new();
+        let mut fired: Vec<(&DueTimer, NewMessage)> = Vec::new();
+        // Pushes of a capped rule fired earlier in this same transaction.
+        let mut fired_here: HashMap<(uuid::Uuid, &str), i64> = HashMap::new();
         for timer in &timers {
             let Some(rules) = all_rules.get(&timer.app_id) else {
                 continue;
@@ -247,91 +254,90 @@ impl TriggerEngine {
             let Some(rule) = rules.triggers.iter().find(|t| t.id == timer.trigger_id) else {
                 continue; // deleted meanwhile: its timers go with it
             };
-            batch.lock_user(timer).await?;
-            let status = if !rule.input.enabled {
-                TimerStatus::Cancelled
-            } else {
-                let devices = batch.devices(timer).await?;
-                if devices.is_empty() {
-                    TimerStatus::Unreachable
-                } else {
-                    let zones: Vec<Option<String>> =
-                        devices.iter().map(|d| d.time_zone.clone()).collect();
-                    let tz = user_time_zone(&zones);
-                    let quiet = [rule.input.quiet_hours, rules.quiet_hours]
-                        .into_iter()
-                        .flatten()
-                        .map(|q| q.decide(now, tz))
-                        .find(|d| *d != QuietDecision::Send);
-                    match quiet {
-                        Some(QuietDecision::PostponeUntil(until)) => {
-                            batch.postpone(timer, until).await?;
-                            metrics::counter!("herald_trigger_timers_postponed_total").increment(1);
-                            continue;
-                        }
-                        Some(_) => TimerStatus::Dropped,
-                        None => {
-                            let capped = match rule.input.frequency_cap {
-                                Some(cap) => {
-                                    let window = chrono::Duration::seconds(
-                                        i64::try_from(cap.window_seconds).unwrap_or(i64::MAX / 2),
-                                    );
-                                    batch.fired_since(timer, now - window).await?
-                                        >= i64::from(cap.max)
-                                }
-                                None => false,
-                            };
-                            if capped {
-                                TimerStatus::Capped
-                            } else {
-                                let notification = rule.input.render(TemplateContext {
-                                    event: &timer.attributes,
-                                    user: &devices[0].attributes,
-                                });
-                                let id = MessageId::for_trigger(rule.id, &timer.event_id);
-                                let message = NewMessage {
-                                    id,
-                                    app_id: timer.app_id,
-                                    kind: "trigger",
-                                    notification,
-                                    policy: rule.input.delivery_policy,
-                                    expires_at: None,
-                                    send_at: None,
-                                    deliveries: devices
-                                        .iter()
-                                        .map(|d| NewDelivery {
-                                            id: DeliveryId::derive(
-                                                id,
-                                                DeliveryTarget::Installation(&d.install_id),
-                                            ),
-                                            platform: d.platform,
-                                            token: d.token.clone(),
-                                            install_id: Some(d.install_id.clone()),
-                                            locale: d.locale.clone(),
-                                            apns_sandbox: d.apns_sandbox,
-                                        })
-                                        .collect(),
-                                };
-                                if let Some(outbox) = batch.fire(timer, &message, now).await? {
-                                    written.push((outbox, id));
-                                }
-                                let late =
-                                    (now - timer.due_at).num_milliseconds().max(0) as f64 / 1000.0;
-                                metrics::histogram!("herald_trigger_timer_lateness_seconds")
-                                    .record(late);
-                                TimerStatus::Fired
-                            }
-                        }
-                    }
-                }
-            };
-            if status != TimerStatus::Fired {
-                batch.settle(timer, status, now).await?;
+            if !rule.input.enabled {
+                settled.push((timer, TimerStatus::Cancelled));
+                continue;
             }
+            let Some(user_devices) = devices
+                .get(&(timer.app_id, timer.user_key.clone()))
+                .filter(|d| !d.is_empty())
+            else {
+                settled.push((timer, TimerStatus::Unreachable));
+                continue;
+            };
+            let zones: Vec<Option<String>> =
+                user_devices.iter().map(|d| d.time_zone.clone()).collect();
+            let tz = user_time_zone(&zones);
+            let quiet = [rule.input.quiet_hours, rules.quiet_hours]
+                .into_iter()
+                .flatten()
+                .map(|q| q.decide(now, tz))
+                .find(|d| *d != QuietDecision::Send);
+            match quiet {
+                Some(QuietDecision::PostponeUntil(until)) => {
+                    batch.postpone(timer, until).await?;
+                    metrics::counter!("herald_trigger_timers_postponed_total").increment(1);
+                    continue;
+                }
+                Some(_) => {
+                    settled.push((timer, TimerStatus::Dropped));
+                    continue;
+                }
+                None => {}
+            }
+            if let Some(cap) = rule.input.frequency_cap {
+                batch.lock_user(timer).await?;
+                let window = chrono::Duration::seconds(
+                    i64::try_from(cap.window_seconds).unwrap_or(i64::MAX / 2),
+                );
+                let here = fired_here
+                    .entry((timer.trigger_id, timer.user_key.as_str()))
+                    .or_insert(0);
+                let before = batch.fired_since(timer, now - window).await?;
+                if before + *here >= i64::from(cap.max) {
+                    settled.push((timer, TimerStatus::Capped));
+                    continue;
+                }
+                *here += 1;
+            }
+            let notification = rule.input.render(TemplateContext {
+                event: &timer.attributes,
+                user: &user_devices[0].attributes,
+            });
+            let id = MessageId::for_trigger(rule.id, &timer.event_id);
+            let message = NewMessage {
+                id,
+                app_id: timer.app_id,
+                kind: "trigger",
+                notification,
+                policy: rule.input.delivery_policy,
+                expires_at: None,
+                send_at: None,
+                deliveries: user_devices
+                    .iter()
+                    .map(|d| NewDelivery {
+                        id: DeliveryId::derive(id, DeliveryTarget::Installation(&d.install_id)),
+                        platform: d.platform,
+                        token: d.token.clone(),
+                        install_id: Some(d.install_id.clone()),
+                        locale: d.locale.clone(),
+                        apns_sandbox: d.apns_sandbox,
+                    })
+                    .collect(),
+            };
+            let late = (now - timer.due_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!("herald_trigger_timer_lateness_seconds").record(late);
+            fired.push((timer, message));
+        }
+        batch.settle(&settled, now).await?;
+        let written = batch.fire(&fired, now).await?;
+        batch.commit().await?;
+        for (_, status) in &settled {
             metrics::counter!("herald_trigger_timers_settled_total", "status" => status.as_str())
                 .increment(1);
         }
-        batch.commit().await?;
+        metrics::counter!("herald_trigger_timers_settled_total", "status" => "fired")
+            .increment(fired.len() as u64);
         self.publish(&written).await;
         Ok(timers.len())
     }
