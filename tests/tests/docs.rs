@@ -129,3 +129,45 @@ async fn every_example_in_the_api_guide_runs() {
     );
     env.finish().await;
 }
+
+/// Every setting, with its default and environment variable, is in
+/// docs/configuration.md: a setting added or a default changed without the
+/// docs fails here.
+#[test]
+fn every_setting_is_documented_with_its_default() {
+    fn leaves(path: &mut Vec<String>, v: &Value, out: &mut Vec<(Vec<String>, Value)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    path.push(k.clone());
+                    leaves(path, x, out);
+                    path.pop();
+                }
+            }
+            other => out.push((path.clone(), other.clone())),
+        }
+    }
+    let doc =
+        std::fs::read_to_string(repo_file("docs/configuration.md")).expect("configuration.md");
+    let config = serde_json::to_value(herald_config::Config::default()).expect("json");
+    let mut all = Vec::new();
+    leaves(&mut Vec::new(), &config, &mut all);
+    assert!(all.len() > 50, "found only {} settings", all.len());
+    for (path, default) in all {
+        let key = path.join(".");
+        let env = format!(
+            "HERALD_{}",
+            path.iter()
+                .map(|p| p.to_uppercase())
+                .collect::<Vec<_>>()
+                .join("__")
+        );
+        let shown = match &default {
+            Value::Null => "(none)".to_string(),
+            Value::String(s) if s.is_empty() => "`\"\"`".to_string(),
+            other => format!("`{other}`"),
+        };
+        let row = format!("| `{key}` | {shown} | `{env}` |");
+        assert!(doc.contains(&row), "docs/configuration.md lacks: {row}");
+    }
+}
