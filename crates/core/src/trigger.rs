@@ -7,7 +7,7 @@ use crate::job::DeliveryPolicy;
 use crate::payload::Notification;
 use crate::push::FieldError;
 use crate::template::{Template, TemplateContext};
-use chrono::{DateTime, Duration, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, NaiveTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -438,25 +438,16 @@ impl TimerStatus {
     }
 }
 
-/// Helper for tests and callers: an instant from a UTC wall-clock string.
-pub fn utc(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// The instant `t` in `tz` shows `hh:mm` on its own day (for tests of quiet hours).
-pub fn at_local(t: DateTime<Utc>, tz: Tz, hh: u32, mm: u32) -> Option<DateTime<Utc>> {
-    let day = t.with_timezone(&tz).date_naive();
-    tz.from_local_datetime(&day.and_hms_opt(hh, mm, 0)?)
-        .earliest()
-        .map(|l| l.with_timezone(&Utc))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn utc(s: &str) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
 
     fn rule() -> TriggerInput {
         serde_json::from_value(json!({

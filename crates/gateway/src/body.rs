@@ -11,15 +11,25 @@ pub(crate) fn parse_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(Value, T), Problem> {
+    let value = parse_json(headers, body)?;
+    let parsed = from_value(&value)?;
+    Ok((value, parsed))
+}
+
+/// The body as JSON, whatever its shape (for bodies of more than one form).
+pub(crate) fn parse_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, Problem> {
     if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
         if !ct.starts_with("application/json") && !ct.contains("+json") {
             return Err(Problem::unsupported_media_type());
         }
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| Problem::malformed_json(e.to_string()))?;
-    let parsed = serde_path_to_error::deserialize(&value).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| Problem::malformed_json(e.to_string()))
+}
+
+/// A parsed body into its type; errors name the field at fault.
+pub(crate) fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
             "body".to_string()
@@ -27,8 +37,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(
             path
         };
         Problem::invalid_field(field, e.inner().to_string())
-    })?;
-    Ok((value, parsed))
+    })
 }
 
 /// A filter error comes out of serde as field `audience.filter`, detail

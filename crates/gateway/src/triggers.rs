@@ -2,7 +2,7 @@
 //! quiet hours.
 
 use crate::auth::{AnyKey, ServerKey};
-use crate::body::{name_filter_node, parse_body};
+use crate::body::{from_value, name_filter_node, parse_body, parse_json};
 use crate::problem::Problem;
 use crate::AppState;
 use axum::body::Bytes;
@@ -15,7 +15,6 @@ use herald_core::trigger::{
 };
 use herald_store::Trigger;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use utoipa::ToSchema;
@@ -110,13 +109,11 @@ pub(crate) async fn post_events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<EventsAccepted>), Problem> {
-    let (raw, _): (Value, Value) = parse_body(&headers, &body)?;
+    let raw = parse_json(&headers, &body)?;
     let (mut events, prefix) = if raw.get("events").is_some() {
-        let (_, batch): (_, EventBatch) = parse_body(&headers, &body)?;
-        (batch.events, "events")
+        (from_value::<EventBatch>(&raw)?.events, "events")
     } else {
-        let (_, one): (_, EventInput) = parse_body(&headers, &body)?;
-        (vec![one], "")
+        (vec![from_value::<EventInput>(&raw)?], "")
     };
     if events.is_empty() || events.len() > MAX_EVENTS_PER_REQUEST {
         return Err(Problem::invalid_field(

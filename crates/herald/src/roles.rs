@@ -231,7 +231,7 @@ pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -
         publisher: Publisher::new(&config.kafka).context("creating the Kafka producer")?,
         limiter,
         config: config.scheduler.clone(),
-        clock: herald_scheduler::Clock::from_config(&config.scheduler.clock_file),
+        clock: herald_config::Clock::from_config(&config.scheduler.clock_file),
         backlog: if config.scheduler.max_backlog > 0 {
             Some(herald_scheduler::Backlog {
                 probe: Arc::new(herald_bus::LagProbe::new(

@@ -8,10 +8,8 @@
 //! from the last checkpoint: the page in flight is produced again, and its
 //! delivery ids, derived from (campaign, installation), are deduped by senders.
 
-pub use herald_config::Clock;
-
 use herald_bus::Publisher;
-use herald_config::SchedulerConfig;
+use herald_config::{Clock, SchedulerConfig};
 use herald_core::campaign::{rate_slice, CampaignRef, CampaignStatus, WaveZone};
 use herald_core::ids::DeliveryTarget;
 use herald_core::{DeliveryId, DeliveryJob};

@@ -31,7 +31,6 @@ pub struct Trigger {
 pub struct StoredEvent {
     pub app_id: AppId,
     pub event_id: String,
-    pub user_key: String,
     pub event: EventInput,
 }
 
@@ -169,21 +168,20 @@ impl Store {
 
     /// Events not yet acknowledged by Kafka, oldest first.
     pub async fn unpublished_events(&self, limit: i64) -> Result<Vec<StoredEvent>> {
-        let rows: Vec<(Uuid, String, String, Value, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT app_id, event_id, user_key, body, occurred_at FROM events
+        let rows: Vec<(Uuid, String, Value, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT app_id, event_id, body, occurred_at FROM events
              WHERE published_at IS NULL ORDER BY received_at LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(app, event_id, user_key, body, occurred_at)| {
+            .map(|(app, event_id, body, occurred_at)| {
                 let mut event: EventInput = serde_json::from_value(body).map_err(corrupt)?;
                 event.occurred_at = Some(occurred_at);
                 Ok(StoredEvent {
                     app_id: AppId(app),
                     event_id,
-                    user_key,
                     event,
                 })
             })
@@ -419,15 +417,6 @@ impl Store {
                 })
                 .collect(),
         })
-    }
-
-    /// How many timers are pending (the engine's backlog).
-    pub async fn pending_timers(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM trigger_timers WHERE status = 'pending'")
-                .fetch_one(&self.pool)
-                .await?,
-        )
     }
 }
 
