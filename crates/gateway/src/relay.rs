@@ -14,6 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 const ROWS_PER_ROUND: i64 = 200;
 
+/// How long a freshly written row is left to its writer (a push request or
+/// the trigger engine, which publish their own rows at once) before the relay
+/// takes it over. Without it both publish the same row when they race, and
+/// every such job reaches the senders twice.
+pub const WRITER_GRACE: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 pub struct OutboxRelay {
     pub store: Store,
@@ -75,7 +81,10 @@ impl OutboxRelay {
     async fn drain_events(&self) -> Result<usize, RelayError> {
         let mut published = 0;
         loop {
-            let rows = self.store.unpublished_events(ROWS_PER_ROUND * 5).await?;
+            let rows = self
+                .store
+                .unpublished_events(ROWS_PER_ROUND * 5, WRITER_GRACE)
+                .await?;
             if rows.is_empty() {
                 return Ok(published);
             }
@@ -105,7 +114,10 @@ impl OutboxRelay {
     async fn drain_messages(&self) -> Result<usize, RelayError> {
         let mut published = 0;
         loop {
-            let rows = self.store.unpublished_outbox(ROWS_PER_ROUND).await?;
+            let rows = self
+                .store
+                .unpublished_outbox(ROWS_PER_ROUND, WRITER_GRACE)
+                .await?;
             if rows.is_empty() {
                 return Ok(published);
             }

@@ -251,13 +251,22 @@ impl Store {
     }
 
     /// Outbox rows due and not yet acknowledged by Kafka, oldest first.
-    pub async fn unpublished_outbox(&self, limit: i64) -> Result<Vec<(i64, MessageId)>> {
+    /// Unscheduled rows younger than `grace` are left to the writer that is
+    /// publishing them at this moment, so they do not go to Kafka twice.
+    pub async fn unpublished_outbox(
+        &self,
+        limit: i64,
+        grace: std::time::Duration,
+    ) -> Result<Vec<(i64, MessageId)>> {
         let rows: Vec<(i64, Uuid)> = sqlx::query_as(
             "SELECT id, message_id FROM outbox
-             WHERE published_at IS NULL AND (publish_at IS NULL OR publish_at <= now())
+             WHERE published_at IS NULL
+               AND (publish_at <= now()
+                    OR (publish_at IS NULL AND created_at <= now() - make_interval(secs => $2)))
              ORDER BY id LIMIT $1",
         )
         .bind(limit)
+        .bind(grace.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(id, m)| (id, MessageId(m))).collect())

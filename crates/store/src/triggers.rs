@@ -166,13 +166,20 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Events not yet acknowledged by Kafka, oldest first.
-    pub async fn unpublished_events(&self, limit: i64) -> Result<Vec<StoredEvent>> {
+    /// Events not yet acknowledged by Kafka, oldest first; those younger
+    /// than `grace` are left to the request that is publishing them.
+    pub async fn unpublished_events(
+        &self,
+        limit: i64,
+        grace: std::time::Duration,
+    ) -> Result<Vec<StoredEvent>> {
         let rows: Vec<(Uuid, String, Value, DateTime<Utc>)> = sqlx::query_as(
             "SELECT app_id, event_id, body, occurred_at FROM events
-             WHERE published_at IS NULL ORDER BY received_at LIMIT $1",
+             WHERE published_at IS NULL AND received_at <= now() - make_interval(secs => $2)
+             ORDER BY received_at LIMIT $1",
         )
         .bind(limit)
+        .bind(grace.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
