@@ -116,6 +116,14 @@ pub fn complete(
     state: &str,
 ) -> (bool, Option<LedgerEntry>) {
     match entry {
+        // None: the ledger lost the claim and nobody claimed since; the
+        // caller did the work, so its settle is kept.
+        None => (
+            true,
+            Some(LedgerEntry::Settled {
+                state: state.to_string(),
+            }),
+        ),
         Some(LedgerEntry::Inflight { epoch: current, .. }) if *current == epoch => (
             true,
             Some(LedgerEntry::Settled {
@@ -130,6 +138,13 @@ pub fn complete(
 /// will claim it afresh). Fenced by epoch like `complete`.
 pub fn release(entry: Option<&LedgerEntry>, epoch: u64) -> (bool, Option<LedgerEntry>) {
     match entry {
+        None => (
+            true,
+            Some(LedgerEntry::Released {
+                epoch,
+                takeovers: 0,
+            }),
+        ),
         Some(LedgerEntry::Inflight {
             epoch: current,
             takeovers,
@@ -163,6 +178,26 @@ pub fn action(claim: &Claim, policy: DeliveryPolicy) -> ClaimAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_settle_whose_claim_the_ledger_lost_is_kept() {
+        // Redis restarted empty between claim and settle: the sender did
+        // send, so a later copy of the job must find it settled.
+        let (ok, e) = complete(None, 1, "delivered");
+        assert!(ok);
+        assert_eq!(
+            claim(e.as_ref(), "b", 0, 100).0,
+            Claim::Settled {
+                state: "delivered".into()
+            }
+        );
+        let (ok, e) = release(None, 1);
+        assert!(ok);
+        assert_eq!(
+            claim(e.as_ref(), "b", 0, 100).0,
+            Claim::Claimed { epoch: 2 }
+        );
+    }
 
     #[test]
     fn first_claim_wins_and_second_is_busy() {

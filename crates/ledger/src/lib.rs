@@ -59,10 +59,16 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {'takeover', epoch, takeovers, ''}
 "#;
 
+// A missing key means Redis lost the claim (it restarted empty) and nobody
+// claimed the delivery since: the caller did send it, so its settle is
+// recorded, not dropped; dropping it would let a later copy send it again.
 const COMPLETE: &str = r#"
 local e = redis.call('HMGET', KEYS[1], 'state', 'epoch')
-if e[1] ~= 'inflight' or tonumber(e[2]) ~= tonumber(ARGV[1]) then
+if e[1] and (e[1] ~= 'inflight' or tonumber(e[2]) ~= tonumber(ARGV[1])) then
   return 0
+end
+if not e[1] then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
 redis.call('HDEL', KEYS[1], 'lease_until', 'owner')
@@ -72,8 +78,11 @@ return 1
 
 const RELEASE: &str = r#"
 local e = redis.call('HMGET', KEYS[1], 'state', 'epoch')
-if e[1] ~= 'inflight' or tonumber(e[2]) ~= tonumber(ARGV[1]) then
+if e[1] and (e[1] ~= 'inflight' or tonumber(e[2]) ~= tonumber(ARGV[1])) then
   return 0
+end
+if not e[1] then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'takeovers', 0)
 end
 redis.call('HSET', KEYS[1], 'state', 'released')
 redis.call('HDEL', KEYS[1], 'lease_until', 'owner')
