@@ -306,14 +306,34 @@ impl Sender {
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .ready_chunks(SETTLE_CHUNK);
-        while let Some(chunk) = finished.next().await {
-            let mut h = self.settle(chunk).await?;
-            // Outcomes go out as they settle; hand-offs wait for the batch.
-            self.publisher
-                .publish_outcomes(&std::mem::take(&mut h.outcomes))
-                .await?;
-            handoff.append(h);
-        }
+        // Outcomes go out as they settle, but the ledger never waits for
+        // Kafka: were a chunk's settle held behind a publish (a cluster
+        // failing over takes seconds), leases would run out on deliveries
+        // already sent, and a copy of their jobs could send them again.
+        let (outcomes_tx, mut outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let settle_all = async {
+            while let Some(chunk) = finished.next().await {
+                let mut h = self.settle(chunk).await?;
+                let _ = outcomes_tx.send(std::mem::take(&mut h.outcomes));
+                handoff.append(h);
+            }
+            drop(outcomes_tx);
+            Ok::<_, SenderError>(())
+        };
+        let publish_all = async {
+            let mut result = Ok(());
+            while let Some(outcomes) = outcomes_rx.recv().await {
+                // After a failure, keep draining: the batch runs again, and
+                // the ledger hands back what is settled, outcomes included.
+                if result.is_ok() {
+                    result = self.publisher.publish_outcomes(&outcomes).await;
+                }
+            }
+            result
+        };
+        let (settled, published) = tokio::join!(settle_all, publish_all);
+        settled?;
+        published?;
         self.publisher.publish_outcomes(&handoff.outcomes).await?;
         self.publisher.publish_retries(&handoff.retries).await?;
         self.publisher
