@@ -7,6 +7,8 @@
 //! built first (`cargo build -p herald`; the test script does it); set
 //! `TEST_HERALD_BIN` to use another.
 
+pub mod fixture;
+
 use herald_bus::EmbeddedBroker;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -553,18 +555,7 @@ impl TestEnv {
     /// Waits until `group` has committed every record of `topic`: nothing it
     /// was given is still in flight.
     pub async fn wait_consumed(&self, group: &str, topic: &str, timeout: Duration) {
-        let bootstrap = self.broker.bootstrap_servers().to_string();
-        let (group, topic) = (group.to_string(), topic.to_string());
-        let what = format!("{group} to consume all of {topic}");
-        wait_until(&what, timeout, || {
-            let (bootstrap, group, topic) = (bootstrap.clone(), group.clone(), topic.clone());
-            async move {
-                tokio::task::spawn_blocking(move || caught_up(&bootstrap, &group, &topic))
-                    .await
-                    .unwrap_or(false)
-            }
-        })
-        .await;
+        wait_consumed_on(self.broker.bootstrap_servers(), group, topic, timeout).await;
     }
 
     /// A test's API call: POST /v1/push, returning the status and JSON body.
@@ -643,20 +634,10 @@ impl TestEnv {
         self.broker = EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("embedded broker");
     }
 
-    /// Makes the cluster unavailable (every partition leaderless: nothing can
-    /// be produced or fetched), or available again. The broker keeps its port.
+    /// Makes the cluster unreachable, or reachable again (see
+    /// [`set_cluster_available`]). The broker keeps its port and its data.
     pub fn kafka_available(&self, available: bool) {
-        for topic in TOPICS {
-            for partition in 0..PARTITIONS {
-                self.broker
-                    .command(herald_bus::BrokerCommand::PartitionLeader {
-                        topic: topic.to_string(),
-                        partition,
-                        leader: available.then_some(1),
-                    })
-                    .expect("broker command");
-            }
-        }
+        set_cluster_available(&self.broker, available);
     }
 
     /// Drops the test database; called at the end of a passing test.
@@ -674,6 +655,32 @@ impl TestEnv {
                 .await;
         }
     }
+}
+
+/// Waits until `group` has committed every record of `topic` on the cluster
+/// at `bootstrap`.
+pub async fn wait_consumed_on(bootstrap: &str, group: &str, topic: &str, timeout: Duration) {
+    let bootstrap = bootstrap.to_string();
+    let (group, topic) = (group.to_string(), topic.to_string());
+    let what = format!("{group} to consume all of {topic}");
+    wait_until(&what, timeout, || {
+        let (bootstrap, group, topic) = (bootstrap.clone(), group.clone(), topic.clone());
+        async move {
+            tokio::task::spawn_blocking(move || caught_up(&bootstrap, &group, &topic))
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await;
+}
+
+/// Makes a cluster unreachable (it closes the connection of every request a
+/// client makes: nothing can be produced, fetched or even asked for
+/// metadata), or reachable again, with its data.
+pub fn set_cluster_available(broker: &EmbeddedBroker, available: bool) {
+    broker
+        .command(herald_bus::BrokerCommand::Reachable(available))
+        .expect("broker command");
 }
 
 /// An APNs-looking token (64 hex digits) that is distinct per `n`.

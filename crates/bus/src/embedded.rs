@@ -4,6 +4,7 @@
 
 use crate::{BusError, Result};
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::sync::mpsc;
 use std::thread;
 
@@ -20,12 +21,55 @@ pub enum BrokerCommand {
     /// it meanwhile. `PartitionLeader` makes a cluster unavailable without that.
     BrokerDown(i32),
     BrokerUp(i32),
-    /// Sets a partition's leader; None leaves it leaderless (no produce, no fetch).
+    /// Sets a partition's leader. Beware: a produce to a leaderless partition
+    /// crashes librdkafka 2.12's mock (it writes the missing leader's id into
+    /// the reply); use `Reachable(false)` to take a cluster away.
     PartitionLeader {
         topic: String,
         partition: i32,
         leader: Option<i32>,
     },
+    /// false: the cluster is away. Every partition loses its leader (what
+    /// metadata shows) and every other client request has its connection
+    /// closed (the mock answers metadata whatever is injected; and a request
+    /// never reaches a leaderless partition, which would crash it). true:
+    /// back, with its data.
+    Reachable(bool),
+}
+
+/// The requests `Reachable(false)` refuses: everything clients send.
+const CLIENT_REQUESTS: [RDKafkaApiKey; 14] = [
+    RDKafkaApiKey::Produce,
+    RDKafkaApiKey::Fetch,
+    RDKafkaApiKey::ListOffsets,
+    RDKafkaApiKey::Metadata,
+    RDKafkaApiKey::OffsetCommit,
+    RDKafkaApiKey::OffsetFetch,
+    RDKafkaApiKey::FindCoordinator,
+    RDKafkaApiKey::JoinGroup,
+    RDKafkaApiKey::Heartbeat,
+    RDKafkaApiKey::LeaveGroup,
+    RDKafkaApiKey::SyncGroup,
+    RDKafkaApiKey::DescribeGroups,
+    RDKafkaApiKey::InitProducerId,
+    RDKafkaApiKey::OffsetForLeaderEpoch,
+];
+
+/// Each refused request uses one entry of the mock's error stack; this is
+/// far more than a test's clients send while a cluster is away.
+const REFUSALS: usize = 500_000;
+
+fn set_leaders(
+    cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    topics: &[(String, i32)],
+    leader: Option<i32>,
+) -> rdkafka::error::KafkaResult<()> {
+    for (topic, partitions) in topics {
+        for p in 0..*partitions {
+            cluster.partition_leader(topic, p, leader)?;
+        }
+    }
+    Ok(())
 }
 
 pub struct EmbeddedBroker {
@@ -50,10 +94,13 @@ impl EmbeddedBroker {
                     }
                 };
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                let refusals = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT; REFUSALS];
+                let mut topics: Vec<(String, i32)> = Vec::new();
                 // Runs until every sender is dropped, i.e. the handle is dropped.
                 while let Ok((cmd, reply)) = cmd_rx.recv() {
                     let r = match cmd {
                         BrokerCommand::CreateTopic { name, partitions } => {
+                            topics.push((name.clone(), partitions));
                             cluster.create_topic(&name, partitions, brokers.min(3))
                         }
                         BrokerCommand::BrokerDown(id) => cluster.broker_down(id),
@@ -63,6 +110,20 @@ impl EmbeddedBroker {
                             partition,
                             leader,
                         } => cluster.partition_leader(&topic, partition, leader),
+                        BrokerCommand::Reachable(false) => {
+                            for key in CLIENT_REQUESTS {
+                                cluster.clear_request_errors(key);
+                                cluster.request_errors(key, &refusals);
+                            }
+                            set_leaders(&cluster, &topics, None)
+                        }
+                        BrokerCommand::Reachable(true) => {
+                            let r = set_leaders(&cluster, &topics, Some(1));
+                            for key in CLIENT_REQUESTS {
+                                cluster.clear_request_errors(key);
+                            }
+                            r
+                        }
                     };
                     let _ = reply.send(r.map_err(|e| e.to_string()));
                 }
