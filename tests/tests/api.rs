@@ -179,7 +179,7 @@ async fn a_resubmission_after_the_broker_was_replaced_gets_the_same_id_and_no_se
     let _sender = env.sender().await;
     let gw = gateway.url.clone().expect("url");
     let out = env.run_cli(&["recover"]).await;
-    assert!(out.contains("republished 0"), "{out}");
+    assert!(out.contains(": 0 unsettled deliveries"), "{out}");
     let r = env
         .http
         .post(format!("{gw}/v1/push"))

@@ -317,7 +317,7 @@ async fn the_same_jobs_published_three_times_are_delivered_once() {
     .await;
     for _ in 0..2 {
         let out = env.run_cli(&["recover"]).await;
-        assert!(out.contains("republished 10"), "{out}");
+        assert!(out.contains(": 10 unsettled deliveries"), "{out}");
     }
     let _sender = env.sender().await;
     env.wait_message(&gw, &app.server_key, &id, |s| {

@@ -17,6 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,40 +28,129 @@ pub enum BusError {
     NotConfigured,
     #[error("embedded broker: {0}")]
     Embedded(String),
+    #[error("producers left Kafka cluster {0} while this publish waited on it")]
+    Switched(String),
 }
 
 pub type Result<T, E = BusError> = std::result::Result<T, E>;
 
+/// A client of one cluster: consumers and probes are given a configuration
+/// narrowed with `KafkaConfig::for_cluster`; otherwise the most preferred.
 fn base_config(kafka: &KafkaConfig) -> Result<ClientConfig> {
-    if kafka.bootstrap_servers.trim().is_empty() {
-        return Err(BusError::NotConfigured);
-    }
+    let cluster = kafka
+        .clusters()
+        .into_iter()
+        .next()
+        .ok_or(BusError::NotConfigured)?;
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.bootstrap_servers);
+    c.set("bootstrap.servers", &cluster.bootstrap_servers);
     Ok(c)
 }
 
-/// The idempotent producer (`enable.idempotence`, `acks=all`). Its dedupe only
-/// covers librdkafka's own retries within one session; everything else is the
-/// ledger's job.
+/// The idempotent producer (`enable.idempotence`, `acks=all`), one per
+/// configured cluster, writing to the active one. Its dedupe only covers
+/// librdkafka's own retries within one session; everything else is the
+/// ledger's job. Clones share the producers and the choice of cluster.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    clusters: Arc<Vec<ClusterProducer>>,
+    /// The active cluster's index; every switch is also announced, so that
+    /// publishes waiting on the old cluster give up at once.
+    active: Arc<tokio::sync::watch::Sender<usize>>,
     topics: TopicsConfig,
 }
 
+struct ClusterProducer {
+    name: String,
+    producer: FutureProducer,
+}
+
 impl Publisher {
+    /// Producers for every configured cluster; the most preferred is active.
     pub fn new(kafka: &KafkaConfig) -> Result<Self> {
-        let producer: FutureProducer = base_config(kafka)?
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
-            .create()?;
+        let clusters = kafka.clusters();
+        if clusters.is_empty() {
+            return Err(BusError::NotConfigured);
+        }
+        let clusters = clusters
+            .iter()
+            .map(|c| {
+                let producer: FutureProducer = base_config(&kafka.for_cluster(c))?
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    .set("linger.ms", "5")
+                    .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
+                    .create()?;
+                Ok(ClusterProducer {
+                    name: c.name.clone(),
+                    producer,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            producer,
+            clusters: Arc::new(clusters),
+            active: Arc::new(tokio::sync::watch::Sender::new(0)),
             topics: kafka.topics.clone(),
         })
+    }
+
+    /// The clusters' names, most preferred first.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The cluster producers write to now.
+    pub fn active_cluster(&self) -> &str {
+        &self.clusters[self.active_index()].name
+    }
+
+    fn active_index(&self) -> usize {
+        (*self.active.borrow()).min(self.clusters.len() - 1)
+    }
+
+    /// Moves every clone of this publisher to the named cluster; false if no
+    /// such cluster is configured. Records already handed to the old
+    /// cluster's producer finish there or fail, and their callers retry.
+    pub fn switch_to(&self, name: &str) -> bool {
+        match self.clusters.iter().position(|c| c.name == name) {
+            Some(i) => {
+                self.active.send_if_modified(|current| {
+                    let changed = *current != i;
+                    *current = i;
+                    changed
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the named cluster can take every Herald topic now: it answers
+    /// a metadata request within `timeout`, each topic exists, and every
+    /// partition has a leader. Blocking: call it off the async threads.
+    pub fn cluster_health(&self, name: &str, timeout: Duration) -> Result<(), String> {
+        let cluster = self
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| format!("no cluster named {name}"))?;
+        let metadata = cluster
+            .producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map_err(|e| e.to_string())?;
+        for topic in self.topics.all() {
+            let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                return Err(format!("topic {topic} does not exist"));
+            };
+            if t.partitions().is_empty() {
+                return Err(format!("topic {topic} has no partitions"));
+            }
+            if let Some(p) = t.partitions().iter().find(|p| p.leader() < 0) {
+                return Err(format!("partition {topic}/{} has no leader", p.id()));
+            }
+        }
+        Ok(())
     }
 
     /// Publishes delivery jobs and returns once every one is acknowledged by
@@ -112,29 +202,45 @@ impl Publisher {
         self.publish(&self.topics.dead_letters, &records).await
     }
 
+    /// Returns once the active cluster acknowledged every record. If the
+    /// active cluster changes meanwhile, gives up with `Switched` rather than
+    /// wait out the message timeout on a cluster being left: the caller
+    /// publishes again, to the new one (records the old one still takes are
+    /// duplicates that the ledger drops).
     async fn publish(&self, topic: &str, records: &[(String, Vec<u8>)]) -> Result<()> {
+        let mut switched = self.active.subscribe();
+        let index = (*switched.borrow_and_update()).min(self.clusters.len() - 1);
+        let cluster = &self.clusters[index];
         let sends = records.iter().map(|(key, payload)| {
-            self.producer.send(
+            cluster.producer.send(
                 FutureRecord::to(topic).key(key).payload(payload),
                 Timeout::Never,
             )
         });
-        for result in join_all(sends).await {
-            result.map_err(|(e, _)| e)?;
+        tokio::select! {
+            results = join_all(sends) => {
+                for result in results {
+                    result.map_err(|(e, _)| e)?;
+                }
+                Ok(())
+            }
+            _ = switched.changed() => Err(BusError::Switched(cluster.name.clone())),
         }
-        Ok(())
     }
 
-    /// Whether a broker answers a metadata request within `timeout`.
+    /// Whether the active cluster answers a metadata request within `timeout`.
     pub fn is_reachable(&self, timeout: Duration) -> bool {
-        self.producer
+        self.clusters[self.active_index()]
+            .producer
             .client()
             .fetch_metadata(Some(&self.topics.deliveries), timeout)
             .is_ok()
     }
 
     pub fn flush(&self, timeout: Duration) {
-        let _ = self.producer.flush(timeout);
+        for c in self.clusters.iter() {
+            let _ = c.producer.flush(timeout);
+        }
     }
 }
 

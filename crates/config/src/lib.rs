@@ -6,6 +6,7 @@
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 mod clock;
@@ -78,7 +79,86 @@ pub struct KafkaConfig {
     pub message_timeout_ms: u64,
     /// How long a consumer may be silent before its partitions go to another.
     pub session_timeout_ms: u64,
+    /// More clusters by name (`[kafka.clusters.standby]`); `bootstrap_servers`
+    /// above, if set, is the one named `primary`. Producers write to one
+    /// cluster at a time; consumers read every one.
+    pub clusters: BTreeMap<String, KafkaClusterConfig>,
+    /// The order in which clusters are preferred; unnamed ones follow,
+    /// `primary` first, then by name.
+    pub failover_order: Vec<String>,
+    /// How often every process checks the health of each cluster.
+    pub health_check_interval_ms: u64,
+    /// How long the active cluster may fail its health checks before
+    /// producers switch to the next healthy one.
+    pub failover_after_ms: u64,
+    /// How long a more preferred cluster must pass its health checks before
+    /// producers switch back to it; 0: only `herald cluster failover` does.
+    pub failback_after_ms: u64,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaClusterConfig {
+    pub bootstrap_servers: String,
+}
+
+/// One configured cluster, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedCluster {
+    pub name: String,
+    pub bootstrap_servers: String,
+}
+
+impl KafkaConfig {
+    /// Every configured cluster, most preferred first.
+    pub fn clusters(&self) -> Vec<NamedCluster> {
+        let mut all: BTreeMap<&str, &str> = self
+            .clusters
+            .iter()
+            .filter(|(_, c)| !c.bootstrap_servers.trim().is_empty())
+            .map(|(n, c)| (n.as_str(), c.bootstrap_servers.as_str()))
+            .collect();
+        if !self.bootstrap_servers.trim().is_empty() {
+            all.entry(PRIMARY)
+                .or_insert(self.bootstrap_servers.as_str());
+        }
+        let mut names: Vec<&str> = self
+            .failover_order
+            .iter()
+            .map(String::as_str)
+            .filter(|n| all.contains_key(n))
+            .collect();
+        if all.contains_key(PRIMARY) && !names.contains(&PRIMARY) {
+            names.push(PRIMARY);
+        }
+        for n in all.keys() {
+            if !names.contains(n) {
+                names.push(n);
+            }
+        }
+        names
+            .into_iter()
+            .map(|n| NamedCluster {
+                name: n.to_string(),
+                bootstrap_servers: all[n].to_string(),
+            })
+            .collect()
+    }
+
+    /// This configuration narrowed to one cluster (for a consumer or probe
+    /// that talks to that cluster only).
+    pub fn for_cluster(&self, cluster: &NamedCluster) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: cluster.bootstrap_servers.clone(),
+            clusters: BTreeMap::new(),
+            failover_order: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The name `kafka.bootstrap_servers` goes by among several clusters.
+pub const PRIMARY: &str = "primary";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -244,6 +324,11 @@ impl Default for KafkaConfig {
             partitions: 8,
             message_timeout_ms: 30_000,
             session_timeout_ms: 10_000,
+            clusters: BTreeMap::new(),
+            failover_order: Vec::new(),
+            health_check_interval_ms: 2_000,
+            failover_after_ms: 10_000,
+            failback_after_ms: 300_000,
         }
     }
 }
@@ -419,6 +504,34 @@ mod tests {
             assert_eq!(c.sender.batch_size, 9);
             assert_eq!(c.redis.prefix, "t1:");
             assert_eq!(c.postgres, PostgresConfig::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn clusters_come_in_the_order_of_preference() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERALD_KAFKA__BOOTSTRAP_SERVERS", "a:9092");
+            jail.set_env(
+                "HERALD_KAFKA__CLUSTERS__STANDBY__BOOTSTRAP_SERVERS",
+                "b:9092",
+            );
+            jail.set_env(
+                "HERALD_KAFKA__CLUSTERS__ARCHIVE__BOOTSTRAP_SERVERS",
+                "c:9092",
+            );
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            let names: Vec<String> = c.kafka.clusters().into_iter().map(|c| c.name).collect();
+            assert_eq!(names, ["primary", "archive", "standby"]);
+            jail.set_env("HERALD_KAFKA__FAILOVER_ORDER", "[standby, primary]");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            let clusters = c.kafka.clusters();
+            let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, ["standby", "primary", "archive"]);
+            assert_eq!(clusters[0].bootstrap_servers, "b:9092");
+            let one = c.kafka.for_cluster(&clusters[0]);
+            assert_eq!(one.clusters().len(), 1);
+            assert_eq!(one.clusters()[0].bootstrap_servers, "b:9092");
             Ok(())
         });
     }

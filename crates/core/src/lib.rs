@@ -4,6 +4,7 @@
 pub mod audience;
 pub mod campaign;
 pub mod dedupe;
+pub mod failover;
 pub mod ids;
 pub mod installation;
 pub mod job;

@@ -29,7 +29,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     }
     roles::install_metrics(&config)?;
 
-    let _broker = if config.kafka.bootstrap_servers.trim().is_empty() {
+    let broker = if config.kafka.clusters().is_empty() {
         let topics = config.kafka.topics.all();
         let broker = EmbeddedBroker::start(1, &topics, config.kafka.partitions)
             .context("starting the embedded Kafka-protocol broker")?;
@@ -61,15 +61,17 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     // The embedded broker starts empty: what was accepted but not settled
     // before a restart is published again (dedupe drops what was sent).
-    let republished = roles::republish_pending(&config, &store).await?;
-    if republished > 0 {
-        tracing::info!(
-            republished,
-            "republished unsettled deliveries from PostgreSQL"
-        );
+    let mut roles = Roles::new();
+    let publisher = roles.publisher(&config, &store)?;
+    if broker.is_some() {
+        let horizon =
+            chrono::Utc::now() - chrono::Duration::hours(config.sender.dedupe_horizon_hours as i64);
+        let recovered = roles::recover_into(&publisher, &store, horizon).await?;
+        if recovered.deliveries + recovered.events + recovered.campaigns > 0 {
+            tracing::info!(?recovered, "recovered unsettled work from PostgreSQL");
+        }
     }
 
-    let mut roles = Roles::new();
     let gateway = roles::start_gateway(&mut roles, &config, store.clone()).await?;
     roles::start_sender(&mut roles, &config, store.clone()).await?;
     roles::start_scheduler(&mut roles, &config, store.clone()).await?;

@@ -1,9 +1,10 @@
 //! `herald dlq list` and `herald dlq replay`.
 
 use crate::preflight;
+use crate::roles;
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use herald_bus::{read_topic, Publisher};
+use herald_bus::read_topic;
 use herald_config::Config;
 use herald_core::DeadLetter;
 use rdkafka::Message;
@@ -20,16 +21,26 @@ pub enum DlqCommand {
 
 pub async fn run(config: Config, command: DlqCommand) -> Result<()> {
     preflight::kafka_configured(&config)?;
-    let topic = config.kafka.topics.dead_letters.clone();
-    let kafka = config.kafka.clone();
-    let records =
-        tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, Duration::from_secs(30)))
-            .await
-            .context("reading the dead-letter topic")??;
-    let letters: Vec<DeadLetter> = records
-        .iter()
-        .filter_map(|m| DeadLetter::from_json(m.payload().unwrap_or_default()).ok())
-        .collect();
+    // Dead letters live on whichever cluster was active when they were
+    // written: read them all.
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    for cluster in config.kafka.clusters() {
+        let topic = config.kafka.topics.dead_letters.clone();
+        let kafka = config.kafka.for_cluster(&cluster);
+        let records = tokio::task::spawn_blocking(move || {
+            read_topic(&kafka, &topic, Duration::from_secs(30))
+        })
+        .await
+        .context("reading the dead-letter topic")?;
+        match records {
+            Ok(records) => letters.extend(
+                records
+                    .iter()
+                    .filter_map(|m| DeadLetter::from_json(m.payload().unwrap_or_default()).ok()),
+            ),
+            Err(e) => eprintln!("cluster {}: cannot read dead letters: {e}", cluster.name),
+        }
+    }
     match command {
         DlqCommand::List => {
             for l in &letters {
@@ -39,7 +50,11 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<()> {
         }
         DlqCommand::Replay => {
             let jobs: Vec<_> = letters.into_iter().filter_map(|l| l.job).collect();
-            Publisher::new(&config.kafka)?.publish_jobs(&jobs).await?;
+            let store = preflight::postgres(&config).await?;
+            roles::agreed_publisher(&config, &store)
+                .await?
+                .publish_jobs(&jobs)
+                .await?;
             println!("replayed {} jobs", jobs.len());
         }
     }

@@ -2,8 +2,10 @@
 
 mod apps;
 mod campaign;
+mod cluster;
 mod dev;
 mod dlq;
+mod failover;
 mod preflight;
 mod roles;
 
@@ -48,9 +50,20 @@ enum Command {
     Sim,
     /// Creates the database if missing and applies migrations.
     Migrate,
-    /// Republishes every accepted but unsettled delivery from PostgreSQL.
+    /// Puts back into the active Kafka cluster, from PostgreSQL, everything
+    /// accepted and not settled: deliveries, unapplied events, campaigns.
     /// Safe to run any number of times: dedupe drops what was already sent.
-    Recover,
+    Recover {
+        /// Only work accepted since then: RFC 3339 (2026-11-29T10:00:00Z) or
+        /// an age (90m, 6h, 2d). Default: the dedupe horizon.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Kafka clusters: status, and moving producers to another.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// The dead-letter topic: jobs that could not be processed.
     Dlq {
         #[command(subcommand)]
@@ -96,7 +109,8 @@ fn main() -> ExitCode {
             Command::Campaign { command } => campaign::run(config, command).await,
             Command::Sim => roles::sim(config).await,
             Command::Migrate => roles::migrate(config).await,
-            Command::Recover => roles::recover(config).await,
+            Command::Recover { since } => roles::recover(config, since).await,
+            Command::Cluster { command } => cluster::run(config, command).await,
             Command::Apps { command } => apps::run(config, command).await,
             Command::Dlq { command } => dlq::run(config, command).await,
         }
@@ -110,6 +124,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A time, or an age counted back from now.
+fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is neither an RFC 3339 time nor an age like 90m, 6h, 2d"))?;
+    let age = match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => return Err(format!("`{s}`: an age ends in s, m, h or d")),
+    };
+    Ok(chrono::Utc::now() - age)
 }
 
 fn init_tracing() {

@@ -66,9 +66,9 @@ pub async fn redis(config: &Config) -> Result<()> {
 }
 
 pub fn kafka_configured(config: &Config) -> Result<()> {
-    if config.kafka.bootstrap_servers.trim().is_empty() {
+    if config.kafka.clusters().is_empty() {
         return Err(anyhow!(
-            "no Kafka cluster configured.\n  Set kafka.bootstrap_servers in the config file or HERALD_KAFKA__BOOTSTRAP_SERVERS=HOST:9092\n  (`herald dev` runs an embedded broker instead)"
+            "no Kafka cluster configured.\n  Set kafka.bootstrap_servers in the config file or HERALD_KAFKA__BOOTSTRAP_SERVERS=HOST:9092\n  (more clusters: [kafka.clusters.NAME] bootstrap_servers; `herald dev` runs an embedded broker instead)"
         ));
     }
     Ok(())

@@ -1,9 +1,11 @@
 //! Starting each role. `herald dev` composes the same functions.
 
+use crate::failover::FailoverController;
 use crate::preflight;
 use anyhow::{Context, Result};
 use herald_bus::{BatchConsumer, Publisher};
 use herald_config::Config;
+use herald_core::trigger::EventRecord;
 use herald_gateway::{AppState, OutboxRelay};
 use herald_ledger::Ledger;
 use herald_providers::{ProviderSettings, Providers};
@@ -21,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 pub struct Roles {
     pub tasks: JoinSet<Result<()>>,
     pub shutdown: CancellationToken,
+    /// One producer set for every role of the process, so that a failover
+    /// moves them all at once.
+    publisher: Option<Publisher>,
 }
 
 impl Roles {
@@ -28,7 +33,25 @@ impl Roles {
         Self {
             tasks: JoinSet::new(),
             shutdown: CancellationToken::new(),
+            publisher: None,
         }
+    }
+
+    /// The process's publisher; the first call also starts the task that
+    /// keeps it on the agreed Kafka cluster.
+    pub fn publisher(&mut self, config: &Config, store: &Store) -> Result<Publisher> {
+        if let Some(p) = &self.publisher {
+            return Ok(p.clone());
+        }
+        let publisher = Publisher::new(&config.kafka).context("creating the Kafka producers")?;
+        let controller = FailoverController::new(config, publisher.clone(), store.clone());
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            controller.run(shutdown).await;
+            Ok(())
+        });
+        self.publisher = Some(publisher.clone());
+        Ok(publisher)
     }
 
     /// Runs until SIGINT/SIGTERM or a role fails, then lets every role finish
@@ -101,7 +124,7 @@ pub fn announce(what: &str, url: &str) {
 }
 
 pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> Result<SocketAddr> {
-    let publisher = Publisher::new(&config.kafka).context("creating the Kafka producer")?;
+    let publisher = roles.publisher(config, &store)?;
     let limiter = if config.gateway.rate_limit_per_second == 0 {
         None
     } else {
@@ -195,29 +218,35 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
     let sender = Arc::new(Sender::new(
         ledger,
         providers,
-        Publisher::new(&config.kafka)?,
+        roles.publisher(config, &store)?,
         store,
         config.sender.clone(),
     ));
-    let deliveries = BatchConsumer::new(
-        &config.kafka,
-        &config.sender.group_id,
-        &[config.kafka.topics.deliveries.as_str()],
-    )?;
-    // Retries have their own group, so their waits never touch the
-    // assignment of the deliveries topic.
-    let retries = BatchConsumer::new(
-        &config.kafka,
-        &format!("{}-retries", config.sender.group_id),
-        &[config.kafka.topics.retries.as_str()],
-    )?;
-    let shutdown = roles.shutdown.clone();
-    roles.tasks.spawn(async move {
-        sender
-            .run(deliveries, retries, shutdown)
-            .await
-            .context("sender")
-    });
+    // Every cluster is read: the standby's jobs, and a recovered cluster's
+    // backlog, which the ledger sorts out.
+    for cluster in config.kafka.clusters() {
+        let kafka = config.kafka.for_cluster(&cluster);
+        let deliveries = BatchConsumer::new(
+            &kafka,
+            &config.sender.group_id,
+            &[config.kafka.topics.deliveries.as_str()],
+        )?;
+        // Retries have their own group, so their waits never touch the
+        // assignment of the deliveries topic.
+        let retries = BatchConsumer::new(
+            &kafka,
+            &format!("{}-retries", config.sender.group_id),
+            &[config.kafka.topics.retries.as_str()],
+        )?;
+        let shutdown = roles.shutdown.clone();
+        let sender = sender.clone();
+        roles.tasks.spawn(async move {
+            sender
+                .run(deliveries, retries, shutdown)
+                .await
+                .with_context(|| format!("sender on cluster {}", cluster.name))
+        });
+    }
     tracing::info!(%owner, "sender started");
     Ok(())
 }
@@ -226,18 +255,27 @@ pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -
     let limiter = herald_ledger::RateLimiter::connect(&config.redis.url, &config.redis.prefix)
         .await
         .context("connecting the campaign rate limiter to Redis")?;
+    let publisher = roles.publisher(config, &store)?;
     let scheduler = Arc::new(herald_scheduler::Scheduler {
         store,
-        publisher: Publisher::new(&config.kafka).context("creating the Kafka producer")?,
+        publisher,
         limiter,
         config: config.scheduler.clone(),
         clock: herald_config::Clock::from_config(&config.scheduler.clock_file),
         backlog: if config.scheduler.max_backlog > 0 {
             Some(herald_scheduler::Backlog {
-                probe: Arc::new(herald_bus::LagProbe::new(
-                    &config.kafka,
-                    &config.sender.group_id,
-                )?),
+                probes: config
+                    .kafka
+                    .clusters()
+                    .iter()
+                    .map(|c| {
+                        herald_bus::LagProbe::new(
+                            &config.kafka.for_cluster(c),
+                            &config.sender.group_id,
+                        )
+                        .map(Arc::new)
+                    })
+                    .collect::<Result<_, _>>()?,
                 topic: config.kafka.topics.deliveries.clone(),
                 max: config.scheduler.max_backlog,
             })
@@ -255,16 +293,23 @@ pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -
 
 pub fn start_triggers(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
     let engine = Arc::new(herald_triggers::TriggerEngine::new(
-        store,
-        Publisher::new(&config.kafka).context("creating the Kafka producer")?,
+        store.clone(),
+        roles.publisher(config, &store)?,
         config.triggers.clone(),
         herald_config::Clock::from_config(&config.triggers.clock_file),
     ));
-    let events = BatchConsumer::new(
-        &config.kafka,
-        &config.triggers.group_id,
-        &[config.kafka.topics.events.as_str()],
-    )?;
+    let events = config
+        .kafka
+        .clusters()
+        .iter()
+        .map(|c| {
+            BatchConsumer::new(
+                &config.kafka.for_cluster(c),
+                &config.triggers.group_id,
+                &[config.kafka.topics.events.as_str()],
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let shutdown = roles.shutdown.clone();
     roles
         .tasks
@@ -275,19 +320,24 @@ pub fn start_triggers(roles: &mut Roles, config: &Config, store: Store) -> Resul
 
 pub fn start_recorder(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
     let recorder_store = store.clone();
-    let recorder = Recorder {
-        consumer: BatchConsumer::new(
-            &config.kafka,
-            &config.recorder.group_id,
-            &[config.kafka.topics.outcomes.as_str()],
-        )?,
-        store,
-        config: config.recorder.clone(),
-    };
-    let shutdown = roles.shutdown.clone();
-    roles
-        .tasks
-        .spawn(async move { recorder.run(shutdown).await.context("recorder") });
+    for cluster in config.kafka.clusters() {
+        let recorder = Recorder {
+            consumer: BatchConsumer::new(
+                &config.kafka.for_cluster(&cluster),
+                &config.recorder.group_id,
+                &[config.kafka.topics.outcomes.as_str()],
+            )?,
+            store: store.clone(),
+            config: config.recorder.clone(),
+        };
+        let shutdown = roles.shutdown.clone();
+        roles.tasks.spawn(async move {
+            recorder
+                .run(shutdown)
+                .await
+                .with_context(|| format!("recorder on cluster {}", cluster.name))
+        });
+    }
     let dispatcher = herald_recorder::WebhookDispatcher {
         store: recorder_store,
         http: reqwest::Client::builder()
@@ -320,22 +370,82 @@ pub async fn start_sim(config: &Config) -> Result<Simulator> {
     Ok(sim)
 }
 
-/// Publishes every delivery PostgreSQL shows as accepted but not settled.
-pub async fn republish_pending(config: &Config, store: &Store) -> Result<usize> {
-    let publisher = Publisher::new(&config.kafka)?;
+/// A publisher on the cluster every process has agreed on, for commands
+/// that run once (`recover`, `dlq replay`) and so have no controller.
+pub async fn agreed_publisher(config: &Config, store: &Store) -> Result<Publisher> {
+    let publisher = Publisher::new(&config.kafka).context("creating the Kafka producers")?;
+    if let Some(agreed) = store.active_kafka_cluster().await? {
+        if !publisher.switch_to(&agreed.to) {
+            anyhow::bail!(
+                "the agreed Kafka cluster `{}` is not in this configuration (kafka.clusters)",
+                agreed.to
+            );
+        }
+    }
+    Ok(publisher)
+}
+
+/// What `recover` put back into Kafka.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub deliveries: usize,
+    pub events: usize,
+    pub campaigns: usize,
+}
+
+/// Puts back into Kafka, from PostgreSQL, everything accepted since `since`
+/// and not yet settled: unsettled deliveries (transactional pushes and fired
+/// trigger timers), events the trigger engine has not applied, and the
+/// production of running and recently completed campaigns (from their
+/// start; devices already settled are skipped). Any number of runs deliver
+/// nothing twice: every job keeps its delivery id and goes through dedupe.
+pub async fn recover_into(
+    publisher: &Publisher,
+    store: &Store,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Recovered> {
+    let mut recovered = Recovered::default();
     let mut after = None;
-    let mut total = 0;
     loop {
-        let page = store.pending_jobs_page(after, 1000).await?;
+        let page = store.pending_jobs_page(Some(since), after, 1000).await?;
         let Some((at, last)) = page.last().map(|(at, j)| (*at, j.delivery_id)) else {
             break;
         };
         let jobs: Vec<_> = page.into_iter().map(|(_, j)| j).collect();
-        publisher.publish_jobs(&jobs).await?;
-        total += jobs.len();
+        publisher
+            .publish_jobs(&jobs)
+            .await
+            .context("publishing unsettled deliveries")?;
+        recovered.deliveries += jobs.len();
         after = Some((at, last));
     }
-    Ok(total)
+    let mut after = None;
+    loop {
+        let page = store
+            .unapplied_events_page(Some(since), after, 1000)
+            .await?;
+        let Some(last) = page
+            .last()
+            .map(|(at, e)| (*at, e.app_id, e.event_id.clone()))
+        else {
+            break;
+        };
+        let records: Vec<EventRecord> = page
+            .into_iter()
+            .map(|(_, e)| EventRecord {
+                app_id: e.app_id,
+                event: e.event,
+            })
+            .collect();
+        publisher
+            .publish_events(&records)
+            .await
+            .context("publishing unapplied events")?;
+        recovered.events += records.len();
+        after = Some(last);
+    }
+    recovered.campaigns = store.rewind_campaigns(since).await?.len();
+    Ok(recovered)
 }
 
 fn rand_suffix() -> u32 {
@@ -407,10 +517,24 @@ pub async fn migrate(config: Config) -> Result<()> {
     Ok(())
 }
 
-pub async fn recover(config: Config) -> Result<()> {
+pub async fn recover(config: Config, since: Option<chrono::DateTime<chrono::Utc>>) -> Result<()> {
     preflight::kafka_configured(&config)?;
     let store = preflight::postgres(&config).await?;
-    let n = republish_pending(&config, &store).await?;
-    println!("republished {n} unsettled deliveries");
+    let publisher = agreed_publisher(&config, &store).await?;
+    // Older work is past the dedupe horizon: sending it again could not be
+    // told from a first send.
+    let horizon =
+        chrono::Utc::now() - chrono::Duration::hours(config.sender.dedupe_horizon_hours as i64);
+    let since = since.map_or(horizon, |s| s.max(horizon));
+    let r = recover_into(&publisher, &store, since).await?;
+    publisher.flush(Duration::from_secs(10));
+    println!(
+        "recovered into Kafka cluster {} (work accepted since {}): {} unsettled deliveries, {} unapplied events, {} campaigns restarted",
+        publisher.active_cluster(),
+        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        r.deliveries,
+        r.events,
+        r.campaigns
+    );
     Ok(())
 }

@@ -15,7 +15,7 @@ use herald_core::ids::DeliveryTarget;
 use herald_core::{DeliveryId, DeliveryJob};
 use herald_ledger::RateLimiter;
 use herald_store::{AudienceList, AudienceScope, Campaign, Store, Wave};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -42,7 +42,8 @@ pub struct Scheduler {
 
 /// The senders' lag on the deliveries topic, which production waits on.
 pub struct Backlog {
-    pub probe: Arc<herald_bus::LagProbe>,
+    /// One per Kafka cluster: the senders' lag is the sum.
+    pub probes: Vec<Arc<herald_bus::LagProbe>>,
     pub topic: String,
     pub max: i64,
 }
@@ -199,36 +200,53 @@ impl Scheduler {
                     },
                 );
             };
-            let jobs: Vec<DeliveryJob> = page
+            let matching: Vec<_> = page
                 .into_iter()
                 .filter(|c| audience.filter.as_ref().is_none_or(|f| f.matches(&c.facts)))
+                .collect();
+            // A device whose delivery is settled (a resume, a relaunch, a
+            // recovery) is counted as produced but not handed out again.
+            let produced = matching.len() as i64;
+            let ids: Vec<DeliveryId> = matching
+                .iter()
                 .map(|c| {
-                    let delivery_id = DeliveryId::derive(
+                    DeliveryId::derive(
                         campaign.message_id,
                         DeliveryTarget::Installation(&c.install_id),
-                    );
-                    DeliveryJob {
-                        delivery_id,
-                        message_id: campaign.message_id,
-                        app_id: campaign.app_id,
-                        platform: c.platform,
-                        token: c.token,
-                        install_id: Some(c.install_id),
-                        notification: campaign.input.notification.clone(),
-                        policy: campaign.input.delivery_policy,
-                        expires_at: campaign.input.expires_at,
-                        locale: c.facts.locale,
-                        apns_sandbox: c.apns_sandbox,
-                        attempt: 0,
-                        not_before: None,
-                        campaign: Some(CampaignRef {
-                            id: campaign.id,
-                            generation: campaign.generation,
-                        }),
-                    }
+                    )
                 })
                 .collect();
-            let produced = jobs.len() as i64;
+            let settled: HashSet<DeliveryId> = self
+                .store
+                .settled_statuses(&ids)
+                .await?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            let jobs: Vec<DeliveryJob> = matching
+                .into_iter()
+                .zip(ids)
+                .filter(|(_, id)| !settled.contains(id))
+                .map(|(c, delivery_id)| DeliveryJob {
+                    delivery_id,
+                    message_id: campaign.message_id,
+                    app_id: campaign.app_id,
+                    platform: c.platform,
+                    token: c.token,
+                    install_id: Some(c.install_id),
+                    notification: campaign.input.notification.clone(),
+                    policy: campaign.input.delivery_policy,
+                    expires_at: campaign.input.expires_at,
+                    locale: c.facts.locale,
+                    apns_sandbox: c.apns_sandbox,
+                    attempt: 0,
+                    not_before: None,
+                    campaign: Some(CampaignRef {
+                        id: campaign.id,
+                        generation: campaign.generation,
+                    }),
+                })
+                .collect();
             if let Some(stop) = self.wait_for_room(&mut watch, shutdown).await? {
                 return Ok(Some(stop));
             }
@@ -262,12 +280,11 @@ impl Scheduler {
             return Ok(None);
         };
         loop {
-            let probe = backlog.probe.clone();
+            let probes = backlog.probes.clone();
             let topic = backlog.topic.clone();
-            let lag =
-                tokio::task::spawn_blocking(move || probe.lag(&topic, Duration::from_secs(5)))
-                    .await
-                    .ok();
+            let lag = tokio::task::spawn_blocking(move || total_lag(&probes, &topic))
+                .await
+                .ok();
             match lag {
                 Some(Ok(lag)) if lag > backlog.max => {
                     metrics::counter!("herald_scheduler_backlog_waits_total").increment(1);
@@ -364,6 +381,27 @@ impl Scheduler {
             pacer.sent(batch.len());
         }
         Ok(None)
+    }
+}
+
+/// The lag over every cluster that answers; an error only if none does (a
+/// lost cluster must not stop production on the others).
+fn total_lag(
+    probes: &[Arc<herald_bus::LagProbe>],
+    topic: &str,
+) -> Result<i64, herald_bus::BusError> {
+    let mut total = None;
+    let mut last_error = None;
+    for probe in probes {
+        match probe.lag(topic, Duration::from_secs(2)) {
+            Ok(lag) => total = Some(total.unwrap_or(0) + lag),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match (total, last_error) {
+        (Some(t), _) => Ok(t),
+        (None, Some(e)) => Err(e),
+        (None, None) => Ok(0),
     }
 }
 

@@ -795,3 +795,33 @@ async fn plan(
     .await?;
     Ok(())
 }
+
+impl Store {
+    /// Starts the production of every running campaign, and of every
+    /// campaign completed since `since`, over from the beginning in a new
+    /// generation, keeping each wave's time: what recovery does when the jobs
+    /// a lost cluster held are gone. The scheduler skips devices whose
+    /// delivery is settled, and the ledger drops the rest that were sent.
+    pub async fn rewind_campaigns(&self, since: DateTime<Utc>) -> Result<Vec<Uuid>> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE campaigns SET generation = generation + 1, status = 'running',
+                    completed_at = NULL, updated_at = now()
+             WHERE status = 'running' OR (status = 'completed' AND completed_at >= $1)
+             RETURNING id",
+        )
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE campaign_waves w SET generation = c.generation, cursor = NULL,
+                    produced = 0, done = false
+             FROM campaigns c WHERE c.id = w.campaign_id AND c.id = ANY($1)",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+}

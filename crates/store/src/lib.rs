@@ -6,6 +6,7 @@
 
 mod apps;
 mod campaigns;
+mod failover;
 mod installations;
 mod messages;
 mod sealing;
@@ -17,6 +18,7 @@ pub use campaigns::{
     AudienceCandidate, AudienceList, AudienceScope, Campaign, CampaignLock, CampaignProgress,
     CampaignRefusal, CampaignState, Wave,
 };
+pub use failover::ClusterSwitch;
 pub use installations::{Installation, ResolvedTarget};
 pub use messages::{
     AcceptOutcome, DeliveryRow, IdempotencyRecord, MessageView, NewDelivery, NewMessage,

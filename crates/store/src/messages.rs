@@ -299,12 +299,13 @@ impl Store {
     /// what recovery republishes.
     pub async fn pending_jobs_page(
         &self,
+        since: Option<DateTime<Utc>>,
         after: Option<(DateTime<Utc>, DeliveryId)>,
         limit: i64,
     ) -> Result<Vec<(DateTime<Utc>, DeliveryJob)>> {
         let (after_at, after_id) = match after {
             Some((at, id)) => (Some(at), Some(id.as_uuid())),
-            None => (None, None),
+            None => (since, Some(Uuid::nil())),
         };
         let rows: Vec<PendingJobRow> = sqlx::query_as(&format!(
                 "SELECT d.created_at, {JOB_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id

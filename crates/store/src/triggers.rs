@@ -34,6 +34,9 @@ pub struct StoredEvent {
     pub event: EventInput,
 }
 
+/// (app, event id, body, occurred at, received at)
+type UnappliedEventRow = (Uuid, String, Value, DateTime<Utc>, DateTime<Utc>);
+
 /// A timer to create: one per (rule, entry event).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTimer {
@@ -208,6 +211,63 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records that the trigger engine applied these events (their timers
+    /// are written), so recovery need not publish them again.
+    pub async fn mark_events_applied(&self, events: &[(AppId, &str)]) -> Result<()> {
+        let apps: Vec<Uuid> = events.iter().map(|(a, _)| a.as_uuid()).collect();
+        let ids: Vec<&str> = events.iter().map(|(_, e)| *e).collect();
+        sqlx::query(
+            "UPDATE events e SET applied_at = now()
+             FROM UNNEST($1::uuid[], $2::text[]) AS u(app_id, event_id)
+             WHERE e.app_id = u.app_id AND e.event_id = u.event_id AND e.applied_at IS NULL",
+        )
+        .bind(&apps)
+        .bind(&ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Events received since `since` that the trigger engine has not
+    /// applied, a page at a time after `after` (received_at, app, event id).
+    pub async fn unapplied_events_page(
+        &self,
+        since: Option<DateTime<Utc>>,
+        after: Option<(DateTime<Utc>, AppId, String)>,
+        limit: i64,
+    ) -> Result<Vec<(DateTime<Utc>, StoredEvent)>> {
+        let (at, app, id) = match after {
+            Some((at, app, id)) => (Some(at), app.as_uuid(), id),
+            None => (since, Uuid::nil(), String::new()),
+        };
+        let rows: Vec<UnappliedEventRow> = sqlx::query_as(
+            "SELECT app_id, event_id, body, occurred_at, received_at FROM events
+             WHERE applied_at IS NULL
+               AND ($1::timestamptz IS NULL OR (received_at, app_id, event_id) > ($1, $2, $3))
+             ORDER BY received_at, app_id, event_id LIMIT $4",
+        )
+        .bind(at)
+        .bind(app)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(app, event_id, body, occurred_at, received_at)| {
+                let mut event: EventInput = serde_json::from_value(body).map_err(corrupt)?;
+                event.occurred_at = Some(occurred_at);
+                Ok((
+                    received_at,
+                    StoredEvent {
+                        app_id: AppId(app),
+                        event_id,
+                        event,
+                    },
+                ))
+            })
+            .collect()
     }
 
     pub async fn create_trigger(

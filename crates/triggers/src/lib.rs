@@ -62,13 +62,17 @@ impl TriggerEngine {
     /// what it holds (a batch of events, a transaction of timers) first.
     pub async fn run(
         self: Arc<Self>,
-        events: BatchConsumer,
+        events: Vec<BatchConsumer>,
         shutdown: CancellationToken,
     ) -> Result<(), TriggerError> {
-        let ingest = tokio::spawn(self.clone().ingest(events, shutdown.clone()));
-        let fire = tokio::spawn(self.fire_loop(shutdown));
-        let (a, b) = tokio::join!(ingest, fire);
-        for r in [a, b] {
+        // One ingest loop per Kafka cluster: a standby's events and a
+        // recovered cluster's backlog are applied alike.
+        let mut loops: Vec<_> = events
+            .into_iter()
+            .map(|c| tokio::spawn(self.clone().ingest(c, shutdown.clone())))
+            .collect();
+        loops.push(tokio::spawn(self.fire_loop(shutdown)));
+        for r in futures::future::join_all(loops).await {
             match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
@@ -141,6 +145,14 @@ impl TriggerEngine {
             while let Err(e) = self.apply_events(&records).await {
                 tracing::warn!(error = %e, "applying events failed; retrying the batch");
                 tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let applied: Vec<(AppId, &str)> = records
+                .iter()
+                .map(|r| (r.app_id, r.event.event_id.as_str()))
+                .collect();
+            if let Err(e) = self.store.mark_events_applied(&applied).await {
+                // Only recovery reads the mark: it would publish these again, harmlessly.
+                tracing::warn!(error = %e, "marking events applied failed");
             }
             metrics::counter!("herald_events_consumed_total").increment(records.len() as u64);
             let mode = if shutdown.is_cancelled() {

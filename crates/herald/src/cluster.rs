@@ -1,0 +1,125 @@
+//! `herald cluster status` and `herald cluster failover --to NAME`.
+
+use crate::preflight;
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use herald_bus::{LagProbe, Publisher};
+use herald_config::Config;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The configured Kafka clusters: which one producers use, each one's
+    /// health and consumer lag, and the latest switches.
+    Status,
+    /// Moves every producer to the named cluster now (within one health
+    /// check interval); also how to fail back. Consumers keep reading all.
+    Failover {
+        #[arg(long)]
+        to: String,
+    },
+}
+
+pub async fn run(config: Config, command: ClusterCommand) -> Result<()> {
+    preflight::kafka_configured(&config)?;
+    let store = preflight::postgres(&config).await?;
+    let publisher = Publisher::new(&config.kafka).context("creating the Kafka producers")?;
+    let names = publisher.cluster_names();
+    let agreed = store.active_kafka_cluster().await?;
+    let active = agreed
+        .as_ref()
+        .map_or_else(|| names[0].clone(), |a| a.to.clone());
+    match command {
+        ClusterCommand::Failover { to } => {
+            if !names.contains(&to) {
+                bail!(
+                    "no Kafka cluster named `{to}`; configured: {}",
+                    names.join(", ")
+                );
+            }
+            if to == active {
+                println!("producers already use cluster {to}");
+                return Ok(());
+            }
+            let reason = format!("operator: herald cluster failover --to {to}");
+            store
+                .switch_kafka_cluster(None, &names[0], &to, &reason)
+                .await?;
+            println!(
+                "producers move from {active} to {to} within {} ms; consumers keep reading every cluster",
+                config.kafka.health_check_interval_ms
+            );
+        }
+        ClusterCommand::Status => {
+            println!("active cluster: {active}");
+            if let Some(a) = &agreed {
+                println!("  since {} ({})", a.at.to_rfc3339(), a.reason);
+            }
+            let groups = [
+                (
+                    config.sender.group_id.clone(),
+                    &config.kafka.topics.deliveries,
+                ),
+                (
+                    format!("{}-retries", config.sender.group_id),
+                    &config.kafka.topics.retries,
+                ),
+                (
+                    config.recorder.group_id.clone(),
+                    &config.kafka.topics.outcomes,
+                ),
+                (
+                    config.triggers.group_id.clone(),
+                    &config.kafka.topics.events,
+                ),
+            ];
+            for cluster in config.kafka.clusters() {
+                let health = {
+                    let (p, n) = (publisher.clone(), cluster.name.clone());
+                    tokio::task::spawn_blocking(move || {
+                        p.cluster_health(&n, Duration::from_secs(3))
+                    })
+                    .await?
+                };
+                println!(
+                    "\n{} ({}): {}",
+                    cluster.name,
+                    cluster.bootstrap_servers,
+                    match &health {
+                        Ok(()) => "healthy".to_string(),
+                        Err(e) => format!("UNHEALTHY: {e}"),
+                    }
+                );
+                if health.is_err() {
+                    continue;
+                }
+                for (group, topic) in &groups {
+                    let probe = LagProbe::new(&config.kafka.for_cluster(&cluster), group)?;
+                    let topic = topic.to_string();
+                    let lag = tokio::task::spawn_blocking(move || {
+                        probe.lag(&topic, Duration::from_secs(3))
+                    })
+                    .await?;
+                    match lag {
+                        Ok(lag) => println!("  lag {group:<24} {lag}"),
+                        Err(e) => println!("  lag {group:<24} unknown: {e}"),
+                    }
+                }
+            }
+            let history = store.kafka_failovers(10).await?;
+            if !history.is_empty() {
+                println!("\nlatest switches:");
+                for s in history {
+                    println!(
+                        "  {}  {} -> {}  {}",
+                        s.at.to_rfc3339(),
+                        s.from.as_deref().unwrap_or("-"),
+                        s.to,
+                        s.reason
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Keeps this process's producers on the agreed Kafka cluster: follows a
+//! switch made by another process or by `herald cluster failover`, checks
+//! every cluster's health, and switches (for every process, through
+//! PostgreSQL) when the core's rules say so. Also exports each cluster's
+//! health and its consumer groups' lag as metrics.
+
+use herald_bus::{LagProbe, Publisher};
+use herald_config::Config;
+use herald_core::failover::{decide, ClusterHealth, Decision, FailoverPolicy};
+use herald_store::Store;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub struct FailoverController {
+    pub publisher: Publisher,
+    pub store: Store,
+    pub policy: FailoverPolicy,
+    pub interval: Duration,
+    /// (cluster, group, topic, probe) for the lag gauges.
+    pub lag_probes: Vec<(String, String, String, Arc<LagProbe>)>,
+}
+
+impl FailoverController {
+    pub fn new(config: &Config, publisher: Publisher, store: Store) -> Self {
+        let kafka = &config.kafka;
+        let groups = [
+            (
+                config.sender.group_id.clone(),
+                kafka.topics.deliveries.clone(),
+            ),
+            (
+                format!("{}-retries", config.sender.group_id),
+                kafka.topics.retries.clone(),
+            ),
+            (
+                config.recorder.group_id.clone(),
+                kafka.topics.outcomes.clone(),
+            ),
+            (
+                config.triggers.group_id.clone(),
+                kafka.topics.events.clone(),
+            ),
+        ];
+        let mut lag_probes = Vec::new();
+        for cluster in kafka.clusters() {
+            for (group, topic) in &groups {
+                match LagProbe::new(&kafka.for_cluster(&cluster), group) {
+                    Ok(p) => lag_probes.push((
+                        cluster.name.clone(),
+                        group.clone(),
+                        topic.clone(),
+                        Arc::new(p),
+                    )),
+                    Err(e) => tracing::warn!(cluster = %cluster.name, error = %e, "no lag probe"),
+                }
+            }
+        }
+        Self {
+            publisher,
+            store,
+            policy: FailoverPolicy {
+                failover_after: Duration::from_millis(kafka.failover_after_ms),
+                failback_after: (kafka.failback_after_ms > 0)
+                    .then(|| Duration::from_millis(kafka.failback_after_ms)),
+            },
+            interval: Duration::from_millis(kafka.health_check_interval_ms.max(100)),
+            lag_probes,
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let names = self.publisher.cluster_names();
+        let started = Instant::now();
+        let now_ms = || started.elapsed().as_millis() as u64;
+        let mut health: Vec<ClusterHealth> =
+            names.iter().map(|_| ClusterHealth::unknown(0)).collect();
+        self.follow(&names).await;
+        tracing::info!(cluster = %self.publisher.active_cluster(), clusters = ?names, "producing to Kafka");
+        self.export_active(&names);
+        loop {
+            self.follow(&names).await;
+            let checks = futures::future::join_all(names.iter().map(|name| {
+                let publisher = self.publisher.clone();
+                let name = name.clone();
+                let timeout = self.interval.min(Duration::from_secs(2));
+                tokio::task::spawn_blocking(move || publisher.cluster_health(&name, timeout))
+            }))
+            .await;
+            let now = now_ms();
+            for ((name, h), check) in names.iter().zip(health.iter_mut()).zip(checks) {
+                let result = check.unwrap_or_else(|e| Err(e.to_string()));
+                if h.healthy != result.is_ok() {
+                    match &result {
+                        Ok(()) => tracing::info!(cluster = %name, "Kafka cluster healthy"),
+                        Err(e) => {
+                            tracing::warn!(cluster = %name, error = %e, "Kafka cluster unhealthy")
+                        }
+                    }
+                }
+                *h = h.observe(result.is_ok(), now);
+                metrics::gauge!("herald_kafka_cluster_healthy", "cluster" => name.clone())
+                    .set(if h.healthy { 1.0 } else { 0.0 });
+            }
+            let active = self.publisher.active_cluster().to_string();
+            let index = names.iter().position(|n| *n == active).unwrap_or(0);
+            let view: Vec<(&str, ClusterHealth)> = names
+                .iter()
+                .map(String::as_str)
+                .zip(health.iter().copied())
+                .collect();
+            if let Decision::SwitchTo { index: to, reason } = decide(&view, index, now, self.policy)
+            {
+                self.switch(&names, &active, &names[to], &reason).await;
+            }
+            self.export_lag().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+
+    /// Adopts the cluster recorded in PostgreSQL, if it differs.
+    async fn follow(&self, names: &[String]) {
+        match self.store.active_kafka_cluster().await {
+            Ok(Some(agreed)) if agreed.to != self.publisher.active_cluster() => {
+                if self.publisher.switch_to(&agreed.to) {
+                    tracing::warn!(cluster = %agreed.to, reason = %agreed.reason, "Kafka failover: producing to another cluster");
+                    metrics::counter!("herald_kafka_failovers_total", "to" => agreed.to.clone())
+                        .increment(1);
+                    self.export_active(names);
+                } else {
+                    tracing::error!(cluster = %agreed.to, "the agreed Kafka cluster is not configured here; staying");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the agreed Kafka cluster"),
+        }
+    }
+
+    async fn switch(&self, names: &[String], from: &str, to: &str, reason: &str) {
+        match self
+            .store
+            .switch_kafka_cluster(Some(from), &names[0], to, reason)
+            .await
+        {
+            Ok(true) => {
+                self.publisher.switch_to(to);
+                tracing::warn!(%from, %to, %reason, "Kafka failover");
+                metrics::counter!("herald_kafka_failovers_total", "to" => to.to_string())
+                    .increment(1);
+                self.export_active(names);
+            }
+            // Another process switched first: the next round follows it.
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, %to, "cannot record the Kafka failover; staying"),
+        }
+    }
+
+    fn export_active(&self, names: &[String]) {
+        let active = self.publisher.active_cluster();
+        for name in names {
+            metrics::gauge!("herald_kafka_active_cluster", "cluster" => name.clone())
+                .set(if name == active { 1.0 } else { 0.0 });
+        }
+    }
+
+    async fn export_lag(&self) {
+        let reads = futures::future::join_all(self.lag_probes.iter().map(|(_, _, topic, p)| {
+            let (p, topic) = (p.clone(), topic.clone());
+            tokio::task::spawn_blocking(move || p.lag(&topic, Duration::from_secs(1)))
+        }))
+        .await;
+        for ((cluster, group, topic, _), lag) in self.lag_probes.iter().zip(reads) {
+            if let Ok(Ok(lag)) = lag {
+                metrics::gauge!("herald_kafka_consumer_lag",
+                    "cluster" => cluster.clone(), "group" => group.clone(), "topic" => topic.clone())
+                .set(lag as f64);
+            }
+        }
+    }
+}
