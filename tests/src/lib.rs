@@ -404,6 +404,11 @@ impl TestEnv {
     }
 
     /// Runs a one-shot command to completion and returns its stdout.
+    /// Runs a command that may fail: its exit status, stdout and stderr.
+    pub async fn run_cli_unchecked(&self, args: &[&str]) -> std::process::Output {
+        self.command(args).output().await.expect("running herald")
+    }
+
     pub async fn run_cli(&self, args: &[&str]) -> String {
         let out = self.command(args).output().await.expect("running herald");
         assert!(

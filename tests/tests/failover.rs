@@ -337,6 +337,17 @@ impl Incident {
         );
     }
 
+    /// Waits until every producing process says it follows the switch.
+    async fn wait_all_producing_to(&self, cluster: &str) {
+        let line = format!("now producing to {cluster}");
+        let mut procs: Vec<&HeraldProcess> = vec![&self.gateway, &self._scheduler, &self._triggers];
+        procs.extend(self.senders.iter());
+        wait_until(&line, LONG, || async {
+            procs.iter().all(|p| p.logged(&line))
+        })
+        .await;
+    }
+
     async fn cli(&self, args: &[&str]) -> String {
         self.env.run_cli(args).await
     }
@@ -622,5 +633,61 @@ async fn scenario_6_the_broker_unreachable_for_30_seconds() {
     inc.resubmit_everything().await;
     let a = inc.primary.clone();
     inc.assert_exactly_once(&[&a]).await;
+    inc.finish().await;
+}
+
+/// An operator moves producers with `herald cluster failover`, and back:
+/// each time the cluster left behind is then taken away, and pushes still
+/// arrive, which only the cluster moved to can carry.
+#[tokio::test]
+async fn an_operator_fails_over_and_back_by_command() {
+    let mut inc = Incident::start(Settings {
+        name: "failcmd",
+        // Only the operator moves producers in this test.
+        failover_after_ms: 600_000,
+        redis: None,
+        senders: 1,
+        campaign_rate: 300,
+    })
+    .await;
+    inc.launch_campaign().await;
+    inc.traffic().await;
+
+    let refused = inc
+        .env
+        .run_cli_unchecked(&["cluster", "failover", "--to", "nowhere"])
+        .await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("configured: primary, standby"),
+        "{refused:?}"
+    );
+    let out = inc.cli(&["cluster", "failover", "--to", "standby"]).await;
+    assert!(out.contains("from primary to standby"), "{out}");
+    // Every producing process follows: a push after that travels through
+    // the standby even with the primary away.
+    inc.wait_all_producing_to("standby").await;
+    set_cluster_available(&inc.env.broker, false);
+    let fault = Instant::now();
+    inc.first_delivery_after(fault, "failcmd (to standby)")
+        .await;
+    inc.traffic().await;
+
+    set_cluster_available(&inc.env.broker, true);
+    let out = inc.cli(&["cluster", "failover", "--to", "primary"]).await;
+    assert!(out.contains("from standby to primary"), "{out}");
+    inc.wait_all_producing_to("primary").await;
+    set_cluster_available(&inc.standby, false);
+    let fault = Instant::now();
+    inc.first_delivery_after(fault, "failcmd (back to primary)")
+        .await;
+    inc.traffic().await;
+    set_cluster_available(&inc.standby, true);
+    inc.resubmit_everything().await;
+    let (a, b) = (
+        inc.primary.clone(),
+        inc.standby.bootstrap_servers().to_string(),
+    );
+    inc.assert_exactly_once(&[&a, &b]).await;
     inc.finish().await;
 }

@@ -126,7 +126,7 @@ impl FailoverController {
         match self.store.active_kafka_cluster().await {
             Ok(Some(agreed)) if agreed.to != self.publisher.active_cluster() => {
                 if self.publisher.switch_to(&agreed.to) {
-                    tracing::warn!(cluster = %agreed.to, reason = %agreed.reason, "Kafka failover: producing to another cluster");
+                    tracing::warn!(reason = %agreed.reason, "Kafka failover: now producing to {}", agreed.to);
                     metrics::counter!("herald_kafka_failovers_total", "to" => agreed.to.clone())
                         .increment(1);
                     self.export_active(names);
@@ -147,7 +147,7 @@ impl FailoverController {
         {
             Ok(true) => {
                 self.publisher.switch_to(to);
-                tracing::warn!(%from, %to, %reason, "Kafka failover");
+                tracing::warn!(%from, %reason, "Kafka failover: now producing to {to}");
                 metrics::counter!("herald_kafka_failovers_total", "to" => to.to_string())
                     .increment(1);
                 self.export_active(names);
