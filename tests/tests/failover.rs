@@ -38,6 +38,8 @@ struct Incident {
     gateway: HeraldProcess,
     senders: Vec<HeraldProcess>,
     _scheduler: HeraldProcess,
+    /// The scheduler's Prometheus endpoint.
+    metrics: String,
     _recorder: HeraldProcess,
     _triggers: HeraldProcess,
     trigger_id: Uuid,
@@ -96,7 +98,19 @@ impl Incident {
         }
         // The recorder on its own, so that a paused sender does not pause it.
         let recorder = env.spawn("recorder", &["recorder"], false).await;
-        let scheduler = env.scheduler().await;
+        // The scheduler's metrics show what every producing process knows
+        // of the clusters.
+        let metrics = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            probe.local_addr().expect("addr").to_string()
+        };
+        let scheduler = env
+            .spawn_with(
+                "scheduler",
+                &["scheduler"],
+                &[("HERALD_METRICS__LISTEN", &metrics)],
+            )
+            .await;
         let triggers = env.spawn("triggers", &["triggers"], false).await;
 
         let (status, rule) = env
@@ -136,6 +150,7 @@ impl Incident {
             gateway,
             senders,
             _scheduler: scheduler,
+            metrics: format!("http://{metrics}/metrics"),
             _recorder: recorder,
             _triggers: triggers,
             trigger_id,
@@ -346,6 +361,22 @@ impl Incident {
             procs.iter().all(|p| p.logged(&line))
         })
         .await;
+    }
+
+    /// One sample of the scheduler's metrics, by name and labels.
+    async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .env
+            .http
+            .get(&self.metrics)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 
     async fn cli(&self, args: &[&str]) -> String {
@@ -667,10 +698,28 @@ async fn an_operator_fails_over_and_back_by_command() {
     // Every producing process follows: a push after that travels through
     // the standby even with the primary away.
     inc.wait_all_producing_to("standby").await;
+    assert_eq!(
+        inc.metric(r#"herald_kafka_active_cluster{cluster="standby"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        inc.metric(r#"herald_kafka_active_cluster{cluster="primary"}"#)
+            .await,
+        Some(0.0)
+    );
     set_cluster_available(&inc.env.broker, false);
     let fault = Instant::now();
     inc.first_delivery_after(fault, "failcmd (to standby)")
         .await;
+    wait_until("the primary reported unhealthy", LONG, || async {
+        inc.metric(r#"herald_kafka_cluster_healthy{cluster="primary"}"#)
+            .await
+            == Some(0.0)
+    })
+    .await;
+    let lag = r#"herald_kafka_consumer_lag{cluster="standby",group="herald-senders",topic="herald.deliveries"}"#;
+    assert!(inc.metric(lag).await.is_some(), "no lag gauge per cluster");
     inc.traffic().await;
 
     set_cluster_available(&inc.env.broker, true);

@@ -6,6 +6,7 @@
 //! table. Run it from a release build: `./scripts/bench campaign`.
 
 mod procstat;
+mod transactional;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -32,6 +33,21 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         senders: usize,
     },
+    /// Transactional: clients POST /v1/push with Idempotency-Keys; `--copies 3`
+    /// sends every request three times (a resubmission storm).
+    Transactional {
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Devices per request.
+        #[arg(long, default_value_t = 1)]
+        recipients: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// How many times each request is sent.
+        #[arg(long, default_value_t = 1)]
+        copies: usize,
+    },
     /// Triggers: N users each post one event to a rule with a short delay;
     /// events/s in, timers fired per second, and how late they fired.
     Triggers {
@@ -51,6 +67,20 @@ async fn main() -> Result<()> {
             senders,
         } => campaign(installations, senders).await,
         Scenario::Triggers { users, engines } => triggers(users, engines).await,
+        Scenario::Transactional {
+            requests,
+            recipients,
+            concurrency,
+            copies,
+        } => {
+            transactional::run(transactional::Settings {
+                requests,
+                recipients,
+                concurrency,
+                copies,
+            })
+            .await
+        }
     }
 }
 
