@@ -228,9 +228,13 @@ async fn pause_holds_queued_jobs_and_resume_sends_each_remaining_device_once() {
         })
         .max()
         .expect("deliveries");
+    // The bound: senders look at the state at most every 500 ms and the
+    // scheduler every 250 ms, plus the batch in a sender's hands, which on
+    // two cores shared with the other suites can take a few hundred ms
+    // (1.011 s was seen once under that load).
     let stopped_after = last_delivery - pause_requested;
     assert!(
-        stopped_after < chrono::Duration::seconds(1),
+        stopped_after < chrono::Duration::milliseconds(1500),
         "the last delivery came {stopped_after} after the pause"
     );
     assert!(
