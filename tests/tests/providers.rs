@@ -252,3 +252,61 @@ async fn apns_certificate_auth_proves_itself_in_the_tls_handshake() {
     .await;
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_retry_waiting_a_minute_does_not_hold_back_the_retries_behind_it() {
+    let mut env = TestEnv::start("holdback").await;
+    env.extra_env
+        .insert("HERALD_SENDER__MAX_ATTEMPTS".into(), "2".into());
+    env.extra_env
+        .insert("HERALD_SENDER__RETRY_BASE_MS".into(), "50".into());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    let push = |token: &'static str| {
+        let (env, gw, key) = (&env, gw.clone(), app.server_key.clone());
+        async move {
+            let (_, m) = env
+                .push(
+                    &gw,
+                    &key,
+                    None,
+                    &json!({"to": {"tokens": [{"platform": "android", "token": token}]},
+                            "notification": {"title": "t"}}),
+                )
+                .await;
+            m["message_id"].as_str().expect("id").to_string()
+        }
+    };
+
+    // FCM's quota error: its retry waits a minute at the head of the topic.
+    push("quota-1").await;
+    let kafka = herald_config::KafkaConfig {
+        bootstrap_servers: env.broker.bootstrap_servers().into(),
+        ..Default::default()
+    };
+    wait_until("the quota retry on the retries topic", LONG, || async {
+        let kafka = kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            herald_bus::read_topic(&kafka, TOPICS[1], Duration::from_secs(5))
+        })
+        .await
+        .expect("join")
+        .expect("read")
+        .iter()
+        .filter_map(|m| DeliveryJob::from_json(m.payload().unwrap_or_default()).ok())
+        .any(|j| j.token == "quota-1" && j.attempt == 1)
+    })
+    .await;
+
+    // A 503 behind it is retried after its own 50 ms, not after the minute.
+    let id = push("unavail-2").await;
+    wait_until(
+        "the 503 retried while the quota retry still waits",
+        Duration::from_secs(20),
+        || async { env.message(&gw, &app.server_key, &id).await["deliveries"][0]["attempts"] == 2 },
+    )
+    .await;
+    env.finish().await;
+}

@@ -93,6 +93,10 @@ impl Handoff {
     }
 }
 
+/// The longest a retry consumer waits on a job not yet due before it puts
+/// the job back on the retries topic and reads on.
+const MAX_RETRY_HOLD: Duration = Duration::from_secs(1);
+
 impl Sender {
     pub fn new(
         ledger: Ledger,
@@ -163,7 +167,17 @@ impl Sender {
                     tokio::select! {
                         // Uncommitted: the retries come back to whoever runs next.
                         _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = tokio::time::sleep(wait.min(MAX_RETRY_HOLD)) => {}
+                    }
+                    if wait > MAX_RETRY_HOLD {
+                        // A long wait (FCM's quota backoff is a minute) would hold
+                        // back every retry behind it: put these at the end of the
+                        // topic, to come round again, and read on.
+                        while let Err(e) = self.publisher.publish_retries(&jobs).await {
+                            tracing::warn!(error = %e, "putting back retries not yet due failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        break;
                     }
                     let now = chrono::Utc::now();
                     let due = jobs.partition_point(|j| j.not_before.is_none_or(|t| t <= now));
