@@ -106,6 +106,12 @@ async fn a_100k_campaign_with_the_scheduler_killed_twice_reaches_each_device_onc
         &[
             ("HERALD_SENDER__CONCURRENCY", "512"),
             ("HERALD_SENDER__BATCH_SIZE", "2000"),
+            // A batch's claims are taken together and its last sends start
+            // after the first 1,500: on two loaded cores that took longer than
+            // the harness's 3 s lease, the scheduler's re-produced copies took
+            // the leases over, and at-most-once recorded them `unknown` (65
+            // of 98,000 once). The lease must outlast a batch, as in production.
+            ("HERALD_SENDER__LEASE_MS", "30000"),
         ],
     )
     .await;
