@@ -636,7 +636,13 @@ impl TestEnv {
     /// Replaces the Kafka-protocol cluster with a new, empty one (the old one
     /// and all its data are gone). Processes started afterwards use the new one.
     pub fn replace_broker(&mut self) {
-        self.broker = EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("embedded broker");
+        let new = EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("embedded broker");
+        let old = std::mem::replace(&mut self.broker, new);
+        // Gone for good, but its port stays bound: were it closed, another
+        // test's broker could get that port, and this test's processes, still
+        // pointed at it, would join that test's consumer groups.
+        set_cluster_available(&old, false);
+        std::mem::forget(old);
     }
 
     /// Makes the cluster unreachable, or reachable again (see
@@ -647,7 +653,13 @@ impl TestEnv {
 
     /// Drops the test database; called at the end of a passing test.
     pub async fn finish(self) {
-        let Self { db, db_url, .. } = self;
+        let Self {
+            db, db_url, broker, ..
+        } = self;
+        // The processes of the test may outlive this call by a moment; the
+        // broker's port stays bound until the test binary exits, so that they
+        // can never reach another test's broker on a reused port.
+        std::mem::forget(broker);
         db.close().await;
         let name = db_url.rsplit('/').next().unwrap_or_default().to_string();
         if let Ok(admin) = sqlx::postgres::PgPoolOptions::new()

@@ -384,6 +384,8 @@ impl Incident {
     }
 
     async fn finish(self) {
+        // As TestEnv::finish does for the primary: no reused port.
+        std::mem::forget(self.standby);
         self.env.finish().await;
     }
 }
@@ -506,7 +508,7 @@ async fn scenario_2_the_primary_cluster_destroyed_and_recovered_into_the_standby
     inc.traffic().await;
     let fault = Instant::now();
     // A new, unused cluster takes the handle: the one every process knows
-    // is gone, with its data.
+    // is gone for good, and what it holds is never read again.
     inc.env.replace_broker();
     inc.senders[0].resume();
     inc.first_delivery_after(fault, "fail2").await;
