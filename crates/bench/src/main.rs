@@ -84,6 +84,31 @@ async fn main() -> Result<()> {
     }
 }
 
+/// One push through the whole pipeline, waited for: consumers have joined
+/// their groups and connections are open before a clock starts.
+async fn warm_up(env: &TestEnv, base: &str, key: &str) -> Result<()> {
+    let (status, _) = env
+        .push(
+            base,
+            key,
+            None,
+            &json!({"to": {"tokens": [{"platform": "ios", "token": format!("b{:063x}", 1)}]},
+                    "notification": {"title": "warm-up"}}),
+        )
+        .await;
+    if status != 202 {
+        bail!("warm-up push refused: {status}");
+    }
+    let warm = Instant::now();
+    while env.sim_stats().await["accepted"].as_u64().unwrap_or(0) < 1 {
+        if warm.elapsed() > Duration::from_secs(60) {
+            bail!("the warm-up push was never delivered");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 async fn campaign(installations: i64, senders: usize) -> Result<()> {
     if installations <= 0 || senders == 0 {
         bail!("--installations and --senders must be positive");
@@ -131,25 +156,7 @@ async fn campaign(installations: i64, senders: usize) -> Result<()> {
     procs.push(env.scheduler().await);
     // Warm up: the senders have joined their group and opened their
     // connections before the clock starts.
-    let (status, _) = env
-        .push(
-            &base,
-            &app.server_key,
-            None,
-            &json!({"to": {"tokens": [{"platform": "ios", "token": format!("b{:063x}", 1)}]},
-                    "notification": {"title": "warm-up"}}),
-        )
-        .await;
-    if status != 202 {
-        bail!("warm-up push refused: {status}");
-    }
-    let warm = Instant::now();
-    while env.sim_stats().await["accepted"].as_u64().unwrap_or(0) < 1 {
-        if warm.elapsed() > Duration::from_secs(60) {
-            bail!("the warm-up push was never delivered");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    warm_up(&env, &base, &app.server_key).await?;
     let before: Vec<ProcStat> = procs.iter().map(ProcStat::of).collect();
 
     let (status, created) = env

@@ -63,25 +63,7 @@ pub async fn run(s: Settings) -> Result<()> {
     let gateway = env.gateway().await;
     let base = gateway.url.clone().context("gateway url")?;
     let sender = env.sender().await;
-    let (status, _) = env
-        .push(
-            &base,
-            &app.server_key,
-            None,
-            &json!({"to": {"tokens": [{"platform": "ios", "token": format!("b{:063x}", 1)}]},
-                    "notification": {"title": "warm-up"}}),
-        )
-        .await;
-    if status != 202 {
-        bail!("warm-up push refused: {status}");
-    }
-    let warm = Instant::now();
-    while env.sim_stats().await["accepted"].as_u64().unwrap_or(0) < 1 {
-        if warm.elapsed() > Duration::from_secs(60) {
-            bail!("the warm-up push was never delivered");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::warm_up(&env, &base, &app.server_key).await?;
     let procs: Vec<&HeraldProcess> = vec![&gateway, &sender];
     let before: Vec<ProcStat> = procs.iter().map(|p| ProcStat::of(p)).collect();
 
