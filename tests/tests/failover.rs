@@ -196,10 +196,16 @@ impl Incident {
             .1
     }
 
-    async fn campaign_produced(&self) -> i64 {
-        self.campaign().await["progress"]["produced"]
-            .as_i64()
-            .unwrap_or(0)
+    /// Waits until the campaign is a third produced: a fault then lands
+    /// mid-run.
+    async fn wait_campaign_a_third_through(&self) {
+        wait_until("the campaign a third through", LONG, || async {
+            self.campaign().await["progress"]["produced"]
+                .as_i64()
+                .unwrap_or(0)
+                >= AUDIENCE / 3
+        })
+        .await;
     }
 
     /// One transactional push with an Idempotency-Key to two new devices.
@@ -425,10 +431,7 @@ async fn leaders_lost(name: &'static str, restart_redis: bool) {
     .await;
     inc.launch_campaign().await;
     inc.traffic().await;
-    wait_until("the campaign a third through", LONG, || async {
-        inc.campaign_produced().await >= AUDIENCE / 3
-    })
-    .await;
+    inc.wait_campaign_a_third_through().await;
 
     // A backlog for A to come back with: pushes and events it holds, and
     // nobody consumed, when it goes.
@@ -498,10 +501,7 @@ async fn scenario_2_the_primary_cluster_destroyed_and_recovered_into_the_standby
     .await;
     inc.launch_campaign().await;
     inc.traffic().await;
-    wait_until("the campaign a third through", LONG, || async {
-        inc.campaign_produced().await >= AUDIENCE / 3
-    })
-    .await;
+    inc.wait_campaign_a_third_through().await;
 
     // Work only A holds when it goes: pushes and events nobody consumed.
     inc.senders[0].pause();
@@ -554,10 +554,7 @@ async fn scenario_3_a_sender_killed_holding_leases_and_another_takes_over() {
     .await;
     inc.traffic().await;
     inc.launch_campaign().await;
-    wait_until("the campaign a third through", LONG, || async {
-        inc.campaign_produced().await >= AUDIENCE / 3
-    })
-    .await;
+    inc.wait_campaign_a_third_through().await;
     // The providers hold every request from now on unanswered: the sender
     // is caught with leases held and requests in flight.
     inc.env.set_sim_faults(json!({"stall": true})).await;
@@ -648,10 +645,7 @@ async fn scenario_6_the_broker_unreachable_for_30_seconds() {
     .await;
     inc.launch_campaign().await;
     inc.traffic().await;
-    wait_until("the campaign a third through", LONG, || async {
-        inc.campaign_produced().await >= AUDIENCE / 3
-    })
-    .await;
+    inc.wait_campaign_a_third_through().await;
     set_cluster_available(&inc.env.broker, false);
     let cut = Instant::now();
     inc.traffic().await;

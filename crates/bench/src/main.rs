@@ -242,18 +242,8 @@ async fn campaign(installations: i64, senders: usize) -> Result<()> {
         stats["accepted"].as_u64().unwrap_or(0).saturating_sub(1)
     );
     println!("| duplicates at the simulators | {} |", stats["duplicates"]);
-    println!("\n| process | CPU s | CPU s per 1,000 deliveries | peak RSS MB |");
-    println!("|---|---|---|---|");
-    for ((p, b), a) in procs.iter().zip(&before).zip(&after) {
-        let cpu = a.cpu_seconds - b.cpu_seconds;
-        println!(
-            "| {} | {:.1} | {:.3} | {:.0} |",
-            p.name,
-            cpu,
-            cpu * 1000.0 / delivered.max(1) as f64,
-            a.peak_rss_mb
-        );
-    }
+    let shown: Vec<&HeraldProcess> = procs.iter().collect();
+    procstat::print_processes(&shown, &before, &after, delivered.max(0) as u64);
     if let Some(sim) = &env.sim {
         let s = ProcStat::of(sim);
         println!(

@@ -37,6 +37,28 @@ impl ProcStat {
     }
 }
 
+/// The per-process table: CPU seconds between `before` and `after`, per
+/// 1,000 deliveries, and peak memory.
+pub fn print_processes(
+    procs: &[&HeraldProcess],
+    before: &[ProcStat],
+    after: &[ProcStat],
+    deliveries: u64,
+) {
+    println!("\n| process | CPU s | CPU s per 1,000 deliveries | peak RSS MB |");
+    println!("|---|---|---|---|");
+    for ((p, b), a) in procs.iter().zip(before).zip(after) {
+        let cpu = a.cpu_seconds - b.cpu_seconds;
+        println!(
+            "| {} | {:.1} | {:.3} | {:.0} |",
+            p.name,
+            cpu,
+            cpu * 1000.0 / deliveries.max(1) as f64,
+            a.peak_rss_mb
+        );
+    }
+}
+
 fn clock_ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")

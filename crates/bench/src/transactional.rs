@@ -214,18 +214,7 @@ pub async fn run(s: Settings) -> Result<()> {
         stats["accepted"].as_u64().unwrap_or(0).saturating_sub(1)
     );
     println!("| extra deliveries (must be 0) | {} |", stats["duplicates"]);
-    println!("\n| process | CPU s | CPU s per 1,000 deliveries | peak RSS MB |");
-    println!("|---|---|---|---|");
-    for ((p, b), a) in procs.iter().zip(&before).zip(&after) {
-        let cpu = a.cpu_seconds - b.cpu_seconds;
-        println!(
-            "| {} | {:.1} | {:.3} | {:.0} |",
-            p.name,
-            cpu,
-            cpu * 1000.0 / owed.max(1) as f64,
-            a.peak_rss_mb
-        );
-    }
+    crate::procstat::print_processes(&procs, &before, &after, owed);
     drop(procs);
     env.finish().await;
     Ok(())
