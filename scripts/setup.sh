@@ -12,6 +12,10 @@ as_root() {
 ensure_packages() {
   local wanted=(build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev zlib1g-dev
                 postgresql redis-server curl python3 python3-pip)
+  # The dashboard's browser tests drive Debian's Chromium through ChromeDriver.
+  if [ "${HERALD_SKIP_BROWSER:-}" != 1 ]; then
+    wanted+=(chromium chromium-driver)
+  fi
   local missing=()
   for p in "${wanted[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -7,6 +7,7 @@
 //! built first (`cargo build -p herald`; the test script does it); set
 //! `TEST_HERALD_BIN` to use another.
 
+pub mod browser;
 pub mod fixture;
 
 use herald_bus::EmbeddedBroker;
@@ -407,6 +408,31 @@ impl TestEnv {
     /// Runs a command that may fail: its exit status, stdout and stderr.
     pub async fn run_cli_unchecked(&self, args: &[&str]) -> std::process::Output {
         self.command(args).output().await.expect("running herald")
+    }
+
+    /// Runs a one-shot command with `input` on its standard input.
+    pub async fn run_cli_with_input(&self, args: &[&str], input: &str) -> String {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running herald");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .expect("writing stdin");
+        drop(stdin);
+        let out = child.wait_with_output().await.expect("herald output");
+        assert!(
+            out.status.success(),
+            "herald {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub async fn run_cli(&self, args: &[&str]) -> String {

@@ -784,3 +784,136 @@ async fn credentials_are_uploaded_sealed_never_returned_and_never_logged() {
     assert_eq!(r.status(), 204);
     env.finish().await;
 }
+
+#[tokio::test]
+async fn lookups_and_stats_answer_for_the_callers_app_only() {
+    let env = TestEnv::start("lookups").await;
+    let a = env.create_app().await;
+    let b = env.create_bare_app("other").await;
+    let gateway = env.gateway().await;
+    let _sender = env.sender().await;
+    let gw = gateway.url.clone().expect("url");
+    let put = |key: String, id: &'static str, token: String| {
+        let (env, gw) = (&env, gw.clone());
+        async move {
+            let (status, _) = env
+                .api(
+                    "PUT",
+                    &format!("{gw}/v1/installations/{id}"),
+                    &key,
+                    Some(&json!({"platform": "ios", "token": token, "custom_id": "user-1"})),
+                )
+                .await;
+            assert_eq!(status, 200);
+        }
+    };
+    put(a.sdk_key.clone(), "phone", ios_token(1)).await;
+    put(a.sdk_key.clone(), "tablet", ios_token(2)).await;
+    put(b.sdk_key.clone(), "phone", ios_token(3)).await;
+    let (status, accepted) = env
+        .push(
+            &gw,
+            &a.server_key,
+            None,
+            &json!({"to": {"custom_ids": ["user-1"]}, "notification": {"title": "t"}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let message_id = accepted["message_id"].as_str().expect("id").to_string();
+    env.wait_message(&gw, &a.server_key, &message_id, |m| {
+        m["status"] == "completed"
+    })
+    .await;
+
+    let get = |key: String, path: String| {
+        let (env, gw) = (&env, gw.clone());
+        async move { env.api("GET", &format!("{gw}{path}"), &key, None).await }
+    };
+    let (_, found) = get(
+        a.server_key.clone(),
+        "/v1/installations?custom_id=user-1".into(),
+    )
+    .await;
+    let ids: Vec<&str> = found["installations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|i| i["install_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(ids, vec!["phone", "tablet"]);
+    let (_, found) = get(
+        b.server_key.clone(),
+        "/v1/installations?custom_id=user-1".into(),
+    )
+    .await;
+    assert_eq!(
+        found["installations"].as_array().expect("list").len(),
+        1,
+        "B sees its own only"
+    );
+    let (_, found) = get(
+        b.server_key.clone(),
+        format!("/v1/installations?token={}", ios_token(1)),
+    )
+    .await;
+    assert_eq!(
+        found["installations"],
+        json!([]),
+        "A's token is not B's to see"
+    );
+    let (_, found) = get(
+        a.server_key.clone(),
+        format!("/v1/installations?token={}", ios_token(1)),
+    )
+    .await;
+    assert_eq!(found["installations"][0]["install_id"], "phone");
+
+    let (status, d) = get(
+        a.server_key.clone(),
+        "/v1/installations/tablet/deliveries".into(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(d["deliveries"][0]["message_id"], message_id.as_str());
+    assert_eq!(d["deliveries"][0]["status"], "delivered");
+    let (status, _) = get(
+        b.server_key.clone(),
+        "/v1/installations/tablet/deliveries".into(),
+    )
+    .await;
+    assert_eq!(status, 404, "B has no installation `tablet`");
+    let (status, d) = get(
+        b.server_key.clone(),
+        "/v1/installations/phone/deliveries".into(),
+    )
+    .await;
+    assert_eq!(
+        (status, d["deliveries"].clone()),
+        (200, json!([])),
+        "B's phone got nothing"
+    );
+
+    let (_, stats) = get(a.server_key.clone(), "/v1/stats?hours=2".into()).await;
+    assert_eq!(stats["totals"]["delivered"], 2);
+    assert_eq!(stats["hours"].as_array().expect("hours").len(), 2);
+    let (_, stats) = get(b.server_key.clone(), "/v1/stats".into()).await;
+    assert_eq!(stats["totals"]["delivered"], 0);
+    assert_eq!(stats["hours"].as_array().expect("hours").len(), 24);
+
+    for (path, field) in [
+        ("/v1/stats?hours=0", "hours"),
+        ("/v1/installations", "custom_id"),
+        ("/v1/installations?custom_id=a&token=b", "token"),
+        ("/v1/installations/phone/deliveries?limit=1000", "limit"),
+    ] {
+        let (status, problem) = get(a.server_key.clone(), path.into()).await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (400, Some(field)),
+            "{path}"
+        );
+    }
+    let (status, _) = get(a.sdk_key.clone(), "/v1/stats".into()).await;
+    assert_eq!(status, 403, "an SDK key reads no statistics");
+    env.finish().await;
+}

@@ -30,6 +30,9 @@ async fn the_openapi_document_validates_and_covers_every_route() {
         "/v1/messages/{message_id}",
         "/v1/messages/{message_id}/deliveries",
         "/v1/installations/{install_id}",
+        "/v1/installations",
+        "/v1/installations/{install_id}/deliveries",
+        "/v1/stats",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
     }

@@ -193,6 +193,14 @@ pub struct GatewayConfig {
     pub request_timeout_ms: u64,
     /// How often expired Idempotency-Keys are deleted.
     pub purge_interval_ms: u64,
+    /// Serve the operators' dashboard under `/dashboard`.
+    pub dashboard: bool,
+    /// Mark the dashboard's session cookie `Secure`. Browsers keep secure
+    /// cookies on http://localhost; turn it off only to reach the dashboard
+    /// over plain HTTP on another host (behind a TLS proxy, leave it on).
+    pub dashboard_secure_cookies: bool,
+    /// How long an operator stays logged in.
+    pub dashboard_session_hours: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -356,6 +364,9 @@ impl Default for GatewayConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 30_000,
             purge_interval_ms: 600_000,
+            dashboard: true,
+            dashboard_secure_cookies: true,
+            dashboard_session_hours: 12,
         }
     }
 }

@@ -8,6 +8,7 @@ mod campaigns;
 mod credentials;
 mod idempotency;
 mod keys;
+mod lookup;
 mod messages;
 mod problem;
 mod push;
@@ -46,6 +47,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/messages/{message_id}/deliveries",
             get(messages::deliveries),
         )
+        .route("/v1/installations", get(lookup::find_installations))
+        .route(
+            "/v1/installations/{install_id}/deliveries",
+            get(lookup::installation_deliveries),
+        )
+        .route("/v1/stats", get(lookup::stats))
         .route(
             "/v1/installations/{install_id}",
             put(messages::put_installation)

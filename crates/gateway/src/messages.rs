@@ -26,9 +26,10 @@ fn parse_message_id(id: &str) -> Result<MessageId, Problem> {
         .map_err(|_| Problem::invalid_field("message_id", "a message id is a UUID"))
 }
 
-fn delivery_view(d: &DeliveryRow) -> DeliveryView {
+pub(crate) fn delivery_view(d: &DeliveryRow) -> DeliveryView {
     DeliveryView {
         delivery_id: d.id.as_uuid(),
+        message_id: d.message_id.as_uuid(),
         platform: d.platform,
         token: d.token.clone(),
         install_id: d.install_id.clone(),
@@ -177,7 +178,7 @@ pub(crate) async fn deliveries(
     }))
 }
 
-fn installation_view(i: herald_store::Installation) -> InstallationView {
+pub(crate) fn installation_view(i: herald_store::Installation) -> InstallationView {
     InstallationView {
         install_id: i.install_id,
         installation: i.input,

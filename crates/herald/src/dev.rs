@@ -13,6 +13,10 @@ use herald_store::ApiKeyKind;
 /// `herald dev` is for a laptop, never for production.
 pub const DEV_SERVER_KEY: &str = "hk_server_dev_demo_key";
 
+/// The demo operator's login. Fixed for the same reason as the key.
+pub const DEV_OPERATOR_EMAIL: &str = "admin@herald.local";
+pub const DEV_OPERATOR_PASSWORD: &str = "herald-dev-password";
+
 /// Seals the demo app's credentials when no credentials.key is set. Public
 /// and fixed: fine for simulator keys on a laptop, never for real ones.
 const DEV_CREDENTIALS_KEY: &str = "aGVyYWxkLWRldi1vbmx5LWtleS1ub3QtYS1zZWNyZXQ=";
@@ -54,6 +58,10 @@ pub async fn run(mut config: Config) -> Result<()> {
     store
         .ensure_api_key(app, ApiKeyKind::Server, DEV_SERVER_KEY)
         .await?;
+    if !store.operator_exists(DEV_OPERATOR_EMAIL).await? {
+        crate::operators::ensure_operator(&store, DEV_OPERATOR_EMAIL, DEV_OPERATOR_PASSWORD)
+            .await?;
+    }
     // The simulator makes new keys at every start; the demo app follows them.
     let creds = sim.credentials();
     store.put_credentials(app, "apns", &creds.apns).await?;
@@ -80,7 +88,7 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     eprintln!(
         "\nHerald is running (dev mode: embedded broker, APNs/FCM simulators).\n\
-         \n  API            http://{gateway}\n  simulators     {sim_url}   (record: {sim_url}/sim/deliveries)\n  demo app       {app}\n  server key     {DEV_SERVER_KEY}   (dev only)\n\
+         \n  API            http://{gateway}\n  dashboard      http://{gateway}/dashboard   ({DEV_OPERATOR_EMAIL} / {DEV_OPERATOR_PASSWORD}, dev only)\n  simulators     {sim_url}   (record: {sim_url}/sim/deliveries)\n  demo app       {app}\n  server key     {DEV_SERVER_KEY}   (dev only)\n\
          \nSend a push:\n\n  curl -s http://{gateway}/v1/push \\\n    -H 'Authorization: Bearer {DEV_SERVER_KEY}' \\\n    -H 'Content-Type: application/json' \\\n    -H 'Idempotency-Key: \"my-first-push\"' \\\n    -d '{{\"to\":{{\"tokens\":[{{\"platform\":\"ios\",\"token\":\"a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90\"}}]}},\"notification\":{{\"title\":\"Hello\",\"body\":\"from Herald\"}}}}'\n\
          \nThen see it arrive:  curl -s {sim_url}/sim/deliveries\n"
     );

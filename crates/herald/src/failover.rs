@@ -24,38 +24,7 @@ pub struct FailoverController {
 impl FailoverController {
     pub fn new(config: &Config, publisher: Publisher, store: Store) -> Self {
         let kafka = &config.kafka;
-        let groups = [
-            (
-                config.sender.group_id.clone(),
-                kafka.topics.deliveries.clone(),
-            ),
-            (
-                format!("{}-retries", config.sender.group_id),
-                kafka.topics.retries.clone(),
-            ),
-            (
-                config.recorder.group_id.clone(),
-                kafka.topics.outcomes.clone(),
-            ),
-            (
-                config.triggers.group_id.clone(),
-                kafka.topics.events.clone(),
-            ),
-        ];
-        let mut lag_probes = Vec::new();
-        for cluster in kafka.clusters() {
-            for (group, topic) in &groups {
-                match LagProbe::new(&kafka.for_cluster(&cluster), group) {
-                    Ok(p) => lag_probes.push((
-                        cluster.name.clone(),
-                        group.clone(),
-                        topic.clone(),
-                        Arc::new(p),
-                    )),
-                    Err(e) => tracing::warn!(cluster = %cluster.name, error = %e, "no lag probe"),
-                }
-            }
-        }
+        let lag_probes = lag_probes(config);
         Self {
             publisher,
             store,
@@ -180,4 +149,43 @@ impl FailoverController {
             }
         }
     }
+}
+
+/// (cluster, group, topic, probe) for every consumer group Herald runs, on
+/// every cluster: what the lag gauges and the dashboard report.
+pub fn lag_probes(config: &Config) -> Vec<(String, String, String, Arc<LagProbe>)> {
+    let kafka = &config.kafka;
+    let groups = [
+        (
+            config.sender.group_id.clone(),
+            kafka.topics.deliveries.clone(),
+        ),
+        (
+            format!("{}-retries", config.sender.group_id),
+            kafka.topics.retries.clone(),
+        ),
+        (
+            config.recorder.group_id.clone(),
+            kafka.topics.outcomes.clone(),
+        ),
+        (
+            config.triggers.group_id.clone(),
+            kafka.topics.events.clone(),
+        ),
+    ];
+    let mut lag_probes = Vec::new();
+    for cluster in kafka.clusters() {
+        for (group, topic) in &groups {
+            match LagProbe::new(&kafka.for_cluster(&cluster), group) {
+                Ok(p) => lag_probes.push((
+                    cluster.name.clone(),
+                    group.clone(),
+                    topic.clone(),
+                    Arc::new(p),
+                )),
+                Err(e) => tracing::warn!(cluster = %cluster.name, error = %e, "no lag probe"),
+            }
+        }
+    }
+    lag_probes
 }

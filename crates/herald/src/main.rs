@@ -6,6 +6,7 @@ mod cluster;
 mod dev;
 mod dlq;
 mod failover;
+mod operators;
 mod preflight;
 mod roles;
 
@@ -79,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: apps::AppsCommand,
     },
+    /// Dashboard operators.
+    Operators {
+        #[command(subcommand)]
+        command: operators::OperatorsCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +119,7 @@ fn main() -> ExitCode {
             Command::Cluster { command } => cluster::run(config, command).await,
             Command::Apps { command } => apps::run(config, command).await,
             Command::Dlq { command } => dlq::run(config, command).await,
+            Command::Operators { command } => operators::run(config, command).await,
         }
     });
     match result {

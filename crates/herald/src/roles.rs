@@ -150,6 +150,7 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
         interval: Duration::from_millis(config.gateway.relay_interval_ms),
         broker_down: Arc::default(),
     };
+    let store_for_dashboard = store.clone();
     let state = AppState {
         store,
         relay: relay.clone(),
@@ -172,7 +173,19 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
         Ok(())
     });
     let shutdown = roles.shutdown.clone();
-    let app = herald_gateway::router(state);
+    let api = herald_gateway::router(state);
+    let app = if config.gateway.dashboard {
+        api.clone()
+            .merge(herald_dashboard::router(herald_dashboard::DashboardState {
+                store: store_for_dashboard,
+                api,
+                lag: lag_reader(config),
+                secure_cookies: config.gateway.dashboard_secure_cookies,
+                session_ttl: chrono::Duration::hours(config.gateway.dashboard_session_hours as i64),
+            }))
+    } else {
+        api
+    };
     roles.tasks.spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -181,6 +194,31 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
     });
     announce("gateway", &format!("http://{addr}"));
     Ok(addr)
+}
+
+/// The consumer groups' lag, read off the async threads, for the dashboard.
+fn lag_reader(config: &Config) -> herald_dashboard::LagReader {
+    let probes = Arc::new(crate::failover::lag_probes(config));
+    Arc::new(move || {
+        let probes = probes.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                probes
+                    .iter()
+                    .map(
+                        |(cluster, group, topic, probe)| herald_dashboard::ConsumerLag {
+                            cluster: cluster.clone(),
+                            group: group.clone(),
+                            topic: topic.clone(),
+                            lag: probe.lag(topic, Duration::from_millis(500)).ok(),
+                        },
+                    )
+                    .collect()
+            })
+            .await
+            .unwrap_or_default()
+        })
+    })
 }
 
 pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {

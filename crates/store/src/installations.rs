@@ -27,7 +27,7 @@ pub struct ResolvedTarget {
 }
 
 #[derive(sqlx::FromRow)]
-struct InstallationRow {
+pub(crate) struct InstallationRow {
     install_id: String,
     platform: String,
     token: Option<String>,

@@ -9,7 +9,9 @@ mod campaigns;
 mod failover;
 mod installations;
 mod messages;
+mod operators;
 mod sealing;
+mod stats;
 mod triggers;
 mod webhooks;
 
@@ -24,7 +26,9 @@ pub use messages::{
     AcceptOutcome, DeliveryRow, IdempotencyRecord, MessageView, NewDelivery, NewMessage,
     StatusCount, StoredResponse,
 };
+pub use operators::{AppSummary, OperatorLogin, OperatorSession};
 pub use sealing::{SealError, Sealer};
+pub use stats::HourlyCount;
 pub use triggers::{DueTimer, DueTimers, NewTimer, StoredEvent, Trigger, UserDevice};
 pub use webhooks::{Webhook, WebhookEvent};
 

@@ -65,6 +65,7 @@ pub enum AcceptOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryRow {
     pub id: DeliveryId,
+    pub message_id: MessageId,
     pub platform: Platform,
     pub token: String,
     pub install_id: Option<String>,
@@ -156,8 +157,9 @@ struct MessageRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct DeliveryDbRow {
+pub(crate) struct DeliveryDbRow {
     id: Uuid,
+    message_id: Uuid,
     platform: String,
     token: String,
     install_id: Option<String>,
@@ -494,7 +496,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
         let rows: Vec<DeliveryDbRow> = sqlx::query_as(
-            "SELECT id, platform, token, install_id, status, reason, provider_id, attempts, settled_at
+            "SELECT id, message_id, platform, token, install_id, status, reason, provider_id, attempts, settled_at
              FROM deliveries
              WHERE message_id = $1 AND ($2::uuid IS NULL OR id > $2) AND ($3::text IS NULL OR status = $3)
              ORDER BY id LIMIT $4",
@@ -532,7 +534,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let deliveries: Vec<DeliveryDbRow> = sqlx::query_as(
-                "SELECT id, platform, token, install_id, status, reason, provider_id, attempts, settled_at
+                "SELECT id, message_id, platform, token, install_id, status, reason, provider_id, attempts, settled_at
                  FROM deliveries WHERE message_id = $1 ORDER BY id LIMIT $2",
             )
             .bind(id.as_uuid())
@@ -590,9 +592,10 @@ fn parse_status(s: &str) -> Result<DeliveryStatus> {
     DeliveryStatus::parse(s).ok_or_else(|| corrupt(format!("status `{s}`")))
 }
 
-fn delivery_from_row(d: DeliveryDbRow) -> Result<DeliveryRow> {
+pub(crate) fn delivery_from_row(d: DeliveryDbRow) -> Result<DeliveryRow> {
     Ok(DeliveryRow {
         id: DeliveryId(d.id),
+        message_id: MessageId(d.message_id),
         platform: Platform::from_str(&d.platform).map_err(corrupt)?,
         token: d.token,
         install_id: d.install_id,

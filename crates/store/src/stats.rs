@@ -1,0 +1,135 @@
+//! Read-only views over one app's deliveries and installations, for the
+//! stats and lookup endpoints.
+
+use crate::installations::InstallationRow;
+use crate::messages::{delivery_from_row, DeliveryDbRow};
+use crate::{Installation, Result, Store};
+use chrono::{DateTime, Utc};
+use herald_core::{AppId, DeliveryStatus};
+
+/// Deliveries of one status settled within one hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourlyCount {
+    pub hour: DateTime<Utc>,
+    pub status: DeliveryStatus,
+    pub count: i64,
+}
+
+const DELIVERY_COLUMNS: &str =
+    "id, message_id, platform, token, install_id, status, reason, provider_id, attempts, settled_at";
+
+impl Store {
+    /// Settled deliveries per hour and status since `since`, oldest first.
+    pub async fn hourly_delivery_counts(
+        &self,
+        app: AppId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<HourlyCount>> {
+        let rows: Vec<(DateTime<Utc>, String, i64)> = sqlx::query_as(
+            "SELECT date_trunc('hour', settled_at) AS hour, status, count(*)
+             FROM deliveries WHERE app_id = $1 AND settled_at >= $2
+             GROUP BY hour, status ORDER BY hour, status",
+        )
+        .bind(app.as_uuid())
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(hour, status, count)| {
+                Ok(HourlyCount {
+                    hour,
+                    status: DeliveryStatus::parse(&status)
+                        .ok_or_else(|| crate::StoreError::Corrupt(format!("status `{status}`")))?,
+                    count,
+                })
+            })
+            .collect()
+    }
+
+    /// Deliveries still waiting for an outcome.
+    pub async fn pending_delivery_count(&self, app: AppId) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE app_id = $1 AND status = 'pending'",
+        )
+        .bind(app.as_uuid())
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The latest deliveries that ended other than delivered, newest first.
+    pub async fn recent_failures(
+        &self,
+        app: AppId,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<crate::DeliveryRow>> {
+        let rows: Vec<DeliveryDbRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries
+             WHERE app_id = $1 AND settled_at >= $2 AND status <> 'delivered'
+             ORDER BY settled_at DESC LIMIT $3"
+        ))
+        .bind(app.as_uuid())
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(delivery_from_row).collect()
+    }
+
+    /// An installation's latest deliveries, newest first.
+    pub async fn installation_deliveries(
+        &self,
+        app: AppId,
+        install_id: &str,
+        limit: i64,
+    ) -> Result<Vec<crate::DeliveryRow>> {
+        let rows: Vec<DeliveryDbRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries
+             WHERE app_id = $1 AND install_id = $2
+             ORDER BY created_at DESC LIMIT $3"
+        ))
+        .bind(app.as_uuid())
+        .bind(install_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(delivery_from_row).collect()
+    }
+
+    /// Every installation of a user (at most `limit`).
+    pub async fn installations_of_custom_id(
+        &self,
+        app: AppId,
+        custom_id: &str,
+        limit: i64,
+    ) -> Result<Vec<Installation>> {
+        let rows: Vec<InstallationRow> = sqlx::query_as(
+            "SELECT * FROM installations WHERE app_id = $1 AND custom_id = $2
+             ORDER BY install_id LIMIT $3",
+        )
+        .bind(app.as_uuid())
+        .bind(custom_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// The installation holding a push token (a token lives in one
+    /// installation of an app per platform).
+    pub async fn installations_with_token(
+        &self,
+        app: AppId,
+        token: &str,
+    ) -> Result<Vec<Installation>> {
+        let rows: Vec<InstallationRow> = sqlx::query_as(
+            "SELECT * FROM installations WHERE app_id = $1 AND platform IN ('ios', 'android')
+             AND token = $2 ORDER BY install_id",
+        )
+        .bind(app.as_uuid())
+        .bind(token)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+}
