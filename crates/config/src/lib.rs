@@ -43,12 +43,25 @@ pub struct CredentialsConfig {
     pub key: String,
 }
 
-/// Prometheus metrics (`GET /metrics`) of the roles in this process.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+/// The operations endpoint of the roles in this process: Prometheus metrics
+/// (`GET /metrics`), `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address of the metrics endpoint; empty: none (`herald dev` uses 127.0.0.1:9464).
+    /// Address of the endpoint; empty: none (`herald dev` uses 127.0.0.1:9464).
     pub listen: String,
+    /// How often the backlog gauges (outbox, events, timers, campaigns) are
+    /// read from PostgreSQL.
+    pub backlog_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            backlog_interval_ms: 15_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -31,7 +31,10 @@ pub async fn run(mut config: Config) -> Result<()> {
     if config.metrics.listen.is_empty() {
         config.metrics.listen = "127.0.0.1:9464".into();
     }
-    roles::install_metrics(&config)?;
+    let mut roles = Roles::new();
+    roles.serve_ops(&config).await?;
+    roles.needs_postgres(&config, &store);
+    roles.needs_redis(&config);
 
     let broker = if config.kafka.clusters().is_empty() {
         let topics = config.kafka.topics.all();
@@ -69,7 +72,6 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     // The embedded broker starts empty: what was accepted but not settled
     // before a restart is published again (dedupe drops what was sent).
-    let mut roles = Roles::new();
     let publisher = roles.publisher(&config, &store)?;
     if broker.is_some() {
         let horizon =

@@ -7,6 +7,7 @@ mod dev;
 mod dlq;
 mod failover;
 mod operators;
+mod ops;
 mod preflight;
 mod roles;
 

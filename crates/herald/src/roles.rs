@@ -1,6 +1,7 @@
 //! Starting each role. `herald dev` composes the same functions.
 
 use crate::failover::FailoverController;
+use crate::ops::Readiness;
 use crate::preflight;
 use anyhow::{Context, Result};
 use herald_bus::{BatchConsumer, Publisher};
@@ -26,6 +27,8 @@ pub struct Roles {
     /// One producer set for every role of the process, so that a failover
     /// moves them all at once.
     publisher: Option<Publisher>,
+    /// What `/readyz` checks for this process.
+    pub readiness: Readiness,
 }
 
 impl Roles {
@@ -34,7 +37,50 @@ impl Roles {
             tasks: JoinSet::new(),
             shutdown: CancellationToken::new(),
             publisher: None,
+            readiness: Readiness::default(),
         }
+    }
+
+    /// Serves metrics, `/healthz` and `/readyz` on `metrics.listen`.
+    pub async fn serve_ops(&self, config: &Config) -> Result<()> {
+        crate::ops::install(config, self.readiness.clone()).await
+    }
+
+    /// `/readyz` fails while PostgreSQL does not answer; the backlog gauges
+    /// are read from it.
+    pub fn needs_postgres(&mut self, config: &Config, store: &Store) {
+        let exporter = store.clone();
+        let shutdown = self.shutdown.clone();
+        let interval = Duration::from_millis(config.metrics.backlog_interval_ms.max(100));
+        self.tasks.spawn(async move {
+            export_backlogs(exporter, interval, shutdown).await;
+            Ok(())
+        });
+        let store = store.clone();
+        self.readiness.add("postgres", move || {
+            let store = store.clone();
+            async move { store.ping().await.map_err(|e| e.to_string()) }
+        });
+    }
+
+    /// `/readyz` fails while Redis does not answer.
+    pub fn needs_redis(&self, config: &Config) {
+        let url = config.redis.url.clone();
+        self.readiness.add("redis", move || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        });
     }
 
     /// The process's publisher; the first call also starts the task that
@@ -50,6 +96,20 @@ impl Roles {
             controller.run(shutdown).await;
             Ok(())
         });
+        let checked = publisher.clone();
+        self.readiness.add("kafka", move || {
+            let publisher = checked.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let active = publisher.active_cluster().to_string();
+                    publisher
+                        .cluster_health(&active, Duration::from_millis(1500))
+                        .map_err(|e| format!("cluster {active}: {e}"))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        });
         self.publisher = Some(publisher.clone());
         Ok(publisher)
     }
@@ -57,6 +117,7 @@ impl Roles {
     /// Runs until SIGINT/SIGTERM or a role fails, then lets every role finish
     /// its in-flight work.
     pub async fn wait(mut self) -> Result<()> {
+        self.readiness.started();
         let mut failure = None;
         tokio::select! {
             _ = shutdown_signal() => tracing::info!("shutting down"),
@@ -100,22 +161,41 @@ async fn shutdown_signal() {
 }
 
 /// Serves Prometheus metrics for every role of this process, if configured.
-pub fn install_metrics(config: &Config) -> Result<()> {
-    if config.metrics.listen.trim().is_empty() {
-        return Ok(());
+/// Work waiting in PostgreSQL, as gauges: the outbox, app events not yet
+/// published, trigger timers, campaigns per status.
+async fn export_backlogs(store: Store, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        match store.backlogs().await {
+            Ok(b) => {
+                metrics::gauge!("herald_outbox_backlog").set(b.outbox_unpublished as f64);
+                metrics::gauge!("herald_outbox_oldest_due_seconds")
+                    .set(b.outbox_oldest_due_seconds);
+                metrics::gauge!("herald_events_unpublished").set(b.events_unpublished as f64);
+                metrics::gauge!("herald_trigger_timers_pending").set(b.timers_pending as f64);
+                metrics::gauge!("herald_trigger_timers_due").set(b.timers_due as f64);
+                for status in [
+                    "draft",
+                    "scheduled",
+                    "running",
+                    "paused",
+                    "completed",
+                    "cancelled",
+                ] {
+                    let n = b
+                        .campaigns
+                        .iter()
+                        .find(|(s, _)| s == status)
+                        .map_or(0, |(_, n)| *n);
+                    metrics::gauge!("herald_campaigns", "status" => status).set(n as f64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the backlogs failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
     }
-    let addr: SocketAddr = config.metrics.listen.parse().with_context(|| {
-        format!(
-            "metrics.listen `{}` is not an address",
-            config.metrics.listen
-        )
-    })?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .with_context(|| format!("serving metrics on {addr}"))?;
-    announce("metrics", &format!("http://{addr}/metrics"));
-    Ok(())
 }
 
 /// Tests and scripts read these lines from stdout to learn bound addresses.
@@ -491,23 +571,27 @@ fn rand_suffix() -> u32 {
 }
 
 pub async fn gateway(config: Config) -> Result<()> {
-    install_metrics(&config)?;
+    let mut roles = Roles::new();
+    roles.serve_ops(&config).await?;
     preflight::kafka_configured(&config)?;
     let store = preflight::postgres(&config).await?;
+    roles.needs_postgres(&config, &store);
     if config.gateway.rate_limit_per_second > 0 {
         preflight::redis(&config).await?;
+        roles.needs_redis(&config);
     }
-    let mut roles = Roles::new();
     start_gateway(&mut roles, &config, store).await?;
     roles.wait().await
 }
 
 pub async fn sender(config: Config, with_recorder: bool) -> Result<()> {
-    install_metrics(&config)?;
+    let mut roles = Roles::new();
+    roles.serve_ops(&config).await?;
     preflight::kafka_configured(&config)?;
     let store = preflight::postgres(&config).await?;
+    roles.needs_postgres(&config, &store);
     preflight::redis(&config).await?;
-    let mut roles = Roles::new();
+    roles.needs_redis(&config);
     start_sender(&mut roles, &config, store.clone()).await?;
     if with_recorder {
         start_recorder(&mut roles, &config, store)?;
@@ -516,29 +600,33 @@ pub async fn sender(config: Config, with_recorder: bool) -> Result<()> {
 }
 
 pub async fn scheduler(config: Config) -> Result<()> {
-    install_metrics(&config)?;
+    let mut roles = Roles::new();
+    roles.serve_ops(&config).await?;
     preflight::kafka_configured(&config)?;
     let store = preflight::postgres(&config).await?;
+    roles.needs_postgres(&config, &store);
     preflight::redis(&config).await?;
-    let mut roles = Roles::new();
+    roles.needs_redis(&config);
     start_scheduler(&mut roles, &config, store).await?;
     roles.wait().await
 }
 
 pub async fn triggers(config: Config) -> Result<()> {
-    install_metrics(&config)?;
+    let mut roles = Roles::new();
+    roles.serve_ops(&config).await?;
     preflight::kafka_configured(&config)?;
     let store = preflight::postgres(&config).await?;
-    let mut roles = Roles::new();
+    roles.needs_postgres(&config, &store);
     start_triggers(&mut roles, &config, store)?;
     roles.wait().await
 }
 
 pub async fn recorder(config: Config) -> Result<()> {
-    install_metrics(&config)?;
+    let mut roles = Roles::new();
+    roles.serve_ops(&config).await?;
     preflight::kafka_configured(&config)?;
     let store = preflight::postgres(&config).await?;
-    let mut roles = Roles::new();
+    roles.needs_postgres(&config, &store);
     start_recorder(&mut roles, &config, store)?;
     roles.wait().await
 }

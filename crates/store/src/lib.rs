@@ -28,7 +28,7 @@ pub use messages::{
 };
 pub use operators::{AppSummary, OperatorLogin, OperatorSession};
 pub use sealing::{SealError, Sealer};
-pub use stats::HourlyCount;
+pub use stats::{Backlogs, HourlyCount};
 pub use triggers::{DueTimer, DueTimers, NewTimer, StoredEvent, Trigger, UserDevice};
 pub use webhooks::{Webhook, WebhookEvent};
 

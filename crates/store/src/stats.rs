@@ -133,3 +133,55 @@ impl Store {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 }
+
+/// Work accepted and not yet handed on, over every app: what the backlog
+/// gauges report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Backlogs {
+    /// Outbox rows not yet published to Kafka (due ones and `send_at` ones).
+    pub outbox_unpublished: i64,
+    /// Age of the oldest due, unpublished outbox row.
+    pub outbox_oldest_due_seconds: f64,
+    /// App events stored and not yet published.
+    pub events_unpublished: i64,
+    /// Trigger timers waiting, and those of them already due.
+    pub timers_pending: i64,
+    pub timers_due: i64,
+    /// Campaigns per status.
+    pub campaigns: Vec<(String, i64)>,
+}
+
+impl Store {
+    pub async fn backlogs(&self) -> Result<Backlogs> {
+        let (outbox_unpublished, oldest): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*),
+                    extract(epoch FROM now() - min(created_at) FILTER (WHERE publish_at <= now()))::float8
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let events_unpublished: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let (timers_pending, timers_due): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE due_at <= now())
+             FROM trigger_timers WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let campaigns: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, count(*) FROM campaigns GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Backlogs {
+            outbox_unpublished,
+            outbox_oldest_due_seconds: oldest.unwrap_or(0.0).max(0.0),
+            events_unpublished,
+            timers_pending,
+            timers_due,
+            campaigns,
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! Every role's operations endpoint: `/healthz` while the process runs,
+//! `/readyz` only while the dependencies its roles use answer, and the
+//! backlog gauges in `/metrics`.
+
+use herald_tests::{wait_until, TestEnv};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn free_address() -> String {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    probe.local_addr().expect("addr").to_string()
+}
+
+async fn get(env: &TestEnv, url: &str) -> (u16, String) {
+    match env.http.get(url).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_dependencies_and_metrics_show_the_backlogs() {
+    let env = TestEnv::start("opsendpoint").await;
+    let app = env.create_app().await;
+    let ops = free_address();
+    let _sender = env
+        .spawn_with(
+            "sender",
+            &["sender"],
+            &[
+                ("HERALD_METRICS__LISTEN", &ops),
+                ("HERALD_METRICS__BACKLOG_INTERVAL_MS", "200"),
+            ],
+        )
+        .await;
+    let base = format!("http://{ops}");
+    wait_until("the sender ready", LONG, || async {
+        get(&env, &format!("{base}/readyz")).await.0 == 200
+    })
+    .await;
+    let (_, body) = get(&env, &format!("{base}/readyz")).await;
+    let ready: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        ready["checks"],
+        json!({"postgres": "ok", "redis": "ok", "kafka": "ok"}),
+        "a sender depends on all three"
+    );
+
+    // The broker goes away: not ready (alive all the same), then back.
+    env.kafka_available(false);
+    wait_until("readyz reports Kafka", LONG, || async {
+        let (status, body) = get(&env, &format!("{base}/readyz")).await;
+        status == 503
+            && serde_json::from_str::<Value>(&body)
+                .map(|v| v["checks"]["kafka"] != "ok" && v["checks"]["postgres"] == "ok")
+                .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(get(&env, &format!("{base}/healthz")).await.0, 200);
+    env.kafka_available(true);
+    wait_until("ready again", LONG, || async {
+        get(&env, &format!("{base}/readyz")).await.0 == 200
+    })
+    .await;
+
+    // A push due tomorrow waits in the outbox: the gauge shows it.
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let (status, _) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &json!({"to": {"tokens": [{"platform": "ios", "token": herald_tests::ios_token(1)}]},
+                    "notification": {"title": "later"}, "send_at": tomorrow}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_until("the outbox backlog gauge", LONG, || async {
+        get(&env, &format!("{base}/metrics"))
+            .await
+            .1
+            .lines()
+            .any(|l| l == "herald_outbox_backlog 1")
+    })
+    .await;
+    let (_, metrics) = get(&env, &format!("{base}/metrics")).await;
+    for gauge in [
+        "herald_events_unpublished 0",
+        "herald_trigger_timers_pending 0",
+        "herald_campaigns{status=\"running\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == gauge),
+            "no `{gauge}` in /metrics"
+        );
+    }
+    env.finish().await;
+}
