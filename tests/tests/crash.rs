@@ -137,3 +137,101 @@ async fn a_sender_stopped_with_sigterm_settles_its_batch_before_it_leaves() {
     );
     env.finish().await;
 }
+
+#[tokio::test]
+async fn sigterm_to_every_role_during_a_campaign_loses_and_duplicates_nothing() {
+    const COUNT: i64 = 3_000;
+    let env = TestEnv::start_with(
+        "sigtermcampaign",
+        &[("HERALD_SHUTDOWN__DEADLINE_MS", "20000")],
+    )
+    .await;
+    let app = env.create_app().await;
+    herald_tests::fixture::seed(&env, &app.id, COUNT).await;
+    let mut gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("gateway url");
+    let mut sender = env.sender().await;
+    let mut scheduler = env.scheduler().await;
+    // Slow enough (1,000/s) that the signal lands mid-run.
+    let (status, campaign) = env
+        .api(
+            "POST",
+            &format!("{gw}/v1/campaigns"),
+            &app.server_key,
+            Some(&json!({"name": "sigterm", "notification": {"title": "t"},
+                         "rate_limit_per_second": 1000})),
+        )
+        .await;
+    assert_eq!(status, 201, "{campaign}");
+    let id = campaign["id"].as_str().expect("id").to_string();
+    let message_id = campaign["message_id"]
+        .as_str()
+        .expect("message id")
+        .to_string();
+    let (status, _) = env
+        .api(
+            "POST",
+            &format!("{gw}/v1/campaigns/{id}/launch"),
+            &app.server_key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_until("a third delivered", Duration::from_secs(60), || async {
+        env.sim_stats().await["accepted"].as_u64().unwrap_or(0) >= 1_000
+    })
+    .await;
+
+    // Every role is told to stop at once, mid-campaign; each exits cleanly
+    // within the deadline.
+    let started = std::time::Instant::now();
+    let (s, c, g) = tokio::join!(
+        sender.terminate(),
+        scheduler.terminate(),
+        gateway.terminate()
+    );
+    for (role, status) in [("sender", s), ("scheduler", c), ("gateway", g)] {
+        assert!(status.success(), "{role} exit: {status}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    let stopped_at = env.sim_stats().await["accepted"].as_u64().unwrap_or(0);
+    assert!(
+        stopped_at < COUNT as u64,
+        "the campaign was not cut mid-run"
+    );
+
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("gateway url");
+    let _sender = env.sender().await;
+    let _scheduler = env.scheduler().await;
+    wait_until(
+        "the campaign finished",
+        Duration::from_secs(120),
+        || async {
+            let (_, c) = env
+                .api(
+                    "GET",
+                    &format!("{gw}/v1/campaigns/{id}"),
+                    &app.server_key,
+                    None,
+                )
+                .await;
+            c["status"] == "completed" && c["progress"]["pending"] == 0
+        },
+    )
+    .await;
+    let per_token = env.deliveries_per_token(&message_id).await;
+    let expected: std::collections::HashSet<String> = (1..=COUNT)
+        .filter(|n| herald_tests::fixture::deliverable(*n))
+        .map(herald_tests::fixture::token)
+        .collect();
+    let got: std::collections::HashSet<String> = per_token.keys().cloned().collect();
+    assert_eq!(got, expected, "every deliverable device, and nobody else");
+    let twice: Vec<_> = per_token.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent twice: {twice:?}");
+    env.finish().await;
+}

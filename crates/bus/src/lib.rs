@@ -24,6 +24,8 @@ use std::time::Duration;
 pub enum BusError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{0}")]
+    Security(String),
     #[error("no Kafka bootstrap servers configured (set kafka.bootstrap_servers or HERALD_KAFKA__BOOTSTRAP_SERVERS)")]
     NotConfigured,
     #[error("embedded broker: {0}")]
@@ -44,6 +46,13 @@ fn base_config(kafka: &KafkaConfig) -> Result<ClientConfig> {
         .ok_or(BusError::NotConfigured)?;
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cluster.bootstrap_servers);
+    for (key, value) in kafka
+        .security
+        .client_settings()
+        .map_err(BusError::Security)?
+    {
+        c.set(key, value);
+    }
     Ok(c)
 }
 

@@ -31,6 +31,26 @@ pub struct Config {
     pub sim: SimConfig,
     pub metrics: MetricsConfig,
     pub credentials: CredentialsConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// Stopping on SIGTERM or SIGINT.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long the roles get to stop taking work, settle what they hold and
+    /// commit, before the process exits anyway (keep it under Kubernetes'
+    /// `terminationGracePeriodSeconds`). Work cut off then is not lost: it
+    /// is read again from Kafka and deduplicated.
+    pub deadline_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            deadline_ms: 25_000,
+        }
+    }
 }
 
 /// Encryption at rest of the apps' provider credentials.
@@ -70,6 +90,12 @@ pub struct PostgresConfig {
     /// The database Herald uses; `herald dev` and `herald migrate` create it if missing.
     pub url: String,
     pub max_connections: u32,
+    /// A statement running longer is cancelled (0: no limit). Migrations
+    /// are not limited.
+    pub statement_timeout_ms: u64,
+    /// How long a request may wait for a pooled connection before failing
+    /// (the API then answers 503).
+    pub acquire_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -107,6 +133,88 @@ pub struct KafkaConfig {
     /// How long a more preferred cluster must pass its health checks before
     /// producers switch back to it; 0: only `herald cluster failover` does.
     pub failback_after_ms: u64,
+    /// How Herald connects to every cluster: TLS and SASL.
+    pub security: KafkaSecurityConfig,
+}
+
+/// Kafka connection security, applied to every cluster.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSecurityConfig {
+    /// `plaintext` (empty: the same), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: String,
+    /// With SASL: `SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN`.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    /// Set it with `HERALD_KAFKA__SECURITY__SASL_PASSWORD`, not in a file.
+    pub sasl_password: String,
+    /// PEM file of the CA that signed the brokers' certificates; empty: the
+    /// system's CAs.
+    pub ssl_ca_location: String,
+    /// PEM files of a client certificate and its key, for mutual TLS.
+    pub ssl_certificate_location: String,
+    pub ssl_key_location: String,
+}
+
+// Never prints the password.
+impl std::fmt::Debug for KafkaSecurityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSecurityConfig")
+            .field("protocol", &self.protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSecurityConfig {
+    /// The librdkafka settings these stand for; an error names the setting
+    /// at fault.
+    pub fn client_settings(&self) -> Result<Vec<(&'static str, String)>, String> {
+        let protocol = match self.protocol.trim().to_ascii_lowercase().as_str() {
+            "" | "plaintext" => "plaintext",
+            "ssl" => "ssl",
+            "sasl_plaintext" => "sasl_plaintext",
+            "sasl_ssl" => "sasl_ssl",
+            other => return Err(format!(
+                "kafka.security.protocol `{other}`: use plaintext, ssl, sasl_plaintext or sasl_ssl"
+            )),
+        };
+        let mut out = vec![("security.protocol", protocol.to_string())];
+        if protocol.starts_with("sasl") {
+            let mechanism = match self.sasl_mechanism.trim().to_ascii_uppercase().as_str() {
+                "" | "SCRAM-SHA-512" => "SCRAM-SHA-512",
+                "SCRAM-SHA-256" => "SCRAM-SHA-256",
+                "PLAIN" => "PLAIN",
+                other => {
+                    return Err(format!(
+                        "kafka.security.sasl_mechanism `{other}`: use SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"
+                    ))
+                }
+            };
+            if self.sasl_username.is_empty() || self.sasl_password.is_empty() {
+                return Err(
+                    "kafka.security.sasl_username and sasl_password are needed with SASL".into(),
+                );
+            }
+            out.push(("sasl.mechanism", mechanism.to_string()));
+            out.push(("sasl.username", self.sasl_username.clone()));
+            out.push(("sasl.password", self.sasl_password.clone()));
+        }
+        if protocol.ends_with("ssl") {
+            for (key, value) in [
+                ("ssl.ca.location", &self.ssl_ca_location),
+                ("ssl.certificate.location", &self.ssl_certificate_location),
+                ("ssl.key.location", &self.ssl_key_location),
+            ] {
+                if !value.is_empty() {
+                    out.push((key, value.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -324,6 +432,8 @@ impl Default for PostgresConfig {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/herald".into(),
             max_connections: 16,
+            statement_timeout_ms: 60_000,
+            acquire_timeout_ms: 10_000,
         }
     }
 }
@@ -350,6 +460,7 @@ impl Default for KafkaConfig {
             health_check_interval_ms: 2_000,
             failover_after_ms: 10_000,
             failback_after_ms: 300_000,
+            security: KafkaSecurityConfig::default(),
         }
     }
 }
@@ -508,6 +619,56 @@ impl Config {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_security_becomes_librdkafka_settings_and_names_what_is_wrong() {
+        let none = KafkaSecurityConfig::default();
+        assert_eq!(
+            none.client_settings().unwrap(),
+            vec![("security.protocol", "plaintext".to_string())]
+        );
+        let scram = KafkaSecurityConfig {
+            protocol: "SASL_SSL".into(),
+            sasl_username: "herald".into(),
+            sasl_password: "s3cret".into(),
+            ssl_ca_location: "/etc/herald/ca.pem".into(),
+            ..Default::default()
+        };
+        let settings = scram.client_settings().unwrap();
+        for expected in [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "herald"),
+            ("sasl.password", "s3cret"),
+            ("ssl.ca.location", "/etc/herald/ca.pem"),
+        ] {
+            assert!(
+                settings.iter().any(|(k, v)| (*k, v.as_str()) == expected),
+                "{expected:?} missing"
+            );
+        }
+        assert!(
+            !format!("{scram:?}").contains("s3cret"),
+            "Debug hides the password"
+        );
+        let no_password = KafkaSecurityConfig {
+            protocol: "sasl_plaintext".into(),
+            sasl_username: "herald".into(),
+            ..Default::default()
+        };
+        assert!(no_password
+            .client_settings()
+            .unwrap_err()
+            .contains("sasl_password"));
+        let typo = KafkaSecurityConfig {
+            protocol: "tls".into(),
+            ..Default::default()
+        };
+        assert!(typo
+            .client_settings()
+            .unwrap_err()
+            .contains("kafka.security.protocol"));
+    }
 
     #[test]
     fn file_and_environment_override_defaults() {

@@ -94,5 +94,5 @@ pub async fn run(mut config: Config) -> Result<()> {
          \nSend a push:\n\n  curl -s http://{gateway}/v1/push \\\n    -H 'Authorization: Bearer {DEV_SERVER_KEY}' \\\n    -H 'Content-Type: application/json' \\\n    -H 'Idempotency-Key: \"my-first-push\"' \\\n    -d '{{\"to\":{{\"tokens\":[{{\"platform\":\"ios\",\"token\":\"a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90\"}}]}},\"notification\":{{\"title\":\"Hello\",\"body\":\"from Herald\"}}}}'\n\
          \nThen see it arrive:  curl -s {sim_url}/sim/deliveries\n"
     );
-    roles.wait().await
+    roles.wait(&config).await
 }

@@ -28,7 +28,15 @@ pub async fn postgres(config: &Config) -> Result<Store> {
     Store::ensure_database(url)
         .await
         .map_err(|e| anyhow!("{}\n  cause: {e}", hint()))?;
-    let store = Store::connect(url, config.postgres.max_connections)
+    let settings = herald_store::PoolSettings {
+        max_connections: config.postgres.max_connections,
+        statement_timeout: (config.postgres.statement_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(config.postgres.statement_timeout_ms)),
+        acquire_timeout: std::time::Duration::from_millis(
+            config.postgres.acquire_timeout_ms.max(1),
+        ),
+    };
+    let store = Store::connect_with(url, &settings)
         .await
         .map_err(|e| anyhow!("{}\n  cause: {e}", hint()))?;
     store

@@ -116,7 +116,7 @@ impl Roles {
 
     /// Runs until SIGINT/SIGTERM or a role fails, then lets every role finish
     /// its in-flight work.
-    pub async fn wait(mut self) -> Result<()> {
+    pub async fn wait(mut self, config: &Config) -> Result<()> {
         self.readiness.started();
         let mut failure = None;
         tokio::select! {
@@ -130,10 +130,21 @@ impl Roles {
             }
         }
         self.shutdown.cancel();
-        while let Some(done) = self.tasks.join_next().await {
-            if let Ok(Err(e)) = done {
-                tracing::warn!(error = %e, "role ended with an error during shutdown");
+        let deadline = Duration::from_millis(config.shutdown.deadline_ms);
+        let settled = tokio::time::timeout(deadline, async {
+            while let Some(done) = self.tasks.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = %e, "role ended with an error during shutdown");
+                }
             }
+        })
+        .await;
+        if settled.is_err() {
+            tracing::warn!(
+                ?deadline,
+                "roles did not finish within shutdown.deadline_ms; exiting anyway (unsettled work is read again from Kafka)"
+            );
+            self.tasks.abort_all();
         }
         failure.map_or(Ok(()), Err)
     }
@@ -581,7 +592,7 @@ pub async fn gateway(config: Config) -> Result<()> {
         roles.needs_redis(&config);
     }
     start_gateway(&mut roles, &config, store).await?;
-    roles.wait().await
+    roles.wait(&config).await
 }
 
 pub async fn sender(config: Config, with_recorder: bool) -> Result<()> {
@@ -596,7 +607,7 @@ pub async fn sender(config: Config, with_recorder: bool) -> Result<()> {
     if with_recorder {
         start_recorder(&mut roles, &config, store)?;
     }
-    roles.wait().await
+    roles.wait(&config).await
 }
 
 pub async fn scheduler(config: Config) -> Result<()> {
@@ -608,7 +619,7 @@ pub async fn scheduler(config: Config) -> Result<()> {
     preflight::redis(&config).await?;
     roles.needs_redis(&config);
     start_scheduler(&mut roles, &config, store).await?;
-    roles.wait().await
+    roles.wait(&config).await
 }
 
 pub async fn triggers(config: Config) -> Result<()> {
@@ -618,7 +629,7 @@ pub async fn triggers(config: Config) -> Result<()> {
     let store = preflight::postgres(&config).await?;
     roles.needs_postgres(&config, &store);
     start_triggers(&mut roles, &config, store)?;
-    roles.wait().await
+    roles.wait(&config).await
 }
 
 pub async fn recorder(config: Config) -> Result<()> {
@@ -628,7 +639,7 @@ pub async fn recorder(config: Config) -> Result<()> {
     let store = preflight::postgres(&config).await?;
     roles.needs_postgres(&config, &store);
     start_recorder(&mut roles, &config, store)?;
-    roles.wait().await
+    roles.wait(&config).await
 }
 
 pub async fn sim(config: Config) -> Result<()> {

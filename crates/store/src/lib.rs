@@ -51,6 +51,25 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How the pool connects.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// Statements running longer are cancelled by the server; None: no limit.
+    pub statement_timeout: Option<Duration>,
+    pub acquire_timeout: Duration,
+}
+
+impl PoolSettings {
+    pub fn new(max_connections: u32) -> Self {
+        Self {
+            max_connections,
+            statement_timeout: None,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
@@ -59,10 +78,17 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)?.disable_statement_logging();
+        Self::connect_with(url, &PoolSettings::new(max_connections)).await
+    }
+
+    pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<Self> {
+        let mut options = PgConnectOptions::from_str(url)?.disable_statement_logging();
+        if let Some(limit) = settings.statement_timeout {
+            options = options.options([("statement_timeout", limit.as_millis().to_string())]);
+        }
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
             .await?;
         Ok(Self { pool, sealer: None })
@@ -102,8 +128,14 @@ impl Store {
         Ok(())
     }
 
+    /// Applies the migrations, without the statement timeout: an index
+    /// built on a large table may take minutes.
     pub async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        let mut conn = self.pool.acquire().await?;
+        conn.execute("SET statement_timeout = 0").await?;
+        let applied = sqlx::migrate!("./migrations").run(&mut *conn).await;
+        conn.execute("RESET statement_timeout").await?;
+        applied?;
         Ok(())
     }
 
