@@ -86,10 +86,21 @@ ensure_openapi_validator() {
   fi
 }
 
+# The Kubernetes manifests are checked with kubernetes-validate (PyPI), which
+# carries the API schemas (no cluster needed).
+ensure_kubernetes_validate() {
+  if ! command -v kubernetes-validate >/dev/null 2>&1; then
+    herald_log "installing kubernetes-validate"
+    python3 -m pip install -q kubernetes-validate 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages kubernetes-validate
+  fi
+}
+
 ensure_all() {
   ensure_packages
   ensure_rust
   ensure_openapi_validator
+  ensure_kubernetes_validate
   ensure_postgres
   ensure_redis
 }

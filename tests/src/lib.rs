@@ -322,7 +322,7 @@ impl TestEnv {
         vars
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(herald_bin());
         cmd.args(args);
         // Only this environment's settings reach the child.
@@ -473,6 +473,12 @@ impl TestEnv {
             server_key: v["server_key"].as_str().expect("server_key").to_string(),
             sdk_key: v["sdk_key"].as_str().expect("sdk_key").to_string(),
         }
+    }
+
+    /// A gateway with settings of its own.
+    pub async fn gateway_with(&self, settings: &[(&str, &str)]) -> HeraldProcess {
+        self.spawn_process("gateway", &["gateway"], true, settings)
+            .await
     }
 
     pub async fn gateway(&self) -> HeraldProcess {

@@ -48,7 +48,20 @@ async fn readyz_follows_the_dependencies_and_metrics_show_the_backlogs() {
         "a sender depends on all three"
     );
 
-    // The broker goes away: not ready (alive all the same), then back.
+    // The gateway accepts pushes whatever Kafka and Redis do (they wait in
+    // the outbox): its readiness is PostgreSQL alone.
+    let gateway_ops = free_address();
+    let gateway = env
+        .gateway_with(&[("HERALD_METRICS__LISTEN", &gateway_ops)])
+        .await;
+    let gateway_base = format!("http://{gateway_ops}");
+    wait_until("the gateway ready", LONG, || async {
+        get(&env, &format!("{gateway_base}/readyz")).await.0 == 200
+    })
+    .await;
+
+    // The broker goes away: the sender is not ready (alive all the same),
+    // the gateway still is; then the broker is back.
     env.kafka_available(false);
     wait_until("readyz reports Kafka", LONG, || async {
         let (status, body) = get(&env, &format!("{base}/readyz")).await;
@@ -59,6 +72,12 @@ async fn readyz_follows_the_dependencies_and_metrics_show_the_backlogs() {
     })
     .await;
     assert_eq!(get(&env, &format!("{base}/healthz")).await.0, 200);
+    let (status, body) = get(&env, &format!("{gateway_base}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["checks"],
+        json!({"postgres": "ok"})
+    );
     env.kafka_available(true);
     wait_until("ready again", LONG, || async {
         get(&env, &format!("{base}/readyz")).await.0 == 200
@@ -66,7 +85,6 @@ async fn readyz_follows_the_dependencies_and_metrics_show_the_backlogs() {
     .await;
 
     // A push due tomorrow waits in the outbox: the gauge shows it.
-    let gateway = env.gateway().await;
     let gw = gateway.url.clone().expect("url");
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
     let (status, _) = env
@@ -98,5 +116,42 @@ async fn readyz_follows_the_dependencies_and_metrics_show_the_backlogs() {
             "no `{gauge}` in /metrics"
         );
     }
+    env.finish().await;
+}
+
+/// librdkafka's mock broker does not implement CreateTopics, so what can
+/// be checked here is that impossible settings are refused by name before
+/// any broker is asked.
+#[tokio::test]
+async fn topics_create_refuses_settings_no_write_could_satisfy() {
+    let env = TestEnv::start("topicscreate").await;
+    let run = |args: &'static [&'static str], settings: &'static [(&'static str, &'static str)]| {
+        let env = &env;
+        async move {
+            let mut cmd = env.command(args);
+            cmd.envs(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            let out = cmd.output().await.expect("herald");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, err) = run(
+        &["topics", "create"],
+        &[
+            ("HERALD_KAFKA__REPLICATION_FACTOR", "1"),
+            ("HERALD_KAFKA__MIN_INSYNC_REPLICAS", "2"),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("kafka.min_insync_replicas (2) is more than kafka.replication_factor (1)"),
+        "{err}"
+    );
+    let (ok, err) = run(&["topics", "create", "--cluster", "nowhere"], &[]).await;
+    assert!(!ok);
+    assert!(err.contains("no Kafka cluster named `nowhere`"), "{err}");
     env.finish().await;
 }

@@ -4,7 +4,10 @@
 //! Nothing here decides about duplicates: offsets, partitions and producer ids
 //! mean nothing on another cluster, so dedupe lives in the ledger.
 
+mod admin;
 mod embedded;
+
+pub use admin::{create_topics, TopicCreation};
 
 pub use embedded::{BrokerCommand, EmbeddedBroker};
 
@@ -26,6 +29,8 @@ pub enum BusError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("{0}")]
     Security(String),
+    #[error("{0}")]
+    Admin(String),
     #[error("no Kafka bootstrap servers configured (set kafka.bootstrap_servers or HERALD_KAFKA__BOOTSTRAP_SERVERS)")]
     NotConfigured,
     #[error("embedded broker: {0}")]

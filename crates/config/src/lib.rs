@@ -114,6 +114,11 @@ pub struct KafkaConfig {
     pub topics: TopicsConfig,
     /// Partitions for topics Herald creates (embedded broker, `herald topics create`).
     pub partitions: i32,
+    /// Replicas of each topic `herald topics create` makes.
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of those topics: with `acks=all`, a write is
+    /// acknowledged once this many replicas have it.
+    pub min_insync_replicas: i32,
     /// How long a produce may keep retrying before it counts as failed.
     pub message_timeout_ms: u64,
     /// How long a consumer may be silent before its partitions go to another.
@@ -177,9 +182,11 @@ impl KafkaSecurityConfig {
             "ssl" => "ssl",
             "sasl_plaintext" => "sasl_plaintext",
             "sasl_ssl" => "sasl_ssl",
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "kafka.security.protocol `{other}`: use plaintext, ssl, sasl_plaintext or sasl_ssl"
-            )),
+            ))
+            }
         };
         let mut out = vec![("security.protocol", protocol.to_string())];
         if protocol.starts_with("sasl") {
@@ -453,6 +460,8 @@ impl Default for KafkaConfig {
             bootstrap_servers: String::new(),
             topics: TopicsConfig::default(),
             partitions: 8,
+            replication_factor: 3,
+            min_insync_replicas: 2,
             message_timeout_ms: 30_000,
             session_timeout_ms: 10_000,
             clusters: BTreeMap::new(),

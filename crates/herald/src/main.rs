@@ -10,6 +10,7 @@ mod operators;
 mod ops;
 mod preflight;
 mod roles;
+mod topics;
 
 use clap::{Parser, Subcommand};
 use herald_config::Config;
@@ -81,6 +82,14 @@ enum Command {
         #[command(subcommand)]
         command: apps::AppsCommand,
     },
+    /// Loads the configuration (file and `HERALD_` environment) and says
+    /// whether it is valid: unknown settings and impossible values are named.
+    CheckConfig,
+    /// Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        command: topics::TopicsCommand,
+    },
     /// Dashboard operators.
     Operators {
         #[command(subcommand)]
@@ -121,6 +130,8 @@ fn main() -> ExitCode {
             Command::Apps { command } => apps::run(config, command).await,
             Command::Dlq { command } => dlq::run(config, command).await,
             Command::Operators { command } => operators::run(config, command).await,
+            Command::Topics { command } => topics::run(config, command).await,
+            Command::CheckConfig => check_config(&config),
         }
     });
     match result {
@@ -132,6 +143,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What loading alone does not catch: values that cannot work together.
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    config
+        .kafka
+        .security
+        .client_settings()
+        .map_err(anyhow::Error::msg)?;
+    if config.kafka.min_insync_replicas > config.kafka.replication_factor {
+        anyhow::bail!("kafka.min_insync_replicas is more than kafka.replication_factor");
+    }
+    for (name, address) in [
+        ("gateway.listen", &config.gateway.listen),
+        ("metrics.listen", &config.metrics.listen),
+    ] {
+        if !address.is_empty() && address.parse::<std::net::SocketAddr>().is_err() {
+            anyhow::bail!("{name} `{address}` is not an address (HOST:PORT)");
+        }
+    }
+    println!("configuration is valid");
+    Ok(())
 }
 
 /// A time, or an age counted back from now.

@@ -63,6 +63,28 @@ impl Roles {
         });
     }
 
+    /// `/readyz` fails while the active Kafka cluster fails its health
+    /// check. Not for the gateway: it accepts pushes while Kafka is away.
+    pub fn needs_kafka(&self) {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        let checked = publisher.clone();
+        self.readiness.add("kafka", move || {
+            let publisher = checked.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let active = publisher.active_cluster().to_string();
+                    publisher
+                        .cluster_health(&active, Duration::from_millis(1500))
+                        .map_err(|e| format!("cluster {active}: {e}"))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+        });
+    }
+
     /// `/readyz` fails while Redis does not answer.
     pub fn needs_redis(&self, config: &Config) {
         let url = config.redis.url.clone();
@@ -95,20 +117,6 @@ impl Roles {
         self.tasks.spawn(async move {
             controller.run(shutdown).await;
             Ok(())
-        });
-        let checked = publisher.clone();
-        self.readiness.add("kafka", move || {
-            let publisher = checked.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    let active = publisher.active_cluster().to_string();
-                    publisher
-                        .cluster_health(&active, Duration::from_millis(1500))
-                        .map_err(|e| format!("cluster {active}: {e}"))
-                })
-                .await
-                .map_err(|e| e.to_string())?
-            }
         });
         self.publisher = Some(publisher.clone());
         Ok(publisher)
@@ -589,7 +597,6 @@ pub async fn gateway(config: Config) -> Result<()> {
     roles.needs_postgres(&config, &store);
     if config.gateway.rate_limit_per_second > 0 {
         preflight::redis(&config).await?;
-        roles.needs_redis(&config);
     }
     start_gateway(&mut roles, &config, store).await?;
     roles.wait(&config).await
@@ -607,6 +614,7 @@ pub async fn sender(config: Config, with_recorder: bool) -> Result<()> {
     if with_recorder {
         start_recorder(&mut roles, &config, store)?;
     }
+    roles.needs_kafka();
     roles.wait(&config).await
 }
 
@@ -619,6 +627,7 @@ pub async fn scheduler(config: Config) -> Result<()> {
     preflight::redis(&config).await?;
     roles.needs_redis(&config);
     start_scheduler(&mut roles, &config, store).await?;
+    roles.needs_kafka();
     roles.wait(&config).await
 }
 
@@ -629,6 +638,7 @@ pub async fn triggers(config: Config) -> Result<()> {
     let store = preflight::postgres(&config).await?;
     roles.needs_postgres(&config, &store);
     start_triggers(&mut roles, &config, store)?;
+    roles.needs_kafka();
     roles.wait(&config).await
 }
 
