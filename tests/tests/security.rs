@@ -233,3 +233,237 @@ async fn oversize_slow_and_misdirected_requests_are_cut_off() {
     env.assert_nothing_accepted().await;
     env.finish().await;
 }
+
+/// A valid body for each write endpoint, so that a refusal is about whose
+/// resource it is, never about the body. An endpoint added to the API
+/// without a body here fails the matrix below.
+fn body_for(method: &str, path: &str) -> Option<Value> {
+    let campaign = json!({"name": "b's", "notification": {"title": "b"}});
+    let trigger = json!({"name": "b's", "entry_event": "ping", "notification": {"title": "b"}});
+    Some(match (method, path) {
+        ("post", "/v1/push") => {
+            json!({"to": {"custom_ids": ["a-user"], "install_ids": ["a-only"]}, "notification": {"title": "b"}})
+        }
+        ("post", "/v1/events") => json!({"event_id": "b-1", "name": "ping", "custom_id": "a-user"}),
+        ("post", "/v1/campaigns") | ("put", "/v1/campaigns/{campaign_id}") => campaign,
+        ("post", "/v1/triggers") | ("put", "/v1/triggers/{trigger_id}") => trigger,
+        ("post", "/v1/audiences/estimate") => json!({"type": "custom_ids", "ids": ["a-user"]}),
+        ("put", "/v1/installations/{install_id}") => {
+            json!({"platform": "android", "token": "b-token"})
+        }
+        ("post", "/v1/keys") => json!({"kind": "sdk"}),
+        ("put", "/v1/webhook") => json!({"url": "http://127.0.0.1:9/b"}),
+        ("put", "/v1/campaign-settings") => json!({"rate_limit_per_second": 10}),
+        ("put", "/v1/trigger-settings") => json!({"quiet_hours": null}),
+        ("put", "/v1/credentials/apns") | ("put", "/v1/credentials/fcm") => json!({}),
+        ("put", "/v1/campaigns/{campaign_id}/audience/ids") => Value::Null,
+        (_, _)
+            if matches!(method, "get" | "delete")
+                || path.ends_with("/launch")
+                || path.ends_with("/pause")
+                || path.ends_with("/resume")
+                || path.ends_with("/cancel") =>
+        {
+            Value::Null
+        }
+        _ => return None,
+    })
+}
+
+#[tokio::test]
+async fn every_endpoint_of_the_openapi_document_keeps_apps_apart_and_sdk_keys_in_scope() {
+    let env = TestEnv::start("tenantmatrix").await;
+    let a = env.create_app().await;
+    let b = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    let http = &env.http;
+    let call = |method: &str, path: &str, key: &str, body: Option<Value>| {
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let mut r = http
+            .request(method, format!("{gw}{path}"))
+            .bearer_auth(key.to_string());
+        if path.ends_with("/audience/ids") {
+            r = r.header("content-type", "text/plain").body("b-user\n");
+        } else if let Some(b) = body.filter(|b| !b.is_null()) {
+            r = r.json(&b);
+        }
+        async move {
+            let r = r.send().await.expect("request");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+
+    // A's resources, one of each.
+    let ok = |(status, body): (u16, String)| {
+        assert!((200..300).contains(&status), "{status} {body}");
+        serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
+    };
+    ok(call(
+        "put",
+        "/v1/installations/a-only",
+        &a.sdk_key,
+        Some(json!({"platform": "ios", "token": ios_token(7), "custom_id": "a-user"})),
+    )
+    .await);
+    let message = ok(call(
+        "post",
+        "/v1/push",
+        &a.server_key,
+        Some(json!({"to": {"install_ids": ["a-only"]}, "notification": {"title": "a"}})),
+    )
+    .await);
+    let a_message = message["message_id"].as_str().expect("id").to_string();
+    let campaign = ok(call(
+        "post",
+        "/v1/campaigns",
+        &a.server_key,
+        Some(json!({"name": "a's", "notification": {"title": "a"}})),
+    )
+    .await);
+    let a_campaign = campaign["id"].as_str().expect("id").to_string();
+    let trigger = ok(call(
+        "post",
+        "/v1/triggers",
+        &a.server_key,
+        Some(json!({"name": "a's", "entry_event": "ping", "notification": {"title": "a-trigger"}})),
+    )
+    .await);
+    let a_trigger = trigger["id"].as_str().expect("id").to_string();
+    let key = ok(call(
+        "post",
+        "/v1/keys",
+        &a.server_key,
+        Some(json!({"kind": "sdk"})),
+    )
+    .await);
+    let a_key = key["id"].as_str().expect("id").to_string();
+    ok(call(
+        "put",
+        "/v1/webhook",
+        &a.server_key,
+        Some(json!({"url": "http://127.0.0.1:9/a-hook"})),
+    )
+    .await);
+    wait_until("A's push delivered", Duration::from_secs(60), || async {
+        env.message(&gw, &a.server_key, &a_message).await["counts"]["delivered"] == 1
+    })
+    .await;
+    let a_secrets = [
+        a_message.clone(),
+        a_campaign.clone(),
+        a_trigger.clone(),
+        a_key.clone(),
+        ios_token(7),
+        "a-user".to_string(),
+        "a-hook".to_string(),
+    ];
+
+    let doc: Value =
+        serde_json::from_str(&call("get", "/v1/openapi.json", &a.server_key, None).await.1)
+            .expect("openapi");
+    let mut endpoints = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for method in ops.as_object().expect("ops").keys() {
+            endpoints.push((method.clone(), path.clone()));
+        }
+    }
+    assert!(endpoints.len() >= 40, "{} endpoints", endpoints.len());
+    let concrete = |path: &str| {
+        path.replace("{message_id}", &a_message)
+            .replace("{campaign_id}", &a_campaign)
+            .replace("{trigger_id}", &a_trigger)
+            .replace("{key_id}", &a_key)
+            .replace("{install_id}", "a-only")
+    };
+
+    // B's server key on every endpoint: A's resources are not found, B's
+    // own answers never show anything of A's.
+    for (method, path) in &endpoints {
+        let body = body_for(method, path)
+            .unwrap_or_else(|| panic!("no body for {method} {path}: add one to body_for"));
+        let sent = format!("{} {body}", concrete(path));
+        let (status, answer) = call(method, &concrete(path), &b.server_key, Some(body)).await;
+        // Install ids are names within an app: B may register its own
+        // `a-only` (and does, above), so those paths answer for B's.
+        let names_a = path.contains('{') && !path.contains("{install_id}");
+        if names_a {
+            assert_eq!(status, 404, "B {method} {path}: {answer}");
+        }
+        assert!(status < 500, "B {method} {path}: {status} {answer}");
+        for secret in &a_secrets {
+            // An answer may echo what B itself sent; nothing else of A's.
+            if sent.contains(secret.as_str()) {
+                continue;
+            }
+            assert!(
+                !answer.contains(secret.as_str()),
+                "B {method} {path} shows A's {secret}: {answer}"
+            );
+        }
+    }
+
+    // A's SDK key: installations and events only.
+    for (method, path) in &endpoints {
+        let allowed = (path == "/v1/installations/{install_id}"
+            && (method == "put" || method == "delete"))
+            || (path == "/v1/events" && method == "post")
+            || path == "/v1/openapi.json";
+        if allowed {
+            continue;
+        }
+        let body = body_for(method, path).expect("body");
+        let (status, answer) = call(method, &concrete(path), &a.sdk_key, Some(body)).await;
+        assert_eq!(status, 403, "SDK key {method} {path}: {answer}");
+    }
+
+    // Nothing of A's changed, and B's event and push reached no device of A's.
+    let c = ok(call(
+        "get",
+        &format!("/v1/campaigns/{a_campaign}"),
+        &a.server_key,
+        None,
+    )
+    .await);
+    assert_eq!(c["status"], "draft");
+    assert_eq!(c["name"], "a's");
+    let t = ok(call(
+        "get",
+        &format!("/v1/triggers/{a_trigger}"),
+        &a.server_key,
+        None,
+    )
+    .await);
+    assert_eq!(t["name"], "a's");
+    let i = ok(call("get", "/v1/installations/a-only", &a.server_key, None).await);
+    assert_eq!(i["token"], ios_token(7));
+    let keys = ok(call("get", "/v1/keys", &a.server_key, None).await);
+    assert!(
+        keys.as_array()
+            .expect("keys")
+            .iter()
+            .all(|k| k["revoked_at"].is_null()),
+        "{keys}"
+    );
+    let hook = ok(call("get", "/v1/webhook", &a.server_key, None).await);
+    assert!(hook["url"]
+        .as_str()
+        .unwrap_or_default()
+        .ends_with("/a-hook"));
+    let creds = ok(call("get", "/v1/credentials", &a.server_key, None).await);
+    assert!(
+        !creds["apns"].is_null() && !creds["fcm"].is_null(),
+        "{creds}"
+    );
+    // B's push named A's user and install id: it resolved to none of A's
+    // devices, so the record holds A's one push only.
+    let to_a = env
+        .sim_deliveries()
+        .await
+        .into_iter()
+        .filter(|d| d["token"] == ios_token(7))
+        .count();
+    assert_eq!(to_a, 1, "A's device got A's push and nothing of B's");
+    env.finish().await;
+}
