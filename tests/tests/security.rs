@@ -467,3 +467,79 @@ async fn every_endpoint_of_the_openapi_document_keeps_apps_apart_and_sdk_keys_in
     assert_eq!(to_a, 1, "A's device got A's push and nothing of B's");
     env.finish().await;
 }
+
+#[tokio::test]
+async fn the_gateway_speaks_tls_when_given_a_certificate() {
+    let env = TestEnv::start("gatewaytls").await;
+    let app = env.create_app().await;
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("certificate");
+    let cert_path = env.log_dir.join("gateway.pem");
+    let key_path = env.log_dir.join("gateway.key");
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write");
+    let gateway = env
+        .gateway_with(&[
+            (
+                "HERALD_GATEWAY__TLS_CERT_PATH",
+                cert_path.to_str().expect("path"),
+            ),
+            (
+                "HERALD_GATEWAY__TLS_KEY_PATH",
+                key_path.to_str().expect("path"),
+            ),
+        ])
+        .await;
+    let url = gateway.url.clone().expect("url");
+    assert!(url.starts_with("https://"), "{url}");
+    let _sender = env.sender().await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).expect("pem"),
+        )
+        .build()
+        .expect("client");
+    let r = client
+        .post(format!("{url}/v1/push"))
+        .bearer_auth(&app.server_key)
+        .header("Idempotency-Key", "\"over-tls\"")
+        .json(&json!({"to": {"tokens": [{"platform": "ios", "token": ios_token(1)}]}, "notification": {"title": "tls"}}))
+        .send()
+        .await
+        .expect("push over TLS");
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN picks HTTP/2");
+    wait_until("delivered", Duration::from_secs(60), || async {
+        env.sim_deliveries()
+            .await
+            .iter()
+            .any(|d| d["token"] == ios_token(1))
+    })
+    .await;
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = url.replacen("https://", "http://", 1);
+    assert!(env
+        .http
+        .get(format!("{plain}/healthz"))
+        .send()
+        .await
+        .is_err());
+    // A client that does not trust the certificate is refused.
+    assert!(env.http.get(format!("{url}/healthz")).send().await.is_err());
+
+    // Half a setting is refused at start, by name.
+    let out = env
+        .command(&["gateway"])
+        .env(
+            "HERALD_GATEWAY__TLS_CERT_PATH",
+            cert_path.to_str().expect("path"),
+        )
+        .env("HERALD_GATEWAY__LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .expect("herald");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gateway.tls_key_path"));
+    env.finish().await;
+}

@@ -329,6 +329,10 @@ pub struct GatewayConfig {
     pub dashboard_secure_cookies: bool,
     /// How long an operator stays logged in.
     pub dashboard_session_hours: u64,
+    /// PEM certificate chain and key: with both set the gateway speaks TLS
+    /// (HTTP/2 and HTTP/1.1); empty: plain HTTP (behind a TLS proxy).
+    pub tls_cert_path: String,
+    pub tls_key_path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -500,6 +504,8 @@ impl Default for GatewayConfig {
             dashboard: true,
             dashboard_secure_cookies: true,
             dashboard_session_hours: 12,
+            tls_cert_path: String::new(),
+            tls_key_path: String::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ mod messages;
 mod problem;
 mod push;
 mod relay;
+pub mod tls;
 mod triggers;
 mod webhook;
 

@@ -285,13 +285,37 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
     } else {
         api
     };
-    roles.tasks.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("serving the API")
-    });
-    announce("gateway", &format!("http://{addr}"));
+    let tls = match (
+        config.gateway.tls_cert_path.trim(),
+        config.gateway.tls_key_path.trim(),
+    ) {
+        ("", "") => None,
+        ("", _) | (_, "") => anyhow::bail!(
+            "gateway.tls_cert_path and gateway.tls_key_path go together: set both or neither"
+        ),
+        (cert, key) => Some(herald_gateway::tls::acceptor(
+            std::path::Path::new(cert),
+            std::path::Path::new(key),
+        )?),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    match tls {
+        Some(acceptor) => {
+            roles.tasks.spawn(async move {
+                herald_gateway::tls::serve(listener, acceptor, app, shutdown).await;
+                Ok(())
+            });
+        }
+        None => {
+            roles.tasks.spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+                    .context("serving the API")
+            });
+        }
+    }
+    announce("gateway", &format!("{scheme}://{addr}"));
     Ok(addr)
 }
 
