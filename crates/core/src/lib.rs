@@ -5,6 +5,7 @@ pub mod audience;
 pub mod campaign;
 pub mod dedupe;
 pub mod failover;
+pub mod fuzz;
 pub mod ids;
 pub mod installation;
 pub mod job;
