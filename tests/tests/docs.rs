@@ -174,3 +174,44 @@ fn every_setting_is_documented_with_its_default() {
         assert!(doc.contains(&row), "docs/configuration.md lacks: {row}");
     }
 }
+
+/// Every metric the code records is listed in docs/observability.md.
+#[test]
+fn every_metric_is_documented() {
+    let docs = std::fs::read_to_string(repo_file("docs/observability.md")).expect("docs");
+    let mut files = Vec::new();
+    let mut dirs = vec![repo_file("crates")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source");
+        for macro_name in ["counter!(", "gauge!(", "histogram!("] {
+            for (at, _) in text.match_indices(macro_name) {
+                let rest = text[at + macro_name.len()..].trim_start();
+                if let Some(quoted) = rest.strip_prefix('"') {
+                    if let Some(end) = quoted.find('"') {
+                        names.insert(quoted[..end].to_string());
+                    }
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 25, "found only {names:?}");
+    let missing: Vec<_> = names
+        .iter()
+        .filter(|n| !docs.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/observability.md: {missing:?}"
+    );
+}
