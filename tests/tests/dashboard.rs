@@ -117,6 +117,23 @@ async fn an_operator_runs_a_campaign_and_a_trigger_from_the_browser() {
     })
     .await;
     assert_eq!(browser.text("#campaign-status").await, "draft");
+
+    // Edit the draft: the composer comes back filled in, and saves.
+    browser.click("#edit").await;
+    assert_eq!(
+        browser
+            .attribute("input[name=cond_value]", "value")
+            .await
+            .as_deref(),
+        Some("ios")
+    );
+    browser.fill("#name", "Winter sale (iOS)").await;
+    browser.click("#composer button[type=submit]").await;
+    wait_until("the campaign's page after the edit", LONG, || async {
+        browser.exists("#campaign-status").await
+            && browser.text("main h1").await == "Winter sale (iOS)"
+    })
+    .await;
     let (_, list) = env
         .api(
             "GET",
@@ -242,13 +259,17 @@ async fn an_operator_runs_a_campaign_and_a_trigger_from_the_browser() {
     browser.choose("#by", "custom_id").await;
     browser.fill("#q", "user-3").await;
     browser.click("form[role=search] button[type=submit]").await;
-    let found = browser
-        .script(
-            "return document.querySelectorAll('section.installation').length;",
-            json!([]),
-        )
-        .await;
-    assert_eq!(found, json!(2));
+    // The click submits; wait for the answer page rather than read the old one.
+    wait_until("user-3's two installations listed", LONG, || async {
+        browser
+            .script(
+                "return document.querySelectorAll('section.installation').length;",
+                json!([]),
+            )
+            .await
+            == json!(2)
+    })
+    .await;
     // Install 6 got the campaign and the trigger; install 7 the trigger.
     let rows = browser
         .script(

@@ -70,6 +70,10 @@ pub fn router(state: DashboardState) -> Router {
         .route("/campaigns", get(campaigns::list).post(campaigns::create))
         .route("/campaigns/new", get(campaigns::composer))
         .route("/campaigns/{id}", get(campaigns::detail))
+        .route(
+            "/campaigns/{id}/edit",
+            get(campaigns::editor).post(campaigns::update),
+        )
         .route("/campaigns/{id}/progress", get(campaigns::progress))
         .route(
             "/campaigns/{id}/confirm",
