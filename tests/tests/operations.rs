@@ -155,3 +155,142 @@ async fn topics_create_refuses_settings_no_write_could_satisfy() {
     assert!(err.contains("no Kafka cluster named `nowhere`"), "{err}");
     env.finish().await;
 }
+
+/// A Redis that speaks TLS only, with a certificate of its own.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    ca: std::path::PathBuf,
+}
+
+impl TlsRedis {
+    fn start(dir: &std::path::Path) -> Self {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("certificate");
+        let dir = dir.join("tls-redis");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (ca, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&ca, cert.cert.pem()).expect("write");
+        std::fs::write(&key, cert.signing_key.serialize_pem()).expect("write");
+        let port: u16 = free_address()
+            .rsplit(':')
+            .next()
+            .expect("port")
+            .parse()
+            .expect("port");
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--tls-auth-clients",
+                "no",
+            ])
+            .arg("--tls-port")
+            .arg(port.to_string())
+            .arg("--tls-cert-file")
+            .arg(&ca)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        Self { child, port, ca }
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    fn keys(&self, pattern: &str) -> usize {
+        let out = std::process::Command::new("redis-cli")
+            .args(["--tls", "--cacert"])
+            .arg(&self.ca)
+            .args(["-p", &self.port.to_string(), "--scan", "--pattern", pattern])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_keeps_its_ledger_in_redis_over_tls() {
+    let env = TestEnv::start("redistls").await;
+    let app = env.create_app().await;
+    let redis = TlsRedis::start(&env.log_dir);
+    let (url, ca) = (redis.url(), redis.ca.display().to_string());
+    wait_until("the TLS Redis answers", LONG, || async {
+        redis.keys("*") == 0 && {
+            std::process::Command::new("redis-cli")
+                .args([
+                    "--tls",
+                    "--cacert",
+                    &ca,
+                    "-p",
+                    &redis.port.to_string(),
+                    "ping",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+
+    // Without the CA the server's certificate is not trusted: refused at start.
+    let out = env
+        .command(&["sender"])
+        .env("HERALD_REDIS__URL", &url)
+        .output()
+        .await
+        .expect("herald");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Redis is not reachable"));
+
+    let ops = free_address();
+    let _sender = env
+        .spawn_with(
+            "sender",
+            &["sender"],
+            &[
+                ("HERALD_REDIS__URL", &url),
+                ("HERALD_REDIS__TLS_CA_CERT_PATH", &ca),
+                ("HERALD_METRICS__LISTEN", &ops),
+            ],
+        )
+        .await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let (status, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &json!({"to": {"tokens": [{"platform": "ios", "token": herald_tests::ios_token(1)}]},
+                    "notification": {"title": "over tls"}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let id = m["message_id"].as_str().expect("id").to_string();
+    env.wait_message(&gw, &app.server_key, &id, |m| m["counts"]["delivered"] == 1)
+        .await;
+    assert!(
+        redis.keys(&format!("{}*", env.redis_prefix)) > 0,
+        "the ledger is in the TLS Redis"
+    );
+    let (status, body) = get(&env, &format!("http://{ops}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    env.finish().await;
+}

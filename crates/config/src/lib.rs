@@ -101,9 +101,13 @@ pub struct PostgresConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]`; `rediss://` for TLS.
     pub url: String,
     /// Every Redis key Herald writes starts with this.
     pub prefix: String,
+    /// PEM file of the CA that signed the server's certificate (`rediss://`);
+    /// empty: the system's CAs.
+    pub tls_ca_cert_path: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -454,6 +458,7 @@ impl Default for RedisConfig {
         Self {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "herald:".into(),
+            tls_ca_cert_path: String::new(),
         }
     }
 }

@@ -52,13 +52,25 @@ pub async fn postgres(config: &Config) -> Result<Store> {
     Ok(store.with_sealer(sealer))
 }
 
+/// A client for `redis.url`, trusting `redis.tls_ca_cert_path` when set.
+pub fn redis_client(config: &Config) -> Result<redis::Client> {
+    let ca = match config.redis.tls_ca_cert_path.trim() {
+        "" => None,
+        path => {
+            Some(std::fs::read(path).map_err(|e| anyhow!("redis.tls_ca_cert_path {path}: {e}"))?)
+        }
+    };
+    herald_ledger::client(&config.redis.url, ca)
+        .map_err(|e| anyhow!("redis.url {}: {e}", redact(&config.redis.url)))
+}
+
 pub async fn redis(config: &Config) -> Result<()> {
     let url = &config.redis.url;
     let hint = format!(
         "Redis is not reachable at {}.\n  Start it (`redis-server --daemonize yes`) or point Herald at one: HERALD_REDIS__URL=redis://HOST:6379",
         redact(url)
     );
-    let client = redis::Client::open(url.as_str()).map_err(|e| anyhow!("{hint}\n  cause: {e}"))?;
+    let client = redis_client(config).map_err(|e| anyhow!("{hint}\n  cause: {e}"))?;
     let mut conn = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         client.get_multiplexed_async_connection(),

@@ -87,11 +87,11 @@ impl Roles {
 
     /// `/readyz` fails while Redis does not answer.
     pub fn needs_redis(&self, config: &Config) {
-        let url = config.redis.url.clone();
+        let config = config.clone();
         self.readiness.add("redis", move || {
-            let url = url.clone();
+            let client = preflight::redis_client(&config);
             async move {
-                let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+                let client = client.map_err(|e| e.to_string())?;
                 let mut conn = client
                     .get_multiplexed_async_connection()
                     .await
@@ -228,9 +228,12 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
         None
     } else {
         Some(
-            herald_ledger::RateLimiter::connect(&config.redis.url, &config.redis.prefix)
-                .await
-                .context("connecting the rate limiter to Redis")?,
+            herald_ledger::RateLimiter::connect(
+                preflight::redis_client(config)?,
+                &config.redis.prefix,
+            )
+            .await
+            .context("connecting the rate limiter to Redis")?,
         )
     };
     let purge = tokio::spawn(herald_gateway::purge_idempotency_keys(
@@ -352,7 +355,7 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
         rand_suffix()
     );
     let ledger = Ledger::connect(
-        &config.redis.url,
+        preflight::redis_client(config)?,
         &config.redis.prefix,
         &owner,
         Duration::from_millis(config.sender.lease_ms),
@@ -413,9 +416,10 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
 }
 
 pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
-    let limiter = herald_ledger::RateLimiter::connect(&config.redis.url, &config.redis.prefix)
-        .await
-        .context("connecting the campaign rate limiter to Redis")?;
+    let limiter =
+        herald_ledger::RateLimiter::connect(preflight::redis_client(config)?, &config.redis.prefix)
+            .await
+            .context("connecting the campaign rate limiter to Redis")?;
     let publisher = roles.publisher(config, &store)?;
     let scheduler = Arc::new(herald_scheduler::Scheduler {
         store,

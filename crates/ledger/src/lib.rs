@@ -133,15 +133,29 @@ pub struct Ledger {
     seed: Script,
 }
 
+/// A Redis client for `url`; for `rediss://` URLs, `ca_cert_pem` is the CA
+/// that signed the server's certificate (None: the system's CAs).
+pub fn client(url: &str, ca_cert_pem: Option<Vec<u8>>) -> redis::RedisResult<redis::Client> {
+    match ca_cert_pem {
+        Some(root_cert) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+}
+
 impl Ledger {
     pub async fn connect(
-        url: &str,
+        client: redis::Client,
         prefix: &str,
         owner: &str,
         lease: Duration,
         horizon: Duration,
     ) -> Result<Self> {
-        let client = redis::Client::open(url)?;
         let conn = ConnectionManager::new(client).await?;
         Ok(Self {
             conn,

@@ -71,8 +71,8 @@ pub enum RateDecision {
 }
 
 impl RateLimiter {
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
-        let conn = ConnectionManager::new(redis::Client::open(url)?).await?;
+    pub async fn connect(client: redis::Client, prefix: &str) -> Result<Self, redis::RedisError> {
+        let conn = ConnectionManager::new(client).await?;
         Ok(Self {
             conn,
             prefix: prefix.to_string(),
