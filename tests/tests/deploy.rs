@@ -48,6 +48,20 @@ fn check_config(what: &str, settings: &BTreeMap<String, String>) {
     );
 }
 
+/// `herald ARGS --help` succeeds: ARGS name a real command.
+fn assert_is_command(what: &str, args: &[String]) {
+    let out = Command::new(herald_tests::herald_bin())
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("herald");
+    assert!(
+        out.status.success(),
+        "{what}: `herald {}` is not a command",
+        args.join(" ")
+    );
+}
+
 fn manifests() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo("deploy/kubernetes"))
         .expect("deploy/kubernetes")
@@ -122,17 +136,7 @@ fn every_setting_in_the_kubernetes_manifests_is_a_herald_setting() {
     check_config("deploy/kubernetes", &settings);
     assert_eq!(roles.len(), 7, "five roles and two jobs: {roles:?}");
     for args in roles {
-        let mut help = args.clone();
-        help.push("--help".into());
-        let out = Command::new(herald_tests::herald_bin())
-            .args(&help)
-            .output()
-            .expect("herald");
-        assert!(
-            out.status.success(),
-            "`herald {}` is not a command",
-            args.join(" ")
-        );
+        assert_is_command("deploy/kubernetes", &args);
     }
 }
 
@@ -191,16 +195,6 @@ fn the_compose_file_hangs_together_and_sets_only_real_settings() {
                     .collect()
             })
             .unwrap_or_default();
-        let mut help = command.clone();
-        help.push("--help".into());
-        let out = Command::new(herald_tests::herald_bin())
-            .args(&help)
-            .output()
-            .expect("herald");
-        assert!(
-            out.status.success(),
-            "{name}: `herald {}` is not a command",
-            command.join(" ")
-        );
+        assert_is_command(&format!("compose service {name}"), &command);
     }
 }

@@ -31,6 +31,11 @@ impl ApiProblem {
         }
     }
 
+    /// The API's status, for the page that shows the refusal.
+    pub fn status_code(&self) -> axum::http::StatusCode {
+        axum::http::StatusCode::from_u16(self.status).unwrap_or(axum::http::StatusCode::BAD_REQUEST)
+    }
+
     /// One line for an operator.
     pub fn message(&self) -> String {
         if self.detail.is_empty() {

@@ -150,7 +150,7 @@ impl FromRequestParts<DashboardState> for Operator {
                 .path_and_query()
                 .map(|p| p.as_str())
                 .unwrap_or("/dashboard");
-            let next: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+            let next = crate::pages::segment(next);
             Redirect::to(&format!("/dashboard/login?next={next}")).into_response()
         };
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
@@ -168,6 +168,31 @@ impl FromRequestParts<DashboardState> for Operator {
                 Err(pages::unavailable())
             }
         }
+    }
+}
+
+/// A form posted by the logged-in operator, its CSRF token checked: a
+/// handler that takes one cannot forget the check.
+pub struct CheckedForm(pub FormData);
+
+impl axum::extract::FromRequest<DashboardState> for CheckedForm {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &DashboardState,
+    ) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let operator = Operator::from_request_parts(&mut parts, state).await?;
+        let headers = parts.headers.clone();
+        let bytes = Bytes::from_request(axum::extract::Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let form = FormData::parse(&bytes);
+        operator
+            .check_csrf(&form, &headers)
+            .map_err(IntoResponse::into_response)?;
+        Ok(CheckedForm(form))
     }
 }
 
@@ -369,14 +394,9 @@ pub async fn login(
 
 pub async fn logout(
     State(state): State<DashboardState>,
-    operator: Operator,
     headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(_): CheckedForm,
 ) -> Response {
-    let form = FormData::parse(&body);
-    if let Err(refused) = operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
     if let Some(token) = cookie(&headers, SESSION_COOKIE) {
         if let Err(e) = state
             .store

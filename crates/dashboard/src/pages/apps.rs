@@ -2,13 +2,12 @@
 //! (an API key belongs to one app), so this is the one change the dashboard
 //! makes in the store directly, as `herald apps create` does.
 
-use crate::form::{FieldErrors, FormData};
+use crate::form::FieldErrors;
 use crate::pages::{self, count, csrf_input, form_errors, text_field, Page};
-use crate::session::Operator;
+use crate::session::{CheckedForm, Operator};
 use crate::DashboardState;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
@@ -77,13 +76,8 @@ pub async fn list(State(state): State<DashboardState>, operator: Operator) -> Re
 pub async fn create(
     State(state): State<DashboardState>,
     operator: Operator,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(form): CheckedForm,
 ) -> Response {
-    let form = FormData::parse(&body);
-    if let Err(refused) = operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
     let name = form.get("name");
     if name.is_empty() || name.chars().count() > NAME_MAX {
         let mut errors = FieldErrors::default();

@@ -13,11 +13,11 @@ use crate::pages::{
     bars, count, csrf_input, field_error, form_errors, not_found, problem_notice, select_field,
     text_field, textarea_field,
 };
-use crate::session::AppPage;
+use crate::pages::{n, segment, text};
+use crate::session::{AppPage, CheckedForm};
 use crate::DashboardState;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
@@ -28,19 +28,6 @@ const STATUSES: [&str; 5] = ["delivered", "rejected", "unknown", "expired", "fai
 #[derive(Deserialize)]
 pub struct IdPath {
     id: String,
-}
-
-fn n(v: &Value) -> i64 {
-    v.as_i64().unwrap_or(0)
-}
-
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
-
-/// Path segments the operator typed go into API paths: keep them one segment.
-fn segment(id: &str) -> String {
-    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
 }
 
 // ---- list ----
@@ -258,13 +245,8 @@ pub async fn composer(page: AppPage) -> Response {
 pub async fn create(
     State(state): State<DashboardState>,
     page: AppPage,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(form): CheckedForm,
 ) -> Response {
-    let form = FormData::parse(&body);
-    if let Err(refused) = page.operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
     let (campaign, rows) = campaign_json(&form);
     match Api::new(&state, page.acting())
         .post("/v1/campaigns", Some(&campaign))
@@ -279,7 +261,7 @@ pub async fn create(
                 &Composing::new(&page),
                 &form,
                 &errors,
-                StatusCode::from_u16(problem.status).unwrap_or(StatusCode::BAD_REQUEST),
+                problem.status_code(),
             )
         }
     }
@@ -289,13 +271,8 @@ pub async fn create(
 pub async fn estimate(
     State(state): State<DashboardState>,
     page: AppPage,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(form): CheckedForm,
 ) -> Response {
-    let form = FormData::parse(&body);
-    if let Err(refused) = page.operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
     let (audience, _) = audience_json(&form);
     match Api::new(&state, page.acting())
         .post("/v1/audiences/estimate", Some(&audience))
@@ -303,7 +280,7 @@ pub async fn estimate(
     {
         Ok(e) => Json(e).into_response(),
         Err(p) => (
-            StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST),
+            p.status_code(),
             Json(json!({"detail": p.message(), "field": p.field})),
         )
             .into_response(),
@@ -369,13 +346,8 @@ pub async fn update(
     State(state): State<DashboardState>,
     page: AppPage,
     Path(path): Path<IdPath>,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(form): CheckedForm,
 ) -> Response {
-    let form = FormData::parse(&body);
-    if let Err(refused) = page.operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
     let (campaign, rows) = campaign_json(&form);
     let id = segment(&path.id);
     match Api::new(&state, page.acting())
@@ -390,7 +362,7 @@ pub async fn update(
                 &Composing::edit(&page, &path.id),
                 &form,
                 &errors,
-                StatusCode::from_u16(problem.status).unwrap_or(StatusCode::BAD_REQUEST),
+                problem.status_code(),
             )
         }
     }
@@ -451,11 +423,7 @@ pub async fn progress(
         .await
     {
         Ok(c) => Json(progress_summary(&c, query.expected.unwrap_or(0))).into_response(),
-        Err(p) => (
-            StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_GATEWAY),
-            Json(json!({"detail": p.message()})),
-        )
-            .into_response(),
+        Err(p) => (p.status_code(), Json(json!({"detail": p.message()}))).into_response(),
     }
 }
 
@@ -644,13 +612,8 @@ pub async fn act(
     State(state): State<DashboardState>,
     page: AppPage,
     Path(path): Path<IdPath>,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(form): CheckedForm,
 ) -> Response {
-    let form = FormData::parse(&body);
-    if let Err(refused) = page.operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
     let api = Api::new(&state, page.acting());
     let id = segment(&path.id);
     let result = match form.get("action") {
@@ -668,7 +631,7 @@ pub async fn act(
         Ok(()) => Redirect::to(&page.href(&format!("/campaigns/{id}"))).into_response(),
         Err(p) => {
             let mut response = detail_page(&state, &page, &path.id, Some(&p)).await;
-            *response.status_mut() = StatusCode::from_u16(p.status).unwrap_or(StatusCode::CONFLICT);
+            *response.status_mut() = p.status_code();
             response
         }
     }

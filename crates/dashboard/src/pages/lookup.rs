@@ -4,6 +4,7 @@
 use crate::api::Api;
 use crate::form::FieldErrors;
 use crate::pages::{count, field_error, problem_notice, select_field};
+use crate::pages::{segment, text};
 use crate::session::AppPage;
 use crate::DashboardState;
 use axum::extract::{Query, State};
@@ -12,14 +13,6 @@ use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::Value;
-
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
-
-fn segment(id: &str) -> String {
-    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
-}
 
 fn deliveries_table(page: &AppPage, rows: &[Value], with_message: bool) -> Markup {
     html! {
@@ -72,7 +65,7 @@ pub async fn message(
             Ok(m) => Some(m),
             Err(p) => {
                 errors.by_field.insert("id".into(), p.message());
-                status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
+                status = p.status_code();
                 None
             }
         }

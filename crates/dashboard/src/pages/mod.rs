@@ -253,6 +253,21 @@ pub fn select_field(
     }
 }
 
+/// A JSON string field, or "" (API answers are rendered as they come).
+pub fn text(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// A JSON number field, or 0.
+pub fn n(v: &serde_json::Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+/// An id typed or clicked by an operator, made one segment of an API path.
+pub fn segment(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
 /// A count with thousands separators.
 pub fn count(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();

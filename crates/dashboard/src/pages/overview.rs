@@ -1,6 +1,7 @@
 //! An app at a glance: deliveries per hour, outcomes, backlog, recent failures.
 
 use crate::api::Api;
+use crate::pages::n;
 use crate::pages::{bars, count, problem_notice};
 use crate::session::AppPage;
 use crate::DashboardState;
@@ -10,10 +11,6 @@ use maud::{html, Markup};
 use serde_json::Value;
 
 const STATUSES: [&str; 5] = ["delivered", "rejected", "unknown", "expired", "failed"];
-
-fn n(v: &Value) -> i64 {
-    v.as_i64().unwrap_or(0)
-}
 
 /// Deliveries per hour as stacked columns: delivered, and everything else.
 fn hourly_chart(hours: &[Value]) -> Markup {

@@ -3,22 +3,18 @@
 
 use crate::api::{Api, ApiProblem};
 use crate::form::{FieldErrors, FormData};
+use crate::pages::text;
 use crate::pages::{
     csrf_input, form_errors, problem_notice, select_field, text_field, textarea_field,
 };
-use crate::session::AppPage;
+use crate::session::{AppPage, CheckedForm};
 use crate::DashboardState;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
 
 #[derive(Default)]
 struct Outcome<'a> {
@@ -152,20 +148,11 @@ pub async fn page(State(state): State<DashboardState>, page: AppPage) -> Respons
     render(&state, &page, Outcome::default(), StatusCode::OK).await
 }
 
-fn status_of(p: &ApiProblem) -> StatusCode {
-    StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST)
-}
-
 pub async fn create_key(
     State(state): State<DashboardState>,
     page: AppPage,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(form): CheckedForm,
 ) -> Response {
-    let form = FormData::parse(&body);
-    if let Err(refused) = page.operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
     let api = Api::new(&state, page.acting());
     match api
         .post("/v1/keys", Some(&json!({"kind": form.get("kind")})))
@@ -192,7 +179,7 @@ pub async fn create_key(
                     notice: Some(&p),
                     ..Outcome::default()
                 },
-                status_of(&p),
+                p.status_code(),
             )
             .await
         }
@@ -208,14 +195,9 @@ pub async fn revoke_key(
     State(state): State<DashboardState>,
     page: AppPage,
     Path(path): Path<KeyPath>,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(_form): CheckedForm,
 ) -> Response {
-    let form = FormData::parse(&body);
-    if let Err(refused) = page.operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
-    let id: String = url::form_urlencoded::byte_serialize(path.key_id.as_bytes()).collect();
+    let id = crate::pages::segment(&path.key_id);
     match Api::new(&state, page.acting())
         .delete(&format!("/v1/keys/{id}"))
         .await
@@ -229,7 +211,7 @@ pub async fn revoke_key(
                     notice: Some(&p),
                     ..Outcome::default()
                 },
-                status_of(&p),
+                p.status_code(),
             )
             .await
         }
@@ -245,13 +227,8 @@ pub async fn put_credentials(
     State(state): State<DashboardState>,
     page: AppPage,
     Path(path): Path<ProviderPath>,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(form): CheckedForm,
 ) -> Response {
-    let form = FormData::parse(&body);
-    if let Err(refused) = page.operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
     let (provider, value) = match path.provider.as_str() {
         "apns" => (
             "apns",
@@ -310,7 +287,7 @@ pub async fn put_credentials(
                     errors,
                     ..Outcome::default()
                 },
-                status_of(&p),
+                p.status_code(),
             )
             .await
         }
@@ -321,13 +298,8 @@ pub async fn delete_credentials(
     State(state): State<DashboardState>,
     page: AppPage,
     Path(path): Path<ProviderPath>,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(_form): CheckedForm,
 ) -> Response {
-    let form = FormData::parse(&body);
-    if let Err(refused) = page.operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
     let provider = if path.provider == "fcm" {
         "fcm"
     } else {
@@ -347,7 +319,7 @@ pub async fn delete_credentials(
                     notice: Some(&p),
                     ..Outcome::default()
                 },
-                status_of(&p),
+                p.status_code(),
             )
             .await
         }

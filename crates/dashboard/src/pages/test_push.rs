@@ -5,11 +5,10 @@
 use crate::api::Api;
 use crate::form::{FieldErrors, FormData};
 use crate::pages::{count, csrf_input, form_errors, select_field, text_field, textarea_field};
-use crate::session::AppPage;
+use crate::session::{AppPage, CheckedForm};
 use crate::DashboardState;
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::html;
 use serde_json::{json, Value};
@@ -106,13 +105,8 @@ fn locate(api_field: &str) -> Option<String> {
 pub async fn send(
     State(state): State<DashboardState>,
     page: AppPage,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(mut form): CheckedForm,
 ) -> Response {
-    let mut form = FormData::parse(&body);
-    if let Err(refused) = page.operator.check_csrf(&form, &headers) {
-        return refused.into_response();
-    }
     let key = match form.get("idempotency_key") {
         "" => format!("dashboard-test-{}", uuid::Uuid::new_v4()),
         k => k.to_string(),
@@ -143,13 +137,7 @@ pub async fn send(
         Err(problem) => {
             form.set("idempotency_key", key);
             let errors = FieldErrors::from_problem(&problem, locate);
-            page_with(
-                &page,
-                &form,
-                &errors,
-                None,
-                StatusCode::from_u16(problem.status).unwrap_or(StatusCode::BAD_REQUEST),
-            )
+            page_with(&page, &form, &errors, None, problem.status_code())
         }
     }
 }

@@ -11,11 +11,11 @@ use crate::pages::compose::{
 use crate::pages::{
     count, csrf_input, form_errors, not_found, problem_notice, select_field, text_field,
 };
-use crate::session::AppPage;
+use crate::pages::{segment, text};
+use crate::session::{AppPage, CheckedForm};
 use crate::DashboardState;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
@@ -24,14 +24,6 @@ use serde_json::{json, Value};
 #[derive(Deserialize)]
 pub struct IdPath {
     id: String,
-}
-
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
-
-fn segment(id: &str) -> String {
-    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
 }
 
 pub async fn list(State(state): State<DashboardState>, page: AppPage) -> Response {
@@ -267,13 +259,8 @@ async fn save(
     state: &DashboardState,
     page: &AppPage,
     id: Option<&str>,
-    headers: &HeaderMap,
-    body: &[u8],
+    form: FormData,
 ) -> Response {
-    let form = FormData::parse(body);
-    if let Err(refused) = page.operator.check_csrf(&form, headers) {
-        return refused.into_response();
-    }
     let (trigger, rows) = trigger_json(&form);
     let api = Api::new(state, page.acting());
     let result = match id {
@@ -304,7 +291,7 @@ async fn save(
                 &form,
                 &errors,
                 nested,
-                StatusCode::from_u16(problem.status).unwrap_or(StatusCode::BAD_REQUEST),
+                problem.status_code(),
             )
         }
     }
@@ -313,20 +300,18 @@ async fn save(
 pub async fn create(
     State(state): State<DashboardState>,
     page: AppPage,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(form): CheckedForm,
 ) -> Response {
-    save(&state, &page, None, &headers, &body).await
+    save(&state, &page, None, form).await
 }
 
 pub async fn update(
     State(state): State<DashboardState>,
     page: AppPage,
     Path(path): Path<IdPath>,
-    headers: HeaderMap,
-    body: Bytes,
+    CheckedForm(form): CheckedForm,
 ) -> Response {
-    save(&state, &page, Some(&path.id), &headers, &body).await
+    save(&state, &page, Some(&path.id), form).await
 }
 
 #[cfg(test)]
