@@ -5,6 +5,7 @@
 //! as configured for the tests), runs a fixed amount of work, and prints a
 //! table. Run it from a release build: `./scripts/bench campaign`.
 
+mod ceiling;
 mod procstat;
 mod transactional;
 
@@ -48,6 +49,18 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         copies: usize,
     },
+    /// The ceiling: h2load straight at the APNs simulator, then Herald's
+    /// end-to-end rate against the same simulator, as a fraction of it.
+    Ceiling {
+        #[arg(long, default_value_t = 200_000)]
+        requests: usize,
+        /// HTTP/2 connections.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Streams in flight per connection.
+        #[arg(long, default_value_t = 100)]
+        streams: usize,
+    },
     /// Triggers: N users each post one event to a rule with a short delay;
     /// events/s in, timers fired per second, and how late they fired.
     Triggers {
@@ -67,20 +80,31 @@ async fn main() -> Result<()> {
             senders,
         } => campaign(installations, senders).await,
         Scenario::Triggers { users, engines } => triggers(users, engines).await,
+        Scenario::Ceiling {
+            requests,
+            clients,
+            streams,
+        } => {
+            ceiling::run(ceiling::Settings {
+                requests,
+                clients,
+                streams,
+            })
+            .await
+        }
         Scenario::Transactional {
             requests,
             recipients,
             concurrency,
             copies,
-        } => {
-            transactional::run(transactional::Settings {
-                requests,
-                recipients,
-                concurrency,
-                copies,
-            })
-            .await
-        }
+        } => transactional::run(transactional::Settings {
+            requests,
+            recipients,
+            concurrency,
+            copies,
+        })
+        .await
+        .map(|_| ()),
     }
 }
 

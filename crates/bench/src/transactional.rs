@@ -41,7 +41,12 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-pub async fn run(s: Settings) -> Result<()> {
+/// The headline figure, for comparisons made in the same run.
+pub struct Summary {
+    pub deliveries_per_second: f64,
+}
+
+pub async fn run(s: Settings) -> Result<Summary> {
     if s.requests == 0 || s.recipients == 0 || s.concurrency == 0 || s.copies == 0 {
         bail!("--requests, --recipients, --concurrency and --copies must be positive");
     }
@@ -217,5 +222,7 @@ pub async fn run(s: Settings) -> Result<()> {
     crate::procstat::print_processes(&procs, &before, &after, owed);
     drop(procs);
     env.finish().await;
-    Ok(())
+    Ok(Summary {
+        deliveries_per_second: owed as f64 / delivered_in.as_secs_f64(),
+    })
 }
