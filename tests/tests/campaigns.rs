@@ -468,10 +468,13 @@ async fn campaign_and_app_rate_limits_hold_within_ten_percent() {
     })
     .await;
 
-    // One campaign at 300/s.
+    // Rates well under what a loaded two-core machine sends (this binary's
+    // 100k campaign runs alongside): at 300 and 400/s a busy machine fell
+    // short of the lower bound by its own slowness, not the limiter's.
+    // One campaign at 150/s.
     let id = api
         .create(
-            json!({"name": "paced", "notification": {"title": "t"}, "rate_limit_per_second": 300}),
+            json!({"name": "paced", "notification": {"title": "t"}, "rate_limit_per_second": 150}),
         )
         .await;
     let m1 = api.action(&id, "launch").await["message_id"]
@@ -481,19 +484,19 @@ async fn campaign_and_app_rate_limits_hold_within_ten_percent() {
     api.wait_finished(&id, Duration::from_secs(60)).await;
     let rate = measured_rate(&env, std::slice::from_ref(&m1)).await;
     assert!(
-        (270.0..=330.0).contains(&rate),
-        "campaign limit 300/s, measured {rate:.1}/s"
+        (135.0..=165.0).contains(&rate),
+        "campaign limit 150/s, measured {rate:.1}/s"
     );
 
-    // Two unlimited campaigns under an app-wide 400/s share it.
+    // Two unlimited campaigns under an app-wide 200/s share it.
     let settings = api
         .ok(
             "PUT",
             "/v1/campaign-settings",
-            Some(&json!({"rate_limit_per_second": 400})),
+            Some(&json!({"rate_limit_per_second": 200})),
         )
         .await;
-    assert_eq!(settings["rate_limit_per_second"], 400);
+    assert_eq!(settings["rate_limit_per_second"], 200);
     let a = api
         .create(json!({"name": "a", "notification": {"title": "a"}}))
         .await;
@@ -512,8 +515,8 @@ async fn campaign_and_app_rate_limits_hold_within_ten_percent() {
     api.wait_finished(&b, Duration::from_secs(60)).await;
     let rate = measured_rate(&env, &[ma, mb]).await;
     assert!(
-        (360.0..=440.0).contains(&rate),
-        "app limit 400/s, measured {rate:.1}/s"
+        (180.0..=220.0).contains(&rate),
+        "app limit 200/s, measured {rate:.1}/s"
     );
     env.finish().await;
 }
