@@ -172,14 +172,27 @@ fn missing_credentials(provider: &str) -> OutcomeClass {
 fn classify_transport(e: &reqwest::Error) -> OutcomeClass {
     if e.is_connect() {
         OutcomeClass::Retry {
-            reason: format!("connect: {e}"),
+            reason: format!("connect: {}", with_causes(e)),
             retry_after: None,
         }
     } else {
         OutcomeClass::Unknown {
-            reason: format!("transport: {e}"),
+            reason: format!("transport: {}", with_causes(e)),
         }
     }
+}
+
+/// The error and every cause under it: reqwest's own message ("error sending
+/// request for url …") says nothing of what happened (a timeout, a reset).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// `Retry-After` in seconds (the only form APNs and FCM use).
@@ -192,4 +205,33 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_carries_every_cause() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "operation timed out",
+        ));
+        assert_eq!(
+            with_causes(&e),
+            "error sending request: operation timed out"
+        );
+    }
 }
