@@ -144,6 +144,10 @@ impl FromRequestParts<DashboardState> for Operator {
         parts: &mut Parts,
         state: &DashboardState,
     ) -> Result<Self, Response> {
+        // A page and its form both ask for the operator: one lookup.
+        if let Some(known) = parts.extensions.get::<Operator>() {
+            return Ok(known.clone());
+        }
         let to_login = || {
             let next = parts
                 .uri
@@ -157,11 +161,15 @@ impl FromRequestParts<DashboardState> for Operator {
             return Err(to_login());
         };
         match state.store.operator_session(&token_hash(token)).await {
-            Ok(Some(s)) => Ok(Operator {
-                id: s.operator_id,
-                email: s.email,
-                csrf: s.csrf_token,
-            }),
+            Ok(Some(s)) => {
+                let operator = Operator {
+                    id: s.operator_id,
+                    email: s.email,
+                    csrf: s.csrf_token,
+                };
+                parts.extensions.insert(operator.clone());
+                Ok(operator)
+            }
             Ok(None) => Err(to_login()),
             Err(e) => {
                 tracing::error!(error = %e, "reading an operator session");

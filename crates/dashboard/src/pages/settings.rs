@@ -171,19 +171,17 @@ pub async fn create_key(
             )
             .await
         }
-        Err(p) => {
-            render(
-                &state,
-                &page,
-                Outcome {
-                    notice: Some(&p),
-                    ..Outcome::default()
-                },
-                p.status_code(),
-            )
-            .await
-        }
+        Err(p) => refused(&state, &page, &p).await,
     }
+}
+
+/// The page again, with the API's refusal on top.
+async fn refused(state: &DashboardState, page: &AppPage, problem: &ApiProblem) -> Response {
+    let outcome = Outcome {
+        notice: Some(problem),
+        ..Outcome::default()
+    };
+    render(state, page, outcome, problem.status_code()).await
 }
 
 #[derive(Deserialize)]
@@ -203,18 +201,7 @@ pub async fn revoke_key(
         .await
     {
         Ok(()) => Redirect::to(&page.href("/settings")).into_response(),
-        Err(p) => {
-            render(
-                &state,
-                &page,
-                Outcome {
-                    notice: Some(&p),
-                    ..Outcome::default()
-                },
-                p.status_code(),
-            )
-            .await
-        }
+        Err(p) => refused(&state, &page, &p).await,
     }
 }
 
@@ -311,17 +298,6 @@ pub async fn delete_credentials(
     {
         Ok(()) => Redirect::to(&page.href("/settings")).into_response(),
         Err(p) if p.status == 404 => Redirect::to(&page.href("/settings")).into_response(),
-        Err(p) => {
-            render(
-                &state,
-                &page,
-                Outcome {
-                    notice: Some(&p),
-                    ..Outcome::default()
-                },
-                p.status_code(),
-            )
-            .await
-        }
+        Err(p) => refused(&state, &page, &p).await,
     }
 }
