@@ -9,6 +9,7 @@
 
 pub mod browser;
 pub mod fixture;
+pub mod redis_deployments;
 
 use herald_bus::EmbeddedBroker;
 use serde_json::Value;

@@ -108,6 +108,55 @@ pub struct RedisConfig {
     /// PEM file of the CA that signed the server's certificate (`rediss://`);
     /// empty: the system's CAs.
     pub tls_ca_cert_path: String,
+    /// How Redis is deployed: one server at `url`, a primary named by
+    /// Sentinel, or a Redis Cluster.
+    pub mode: RedisMode,
+    pub sentinel: RedisSentinelConfig,
+    pub cluster: RedisClusterConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or a proxy) at `redis.url`.
+    #[default]
+    Standalone,
+    /// The primary that Sentinel names; followed through failovers.
+    Sentinel,
+    /// A Redis Cluster: keys are spread over its shards.
+    Cluster,
+}
+
+/// `redis.mode = "sentinel"`: where the sentinels are, and which primary.
+/// The primary's credentials, database and TLS come from `redis.url`; its
+/// host and port are what the sentinels say.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSentinelConfig {
+    /// `redis://[:PASSWORD@]HOST:PORT` of each sentinel (the password is the
+    /// sentinels' own, if they have one).
+    pub nodes: Vec<String>,
+    /// The name the sentinels monitor the primary under.
+    pub master_name: String,
+}
+
+impl Default for RedisSentinelConfig {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            master_name: "herald".into(),
+        }
+    }
+}
+
+/// `redis.mode = "cluster"`: some of the cluster's nodes; the rest are
+/// discovered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisClusterConfig {
+    /// `redis://[USER:PASSWORD@]HOST:PORT` (or `rediss://`) of one or more
+    /// nodes.
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -459,6 +508,9 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             prefix: "herald:".into(),
             tls_ca_cert_path: String::new(),
+            mode: RedisMode::Standalone,
+            sentinel: RedisSentinelConfig::default(),
+            cluster: RedisClusterConfig::default(),
         }
     }
 }

@@ -152,6 +152,7 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
         .security
         .client_settings()
         .map_err(anyhow::Error::msg)?;
+    preflight::redis_endpoint(config)?;
     if config.kafka.min_insync_replicas > config.kafka.replication_factor {
         anyhow::bail!("kafka.min_insync_replicas is more than kafka.replication_factor");
     }

@@ -2,7 +2,8 @@
 //! Herald looked, and how to start one.
 
 use anyhow::{anyhow, Result};
-use herald_config::Config;
+use herald_config::{Config, RedisMode};
+use herald_ledger::{RedisConnection, RedisEndpoint, RedisTarget};
 use herald_store::Store;
 
 /// The URL without its password, for messages.
@@ -52,37 +53,108 @@ pub async fn postgres(config: &Config) -> Result<Store> {
     Ok(store.with_sealer(sealer))
 }
 
-/// A client for `redis.url`, trusting `redis.tls_ca_cert_path` when set.
-pub fn redis_client(config: &Config) -> Result<redis::Client> {
-    let ca = match config.redis.tls_ca_cert_path.trim() {
+/// Where Redis is (`redis.mode`), trusting `redis.tls_ca_cert_path` when set.
+pub fn redis_endpoint(config: &Config) -> Result<RedisEndpoint> {
+    let redis = &config.redis;
+    let ca_cert_pem = match redis.tls_ca_cert_path.trim() {
         "" => None,
         path => {
             Some(std::fs::read(path).map_err(|e| anyhow!("redis.tls_ca_cert_path {path}: {e}"))?)
         }
     };
-    herald_ledger::client(&config.redis.url, ca)
-        .map_err(|e| anyhow!("redis.url {}: {e}", redact(&config.redis.url)))
+    if redis.prefix.contains(['{', '}']) {
+        return Err(anyhow!(
+            "redis.prefix `{}` has a brace: Herald's keys put hash tags after it",
+            redis.prefix
+        ));
+    }
+    let target = match redis.mode {
+        RedisMode::Standalone => RedisTarget::Standalone {
+            url: redis.url.clone(),
+        },
+        RedisMode::Sentinel => {
+            if redis.sentinel.nodes.is_empty() {
+                return Err(anyhow!(
+                    "redis.mode is sentinel but redis.sentinel.nodes is empty: list the sentinels (redis://HOST:26379)"
+                ));
+            }
+            RedisTarget::Sentinel {
+                sentinels: redis.sentinel.nodes.clone(),
+                master_name: redis.sentinel.master_name.clone(),
+                url: redis.url.clone(),
+            }
+        }
+        RedisMode::Cluster => {
+            if redis.cluster.nodes.is_empty() {
+                return Err(anyhow!(
+                    "redis.mode is cluster but redis.cluster.nodes is empty: list one or more nodes (redis://HOST:6379)"
+                ));
+            }
+            RedisTarget::Cluster {
+                nodes: redis.cluster.nodes.clone(),
+            }
+        }
+    };
+    Ok(RedisEndpoint {
+        target,
+        ca_cert_pem,
+    })
+}
+
+/// What `redis.*` points at, passwords hidden, for messages.
+fn redis_shown(config: &Config) -> String {
+    let redis = &config.redis;
+    match redis.mode {
+        RedisMode::Standalone => redact(&redis.url),
+        RedisMode::Sentinel => format!(
+            "the primary `{}` of the sentinels {}",
+            redis.sentinel.master_name,
+            redis
+                .sentinel
+                .nodes
+                .iter()
+                .map(|n| redact(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        RedisMode::Cluster => format!(
+            "the cluster of {}",
+            redis
+                .cluster
+                .nodes
+                .iter()
+                .map(|n| redact(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Connects to Redis the way the roles do, and asks it for a PING.
+pub async fn redis_ping(endpoint: &RedisEndpoint) -> Result<(), String> {
+    let mut conn = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        RedisConnection::connect(endpoint),
+    )
+    .await
+    .map_err(|_| "timed out after 5 s".to_string())?
+    .map_err(|e| e.to_string())?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 pub async fn redis(config: &Config) -> Result<()> {
-    let url = &config.redis.url;
     let hint = format!(
         "Redis is not reachable at {}.\n  Start it (`redis-server --daemonize yes`) or point Herald at one: HERALD_REDIS__URL=redis://HOST:6379",
-        redact(url)
+        redis_shown(config)
     );
-    let client = redis_client(config).map_err(|e| anyhow!("{hint}\n  cause: {e}"))?;
-    let mut conn = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| anyhow!("{hint}\n  cause: timed out after 5 s"))?
-    .map_err(|e| anyhow!("{hint}\n  cause: {e}"))?;
-    let _: String = redis::cmd("PING")
-        .query_async(&mut conn)
+    let endpoint = redis_endpoint(config).map_err(|e| anyhow!("{hint}\n  cause: {e}"))?;
+    redis_ping(&endpoint)
         .await
-        .map_err(|e| anyhow!("{hint}\n  cause: {e}"))?;
-    Ok(())
+        .map_err(|e| anyhow!("{hint}\n  cause: {e}"))
 }
 
 pub fn kafka_configured(config: &Config) -> Result<()> {

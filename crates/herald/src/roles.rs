@@ -89,18 +89,10 @@ impl Roles {
     pub fn needs_redis(&self, config: &Config) {
         let config = config.clone();
         self.readiness.add("redis", move || {
-            let client = preflight::redis_client(&config);
+            let endpoint = preflight::redis_endpoint(&config);
             async move {
-                let client = client.map_err(|e| e.to_string())?;
-                let mut conn = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                let endpoint = endpoint.map_err(|e| e.to_string())?;
+                preflight::redis_ping(&endpoint).await
             }
         });
     }
@@ -229,7 +221,7 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
     } else {
         Some(
             herald_ledger::RateLimiter::connect(
-                preflight::redis_client(config)?,
+                &preflight::redis_endpoint(config)?,
                 &config.redis.prefix,
             )
             .await
@@ -355,7 +347,7 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
         rand_suffix()
     );
     let ledger = Ledger::connect(
-        preflight::redis_client(config)?,
+        &preflight::redis_endpoint(config)?,
         &config.redis.prefix,
         &owner,
         Duration::from_millis(config.sender.lease_ms),
@@ -416,10 +408,12 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
 }
 
 pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
-    let limiter =
-        herald_ledger::RateLimiter::connect(preflight::redis_client(config)?, &config.redis.prefix)
-            .await
-            .context("connecting the campaign rate limiter to Redis")?;
+    let limiter = herald_ledger::RateLimiter::connect(
+        &preflight::redis_endpoint(config)?,
+        &config.redis.prefix,
+    )
+    .await
+    .context("connecting the campaign rate limiter to Redis")?;
     let publisher = roles.publisher(config, &store)?;
     let scheduler = Arc::new(herald_scheduler::Scheduler {
         store,

@@ -5,15 +5,22 @@
 //! released, or a settled state), `owner`, `epoch`, `lease_until` and
 //! `takeovers`. Lease times come from the Redis server's clock, so workers with
 //! skewed clocks still agree on when a lease has expired.
+//!
+//! On a Redis Cluster every key a script touches must be in one hash slot,
+//! and each shard can lose its data on its own. There the delivery keys carry
+//! a hash tag naming one of 256 buckets (`{prefix}d:{b3f}:{delivery_id}`), and
+//! each bucket has its own marker in its slot, checked by the claims that land
+//! there: a shard that restarted empty is noticed by the claims it serves.
 
+mod connection;
 mod rate_limit;
 
+pub use connection::{RedisConnection, RedisEndpoint, RedisTarget};
 pub use rate_limit::{Grant, RateDecision, RateLimiter};
 
 use herald_core::dedupe::Claim;
 use herald_core::DeliveryId;
-use redis::aio::ConnectionManager;
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +34,7 @@ pub enum LedgerError {
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 const CLAIM: &str = r#"
+local intact = redis.call('EXISTS', KEYS[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[2])
@@ -35,28 +43,28 @@ if not e[1] then
   redis.call('HSET', KEYS[1], 'state', 'inflight', 'owner', ARGV[1], 'epoch', 1,
              'lease_until', now + lease, 'takeovers', 0)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {'claimed', 1, 0, ''}
+  return {'claimed', 1, 0, '', intact}
 end
 if e[1] == 'released' then
   local epoch = tonumber(e[2]) + 1
   redis.call('HSET', KEYS[1], 'state', 'inflight', 'owner', ARGV[1], 'epoch', epoch,
              'lease_until', now + lease)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {'claimed', epoch, 0, ''}
+  return {'claimed', epoch, 0, '', intact}
 end
 if e[1] ~= 'inflight' then
-  return {'settled', 0, 0, e[1]}
+  return {'settled', 0, 0, e[1], intact}
 end
 local lease_until = tonumber(e[3])
 if lease_until > now then
-  return {'busy', lease_until - now, 0, ''}
+  return {'busy', lease_until - now, 0, '', intact}
 end
 local epoch = tonumber(e[2]) + 1
 local takeovers = tonumber(e[4]) + 1
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'lease_until', now + lease,
            'takeovers', takeovers)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {'takeover', epoch, takeovers, ''}
+return {'takeover', epoch, takeovers, '', intact}
 "#;
 
 // A missing key means Redis lost the claim (it restarted empty) and nobody
@@ -122,8 +130,8 @@ pub enum Settle {
 
 #[derive(Clone)]
 pub struct Ledger {
-    conn: ConnectionManager,
-    prefix: String,
+    conn: RedisConnection,
+    layout: KeyLayout,
     owner: String,
     lease: Duration,
     horizon: Duration,
@@ -133,33 +141,66 @@ pub struct Ledger {
     seed: Script,
 }
 
-/// A Redis client for `url`; for `rediss://` URLs, `ca_cert_pem` is the CA
-/// that signed the server's certificate (None: the system's CAs).
-pub fn client(url: &str, ca_cert_pem: Option<Vec<u8>>) -> redis::RedisResult<redis::Client> {
-    match ca_cert_pem {
-        Some(root_cert) => redis::Client::build_with_tls(
-            url,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(root_cert),
-            },
-        ),
-        None => redis::Client::open(url),
+/// How the ledger names its keys; see the crate's documentation.
+#[derive(Debug, Clone)]
+struct KeyLayout {
+    prefix: String,
+    /// Hash-tagged buckets, each with its own marker (Redis Cluster).
+    bucketed: bool,
+}
+
+impl KeyLayout {
+    /// One of 256 buckets: enough to spread the keys over any realistic
+    /// number of shards. The last byte of a UUIDv5 is hash output, so the
+    /// buckets fill evenly.
+    fn bucket(id: DeliveryId) -> u8 {
+        id.0.as_bytes()[15]
+    }
+
+    fn delivery(&self, id: DeliveryId) -> String {
+        if self.bucketed {
+            format!("{}d:{{b{:02x}}}:{id}", self.prefix, Self::bucket(id))
+        } else {
+            format!("{}d:{id}", self.prefix)
+        }
+    }
+
+    fn marker_of(&self, id: DeliveryId) -> String {
+        if self.bucketed {
+            self.marker(Self::bucket(id))
+        } else {
+            format!("{}ledger-marker", self.prefix)
+        }
+    }
+
+    fn marker(&self, bucket: u8) -> String {
+        format!("{}ledger-marker:{{b{bucket:02x}}}", self.prefix)
+    }
+
+    fn markers(&self) -> Vec<String> {
+        if self.bucketed {
+            (0..=u8::MAX).map(|b| self.marker(b)).collect()
+        } else {
+            vec![format!("{}ledger-marker", self.prefix)]
+        }
     }
 }
 
 impl Ledger {
     pub async fn connect(
-        client: redis::Client,
+        endpoint: &RedisEndpoint,
         prefix: &str,
         owner: &str,
         lease: Duration,
         horizon: Duration,
     ) -> Result<Self> {
-        let conn = ConnectionManager::new(client).await?;
+        let conn = RedisConnection::connect(endpoint).await?;
         Ok(Self {
+            layout: KeyLayout {
+                prefix: prefix.to_string(),
+                bucketed: conn.is_cluster(),
+            },
             conn,
-            prefix: prefix.to_string(),
             owner: owner.to_string(),
             lease,
             horizon,
@@ -170,56 +211,40 @@ impl Ledger {
         })
     }
 
+    /// The Redis key of a delivery's state.
     pub fn key(&self, id: DeliveryId) -> String {
-        format!("{}d:{}", self.prefix, id)
+        self.layout.delivery(id)
     }
 
     pub fn lease(&self) -> Duration {
         self.lease
     }
 
-    fn marker_key(&self) -> String {
-        format!("{}ledger-marker", self.prefix)
-    }
-
-    /// Claims every delivery of a batch in one round trip, and checks the
-    /// marker in the same pipeline.
+    /// Claims every delivery of a batch in one round trip (one per shard on a
+    /// cluster); each claim also checks its marker.
     pub async fn claim_batch(&self, ids: &[DeliveryId]) -> Result<ClaimBatch> {
         let lease_ms = millis(self.lease);
         let horizon_ms = millis(self.horizon);
-        let mut pipe = redis::pipe();
-        pipe.exists(self.marker_key());
-        for id in ids {
-            pipe.invoke_script(
-                self.claim
-                    .key(self.key(*id))
+        let invocations: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let mut invocation = self.claim.key(self.key(*id));
+                invocation
+                    .key(self.layout.marker_of(*id))
                     .arg(&self.owner)
                     .arg(lease_ms)
-                    .arg(horizon_ms),
-            );
-        }
-        let (intact, answers): (bool, Vec<(String, i64, i64, String)>) = {
-            let mut values: Vec<redis::Value> = self.query(&pipe).await?;
-            if values.is_empty() {
-                return Err(LedgerError::Protocol("empty pipeline answer".into()));
-            }
-            let marker = values.remove(0);
-            let parse_error = |e: redis::ParsingError| LedgerError::Protocol(e.to_string());
-            (
-                redis::from_redis_value::<bool>(marker).map_err(parse_error)?,
-                values
-                    .into_iter()
-                    .map(redis::from_redis_value)
-                    .collect::<Result<_, _>>()
-                    .map_err(parse_error)?,
-            )
-        };
+                    .arg(horizon_ms);
+                invocation
+            })
+            .collect();
+        let answers: Vec<(String, i64, i64, String, i64)> = self.run(&invocations).await?;
+        let ledger_intact = answers.iter().all(|a| a.4 == 1);
         Ok(ClaimBatch {
             claims: answers
                 .into_iter()
-                .map(parse_claim)
+                .map(|(kind, a, b, state, _)| parse_claim((kind, a, b, state)))
                 .collect::<Result<_>>()?,
-            ledger_intact: intact,
+            ledger_intact,
         })
     }
 
@@ -227,12 +252,26 @@ impl Ledger {
     /// delivery of the dedupe horizon (after a rebuild, or on a first start
     /// against an empty history).
     pub async fn mark_intact(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let _: () = redis::cmd("SET")
-            .arg(self.marker_key())
-            .arg(&self.owner)
-            .query_async(&mut conn)
+        let markers = self.layout.markers();
+        let commands = markers.iter().map(|m| {
+            let mut set = redis::cmd("SET");
+            set.arg(m).arg(&self.owner);
+            set
+        });
+        if self.conn.is_cluster() {
+            futures::future::try_join_all(commands.map(|cmd| {
+                let mut conn = self.conn.clone();
+                async move { cmd.query_async::<()>(&mut conn).await }
+            }))
             .await?;
+        } else {
+            let mut pipe = redis::pipe();
+            for cmd in commands {
+                pipe.add_command(cmd).ignore();
+            }
+            let mut conn = self.conn.clone();
+            let _: () = pipe.query_async(&mut conn).await?;
+        }
         Ok(())
     }
 
@@ -240,7 +279,7 @@ impl Ledger {
     pub async fn try_rebuild_lock(&self, ttl: Duration) -> Result<bool> {
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
-            .arg(format!("{}ledger-rebuild-lock", self.prefix))
+            .arg(format!("{}ledger-rebuild-lock", self.layout.prefix))
             .arg(&self.owner)
             .arg("NX")
             .arg("PX")
@@ -256,11 +295,15 @@ impl Ledger {
             return Ok(0);
         }
         let horizon_ms = millis(self.horizon);
-        let mut pipe = redis::pipe();
-        for (id, state) in settled {
-            pipe.invoke_script(self.seed.key(self.key(*id)).arg(*state).arg(horizon_ms));
-        }
-        let written: Vec<i64> = self.query(&pipe).await?;
+        let invocations: Vec<_> = settled
+            .iter()
+            .map(|(id, state)| {
+                let mut invocation = self.seed.key(self.key(*id));
+                invocation.arg(*state).arg(horizon_ms);
+                invocation
+            })
+            .collect();
+        let written: Vec<i64> = self.run(&invocations).await?;
         Ok(written.into_iter().filter(|w| *w == 1).count())
     }
 
@@ -271,23 +314,51 @@ impl Ledger {
             return Ok(Vec::new());
         }
         let horizon_ms = millis(self.horizon);
-        let mut pipe = redis::pipe();
-        for (id, epoch, settle) in items {
-            match settle {
-                Settle::Complete { state } => pipe.invoke_script(
-                    self.complete
-                        .key(self.key(*id))
-                        .arg(*epoch)
-                        .arg(state)
-                        .arg(horizon_ms),
-                ),
-                Settle::Release => {
-                    pipe.invoke_script(self.release.key(self.key(*id)).arg(*epoch).arg(horizon_ms))
+        let invocations: Vec<_> = items
+            .iter()
+            .map(|(id, epoch, settle)| match settle {
+                Settle::Complete { state } => {
+                    let mut invocation = self.complete.key(self.key(*id));
+                    invocation.arg(*epoch).arg(state).arg(horizon_ms);
+                    invocation
                 }
-            };
-        }
-        let answers: Vec<i64> = self.query(&pipe).await?;
+                Settle::Release => {
+                    let mut invocation = self.release.key(self.key(*id));
+                    invocation.arg(*epoch).arg(horizon_ms);
+                    invocation
+                }
+            })
+            .collect();
+        let answers: Vec<i64> = self.run(&invocations).await?;
         Ok(answers.into_iter().map(|a| a == 1).collect())
+    }
+
+    /// Runs script invocations, answers in their order: one pipeline on a
+    /// single server; on a cluster, whose pipelines may not cross slots,
+    /// each on its own, all at once (the connection to each shard pipelines
+    /// them).
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocations: &[ScriptInvocation<'_>],
+    ) -> Result<Vec<T>> {
+        if invocations.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.conn.is_cluster() {
+            // invoke_async loads a script the shard does not know yet.
+            return Ok(
+                futures::future::try_join_all(invocations.iter().map(|invocation| {
+                    let mut conn = self.conn.clone();
+                    async move { invocation.invoke_async(&mut conn).await }
+                }))
+                .await?,
+            );
+        }
+        let mut pipe = redis::pipe();
+        for invocation in invocations {
+            pipe.invoke_script(invocation);
+        }
+        self.query(&pipe).await
     }
 
     /// Runs a pipeline of EVALSHAs, loading the scripts once if Redis does not

@@ -1,6 +1,9 @@
 //! Per-key request rate limits: a fixed one-second window per key in Redis.
+//!
+//! Each script derives its window keys from the keys it is given, so every
+//! key carries a hash tag: on a Redis Cluster they all live in one slot.
 
-use redis::aio::ConnectionManager;
+use crate::{RedisConnection, RedisEndpoint};
 use redis::Script;
 use std::time::Duration;
 
@@ -17,7 +20,7 @@ end
 return {n, math.floor(1000 - ms)}
 "#;
 
-/// Takes up to ARGV[1] permits from every limit in KEYS at once, each with
+/// Takes up to ARGV[1] permits from every limit in KEYS (one hash slot) at once, each with
 /// its own per-second rate (ARGV[2..]); grants what the tightest allows.
 /// Windows are 100 ms, each allowed a tenth of the rate (the remainder spread
 /// over the second), so that a rate is steady within the second, not a burst
@@ -48,7 +51,7 @@ return {grant, 100 - (now_ms % 100)}
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: String,
     hit: Script,
     take: Script,
@@ -71,8 +74,11 @@ pub enum RateDecision {
 }
 
 impl RateLimiter {
-    pub async fn connect(client: redis::Client, prefix: &str) -> Result<Self, redis::RedisError> {
-        let conn = ConnectionManager::new(client).await?;
+    pub async fn connect(
+        endpoint: &RedisEndpoint,
+        prefix: &str,
+    ) -> Result<Self, redis::RedisError> {
+        let conn = RedisConnection::connect(endpoint).await?;
         Ok(Self {
             conn,
             prefix: prefix.to_string(),
@@ -90,7 +96,7 @@ impl RateLimiter {
         let mut conn = self.conn.clone();
         let (count, left_ms): (u64, u64) = self
             .hit
-            .key(format!("{}rl:{subject}", self.prefix))
+            .key(format!("{}rl:{{{subject}}}", self.prefix))
             .invoke_async(&mut conn)
             .await?;
         Ok(if count > per_second {
@@ -100,11 +106,12 @@ impl RateLimiter {
         })
     }
 
-    /// Takes up to `wanted` permits from several limits at once (a campaign's
-    /// and its app's): the grant is what the tightest allows in the current
-    /// 100 ms window.
+    /// Takes up to `wanted` permits from several limits of one `group` at
+    /// once (a campaign's and its app's, grouped by app): the grant is what
+    /// the tightest allows in the current 100 ms window.
     pub async fn take(
         &self,
+        group: &str,
         limits: &[(&str, u64)],
         wanted: u64,
     ) -> Result<Grant, redis::RedisError> {
@@ -113,7 +120,7 @@ impl RateLimiter {
         invocation.arg(wanted);
         for (subject, per_second) in limits {
             invocation
-                .key(format!("{}rl:{subject}", self.prefix))
+                .key(format!("{}rl:{{{group}}}:{subject}", self.prefix))
                 .arg(*per_second);
         }
         let (granted, left_ms): (u64, u64) = invocation.invoke_async(&mut conn).await?;

@@ -357,7 +357,11 @@ impl Scheduler {
             let mut n = slice.min(jobs.len());
             if !limits.is_empty() {
                 pacer.wait_turn().await;
-                match self.limiter.take(&limits, n as u64).await {
+                match self
+                    .limiter
+                    .take(&campaign.app_id.to_string(), &limits, n as u64)
+                    .await
+                {
                     Ok(grant) if grant.granted == 0 => {
                         tokio::time::sleep(grant.window_left).await;
                         continue;

@@ -1,0 +1,334 @@
+//! The ledger and the rate limits on Redis as production deploys it: a
+//! primary and replica behind Sentinel, through a failover, and a Redis
+//! Cluster of three shards, one of which loses its data. Real redis-server
+//! processes; the end-to-end tests run real Herald processes on them and
+//! check the simulators' record.
+
+use herald_core::dedupe::Claim;
+use herald_core::DeliveryId;
+use herald_ledger::{Ledger, RateLimiter, RedisEndpoint, RedisTarget, Settle};
+use herald_tests::redis_deployments::{count_keys, ClusterRedis, SentinelRedis, SENTINEL_MASTER};
+use herald_tests::{ios_token, TestEnv};
+use serde_json::json;
+use std::time::Duration;
+
+const LEASE: Duration = Duration::from_secs(30);
+const HORIZON: Duration = Duration::from_secs(3600);
+
+fn ids(n: usize) -> Vec<DeliveryId> {
+    (0..n).map(|_| DeliveryId(uuid::Uuid::new_v4())).collect()
+}
+
+fn prefix() -> String {
+    format!("herald-test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("herald-{name}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+fn sentinel_endpoint(set: &SentinelRedis) -> RedisEndpoint {
+    RedisEndpoint {
+        target: RedisTarget::Sentinel {
+            sentinels: vec![set.sentinel_url()],
+            master_name: SENTINEL_MASTER.into(),
+            url: "redis://127.0.0.1".into(),
+        },
+        ca_cert_pem: None,
+    }
+}
+
+fn cluster_endpoint(cluster: &ClusterRedis) -> RedisEndpoint {
+    RedisEndpoint {
+        target: RedisTarget::Cluster {
+            nodes: cluster.node_urls()[..1].to_vec(),
+        },
+        ca_cert_pem: None,
+    }
+}
+
+/// A claim, retried the way a sender retries a batch whose Redis call
+/// failed: a failover drops the connection once.
+async fn claim_retrying(ledger: &Ledger, ids: &[DeliveryId]) -> herald_ledger::ClaimBatch {
+    let mut failures = 0;
+    loop {
+        match ledger.claim_batch(ids).await {
+            Ok(batch) => return batch,
+            Err(e) => {
+                failures += 1;
+                assert!(failures < 20, "the ledger never came back: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+fn count(claims: &[Claim], want: fn(&Claim) -> bool) -> usize {
+    claims.iter().filter(|c| want(c)).count()
+}
+
+fn is_claimed(c: &Claim) -> bool {
+    matches!(c, Claim::Claimed { .. })
+}
+
+fn is_delivered(c: &Claim) -> bool {
+    matches!(c, Claim::Settled { state } if state == "delivered")
+}
+
+async fn deliver_all(ledger: &Ledger, ids: &[DeliveryId]) {
+    let steps: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            (
+                *id,
+                1,
+                Settle::Complete {
+                    state: "delivered".into(),
+                },
+            )
+        })
+        .collect();
+    let ours = ledger.complete_batch(&steps).await.expect("complete");
+    assert!(ours.iter().all(|o| *o), "every epoch was still ours");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_follows_a_sentinel_failover_and_keeps_what_was_settled() {
+    let dir = test_dir("sentinel-ledger");
+    let set = SentinelRedis::start(&dir);
+    let prefix = prefix();
+    let ledger = Ledger::connect(&sentinel_endpoint(&set), &prefix, "owner-a", LEASE, HORIZON)
+        .await
+        .expect("ledger over Sentinel");
+    ledger.mark_intact().await.expect("marker");
+    let before = ids(300);
+    let batch = ledger.claim_batch(&before).await.expect("claim");
+    assert!(batch.ledger_intact);
+    assert_eq!(count(&batch.claims, is_claimed), 300);
+    deliver_all(&ledger, &before).await;
+    let old_primary = set.primary_port();
+    set.wait_replicated();
+
+    let new_primary = set.failover();
+    assert_ne!(new_primary, old_primary);
+
+    // The same ledger, without a restart, now answers from the new primary:
+    // what was settled before the failover is still settled.
+    let again = claim_retrying(&ledger, &before).await;
+    assert!(again.ledger_intact, "the marker was replicated");
+    assert_eq!(
+        count(&again.claims, is_delivered),
+        300,
+        "{:?}",
+        again.claims
+    );
+    let after = ids(200);
+    let fresh = claim_retrying(&ledger, &after).await;
+    assert_eq!(count(&fresh.claims, is_claimed), 200);
+    deliver_all(&ledger, &after).await;
+    assert_eq!(
+        count_keys(new_primary, &format!("{prefix}d:*")),
+        500,
+        "the writes after the failover went to the new primary"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_spreads_over_a_cluster_and_notices_a_shard_that_lost_its_data() {
+    let dir = test_dir("cluster-ledger");
+    let cluster = ClusterRedis::start(&dir);
+    let prefix = prefix();
+    let ledger = Ledger::connect(
+        &cluster_endpoint(&cluster),
+        &prefix,
+        "owner-a",
+        LEASE,
+        HORIZON,
+    )
+    .await
+    .expect("ledger over a cluster");
+
+    // A first start: no markers anywhere.
+    let first = ids(50);
+    let batch = ledger.claim_batch(&first).await.expect("claim");
+    assert!(!batch.ledger_intact, "a ledger never marked is not intact");
+    ledger.mark_intact().await.expect("markers");
+
+    let all = ids(1000);
+    let batch = ledger.claim_batch(&all).await.expect("claim");
+    assert!(batch.ledger_intact);
+    assert_eq!(count(&batch.claims, is_claimed), 1000);
+    deliver_all(&ledger, &all).await;
+    for port in cluster.ports {
+        let here = count_keys(port, &format!("{prefix}d:*"));
+        assert!(
+            here > 150,
+            "shard {port} holds {here} of 1,050 delivery keys"
+        );
+        assert!(
+            count_keys(port, &format!("{prefix}ledger-marker:*")) > 0,
+            "shard {port} has markers of its own"
+        );
+    }
+    let again = ledger.claim_batch(&all).await.expect("claim");
+    assert_eq!(count(&again.claims, is_delivered), 1000);
+
+    // One shard restarts empty: the claims it serves say so, and only they
+    // come back unclaimed; the other shards still know what was delivered.
+    let lost_here = count_keys(cluster.ports[1], &format!("{prefix}d:*"));
+    cluster.lose_shard_data(1);
+    let after_loss = ledger.claim_batch(&all).await.expect("claim");
+    assert!(!after_loss.ledger_intact, "a shard's loss is noticed");
+    let still_known = count(&after_loss.claims, is_delivered);
+    assert!(
+        (1000 - lost_here..=1050 - lost_here).contains(&still_known),
+        "{still_known} of 1,000 still known, {lost_here} keys were on the emptied shard"
+    );
+    assert_eq!(count(&after_loss.claims, is_claimed), 1000 - still_known);
+
+    // Rebuilt (as a sender does from PostgreSQL) and marked again: intact.
+    let seeded: Vec<_> = all.iter().map(|id| (*id, "delivered")).collect();
+    ledger.seed_settled(&seeded).await.expect("seed");
+    ledger.mark_intact().await.expect("markers");
+    let rebuilt = ledger.claim_batch(&all[..10]).await.expect("claim");
+    assert!(rebuilt.ledger_intact);
+
+    // Rate limits: a campaign's and its app's limits share one slot.
+    let limiter = RateLimiter::connect(&cluster_endpoint(&cluster), &prefix)
+        .await
+        .expect("limiter over a cluster");
+    let grant = limiter
+        .take(
+            "app-1",
+            &[("campaign:1", 50), ("campaign-app:app-1", 1000)],
+            100,
+        )
+        .await
+        .expect("take");
+    assert!(
+        (1..=5).contains(&grant.granted),
+        "50/s allows 5 per 100 ms window, granted {}",
+        grant.granted
+    );
+    let mut allowed = 0;
+    for _ in 0..12 {
+        if limiter.hit("key-1", 10).await.expect("hit") == herald_ledger::RateDecision::Allow {
+            allowed += 1;
+        }
+    }
+    assert!((1..=10).contains(&allowed), "10/s allowed {allowed} of 12");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Pushes `n` tokens (numbered from `first`) and waits until each is delivered.
+async fn push_and_wait(env: &TestEnv, gw: &str, key: &str, first: usize, n: usize) -> String {
+    let tokens: Vec<_> = (first..first + n)
+        .map(|i| json!({"platform": "ios", "token": ios_token(i)}))
+        .collect();
+    let (status, m) = env
+        .push(
+            gw,
+            key,
+            Some(&format!("\"batch-{first}\"")),
+            &json!({"to": {"tokens": tokens}, "notification": {"title": "t"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{m}");
+    let id = m["message_id"].as_str().expect("id").to_string();
+    env.wait_message(gw, key, &id, |s| {
+        s["counts"]["delivered"] == u64::try_from(n).expect("n")
+    })
+    .await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_delivers_through_a_sentinel_failover_each_device_once() {
+    let mut env = TestEnv::start("sentinel").await;
+    let set = SentinelRedis::start(&env.log_dir);
+    for (k, v) in [
+        ("HERALD_REDIS__MODE", "sentinel".to_string()),
+        (
+            "HERALD_REDIS__SENTINEL__NODES",
+            format!("[\"{}\"]", set.sentinel_url()),
+        ),
+        (
+            "HERALD_REDIS__SENTINEL__MASTER_NAME",
+            SENTINEL_MASTER.into(),
+        ),
+        // Nothing at the standalone address: only Sentinel's answer works.
+        ("HERALD_REDIS__URL", "redis://127.0.0.1:1".into()),
+    ] {
+        env.extra_env.insert(k.into(), v);
+    }
+    let app = env.create_app().await;
+    let _sender = env.sender().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+
+    let first = push_and_wait(&env, &gw, &app.server_key, 0, 40).await;
+    set.wait_replicated();
+    let new_primary = set.failover();
+    let second = push_and_wait(&env, &gw, &app.server_key, 40, 40).await;
+
+    for (id, tokens) in [(&first, 0..40), (&second, 40..80)] {
+        let per_token = env.deliveries_per_token(id).await;
+        for i in tokens {
+            assert_eq!(per_token.get(&ios_token(i)), Some(&1), "token {i}");
+        }
+    }
+    assert!(
+        count_keys(new_primary, &format!("{}d:*", env.redis_prefix)) >= 80,
+        "the ledger follows the new primary"
+    );
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_keeps_its_ledger_and_rate_limits_on_a_redis_cluster() {
+    let mut env = TestEnv::start("rcluster").await;
+    let cluster = ClusterRedis::start(&env.log_dir);
+    let nodes = cluster
+        .node_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (k, v) in [
+        ("HERALD_REDIS__MODE", "cluster".to_string()),
+        ("HERALD_REDIS__CLUSTER__NODES", format!("[{nodes}]")),
+        ("HERALD_REDIS__URL", "redis://127.0.0.1:1".into()),
+    ] {
+        env.extra_env.insert(k.into(), v);
+    }
+    let app = env.create_app().await;
+    let _sender = env.sender().await;
+    let gateway = env
+        .gateway_with(&[("HERALD_GATEWAY__RATE_LIMIT_PER_SECOND", "1000")])
+        .await;
+    let gw = gateway.url.clone().expect("url");
+
+    let id = push_and_wait(&env, &gw, &app.server_key, 0, 120).await;
+    let per_token = env.deliveries_per_token(&id).await;
+    assert_eq!(per_token.len(), 120);
+    assert!(per_token.values().all(|n| *n == 1), "{per_token:?}");
+    for port in cluster.ports {
+        assert!(
+            count_keys(port, &format!("{}d:*", env.redis_prefix)) > 10,
+            "shard {port} holds part of the ledger"
+        );
+    }
+    assert!(
+        cluster
+            .ports
+            .iter()
+            .map(|p| count_keys(*p, &format!("{}rl:*", env.redis_prefix)))
+            .sum::<usize>()
+            > 0,
+        "the gateway's rate limit counts in the cluster"
+    );
+    env.finish().await;
+}
