@@ -148,6 +148,7 @@ fn the_compose_file_hangs_together_and_sets_only_real_settings() {
         "postgres",
         "redis",
         "redis-replica",
+        "redis-sentinel",
         "kafka-1",
         "kafka-2",
         "kafka-3",
