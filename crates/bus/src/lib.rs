@@ -179,9 +179,21 @@ impl Publisher {
     }
 
     async fn publish_jobs_to(&self, topic: &str, jobs: &[DeliveryJob]) -> Result<()> {
+        // A job made outside any trace joins the one it is published in.
+        let current = herald_telemetry::trace_parent();
         let records: Vec<(String, Vec<u8>)> = jobs
             .iter()
-            .map(|j| (j.delivery_id.to_string(), j.to_json()))
+            .map(|j| {
+                let payload = match (&j.trace_parent, &current) {
+                    (None, Some(trace_parent)) => DeliveryJob {
+                        trace_parent: Some(trace_parent.clone()),
+                        ..j.clone()
+                    }
+                    .to_json(),
+                    _ => j.to_json(),
+                };
+                (j.delivery_id.to_string(), payload)
+            })
             .collect();
         self.publish(topic, &records).await
     }

@@ -32,6 +32,36 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub credentials: CredentialsConfig,
     pub shutdown: ShutdownConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Trace export to an OpenTelemetry collector (logs go to stderr whatever
+/// this says; `HERALD_LOG` filters them).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP address (`http://collector:4318`); empty:
+    /// no trace export.
+    pub otlp_endpoint: String,
+    /// `http/protobuf` or `http/json`.
+    pub otlp_protocol: String,
+    /// `service.name` of the exported spans; empty: `herald-ROLE`
+    /// (`herald-gateway`, `herald-sender`, ...).
+    pub service_name: String,
+    /// The fraction of new traces recorded; a trace begun elsewhere (an API
+    /// caller's `traceparent`) keeps its caller's decision.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            otlp_protocol: "http/protobuf".into(),
+            service_name: String::new(),
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 /// Stopping on SIGTERM or SIGINT.

@@ -101,6 +101,11 @@ pub struct DeliveryJob {
     /// Set on a campaign's jobs: senders drop them while it is paused or cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign: Option<crate::campaign::CampaignRef>,
+    /// The W3C `traceparent` of the work that made the job (the API request,
+    /// the campaign page, the trigger), so the send joins its trace; retries
+    /// keep it. Never part of a delivery's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// A job that could not be processed, on the dead-letter topic.

@@ -14,6 +14,7 @@ mod problem;
 mod push;
 mod relay;
 pub mod tls;
+mod trace;
 mod triggers;
 mod webhook;
 
@@ -126,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(api::openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route_layer(axum::middleware::from_fn(trace::request_span))
         .fallback(|| async { Problem::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))

@@ -71,6 +71,7 @@ pub(crate) async fn create(
         Some(k) => MessageId::for_idempotency_key(app, k),
         None => MessageId::new_random(),
     };
+    tracing::Span::current().record("message_id", tracing::field::display(message_id));
     let resolved = resolve_targets(&state, &request, message_id, app).await?;
     let now = chrono::Utc::now();
     let send_at = request.send_at.filter(|at| *at > now);

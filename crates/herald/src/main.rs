@@ -97,11 +97,34 @@ enum Command {
     },
 }
 
+impl Command {
+    /// What the process is, for the `service.name` of its spans.
+    fn role(&self) -> &'static str {
+        match self {
+            Command::Dev => "dev",
+            Command::Gateway => "gateway",
+            Command::Sender { .. } => "sender",
+            Command::Scheduler => "scheduler",
+            Command::Triggers => "triggers",
+            Command::Recorder => "recorder",
+            Command::Sim => "sim",
+            _ => "cli",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Before the runtime: the span exporter's thread must not start inside it.
+    let telemetry = match herald_telemetry::init(&config.telemetry, cli.command.role()) {
+        Ok(guard) => guard,
         Err(e) => {
             eprintln!("herald: {e}");
             return ExitCode::from(2);
@@ -134,6 +157,9 @@ fn main() -> ExitCode {
             Command::CheckConfig => check_config(&config),
         }
     });
+    drop(runtime);
+    // The last spans are flushed before the process ends.
+    drop(telemetry);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -153,6 +179,7 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
         .client_settings()
         .map_err(anyhow::Error::msg)?;
     preflight::redis_endpoint(config)?;
+    herald_telemetry::check(&config.telemetry)?;
     if config.kafka.min_insync_replicas > config.kafka.replication_factor {
         anyhow::bail!("kafka.min_insync_replicas is more than kafka.replication_factor");
     }
@@ -185,19 +212,4 @@ fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         _ => return Err(format!("`{s}`: an age ends in s, m, h or d")),
     };
     Ok(chrono::Utc::now() - age)
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HERALD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
-    let json = std::env::var("HERALD_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

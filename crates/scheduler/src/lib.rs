@@ -245,6 +245,7 @@ impl Scheduler {
                         id: campaign.id,
                         generation: campaign.generation,
                     }),
+                    trace_parent: None,
                 })
                 .collect();
             if let Some(stop) = self.wait_for_room(&mut watch, shutdown).await? {
@@ -327,6 +328,13 @@ impl Scheduler {
 
     /// Hands a page's jobs to Kafka within the campaign's and the app's
     /// rates, looking at the campaign's status as it goes.
+    /// One page of a campaign's jobs; a trace each, so that a million-device
+    /// campaign is many traces of a page, not one of a million sends.
+    #[tracing::instrument(
+        name = "campaign page",
+        skip_all,
+        fields(campaign_id = %campaign.id, generation = campaign.generation, jobs = jobs.len())
+    )]
     async fn produce(
         &self,
         campaign: &Campaign,

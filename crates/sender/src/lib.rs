@@ -29,6 +29,7 @@ use rdkafka::Message;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The most settled deliveries written to the ledger in one pipeline.
 const SETTLE_CHUNK: usize = 256;
@@ -75,6 +76,33 @@ enum Step {
     /// Cannot be processed as things stand (no such app, no credentials):
     /// released in the ledger so that a replay can send it.
     DeadLetter { reason: String },
+}
+
+impl Step {
+    /// What came of the attempt, for its span.
+    fn name(&self) -> &'static str {
+        match self {
+            Step::Settle { status, .. } => status.as_str(),
+            Step::Retry { .. } => "retry",
+            Step::DeadLetter { .. } => "dead_letter",
+        }
+    }
+}
+
+/// One send to the provider, in the trace of the work that made the job.
+fn delivery_span(job: &DeliveryJob) -> tracing::Span {
+    let span = tracing::info_span!(
+        "deliver",
+        otel.kind = "client",
+        delivery_id = %job.delivery_id,
+        message_id = %job.message_id,
+        app_id = %job.app_id,
+        platform = job.platform.as_str(),
+        attempt = job.attempt,
+        outcome = tracing::field::Empty,
+    );
+    herald_telemetry::follow(&span, job.trace_parent.as_deref());
+    span
 }
 
 /// What a round leaves to be published before the batch is committed.
@@ -315,7 +343,9 @@ impl Sender {
         // provider's answer and the ledger's record stays as short as it can.
         let mut finished = stream::iter(to_send)
             .map(|(job, epoch, resend)| async move {
-                let step = self.attempt(&job, resend).await;
+                let span = delivery_span(&job);
+                let step = self.attempt(&job, resend).instrument(span.clone()).await;
+                span.record("outcome", step.name());
                 (job, epoch, step)
             })
             .buffer_unordered(self.config.concurrency.max(1))

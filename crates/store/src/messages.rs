@@ -144,6 +144,7 @@ fn job_from_row(row: JobRow) -> Result<DeliveryJob> {
         attempt: 0,
         not_before: None,
         campaign: None,
+        trace_parent: None,
     })
 }
 

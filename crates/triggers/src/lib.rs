@@ -356,6 +356,7 @@ impl TriggerEngine {
 
     /// Publishes what the fired timers wrote. A failure leaves the outbox
     /// rows for the gateway's relay (or `herald recover`).
+    #[tracing::instrument(name = "fire timers", skip_all, fields(messages = written.len()))]
     async fn publish(&self, written: &[(i64, MessageId)]) {
         if written.is_empty() {
             return;
