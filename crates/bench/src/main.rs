@@ -6,7 +6,9 @@
 //! table. Run it from a release build: `./scripts/bench campaign`.
 
 mod ceiling;
+mod peers;
 mod procstat;
+mod sender;
 mod transactional;
 
 use anyhow::{bail, Context, Result};
@@ -61,6 +63,25 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         streams: usize,
     },
+    /// Dedupe cost: one sender delivers N jobs waiting on Kafka, with the
+    /// Redis ledger and without it.
+    Dedupe {
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+    },
+    /// Peers: aioapns (Python) and @parse/node-apn (Node.js) send N
+    /// notifications to the same simulator; Herald's sender and Herald end to
+    /// end deliver N; Herald's rates as ratios to each peer.
+    Peers {
+        #[arg(long, default_value_t = 50_000)]
+        notifications: usize,
+        /// HTTP/2 connections each peer opens.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Notifications each peer has in flight at once.
+        #[arg(long, default_value_t = 1000)]
+        in_flight: usize,
+    },
     /// Triggers: N users each post one event to a rule with a short delay;
     /// events/s in, timers fired per second, and how late they fired.
     Triggers {
@@ -80,6 +101,19 @@ async fn main() -> Result<()> {
             senders,
         } => campaign(installations, senders).await,
         Scenario::Triggers { users, engines } => triggers(users, engines).await,
+        Scenario::Dedupe { jobs } => sender::dedupe(jobs).await,
+        Scenario::Peers {
+            notifications,
+            connections,
+            in_flight,
+        } => {
+            peers::run(peers::Settings {
+                notifications,
+                connections,
+                in_flight,
+            })
+            .await
+        }
         Scenario::Ceiling {
             requests,
             clients,

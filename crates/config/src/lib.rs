@@ -436,6 +436,10 @@ pub struct SenderConfig {
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// Benchmarks only (`herald-bench dedupe`): false sends every job without
+    /// claiming or settling it in Redis, to measure what the ledger costs.
+    /// Never in production: duplicates reach devices.
+    pub dedupe: bool,
 }
 
 /// The campaign scheduler.
@@ -610,6 +614,7 @@ impl Default for SenderConfig {
             max_attempts: 8,
             retry_base_ms: 500,
             retry_max_ms: 60_000,
+            dedupe: true,
         }
     }
 }

@@ -403,6 +403,11 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
                 .with_context(|| format!("sender on cluster {}", cluster.name))
         });
     }
+    if !config.sender.dedupe {
+        tracing::warn!(
+            "sender.dedupe is false: jobs are sent without the Redis ledger, and duplicates reach devices (benchmarks only)"
+        );
+    }
     tracing::info!(%owner, "sender started");
     Ok(())
 }

@@ -18,7 +18,7 @@ use herald_core::{
     DeadLetter, DeliveryJob, DeliveryOutcome, DeliveryPolicy, DeliveryStatus, OutcomeClass,
     Platform,
 };
-use herald_ledger::{Ledger, Settle};
+use herald_ledger::{ClaimBatch, Ledger, Settle};
 use herald_providers::Providers;
 use herald_store::Store;
 use ledger_guard::LedgerGuard;
@@ -274,7 +274,14 @@ impl Sender {
             return Ok(());
         }
         let ids: Vec<_> = jobs.iter().map(|j| j.delivery_id).collect();
-        let batch = self.ledger.claim_batch(&ids).await?;
+        let batch = if self.config.dedupe {
+            self.ledger.claim_batch(&ids).await?
+        } else {
+            ClaimBatch {
+                claims: vec![Claim::Claimed { epoch: 1 }; ids.len()],
+                ledger_intact: true,
+            }
+        };
         let mut claims = batch.claims;
         metrics::gauge!("herald_ledger_fallback").set(if batch.ledger_intact { 0.0 } else { 1.0 });
         if !batch.ledger_intact {
@@ -450,7 +457,11 @@ impl Sender {
                 (job.delivery_id, *epoch, s)
             })
             .collect();
-        let ours = self.ledger.complete_batch(&ledger_steps).await?;
+        let ours = if self.config.dedupe {
+            self.ledger.complete_batch(&ledger_steps).await?
+        } else {
+            vec![true; ledger_steps.len()]
+        };
         for ((job, _, step), ours) in settled.into_iter().zip(ours) {
             if !ours {
                 tracing::warn!(delivery_id = %job.delivery_id, "lease lost before settling; outcome left to the new owner");
