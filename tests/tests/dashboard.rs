@@ -316,19 +316,20 @@ async fn an_operator_runs_a_campaign_and_a_trigger_from_the_browser() {
     assert!(!browser.text("main").await.contains("private_key_pem"));
     browser.screenshot("13-settings").await;
 
-    // The overview now counts what was delivered.
-    browser.goto(&app_url).await;
-    let outcomes = browser
-        .script(
-            "return document.querySelector('tr[data-status=delivered] td.num').dataset.count;",
-            json!([]),
-        )
-        .await;
-    assert_eq!(
-        outcomes,
-        json!("23"),
-        "20 campaign + 2 trigger + 1 test push"
-    );
+    // The overview now counts what was delivered: 20 campaign + 2 trigger +
+    // 1 test push, once the recorder has stored the last outcome (the
+    // simulator's record, waited for above, comes first).
+    wait_until("the overview counts 23 delivered", LONG, || async {
+        browser.goto(&app_url).await;
+        browser
+            .script(
+                "return document.querySelector('tr[data-status=delivered] td.num').dataset.count;",
+                json!([]),
+            )
+            .await
+            == json!("23")
+    })
+    .await;
     browser.screenshot("14-overview").await;
 
     // Nothing the operator did sent anything twice.
