@@ -373,7 +373,14 @@ impl Sender {
         };
         let publish_all = async {
             let mut result = Ok(());
-            while let Some(outcomes) = outcomes_rx.recv().await {
+            while let Some(mut outcomes) = outcomes_rx.recv().await {
+                // Whatever settled while the last publish waited for its
+                // acknowledgement goes out in one publish: with fast settles,
+                // a publish per small chunk would queue behind each other's
+                // acknowledgements and hold the batch's commit back.
+                while let Ok(more) = outcomes_rx.try_recv() {
+                    outcomes.extend(more);
+                }
                 // After a failure, keep draining: the batch runs again, and
                 // the ledger hands back what is settled, outcomes included.
                 if result.is_ok() {
