@@ -148,7 +148,9 @@ pub async fn run_once(count: usize, dedupe: bool) -> Result<SenderRun> {
 pub async fn dedupe(count: usize) -> Result<()> {
     let on = run_once(count, true).await?;
     let off = run_once(count, false).await?;
-    println!("\nDedupe cost: one sender, {count} jobs fed to the topic ahead of it, release build\n");
+    println!(
+        "\nDedupe cost: one sender, {count} jobs fed to the topic ahead of it, release build\n"
+    );
     println!("| run | deliveries/s | time | CPU s per 1,000 | peak RSS MB | duplicates at the simulator |");
     println!("|---|---|---|---|---|---|");
     for (name, r) in [

@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -37,21 +36,12 @@ pub(crate) async fn deliveries(
 /// Counts for quick checks: accepted per provider, and how many (token,
 /// collapse id) pairs were delivered more than once.
 pub(crate) async fn stats(State(state): State<Arc<SimState>>) -> Response {
-    let deliveries = state.deliveries();
-    let mut per_provider: HashMap<&str, u64> = HashMap::new();
-    let mut seen: HashMap<(&str, Option<&str>), u64> = HashMap::new();
-    for d in &deliveries {
-        *per_provider.entry(d.provider.as_str()).or_default() += 1;
-        *seen
-            .entry((d.token.as_str(), d.collapse_id.as_deref()))
-            .or_default() += 1;
-    }
-    let duplicates: u64 = seen.values().map(|n| n.saturating_sub(1)).sum();
+    let tally = state.tally();
     Json(json!({
-        "accepted": deliveries.len(),
-        "apns": per_provider.get("apns").copied().unwrap_or(0),
-        "fcm": per_provider.get("fcm").copied().unwrap_or(0),
-        "duplicates": duplicates,
+        "accepted": tally.accepted,
+        "apns": tally.apns,
+        "fcm": tally.fcm,
+        "duplicates": tally.duplicates,
         "stalled": state.stalled.load(Ordering::SeqCst),
         "connections": crate::serve::CONNECTIONS.load(Ordering::Relaxed),
         "goaways": crate::serve::GOAWAYS.load(Ordering::Relaxed),

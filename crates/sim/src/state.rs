@@ -82,6 +82,25 @@ pub(crate) const APNS_TOPIC: &str = "dev.herald.demo";
 pub(crate) const FCM_PROJECT: &str = "herald-sim";
 pub(crate) const FCM_CLIENT_EMAIL: &str = "sender@herald-sim.iam.gserviceaccount.com";
 
+/// Every accepted delivery, and the counts kept as they arrive.
+#[derive(Default)]
+struct Record {
+    deliveries: Vec<RecordedDelivery>,
+    per_provider: HashMap<String, u64>,
+    /// Deliveries per (token, collapse id).
+    seen: HashMap<(String, Option<String>), u64>,
+    /// Deliveries of a (token, collapse id) pair after its first.
+    duplicates: u64,
+}
+
+/// Counts over the record.
+pub(crate) struct Tally {
+    pub accepted: u64,
+    pub apns: u64,
+    pub fcm: u64,
+    pub duplicates: u64,
+}
+
 pub(crate) struct SimState {
     pub credentials: SimCredentials,
     pub apns_key: DecodingKey,
@@ -90,7 +109,7 @@ pub(crate) struct SimState {
     /// The CA that signs APNs client certificates (DER), for the TLS listener.
     pub client_ca_der: Vec<u8>,
     access_tokens: Mutex<HashMap<String, Instant>>,
-    deliveries: Mutex<Vec<RecordedDelivery>>,
+    deliveries: Mutex<Record>,
     faults: watch::Sender<Faults>,
     /// Requests currently held by a stall.
     pub stalled: std::sync::atomic::AtomicU64,
@@ -137,7 +156,7 @@ impl SimState {
             token_uri,
             client_ca_der,
             access_tokens: Mutex::new(HashMap::new()),
-            deliveries: Mutex::new(Vec::new()),
+            deliveries: Mutex::new(Record::default()),
             faults: watch::Sender::new(Faults::default()),
             stalled: std::sync::atomic::AtomicU64::new(0),
             admitted: std::sync::atomic::AtomicU64::new(0),
@@ -155,9 +174,18 @@ impl SimState {
         body: &[u8],
     ) {
         use sha2::{Digest, Sha256};
-        let mut deliveries = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = deliveries.len() as u64 + 1;
-        deliveries.push(RecordedDelivery {
+        let mut record = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = record.deliveries.len() as u64 + 1;
+        *record.per_provider.entry(provider.to_string()).or_default() += 1;
+        let times = record
+            .seen
+            .entry((token.to_string(), collapse_id.clone()))
+            .or_default();
+        *times += 1;
+        if *times > 1 {
+            record.duplicates += 1;
+        }
+        record.deliveries.push(RecordedDelivery {
             seq,
             provider: provider.to_string(),
             token: token.to_string(),
@@ -173,14 +201,24 @@ impl SimState {
         self.deliveries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .deliveries
             .clone()
     }
 
+    /// The counts of [`Tally`], read without copying the record (polled
+    /// often while a million deliveries arrive).
+    pub fn tally(&self) -> Tally {
+        let record = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        Tally {
+            accepted: record.deliveries.len() as u64,
+            apns: record.per_provider.get("apns").copied().unwrap_or(0),
+            fcm: record.per_provider.get("fcm").copied().unwrap_or(0),
+            duplicates: record.duplicates,
+        }
+    }
+
     pub fn clear(&self) {
-        self.deliveries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        *self.deliveries.lock().unwrap_or_else(|p| p.into_inner()) = Record::default();
     }
 
     pub fn issue_access_token(&self, lifetime: Duration) -> String {
