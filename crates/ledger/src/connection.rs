@@ -241,6 +241,31 @@ impl SentinelConnection {
     }
 }
 
+impl SentinelConnection {
+    /// Whether `answer` was refused by a server that is no longer the
+    /// primary (then the caller moves and sends again). A lost connection is
+    /// not retried (the command may have run), but the next command goes to
+    /// the primary Sentinel names by then.
+    async fn refused<T>(
+        &self,
+        seen: u64,
+        answer: &RedisResult<T>,
+        refused_value: impl Fn(&T) -> bool,
+    ) -> bool {
+        match answer {
+            Ok(v) => refused_value(v),
+            Err(e) if error_refused_here(e) => true,
+            Err(e) if connection_lost(e) => {
+                if let Err(lookup) = self.follow(seen).await {
+                    tracing::warn!(error = %lookup, "Redis Sentinel lookup failed");
+                }
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 async fn lookup(client: &mut SentinelClient) -> RedisResult<MultiplexedConnection> {
     tokio::time::timeout(SENTINEL_LOOKUP, client.get_async_connection())
         .await
@@ -281,18 +306,7 @@ impl ConnectionLike for SentinelConnection {
         Box::pin(async move {
             let (seen, mut conn) = self.current();
             let answer = conn.req_packed_command(cmd).await;
-            let refused = match &answer {
-                Ok(v) => value_refused_here(v),
-                Err(e) if error_refused_here(e) => true,
-                Err(e) if connection_lost(e) => {
-                    if let Err(lookup) = self.follow(seen).await {
-                        tracing::warn!(error = %lookup, "Redis Sentinel lookup failed");
-                    }
-                    false
-                }
-                Err(_) => false,
-            };
-            if !refused {
+            if !self.refused(seen, &answer, value_refused_here).await {
                 return answer;
             }
             self.follow(seen).await?;
@@ -313,18 +327,8 @@ impl ConnectionLike for SentinelConnection {
             // primary applied before it was demoted the new one either has
             // (replicated) or lost with it, so sending all of it again to the
             // new primary is the same as sending it the first time.
-            let refused = match &answer {
-                Ok(values) => values.iter().any(value_refused_here),
-                Err(e) if error_refused_here(e) => true,
-                Err(e) if connection_lost(e) => {
-                    if let Err(lookup) = self.follow(seen).await {
-                        tracing::warn!(error = %lookup, "Redis Sentinel lookup failed");
-                    }
-                    false
-                }
-                Err(_) => false,
-            };
-            if !refused {
+            let any_refused = |values: &Vec<Value>| values.iter().any(value_refused_here);
+            if !self.refused(seen, &answer, any_refused).await {
                 return answer;
             }
             self.follow(seen).await?;
