@@ -50,7 +50,16 @@ async fn a_sender_killed_between_the_providers_answer_and_settling() {
     let app = env.create_app().await;
     let gateway = env.gateway().await;
     let gw = gateway.url.clone().expect("url");
-    let mut first = env.sender().await;
+    // The first sender must still be waiting on the provider when it is
+    // killed: with the 8 s timeout it resolved its own held request (an
+    // at_least_once resend) once, on a loaded machine, before the kill.
+    let mut first = env
+        .spawn_with(
+            "sender",
+            &["sender"],
+            &[("HERALD_SENDER__REQUEST_TIMEOUT_MS", "300000")],
+        )
+        .await;
 
     // The providers record each delivery, then never answer.
     env.set_sim_faults(json!({"hang_after_accept": true})).await;
