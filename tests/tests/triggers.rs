@@ -347,7 +347,10 @@ async fn quiet_hours_postpone_or_drop_in_the_users_time_zone() {
     let now = api
         .rule(json!({"name": "now", "entry_event": "e", "notification": {"title": "at once"}}))
         .await;
-    api.events(json!({"event_id": "q1", "name": "e", "custom_id": "paris"}))
+    // On the test's clock: an event stamped with the real time would only be
+    // due once the real time passed 22:30 UTC (it did, one evening).
+    api.events(json!({"event_id": "q1", "name": "e", "custom_id": "paris",
+                      "occurred_at": "2026-12-01T22:30:00Z"}))
         .await;
     api.wait_timers(&now, "the rule without quiet hours", |t| t["fired"] == 1)
         .await;
@@ -372,7 +375,8 @@ async fn quiet_hours_postpone_or_drop_in_the_users_time_zone() {
             json!({"name": "app-wide", "entry_event": "f", "notification": {"title": "app-wide"}}),
         )
         .await;
-    api.events(json!({"event_id": "q2", "name": "f", "custom_id": "paris"}))
+    api.events(json!({"event_id": "q2", "name": "f", "custom_id": "paris",
+                      "occurred_at": "2026-12-01T22:30:00Z"}))
         .await;
     api.wait_timers(&app_wide, "dropped by the app's quiet hours", |t| {
         t["dropped"] == 1
