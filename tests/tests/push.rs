@@ -318,3 +318,206 @@ impl BadCase {
         }
     }
 }
+
+fn free_address() -> String {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    probe.local_addr().expect("addr").to_string()
+}
+
+/// One sample of the gateway's metrics, 0 when it is not there yet.
+async fn metric(env: &TestEnv, ops: &str, name: &str) -> f64 {
+    let text = match env.http.get(format!("http://{ops}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return 0.0,
+    };
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_waiting_for_a_writer_are_written_together_and_each_gets_its_own_answer() {
+    let env = TestEnv::start("groupcommit").await;
+    let app = env.create_app().await;
+    let doomed = env.create_app().await;
+    let ops = free_address();
+    let gateway = env
+        .gateway_with(&[
+            ("HERALD_GATEWAY__ACCEPT_WRITERS", "1"),
+            ("HERALD_METRICS__LISTEN", &ops),
+        ])
+        .await;
+    let _sender = env.sender().await;
+    let gw = gateway.url.clone().expect("gateway url");
+    let send = |server_key: String, key: Option<String>, token: String, title: &'static str| {
+        let request = env
+            .http
+            .post(format!("{gw}/v1/push"))
+            .bearer_auth(server_key)
+            .json(&json!({
+                "to": {"tokens": [{"platform": "ios", "token": token}]},
+                "notification": {"title": title},
+            }));
+        let request = match key {
+            Some(key) => request.header("Idempotency-Key", format!("\"{key}\"")),
+            None => request,
+        };
+        tokio::spawn(async move {
+            let r = request.send().await.expect("push");
+            let status = r.status().as_u16();
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            let body: Value = r.json().await.expect("json");
+            (status, replayed, body)
+        })
+    };
+
+    // The first batch is held at its outbox row by this test's lock, so the
+    // next requests queue behind the gateway's one writer.
+    let mut holder = env.db.begin().await.expect("tx");
+    sqlx::query("LOCK TABLE outbox IN SHARE MODE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let first = send(
+        app.server_key.clone(),
+        Some("first".into()),
+        ios_token(0),
+        "first",
+    );
+    wait_until("the first batch waits on the lock", SETTLE, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO outbox%'",
+        )
+        .fetch_one(&env.db)
+        .await
+        .expect("pg_stat_activity");
+        waiting == 1
+    })
+    .await;
+
+    let distinct: Vec<_> = (1..=30)
+        .map(|i| {
+            send(
+                app.server_key.clone(),
+                Some(format!("k{i}")),
+                ios_token(i),
+                "distinct",
+            )
+        })
+        .collect();
+    // Copies of one request, and a key reused for another body: each copy
+    // waits for the batch after its key's first request.
+    let copies: Vec<_> = (0..2)
+        .map(|_| {
+            send(
+                app.server_key.clone(),
+                Some("dup".into()),
+                ios_token(31),
+                "copy",
+            )
+        })
+        .collect();
+    let reused = [
+        send(
+            app.server_key.clone(),
+            Some("reused".into()),
+            ios_token(32),
+            "one body",
+        ),
+        send(
+            app.server_key.clone(),
+            Some("reused".into()),
+            ios_token(32),
+            "another body",
+        ),
+    ];
+    // An app deleted while its push waits: that push fails, alone.
+    let lost = send(doomed.server_key.clone(), None, ios_token(33), "lost");
+    wait_until("35 requests waiting for the writer", SETTLE, || async {
+        metric(&env, &ops, "herald_gateway_accept_waiting").await == 35.0
+    })
+    .await;
+    let doomed_id: uuid::Uuid = doomed.id.parse().expect("uuid");
+    sqlx::query("DELETE FROM apps WHERE id = $1")
+        .bind(doomed_id)
+        .execute(&env.db)
+        .await
+        .expect("delete the app");
+    holder.commit().await.expect("release");
+
+    let (status, replayed, _) = first.await.expect("task");
+    assert_eq!((status, replayed), (202, false), "the held request");
+    let mut ids = std::collections::HashSet::new();
+    for answer in distinct {
+        let (status, replayed, body) = answer.await.expect("task");
+        assert_eq!((status, replayed), (202, false), "{body}");
+        ids.insert(body["message_id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(ids.len(), 30, "thirty keys, thirty messages");
+    let mut copy_answers = Vec::new();
+    for answer in copies {
+        copy_answers.push(answer.await.expect("task"));
+    }
+    assert_eq!(copy_answers[0].0, 202, "{:?}", copy_answers[0]);
+    assert_eq!(copy_answers[1].0, 202, "{:?}", copy_answers[1]);
+    assert_eq!(
+        copy_answers[0].2["message_id"], copy_answers[1].2["message_id"],
+        "copies get one message"
+    );
+    assert_ne!(
+        copy_answers[0].1, copy_answers[1].1,
+        "one copy is written, the other replayed: {copy_answers:?}"
+    );
+    let mut reused_statuses = Vec::new();
+    for answer in reused {
+        reused_statuses.push(answer.await.expect("task").0);
+    }
+    reused_statuses.sort();
+    assert_eq!(
+        reused_statuses,
+        vec![202, 422],
+        "a key reused for another body"
+    );
+    let (status, _, body) = lost.await.expect("task");
+    assert!(
+        status >= 500,
+        "the deleted app's push fails: {status} {body}"
+    );
+
+    // Three transactions: the held one, everything that waited (written again
+    // one at a time once the deleted app's push failed it), the copies.
+    assert_eq!(
+        metric(&env, &ops, "herald_gateway_accept_batch_requests_count").await,
+        3.0
+    );
+    assert_eq!(
+        metric(&env, &ops, "herald_gateway_accept_batch_requests_sum").await,
+        36.0
+    );
+    assert_eq!(
+        metric(&env, &ops, "herald_gateway_accept_waiting").await,
+        0.0
+    );
+
+    // Every accepted push reaches its device once; the failed one nowhere.
+    wait_until("33 deliveries", SETTLE, || async {
+        env.sim_stats().await["accepted"].as_u64() == Some(33)
+    })
+    .await;
+    let mut per_token: std::collections::HashMap<String, usize> = Default::default();
+    for d in env.sim_deliveries().await {
+        *per_token
+            .entry(d["token"].as_str().expect("token").to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_token.len(), 33, "{per_token:?}");
+    assert!(per_token.values().all(|n| *n == 1), "{per_token:?}");
+    assert!(!per_token.contains_key(&ios_token(33)));
+    assert_eq!(
+        env.count_rows("messages").await,
+        33,
+        "nothing half-written for the failed push"
+    );
+}

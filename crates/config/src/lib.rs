@@ -394,6 +394,11 @@ pub struct GatewayConfig {
     /// How long a request waits for its own publish before answering with
     /// `Herald-Publish: deferred` (the relay publishes it later).
     pub publish_wait_ms: u64,
+    /// Most push requests written in one transaction: requests arriving while
+    /// the writers are busy wait and go together (group commit).
+    pub accept_batch_max: usize,
+    /// Transactions of push requests written at the same time.
+    pub accept_writers: usize,
     /// How long an Idempotency-Key and its stored response are kept.
     pub idempotency_retention_hours: u64,
     /// Requests per second per API key; 0: no limit.
@@ -587,6 +592,8 @@ impl Default for GatewayConfig {
             listen: "127.0.0.1:8080".into(),
             relay_interval_ms: 1_000,
             publish_wait_ms: 250,
+            accept_batch_max: 256,
+            accept_writers: 4,
             idempotency_retention_hours: 24 * 7,
             rate_limit_per_second: 1000,
             max_body_bytes: 1024 * 1024,

@@ -1,6 +1,7 @@
 //! The gateway role: the REST API (`/v1`), API-key auth, Idempotency-Key
 //! handling, and the outbox relay that publishes accepted work to Kafka.
 
+mod accept;
 mod api;
 mod auth;
 mod body;
@@ -18,6 +19,7 @@ mod trace;
 mod triggers;
 mod webhook;
 
+pub use accept::{AcceptSettings, Acceptor};
 pub use api::ApiDoc;
 pub use problem::Problem;
 pub use relay::OutboxRelay;
@@ -32,6 +34,8 @@ use std::time::Duration;
 pub struct AppState {
     pub store: Store,
     pub relay: OutboxRelay,
+    /// Writes and publishes push requests, a batch at a time.
+    pub acceptor: Acceptor,
     pub idempotency_retention: Duration,
     pub publish_wait: Duration,
     /// None: no per-key rate limit.

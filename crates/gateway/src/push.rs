@@ -58,7 +58,10 @@ pub(crate) async fn create(
     let fingerprint = idempotency::fingerprint("POST", "/v1/push", &value);
 
     // Fast path for a retry of a completed request: no target resolution.
-    if let Some(k) = &idempotency_key {
+    // With only raw tokens there is nothing to resolve, and the write checks
+    // the key anyway.
+    let resolves = !request.to.install_ids.is_empty() || !request.to.custom_ids.is_empty();
+    if let (Some(k), true) = (&idempotency_key, resolves) {
         if let Some((stored_fp, stored)) = state.store.idempotent_response(app, k).await? {
             if stored_fp != fingerprint {
                 return Err(Problem::idempotency_mismatch());
@@ -107,21 +110,14 @@ pub(crate) async fn create(
         response_body: body.clone(),
         retention: state.idempotency_retention,
     });
-    match state
-        .store
-        .accept_message(&message, record.as_ref())
-        .await?
-    {
-        AcceptOutcome::Accepted { outbox_id } => {
+    let recipients = message.deliveries.len();
+    let accepted_push = state.acceptor.accept(message, record).await?;
+    match accepted_push.outcome {
+        AcceptOutcome::Accepted { .. } => {
             metrics::counter!("herald_pushes_accepted_total").increment(1);
-            tracing::info!(%message_id, app_id = %app, recipients = message.deliveries.len(), "push accepted");
-            let published = match outbox_id {
-                // Scheduled pushes are the relay's to publish when due.
-                Some(id) if send_at.is_none() => publish_now(&state, id, message_id).await,
-                _ => true,
-            };
+            tracing::info!(%message_id, app_id = %app, recipients, "push accepted");
             let mut response = accepted(StatusCode::ACCEPTED, message_id, body, false);
-            if !published {
+            if !accepted_push.published {
                 response
                     .headers_mut()
                     .insert(PUBLISH_HEADER, HeaderValue::from_static("deferred"));
@@ -137,31 +133,6 @@ pub(crate) async fn create(
 /// Says the message is stored but not yet handed to Kafka (the broker is away
 /// or slow); the outbox relay publishes it as soon as it can.
 pub const PUBLISH_HEADER: &str = "herald-publish";
-
-/// Publishes the request's own message at once, waiting at most
-/// `publish_wait`; a broker known to be away is not waited for.
-async fn publish_now(state: &AppState, outbox_id: i64, message: MessageId) -> bool {
-    use std::sync::atomic::Ordering;
-    if !state.relay.broker_down.load(Ordering::SeqCst) {
-        match tokio::time::timeout(
-            state.publish_wait,
-            state.relay.publish_now(outbox_id, message),
-        )
-        .await
-        {
-            Ok(Ok(())) => return true,
-            Ok(Err(e)) => {
-                tracing::warn!(%message, error = %e, "publishing at once failed; the relay will retry")
-            }
-            Err(_) => {
-                tracing::warn!(%message, "publishing at once timed out; the relay will retry")
-            }
-        }
-        state.relay.broker_down.store(true, Ordering::SeqCst);
-    }
-    state.relay.wakeup.notify_one();
-    false
-}
 
 fn replay(stored: StoredResponse) -> Response {
     metrics::counter!("herald_idempotent_replays_total").increment(1);

@@ -4,7 +4,6 @@
 
 use herald_bus::Publisher;
 use herald_core::trigger::EventRecord;
-use herald_core::MessageId;
 use herald_store::Store;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,11 +50,15 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes one message's row at once, as its request commits.
-    pub async fn publish_now(&self, outbox_id: i64, message: MessageId) -> Result<(), RelayError> {
-        let jobs = self.store.pending_jobs_for(&[message]).await?;
-        self.publisher.publish_jobs(&jobs).await?;
-        self.store.mark_published(&[outbox_id]).await?;
+    /// Publishes committed messages' jobs at once, as their requests commit,
+    /// and marks their rows published.
+    pub async fn publish_now(
+        &self,
+        outbox_ids: &[i64],
+        jobs: &[herald_core::DeliveryJob],
+    ) -> Result<(), RelayError> {
+        self.publisher.publish_jobs(jobs).await?;
+        self.store.mark_published(outbox_ids).await?;
         metrics::counter!("herald_outbox_published_jobs_total").increment(jobs.len() as u64);
         Ok(())
     }

@@ -245,9 +245,19 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
         broker_down: Arc::default(),
     };
     let store_for_dashboard = store.clone();
+    let acceptor = herald_gateway::Acceptor::spawn(
+        store.clone(),
+        relay.clone(),
+        herald_gateway::AcceptSettings {
+            max_batch: config.gateway.accept_batch_max,
+            writers: config.gateway.accept_writers,
+            publish_wait: Duration::from_millis(config.gateway.publish_wait_ms),
+        },
+    );
     let state = AppState {
         store,
         relay: relay.clone(),
+        acceptor,
         idempotency_retention: Duration::from_secs(
             config.gateway.idempotency_retention_hours * 3600,
         ),

@@ -23,6 +23,33 @@ pub struct NewMessage {
     pub deliveries: Vec<NewDelivery>,
 }
 
+impl NewMessage {
+    /// The message's delivery jobs, as the outbox relay publishes them from
+    /// the stored rows.
+    pub fn jobs(&self, trace_parent: Option<&str>) -> Vec<DeliveryJob> {
+        self.deliveries
+            .iter()
+            .map(|d| DeliveryJob {
+                delivery_id: d.id,
+                message_id: self.id,
+                app_id: self.app_id,
+                platform: d.platform,
+                token: d.token.clone(),
+                install_id: d.install_id.clone(),
+                notification: self.notification.clone(),
+                policy: self.policy,
+                expires_at: self.expires_at,
+                locale: d.locale.clone(),
+                apns_sandbox: d.apns_sandbox,
+                attempt: 0,
+                not_before: None,
+                campaign: None,
+                trace_parent: trace_parent.map(str::to_owned),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
     pub id: DeliveryId,
@@ -208,36 +235,111 @@ impl Store {
         message: &NewMessage,
         key: Option<&IdempotencyRecord>,
     ) -> Result<AcceptOutcome> {
+        let mut outcomes = self.accept_messages(&[(message, key)]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| corrupt("no outcome for the request"))
+    }
+
+    /// [`Store::accept_message`] for many requests in one transaction, in a
+    /// fixed number of statements whatever their number: the gateway's group
+    /// commit. Outcomes come in the requests' order. A key named twice in the
+    /// batch is in progress for the second request, as it would be for a
+    /// request arriving while the first one's transaction is open.
+    pub async fn accept_messages(
+        &self,
+        requests: &[(&NewMessage, Option<&IdempotencyRecord>)],
+    ) -> Result<Vec<AcceptOutcome>> {
+        let mut outcomes: Vec<Option<AcceptOutcome>> = vec![None; requests.len()];
         let mut tx = self.pool.begin().await?;
-        if let Some(key) = key {
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                .bind(lock_id(message.id))
-                .fetch_one(&mut *tx)
-                .await?;
-            if !locked {
-                return Ok(AcceptOutcome::KeyInProgress);
+        // Requests with a key, the first of each key only.
+        let mut seen = std::collections::HashSet::new();
+        let mut keyed: Vec<usize> = Vec::new();
+        for (i, (message, key)) in requests.iter().enumerate() {
+            if let Some(key) = key {
+                if seen.insert((message.app_id, key.key.as_str())) {
+                    keyed.push(i);
+                } else {
+                    outcomes[i] = Some(AcceptOutcome::KeyInProgress);
+                }
             }
-            if let Some(outcome) = check_existing_key(&mut tx, message.app_id, key).await? {
-                return Ok(outcome);
-            }
-            sqlx::query(
-                "INSERT INTO idempotency_keys
-                    (app_id, key, fingerprint, message_id, response_status, response_body, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
-            )
-            .bind(message.app_id.as_uuid())
-            .bind(&key.key)
-            .bind(&key.fingerprint)
-            .bind(message.id.as_uuid())
-            .bind(i32::from(key.response_status))
-            .bind(&key.response_body)
-            .bind(key.retention.as_secs_f64())
-            .execute(&mut *tx)
-            .await?;
         }
-        let outbox_id = write_message(&mut tx, message, key.map(|k| k.key.as_str())).await?;
+        if !keyed.is_empty() {
+            let lock_ids: Vec<i64> = keyed.iter().map(|&i| lock_id(requests[i].0.id)).collect();
+            let locked: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_try_advisory_xact_lock(u.id)
+                 FROM UNNEST($1::int8[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n",
+            )
+            .bind(&lock_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            if locked.len() != keyed.len() {
+                return Err(corrupt("advisory locks: one answer per key expected"));
+            }
+            keyed = keyed
+                .into_iter()
+                .zip(locked)
+                .filter_map(|(i, locked)| {
+                    if !locked {
+                        outcomes[i] = Some(AcceptOutcome::KeyInProgress);
+                    }
+                    locked.then_some(i)
+                })
+                .collect();
+            let existing = existing_keys(&mut tx, requests, &keyed).await?;
+            let mut expired: Vec<usize> = Vec::new();
+            for &i in &keyed {
+                let Some(key) = requests[i].1 else { continue };
+                match existing.get(&i) {
+                    None => {}
+                    Some(stored) if stored.expired => expired.push(i),
+                    Some(stored) if stored.fingerprint != key.fingerprint => {
+                        outcomes[i] = Some(AcceptOutcome::KeyMismatch)
+                    }
+                    Some(stored) => {
+                        outcomes[i] = Some(AcceptOutcome::Replay(stored.response.clone()))
+                    }
+                }
+            }
+            if !expired.is_empty() {
+                let key_of = |i: &usize| requests[*i].1.map(|k| k.key.as_str());
+                sqlx::query(
+                    "DELETE FROM idempotency_keys k USING UNNEST($1::uuid[], $2::text[]) AS u(app_id, key)
+                     WHERE k.app_id = u.app_id AND k.key = u.key",
+                )
+                .bind(expired.iter().map(|&i| requests[i].0.app_id.as_uuid()).collect::<Vec<_>>())
+                .bind(expired.iter().map(key_of).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            }
+            let new_keys: Vec<(&NewMessage, &IdempotencyRecord)> = keyed
+                .iter()
+                .filter(|&&i| outcomes[i].is_none())
+                .filter_map(|&i| requests[i].1.map(|k| (requests[i].0, k)))
+                .collect();
+            insert_keys(&mut tx, &new_keys).await?;
+        }
+        let to_write: Vec<(&NewMessage, Option<&str>)> = requests
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| outcome.is_none())
+            .map(|((message, key), _)| (*message, key.map(|k| k.key.as_str())))
+            .collect();
+        let outbox: std::collections::HashMap<MessageId, i64> = write_messages(&mut tx, &to_write)
+            .await?
+            .into_iter()
+            .map(|(outbox_id, message)| (message, outbox_id))
+            .collect();
         tx.commit().await?;
-        Ok(AcceptOutcome::Accepted { outbox_id })
+        Ok(requests
+            .iter()
+            .zip(outcomes)
+            .map(|((message, _), outcome)| {
+                outcome.unwrap_or(AcceptOutcome::Accepted {
+                    outbox_id: outbox.get(&message.id).copied(),
+                })
+            })
+            .collect())
     }
 
     /// Deletes Idempotency-Keys past their retention, a batch at a time;
@@ -608,188 +710,163 @@ pub(crate) fn delivery_from_row(d: DeliveryDbRow) -> Result<DeliveryRow> {
     })
 }
 
-async fn check_existing_key(
+struct ExistingKey {
+    fingerprint: Vec<u8>,
+    response: StoredResponse,
+    expired: bool,
+}
+
+/// The stored keys of the keyed requests, by the request's index.
+async fn existing_keys(
     tx: &mut Transaction<'_, Postgres>,
-    app: AppId,
-    key: &IdempotencyRecord,
-) -> Result<Option<AcceptOutcome>> {
-    let row: Option<(Vec<u8>, Uuid, i32, Value, bool)> = sqlx::query_as(
-        "SELECT fingerprint, message_id, response_status, response_body, expires_at <= now()
-         FROM idempotency_keys WHERE app_id = $1 AND key = $2",
+    requests: &[(&NewMessage, Option<&IdempotencyRecord>)],
+    keyed: &[usize],
+) -> Result<std::collections::HashMap<usize, ExistingKey>> {
+    let keyed: Vec<(usize, &NewMessage, &IdempotencyRecord)> = keyed
+        .iter()
+        .filter_map(|&i| requests[i].1.map(|k| (i, requests[i].0, k)))
+        .collect();
+    let rows: Vec<(i64, Vec<u8>, Uuid, i32, Value, bool)> = sqlx::query_as(
+        "SELECT u.n, k.fingerprint, k.message_id, k.response_status, k.response_body,
+                k.expires_at <= now()
+         FROM UNNEST($1::uuid[], $2::text[]) WITH ORDINALITY AS u(app_id, key, n)
+         JOIN idempotency_keys k ON k.app_id = u.app_id AND k.key = u.key",
     )
-    .bind(app.as_uuid())
-    .bind(&key.key)
-    .fetch_optional(&mut **tx)
+    .bind(
+        keyed
+            .iter()
+            .map(|(_, m, _)| m.app_id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        keyed
+            .iter()
+            .map(|(_, _, k)| k.key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut **tx)
     .await?;
-    let Some((fingerprint, message, status, body, expired)) = row else {
-        return Ok(None);
-    };
-    if expired {
-        sqlx::query("DELETE FROM idempotency_keys WHERE app_id = $1 AND key = $2")
-            .bind(app.as_uuid())
-            .bind(&key.key)
-            .execute(&mut **tx)
-            .await?;
-        return Ok(None);
-    }
-    if fingerprint != key.fingerprint {
-        return Ok(Some(AcceptOutcome::KeyMismatch));
-    }
-    Ok(Some(AcceptOutcome::Replay(StoredResponse {
-        message_id: MessageId(message),
-        status: u16::try_from(status).unwrap_or(500),
-        body,
-    })))
+    rows.into_iter()
+        .map(|(n, fingerprint, message, status, body, expired)| {
+            // ORDINALITY counts from 1.
+            let (i, _, _) = usize::try_from(n - 1)
+                .ok()
+                .and_then(|n| keyed.get(n))
+                .ok_or_else(|| corrupt(format!("key ordinal {n}")))?;
+            let response = StoredResponse {
+                message_id: MessageId(message),
+                status: u16::try_from(status).unwrap_or(500),
+                body,
+            };
+            Ok((
+                *i,
+                ExistingKey {
+                    fingerprint,
+                    response,
+                    expired,
+                },
+            ))
+        })
+        .collect()
 }
 
-/// Writes a message, its deliveries and its outbox row, unless the message
-/// exists already (its key expired and was purged, or a trigger's timer fired
-/// before): then its deliveries are settled or on their way. Returns the new
-/// outbox row.
-pub(crate) async fn write_message(
+async fn insert_keys(
     tx: &mut Transaction<'_, Postgres>,
-    message: &NewMessage,
-    idempotency_key: Option<&str>,
-) -> Result<Option<i64>> {
-    let inserted = sqlx::query(
-        "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at, idempotency_key, send_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(message.id.as_uuid())
-    .bind(message.app_id.as_uuid())
-    .bind(message.kind)
-    .bind(serde_json::to_value(&message.notification).map_err(corrupt)?)
-    .bind(message.policy.as_str())
-    .bind(message.expires_at)
-    .bind(idempotency_key)
-    .bind(message.send_at)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !inserted {
-        return Ok(None);
+    keys: &[(&NewMessage, &IdempotencyRecord)],
+) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
     }
-    insert_deliveries(tx, message).await?;
-    Ok(Some(
-        sqlx::query_scalar(
-            "INSERT INTO outbox (message_id, publish_at) VALUES ($1, $2) RETURNING id",
-        )
-        .bind(message.id.as_uuid())
-        .bind(message.send_at)
-        .fetch_one(&mut **tx)
-        .await?,
-    ))
+    sqlx::query(
+        "INSERT INTO idempotency_keys
+            (app_id, key, fingerprint, message_id, response_status, response_body, expires_at)
+         SELECT u.app_id, u.key, u.fingerprint, u.message_id, u.status, u.body,
+                now() + make_interval(secs => u.retention)
+         FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::uuid[], $5::int4[], $6::jsonb[], $7::float8[])
+              AS u(app_id, key, fingerprint, message_id, status, body, retention)",
+    )
+    .bind(keys.iter().map(|(m, _)| m.app_id.as_uuid()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, k)| k.key.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, k)| k.fingerprint.as_slice()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(m, _)| m.id.as_uuid()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, k)| i32::from(k.response_status)).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, k)| &k.response_body).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, k)| k.retention.as_secs_f64()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
-/// [`write_message`] for many messages in three statements (trigger pushes
-/// are written a transaction of timers at a time). Returns the new outbox
-/// rows with their messages.
+/// Writes messages (each with the Idempotency-Key it was accepted under),
+/// their deliveries and their outbox rows in three statements, skipping a
+/// message that exists already (its key expired and was purged, or a
+/// trigger's timer fired before): its deliveries are settled or on their way.
+/// Returns the new outbox rows with their messages.
 pub(crate) async fn write_messages(
     tx: &mut Transaction<'_, Postgres>,
-    messages: &[NewMessage],
+    messages: &[(&NewMessage, Option<&str>)],
 ) -> Result<Vec<(i64, MessageId)>> {
     if messages.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = messages.iter().map(|m| m.id.as_uuid()).collect();
-    let apps: Vec<Uuid> = messages.iter().map(|m| m.app_id.as_uuid()).collect();
-    let kinds: Vec<&str> = messages.iter().map(|m| m.kind).collect();
     let notifications: Vec<Value> = messages
         .iter()
-        .map(|m| serde_json::to_value(&m.notification).map_err(corrupt))
+        .map(|(m, _)| serde_json::to_value(&m.notification).map_err(corrupt))
         .collect::<Result<_>>()?;
-    let policies: Vec<&str> = messages.iter().map(|m| m.policy.as_str()).collect();
-    let expires: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.expires_at).collect();
     let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[])
+        "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at, idempotency_key, send_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[],
+                              $6::timestamptz[], $7::text[], $8::timestamptz[])
          ON CONFLICT (id) DO NOTHING RETURNING id",
     )
-    .bind(&ids)
-    .bind(&apps)
-    .bind(&kinds)
+    .bind(messages.iter().map(|(m, _)| m.id.as_uuid()).collect::<Vec<_>>())
+    .bind(messages.iter().map(|(m, _)| m.app_id.as_uuid()).collect::<Vec<_>>())
+    .bind(messages.iter().map(|(m, _)| m.kind).collect::<Vec<_>>())
     .bind(&notifications)
-    .bind(&policies)
-    .bind(&expires)
+    .bind(messages.iter().map(|(m, _)| m.policy.as_str()).collect::<Vec<_>>())
+    .bind(messages.iter().map(|(m, _)| m.expires_at).collect::<Vec<_>>())
+    .bind(messages.iter().map(|(_, key)| *key).collect::<Vec<_>>())
+    .bind(messages.iter().map(|(m, _)| m.send_at).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
     let new: Vec<&NewMessage> = messages
         .iter()
+        .map(|(m, _)| *m)
         .filter(|m| inserted.contains(&m.id.as_uuid()))
         .collect();
     let deliveries: Vec<(&NewMessage, &NewDelivery)> = new
         .iter()
         .flat_map(|m| m.deliveries.iter().map(move |d| (*m, d)))
         .collect();
-    sqlx::query(
-        "INSERT INTO deliveries (id, message_id, app_id, platform, token, install_id, locale, apns_sandbox)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                              $7::text[], $8::bool[])
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(deliveries.iter().map(|(_, d)| d.id.as_uuid()).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|(m, _)| m.id.as_uuid()).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|(m, _)| m.app_id.as_uuid()).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|(_, d)| d.platform.as_str()).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|(_, d)| d.token.as_str()).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|(_, d)| d.install_id.as_deref()).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|(_, d)| d.locale.as_deref()).collect::<Vec<_>>())
-    .bind(deliveries.iter().map(|(_, d)| d.apns_sandbox).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
+    if !deliveries.is_empty() {
+        sqlx::query(
+            "INSERT INTO deliveries (id, message_id, app_id, platform, token, install_id, locale, apns_sandbox)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                                  $7::text[], $8::bool[])
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(deliveries.iter().map(|(_, d)| d.id.as_uuid()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(m, _)| m.id.as_uuid()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(m, _)| m.app_id.as_uuid()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(_, d)| d.platform.as_str()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(_, d)| d.token.as_str()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(_, d)| d.install_id.as_deref()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(_, d)| d.locale.as_deref()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(_, d)| d.apns_sandbox).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
     let rows: Vec<(i64, Uuid)> = sqlx::query_as(
-        "INSERT INTO outbox (message_id) SELECT * FROM UNNEST($1::uuid[]) RETURNING id, message_id",
+        "INSERT INTO outbox (message_id, publish_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[]) RETURNING id, message_id",
     )
     .bind(new.iter().map(|m| m.id.as_uuid()).collect::<Vec<_>>())
+    .bind(new.iter().map(|m| m.send_at).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows.into_iter().map(|(o, m)| (o, MessageId(m))).collect())
-}
-
-async fn insert_deliveries(tx: &mut Transaction<'_, Postgres>, message: &NewMessage) -> Result<()> {
-    if message.deliveries.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = message.deliveries.iter().map(|d| d.id.as_uuid()).collect();
-    let platforms: Vec<&str> = message
-        .deliveries
-        .iter()
-        .map(|d| d.platform.as_str())
-        .collect();
-    let tokens: Vec<&str> = message
-        .deliveries
-        .iter()
-        .map(|d| d.token.as_str())
-        .collect();
-    let installs: Vec<Option<&str>> = message
-        .deliveries
-        .iter()
-        .map(|d| d.install_id.as_deref())
-        .collect();
-    let locales: Vec<Option<&str>> = message
-        .deliveries
-        .iter()
-        .map(|d| d.locale.as_deref())
-        .collect();
-    let sandbox: Vec<bool> = message.deliveries.iter().map(|d| d.apns_sandbox).collect();
-    sqlx::query(
-        "INSERT INTO deliveries (id, message_id, app_id, platform, token, install_id, locale, apns_sandbox)
-         SELECT u.id, $1, $2, u.platform, u.token, u.install_id, u.locale, u.apns_sandbox
-         FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[])
-              AS u(id, platform, token, install_id, locale, apns_sandbox)
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(message.id.as_uuid())
-    .bind(message.app_id.as_uuid())
-    .bind(&ids)
-    .bind(&platforms)
-    .bind(&tokens)
-    .bind(&installs)
-    .bind(&locales)
-    .bind(&sandbox)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

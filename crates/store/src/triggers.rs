@@ -626,7 +626,8 @@ impl DueTimers {
         if fired.is_empty() {
             return Ok(Vec::new());
         }
-        let messages: Vec<NewMessage> = fired.iter().map(|(_, m)| m.clone()).collect();
+        let messages: Vec<(&NewMessage, Option<&str>)> =
+            fired.iter().map(|(_, m)| (m, None)).collect();
         let outbox = write_messages(&mut self.tx, &messages).await?;
         sqlx::query(
             "UPDATE trigger_timers t SET status = 'fired', settled_at = $4, message_id = u.message_id
