@@ -4,7 +4,7 @@
 //! as a fraction of it.
 
 use anyhow::{bail, Context, Result};
-use herald_tests::{ios_token, TestEnv};
+use herald_tests::ios_token;
 use serde_json::{json, Value};
 use std::process::Command;
 
@@ -75,7 +75,7 @@ pub async fn run(s: Settings) -> Result<()> {
     if Command::new("h2load").arg("--version").output().is_err() {
         bail!("h2load is missing: apt install nghttp2-client (./scripts/bench installs it)");
     }
-    let env = TestEnv::start_with("benchceiling", &[("HERALD_LOG", "warn")]).await;
+    let env = crate::start_env("benchceiling", &[("HERALD_LOG", "warn")]).await;
     let credentials = env.sim_credentials().await;
     let apns = &credentials["apns"];
     let token = provider_token(apns)?;

@@ -18,6 +18,21 @@ use procstat::ProcStat;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
+/// Starts a scenario's environment with its settings, and on top of them any
+/// `HERALD_*` variable of the benchmark's own environment (to compare
+/// settings run by run: `HERALD_SENDER__BATCH_SIZE=100 herald-bench ...`).
+pub(crate) async fn start_env(name: &str, settings: &[(&str, &str)]) -> TestEnv {
+    let overrides: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("HERALD_"))
+        .collect();
+    for (k, v) in &overrides {
+        eprintln!("setting from the environment: {k}={v}");
+    }
+    let mut all: Vec<(&str, &str)> = settings.to_vec();
+    all.extend(overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    TestEnv::start_with(name, &all).await
+}
+
 #[derive(Parser)]
 #[command(name = "herald-bench", about = "Herald benchmarks (not tests)")]
 struct Cli {
@@ -171,7 +186,7 @@ async fn campaign(installations: i64, senders: usize) -> Result<()> {
     if installations <= 0 || senders == 0 {
         bail!("--installations and --senders must be positive");
     }
-    let env = TestEnv::start_with(
+    let env = crate::start_env(
         "bench",
         &[
             ("HERALD_LOG", "warn"),
@@ -317,7 +332,7 @@ async fn triggers(users: i64, engines: usize) -> Result<()> {
     if users <= 0 || engines == 0 {
         bail!("--users and --engines must be positive");
     }
-    let env = TestEnv::start_with(
+    let env = crate::start_env(
         "benchtrig",
         &[
             ("HERALD_LOG", "warn"),

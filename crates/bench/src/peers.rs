@@ -92,7 +92,7 @@ pub async fn run(s: Settings) -> Result<()> {
             peers.display()
         );
     }
-    let env = TestEnv::start_with("benchpeers", &[("HERALD_LOG", "warn")]).await;
+    let env = crate::start_env("benchpeers", &[("HERALD_LOG", "warn")]).await;
     let credentials = env.sim_credentials().await;
     let apns = &credentials["apns"];
     let key_file = env.log_dir.join("apns-key.pem");

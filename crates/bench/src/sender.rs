@@ -8,7 +8,7 @@ use crate::procstat::ProcStat;
 use anyhow::{bail, Context, Result};
 use herald_core::ids::DeliveryTarget;
 use herald_core::{AppId, DeliveryId, DeliveryJob, DeliveryPolicy, MessageId, Platform};
-use herald_tests::{ios_token, TestEnv};
+use herald_tests::ios_token;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ fn jobs_for(app: AppId, count: usize) -> Result<Vec<DeliveryJob>> {
 /// settle and the outcome's publish), feeds it `count` jobs, and waits for
 /// the simulator to accept them all.
 pub async fn run_once(count: usize, dedupe: bool) -> Result<SenderRun> {
-    let env = TestEnv::start_with(
+    let env = crate::start_env(
         if dedupe { "benchsend" } else { "benchnodedupe" },
         &[
             ("HERALD_LOG", "warn"),

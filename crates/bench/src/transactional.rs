@@ -5,7 +5,7 @@
 use crate::procstat::ProcStat;
 use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt};
-use herald_tests::{HeraldProcess, TestEnv};
+use herald_tests::HeraldProcess;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ pub async fn run(s: Settings) -> Result<Summary> {
     if s.requests == 0 || s.recipients == 0 || s.concurrency == 0 || s.copies == 0 {
         bail!("--requests, --recipients, --concurrency and --copies must be positive");
     }
-    let env = TestEnv::start_with(
+    let env = crate::start_env(
         "benchtx",
         &[
             ("HERALD_LOG", "warn"),
