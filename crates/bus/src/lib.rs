@@ -329,6 +329,7 @@ impl BatchConsumer {
             .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", "1000")
             .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
             .create()?;
         consumer.subscribe(topics)?;
         Ok(Self { consumer })

@@ -206,6 +206,11 @@ pub struct KafkaConfig {
     pub message_timeout_ms: u64,
     /// How long a consumer may be silent before its partitions go to another.
     pub session_timeout_ms: u64,
+    /// How long a consumer's fetch waits at the broker when there is nothing
+    /// new. Kafka answers as soon as a record arrives; brokers that answer an
+    /// empty fetch only once this runs out (librdkafka's mock cluster) add up
+    /// to this much to every delivery.
+    pub fetch_wait_max_ms: u64,
     /// More clusters by name (`[kafka.clusters.standby]`); `bootstrap_servers`
     /// above, if set, is the one named `primary`. Producers write to one
     /// cluster at a time; consumers read every one.
@@ -564,6 +569,7 @@ impl Default for KafkaConfig {
             min_insync_replicas: 2,
             message_timeout_ms: 30_000,
             session_timeout_ms: 10_000,
+            fetch_wait_max_ms: 50,
             clusters: BTreeMap::new(),
             failover_order: Vec::new(),
             health_check_interval_ms: 2_000,
