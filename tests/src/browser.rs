@@ -212,6 +212,20 @@ impl Browser {
             .await;
     }
 
+    /// The element's text as the page shows it, or None if there is no such
+    /// element. One script, so a page navigating away mid-call (a form just
+    /// submitted) reads as "not there yet" rather than a stale element:
+    /// what a wait on the next page needs.
+    pub async fn text_now(&self, css: &str) -> Option<String> {
+        self.script(
+            "const e = document.querySelector(arguments[0]); return e === null ? null : e.innerText.trim();",
+            json!([css]),
+        )
+        .await
+        .as_str()
+        .map(str::to_string)
+    }
+
     pub async fn text(&self, css: &str) -> String {
         let id = self.element(css).await;
         self.command(reqwest::Method::GET, &format!("/element/{id}/text"), None)
