@@ -54,6 +54,12 @@ where
     }
 }
 
+/// A loopback address no one listens on (for a child's `*.listen` setting).
+pub fn free_address() -> String {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    probe.local_addr().expect("addr").to_string()
+}
+
 pub fn herald_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TEST_HERALD_BIN") {
         return PathBuf::from(p);

@@ -100,10 +100,7 @@ impl Incident {
         let recorder = env.spawn("recorder", &["recorder"], false).await;
         // The scheduler's metrics show what every producing process knows
         // of the clusters.
-        let metrics = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            probe.local_addr().expect("addr").to_string()
-        };
+        let metrics = herald_tests::free_address();
         let scheduler = env
             .spawn_with(
                 "scheduler",

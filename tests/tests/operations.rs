@@ -2,16 +2,11 @@
 //! `/readyz` only while the dependencies its roles use answer, and the
 //! backlog gauges in `/metrics`.
 
-use herald_tests::{wait_until, TestEnv};
+use herald_tests::{free_address, wait_until, TestEnv};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn free_address() -> String {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    probe.local_addr().expect("addr").to_string()
-}
 
 async fn get(env: &TestEnv, url: &str) -> (u16, String) {
     match env.http.get(url).send().await {

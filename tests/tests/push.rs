@@ -1,7 +1,7 @@
 //! Transactional push, end to end: gateway, broker, sender, recorder and the
 //! simulators as real processes; the simulator's record is the ground truth.
 
-use herald_tests::{android_token, ios_token, wait_until, TestEnv};
+use herald_tests::{android_token, free_address, ios_token, wait_until, TestEnv};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -317,11 +317,6 @@ impl BadCase {
             names,
         }
     }
-}
-
-fn free_address() -> String {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    probe.local_addr().expect("addr").to_string()
 }
 
 /// One sample of the gateway's metrics, 0 when it is not there yet.

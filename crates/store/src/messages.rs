@@ -254,18 +254,21 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Requests with a key, the first of each key only.
         let mut seen = std::collections::HashSet::new();
-        let mut keyed: Vec<usize> = Vec::new();
+        let mut keyed: Vec<(usize, &IdempotencyRecord)> = Vec::new();
         for (i, (message, key)) in requests.iter().enumerate() {
             if let Some(key) = key {
                 if seen.insert((message.app_id, key.key.as_str())) {
-                    keyed.push(i);
+                    keyed.push((i, key));
                 } else {
                     outcomes[i] = Some(AcceptOutcome::KeyInProgress);
                 }
             }
         }
         if !keyed.is_empty() {
-            let lock_ids: Vec<i64> = keyed.iter().map(|&i| lock_id(requests[i].0.id)).collect();
+            let lock_ids: Vec<i64> = keyed
+                .iter()
+                .map(|&(i, _)| lock_id(requests[i].0.id))
+                .collect();
             let locked: Vec<bool> = sqlx::query_scalar(
                 "SELECT pg_try_advisory_xact_lock(u.id)
                  FROM UNNEST($1::int8[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n",
@@ -276,23 +279,18 @@ impl Store {
             if locked.len() != keyed.len() {
                 return Err(corrupt("advisory locks: one answer per key expected"));
             }
-            keyed = keyed
-                .into_iter()
-                .zip(locked)
-                .filter_map(|(i, locked)| {
-                    if !locked {
-                        outcomes[i] = Some(AcceptOutcome::KeyInProgress);
-                    }
-                    locked.then_some(i)
-                })
-                .collect();
+            for (&(i, _), locked) in keyed.iter().zip(&locked) {
+                if !locked {
+                    outcomes[i] = Some(AcceptOutcome::KeyInProgress);
+                }
+            }
+            keyed.retain(|&(i, _)| outcomes[i].is_none());
             let existing = existing_keys(&mut tx, requests, &keyed).await?;
-            let mut expired: Vec<usize> = Vec::new();
-            for &i in &keyed {
-                let Some(key) = requests[i].1 else { continue };
+            let mut expired: Vec<(usize, &IdempotencyRecord)> = Vec::new();
+            for &(i, key) in &keyed {
                 match existing.get(&i) {
                     None => {}
-                    Some(stored) if stored.expired => expired.push(i),
+                    Some(stored) if stored.expired => expired.push((i, key)),
                     Some(stored) if stored.fingerprint != key.fingerprint => {
                         outcomes[i] = Some(AcceptOutcome::KeyMismatch)
                     }
@@ -302,20 +300,19 @@ impl Store {
                 }
             }
             if !expired.is_empty() {
-                let key_of = |i: &usize| requests[*i].1.map(|k| k.key.as_str());
                 sqlx::query(
                     "DELETE FROM idempotency_keys k USING UNNEST($1::uuid[], $2::text[]) AS u(app_id, key)
                      WHERE k.app_id = u.app_id AND k.key = u.key",
                 )
-                .bind(expired.iter().map(|&i| requests[i].0.app_id.as_uuid()).collect::<Vec<_>>())
-                .bind(expired.iter().map(key_of).collect::<Vec<_>>())
+                .bind(expired.iter().map(|&(i, _)| requests[i].0.app_id.as_uuid()).collect::<Vec<_>>())
+                .bind(expired.iter().map(|(_, k)| k.key.as_str()).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await?;
             }
             let new_keys: Vec<(&NewMessage, &IdempotencyRecord)> = keyed
                 .iter()
-                .filter(|&&i| outcomes[i].is_none())
-                .filter_map(|&i| requests[i].1.map(|k| (requests[i].0, k)))
+                .filter(|&&(i, _)| outcomes[i].is_none())
+                .map(|&(i, key)| (requests[i].0, key))
                 .collect();
             insert_keys(&mut tx, &new_keys).await?;
         }
@@ -720,12 +717,8 @@ struct ExistingKey {
 async fn existing_keys(
     tx: &mut Transaction<'_, Postgres>,
     requests: &[(&NewMessage, Option<&IdempotencyRecord>)],
-    keyed: &[usize],
+    keyed: &[(usize, &IdempotencyRecord)],
 ) -> Result<std::collections::HashMap<usize, ExistingKey>> {
-    let keyed: Vec<(usize, &NewMessage, &IdempotencyRecord)> = keyed
-        .iter()
-        .filter_map(|&i| requests[i].1.map(|k| (i, requests[i].0, k)))
-        .collect();
     let rows: Vec<(i64, Vec<u8>, Uuid, i32, Value, bool)> = sqlx::query_as(
         "SELECT u.n, k.fingerprint, k.message_id, k.response_status, k.response_body,
                 k.expires_at <= now()
@@ -735,13 +728,13 @@ async fn existing_keys(
     .bind(
         keyed
             .iter()
-            .map(|(_, m, _)| m.app_id.as_uuid())
+            .map(|&(i, _)| requests[i].0.app_id.as_uuid())
             .collect::<Vec<_>>(),
     )
     .bind(
         keyed
             .iter()
-            .map(|(_, _, k)| k.key.as_str())
+            .map(|(_, k)| k.key.as_str())
             .collect::<Vec<_>>(),
     )
     .fetch_all(&mut **tx)
@@ -749,7 +742,7 @@ async fn existing_keys(
     rows.into_iter()
         .map(|(n, fingerprint, message, status, body, expired)| {
             // ORDINALITY counts from 1.
-            let (i, _, _) = usize::try_from(n - 1)
+            let &(i, _) = usize::try_from(n - 1)
                 .ok()
                 .and_then(|n| keyed.get(n))
                 .ok_or_else(|| corrupt(format!("key ordinal {n}")))?;
@@ -759,7 +752,7 @@ async fn existing_keys(
                 body,
             };
             Ok((
-                *i,
+                i,
                 ExistingKey {
                     fingerprint,
                     response,
