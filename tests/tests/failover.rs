@@ -5,13 +5,14 @@
 //! lets Herald and an operator recover, and ends on the simulators' record:
 //! every accepted (message, device) delivered exactly once, nothing else.
 
-use herald_bus::EmbeddedBroker;
+use herald_bus::{BrokerCommand, EmbeddedBroker};
 use herald_core::MessageId;
 use herald_tests::fixture::{deliverable, seed, token};
 use herald_tests::{
     android_token, ios_token, set_cluster_available, wait_consumed_on, wait_until, App,
     HeraldProcess, PrivateRedis, TestEnv, PARTITIONS, TOPICS,
 };
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -40,10 +41,14 @@ struct Incident {
     _scheduler: HeraldProcess,
     /// The scheduler's Prometheus endpoint.
     metrics: String,
+    /// Each role's operations endpoint (the first sender's), by role.
+    ops: Vec<(&'static str, String)>,
     _recorder: HeraldProcess,
     _triggers: HeraldProcess,
     trigger_id: Uuid,
     campaign_id: String,
+    /// The campaign's message, once launched.
+    campaign_message: Option<String>,
     /// Every transactional request sent: (Idempotency-Key, body).
     requests: Vec<(String, Value)>,
     /// Every (message, token) owed a delivery.
@@ -55,6 +60,10 @@ struct Incident {
 struct Settings {
     name: &'static str,
     failover_after_ms: u64,
+    /// 0: producers move back to the primary only by command.
+    failback_after_ms: u64,
+    /// More settings for every process.
+    extra: &'static [(&'static str, &'static str)],
     /// A Redis of the test's own, to restart without persistence.
     redis: Option<String>,
     senders: usize,
@@ -78,37 +87,58 @@ impl Incident {
                 "HERALD_KAFKA__FAILOVER_AFTER_MS",
                 s.failover_after_ms.to_string(),
             ),
-            ("HERALD_KAFKA__FAILBACK_AFTER_MS", "0".into()),
+            (
+                "HERALD_KAFKA__FAILBACK_AFTER_MS",
+                s.failback_after_ms.to_string(),
+            ),
             ("HERALD_KAFKA__MESSAGE_TIMEOUT_MS", "10000".into()),
             ("HERALD_SCHEDULER__PAGE_SIZE", "100".into()),
             ("HERALD_TRIGGERS__POLL_INTERVAL_MS", "100".into()),
         ] {
             env.extra_env.insert(k.into(), v);
         }
+        for (k, v) in s.extra {
+            env.extra_env.insert(k.to_string(), v.to_string());
+        }
         if let Some(url) = s.redis {
             env.extra_env.insert("HERALD_REDIS__URL".into(), url);
         }
         let app = env.create_app().await;
         seed(&env, &app.id, AUDIENCE).await;
-        let gateway = env.gateway().await;
+        // Every long-running role serves /readyz (the scheduler's metrics
+        // also show what every producing process knows of the clusters).
+        let ops: Vec<(&'static str, String)> = ["gateway", "sender", "scheduler", "triggers"]
+            .into_iter()
+            .map(|role| (role, herald_tests::free_address()))
+            .collect();
+        let listen = |role: &str| {
+            let addr = &ops.iter().find(|(r, _)| *r == role).expect("role").1;
+            [("HERALD_METRICS__LISTEN", addr.as_str())]
+        };
+        let gateway = env.gateway_with(&listen("gateway")).await;
         let gw = gateway.url.clone().expect("gateway url");
         let mut senders = Vec::new();
-        for _ in 0..s.senders {
-            senders.push(sender(&env).await);
+        for n in 0..s.senders {
+            senders.push(if n == 0 {
+                env.spawn_with("sender", &["sender", "--no-recorder"], &listen("sender"))
+                    .await
+            } else {
+                sender(&env).await
+            });
         }
         // The recorder on its own, so that a paused sender does not pause it.
         let recorder = env.spawn("recorder", &["recorder"], false).await;
-        // The scheduler's metrics show what every producing process knows
-        // of the clusters.
-        let metrics = herald_tests::free_address();
         let scheduler = env
-            .spawn_with(
-                "scheduler",
-                &["scheduler"],
-                &[("HERALD_METRICS__LISTEN", &metrics)],
-            )
+            .spawn_with("scheduler", &["scheduler"], &listen("scheduler"))
             .await;
-        let triggers = env.spawn("triggers", &["triggers"], false).await;
+        let triggers = env
+            .spawn_with("triggers", &["triggers"], &listen("triggers"))
+            .await;
+        let metrics = format!("http://{}/metrics", listen("scheduler")[0].1);
+        let ops = ops
+            .into_iter()
+            .map(|(role, addr)| (role, format!("http://{addr}")))
+            .collect();
 
         let (status, rule) = env
             .api(
@@ -147,11 +177,13 @@ impl Incident {
             gateway,
             senders,
             _scheduler: scheduler,
-            metrics: format!("http://{metrics}/metrics"),
+            metrics,
+            ops,
             _recorder: recorder,
             _triggers: triggers,
             trigger_id,
             campaign_id,
+            campaign_message: None,
             requests: Vec::new(),
             expected: HashSet::new(),
             next_push: 0,
@@ -185,6 +217,7 @@ impl Incident {
         for n in (1..=AUDIENCE).filter(|n| deliverable(*n)) {
             self.expected.insert((message.clone(), token(n)));
         }
+        self.campaign_message = Some(message);
     }
 
     async fn campaign(&self) -> Value {
@@ -300,6 +333,86 @@ impl Incident {
             "{scenario}: fault to first delivery through the new path: {:.1} s",
             fault.elapsed().as_secs_f64()
         );
+    }
+
+    /// The time from `back` (the cluster answering again) until the first
+    /// delivery of each kind of traffic: a push accepted after it, the
+    /// campaign's next device, a trigger fired by an event sent after it.
+    /// Each must come within a minute.
+    async fn first_delivery_of_each_kind(&mut self, back: Instant, scenario: &str) {
+        let campaign = self
+            .campaign_message
+            .clone()
+            .expect("the campaign launched");
+        let env = &self.env;
+        let campaign_before = env.deliveries_per_token(&campaign).await.len();
+        let first_event = self.next_event;
+        let push = self.push().await;
+        self.events().await;
+        let triggered: Vec<String> = (first_event..self.next_event)
+            .map(|u| {
+                MessageId::for_trigger(self.trigger_id, &format!("signup-{u}"))
+                    .as_uuid()
+                    .to_string()
+            })
+            .collect();
+        let env = &self.env;
+        // When each kind was first seen: transactional, campaign, trigger.
+        let seen = std::cell::RefCell::new([None::<Duration>; 3]);
+        wait_until("a delivery of each kind after the fault", LONG, || async {
+            let got = record(env).await;
+            let at = back.elapsed();
+            let now = [
+                got.keys().filter(|(m, _)| *m == push).count() == 2,
+                got.keys().filter(|(m, _)| *m == campaign).count() > campaign_before,
+                got.keys().any(|(m, _)| triggered.contains(m)),
+            ];
+            let mut seen = seen.borrow_mut();
+            for (first, delivered) in seen.iter_mut().zip(now) {
+                if first.is_none() && delivered {
+                    *first = Some(at);
+                }
+            }
+            seen.iter().all(Option::is_some)
+        })
+        .await;
+        let [transactional, campaign_at, trigger] = seen.into_inner();
+        let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+        println!(
+            "{scenario}: cluster back to first delivery: transactional {:.1} s, campaign {:.1} s, trigger {:.1} s",
+            secs(transactional),
+            secs(campaign_at),
+            secs(trigger)
+        );
+        for (kind, at) in [
+            ("transactional", transactional),
+            ("campaign", campaign_at),
+            ("trigger", trigger),
+        ] {
+            assert!(
+                at.is_some_and(|d| d < Duration::from_secs(60)),
+                "{scenario}: first {kind} delivery took {at:?}"
+            );
+        }
+    }
+
+    /// A role's `/readyz`: status and body.
+    async fn readiness(&self, role: &str) -> (u16, String) {
+        let base = &self.ops.iter().find(|(r, _)| *r == role).expect("role").1;
+        match self.env.http.get(format!("{base}/readyz")).send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    /// Waits until every role's `/readyz` answers 200.
+    async fn wait_all_ready(&self) {
+        for (role, _) in &self.ops {
+            wait_until(&format!("the {role} ready"), LONG, || async {
+                self.readiness(role).await.0 == 200
+            })
+            .await;
+        }
     }
 
     /// Waits until nothing is pending in PostgreSQL (no delivery, no trigger
@@ -429,6 +542,8 @@ async fn leaders_lost(name: &'static str, restart_redis: bool) {
     let mut inc = Incident::start(Settings {
         name,
         failover_after_ms: 1_500,
+        failback_after_ms: 0,
+        extra: &[],
         redis: redis.as_ref().map(PrivateRedis::url),
         senders: 1,
         campaign_rate: 300,
@@ -532,6 +647,8 @@ async fn scenario_2_the_primary_cluster_destroyed_and_recovered_into_the_standby
     let mut inc = Incident::start(Settings {
         name: "fail2",
         failover_after_ms: 1_500,
+        failback_after_ms: 0,
+        extra: &[],
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -585,6 +702,8 @@ async fn scenario_3_a_sender_killed_holding_leases_and_another_takes_over() {
     let mut inc = Incident::start(Settings {
         name: "fail3",
         failover_after_ms: 1_500,
+        failback_after_ms: 0,
+        extra: &[],
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -637,6 +756,8 @@ async fn scenario_5_the_gateway_killed_between_commit_and_publish() {
         name: "fail5",
         // No failover: the work must wait in the outbox.
         failover_after_ms: 600_000,
+        failback_after_ms: 0,
+        extra: &[],
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -676,6 +797,8 @@ async fn scenario_6_the_broker_unreachable_for_30_seconds() {
     let mut inc = Incident::start(Settings {
         name: "fail6",
         failover_after_ms: 600_000,
+        failback_after_ms: 0,
+        extra: &[],
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -710,6 +833,8 @@ async fn an_operator_fails_over_and_back_by_command() {
         name: "failcmd",
         // Only the operator moves producers in this test.
         failover_after_ms: 600_000,
+        failback_after_ms: 0,
+        extra: &[],
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -766,6 +891,135 @@ async fn an_operator_fails_over_and_back_by_command() {
         .await;
     inc.traffic().await;
     set_cluster_available(&inc.standby, true);
+    inc.resubmit_everything().await;
+    let (a, b) = (
+        inc.primary.clone(),
+        inc.standby.bootstrap_servers().to_string(),
+    );
+    inc.assert_exactly_once(&[&a, &b]).await;
+    inc.finish().await;
+}
+
+/// Every producer fails fatally (librdkafka's "sequence desynchronization",
+/// what an idempotent producer meets on a cluster that forgot it) and each
+/// new one does too while the fault lasts: the roles that produce say in
+/// `/readyz` that they cannot do their job, then heal by themselves once the
+/// cluster answers properly again. No process is restarted.
+#[tokio::test]
+async fn scenario_7_producers_fail_fatally_mid_traffic_and_heal_without_a_restart() {
+    let mut inc = Incident::start(Settings {
+        name: "fail7",
+        failover_after_ms: 600_000,
+        failback_after_ms: 0,
+        extra: &[("HERALD_KAFKA__UNREADY_AFTER_MS", "1500")],
+        redis: None,
+        senders: 1,
+        campaign_rate: 150,
+    })
+    .await;
+    inc.launch_campaign().await;
+    inc.traffic().await;
+    inc.wait_all_ready().await;
+    inc.wait_campaign_a_third_through().await;
+    inc.env
+        .broker
+        .command(BrokerCommand::RequestErrors {
+            api: RDKafkaApiKey::Produce,
+            errors: vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER; 100_000],
+        })
+        .expect("injecting produce errors");
+    // Accepted while every producer is fatal: the outbox keeps it.
+    inc.traffic().await;
+    // The campaign's producer and the gateway's relay are mid-work: both
+    // must say they are stuck, though the cluster passes its health checks.
+    for role in ["gateway", "scheduler"] {
+        let what = format!("the {role} unready, naming its producer");
+        wait_until(&what, LONG, || async {
+            let (status, body) = inc.readiness(role).await;
+            status == 503 && body.contains("producer for cluster primary")
+        })
+        .await;
+    }
+    inc.env
+        .broker
+        .command(BrokerCommand::ClearRequestErrors(RDKafkaApiKey::Produce))
+        .expect("clearing produce errors");
+    let back = Instant::now();
+    inc.first_delivery_of_each_kind(back, "fail7").await;
+    inc.wait_all_ready().await;
+    println!(
+        "fail7: every role ready again {:.1} s after the cluster answered properly",
+        back.elapsed().as_secs_f64()
+    );
+    let rebuilt = inc
+        .metric(r#"herald_kafka_clients_rebuilt_total{cluster="primary",client="producer"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert!(rebuilt >= 1.0, "the scheduler's producer was not rebuilt");
+    assert!(inc.gateway.logged("rebuilt the Kafka producer"));
+    inc.traffic().await;
+    inc.resubmit_everything().await;
+    wait_until("the campaign produced to the end", LONG, || async {
+        inc.campaign().await["status"] == "completed"
+    })
+    .await;
+    let a = inc.primary.clone();
+    inc.assert_exactly_once(&[&a]).await;
+    inc.finish().await;
+}
+
+/// An operator's `herald cluster failover` holds: automatic failback, which
+/// would move producers back to the healthy primary within a second, leaves
+/// it alone until `herald cluster release`, and `cluster status` says who
+/// chose.
+#[tokio::test]
+async fn a_manual_failover_is_not_undone_by_automatic_failback() {
+    let mut inc = Incident::start(Settings {
+        name: "failhold",
+        failover_after_ms: 600_000,
+        failback_after_ms: 1_000,
+        extra: &[],
+        redis: None,
+        senders: 1,
+        campaign_rate: 300,
+    })
+    .await;
+    inc.launch_campaign().await;
+    inc.traffic().await;
+    let out = inc.cli(&["cluster", "failover", "--to", "standby"]).await;
+    assert!(out.contains("until `herald cluster release`"), "{out}");
+    inc.wait_all_producing_to("standby").await;
+    // Proving that something does not happen takes time: failback is due
+    // 1 s after the primary is seen healthy (checked every 300 ms), so ten
+    // times that passes with traffic flowing.
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(10) {
+        inc.push().await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut procs: Vec<&HeraldProcess> = vec![&inc.gateway, &inc._scheduler, &inc._triggers];
+    procs.extend(inc.senders.iter());
+    for p in procs {
+        assert!(
+            !p.logged("now producing to primary"),
+            "{} failed back over the operator's choice",
+            p.name
+        );
+    }
+    let status = inc.cli(&["cluster", "status"]).await;
+    assert!(status.starts_with("active cluster: standby"), "{status}");
+    assert!(
+        status.contains("chosen by an operator; held until `herald cluster release`"),
+        "{status}"
+    );
+    let out = inc.cli(&["cluster", "release"]).await;
+    assert!(out.contains("producers stay on standby"), "{out}");
+    // Handed back: the configured failback applies again.
+    inc.wait_all_producing_to("primary").await;
+    let status = inc.cli(&["cluster", "status"]).await;
+    assert!(status.starts_with("active cluster: primary"), "{status}");
+    assert!(status.contains("chosen automatically"), "{status}");
+    inc.traffic().await;
     inc.resubmit_everything().await;
     let (a, b) = (
         inc.primary.clone(),

@@ -35,6 +35,17 @@ pub enum BrokerCommand {
     /// never reaches a leaderless partition, which would crash it). true:
     /// back, with its data.
     Reachable(bool),
+    /// The next `errors.len()` requests of kind `api`, from any client, are
+    /// answered with these errors, in order; nothing they carry is applied.
+    /// One `OutOfOrderSequenceNumber` on `Produce` makes the idempotent
+    /// producer that receives it fail fatally ("sequence desynchronization"),
+    /// as a cluster that forgot its producers does.
+    RequestErrors {
+        api: RDKafkaApiKey,
+        errors: Vec<RDKafkaRespErr>,
+    },
+    /// Forgets the errors `RequestErrors` left for `api`.
+    ClearRequestErrors(RDKafkaApiKey),
 }
 
 /// The requests `Reachable(false)` refuses: everything clients send.
@@ -116,6 +127,14 @@ impl EmbeddedBroker {
                                 cluster.request_errors(key, &refusals);
                             }
                             set_leaders(&cluster, &topics, None)
+                        }
+                        BrokerCommand::RequestErrors { api, errors } => {
+                            cluster.request_errors(api, &errors);
+                            Ok(())
+                        }
+                        BrokerCommand::ClearRequestErrors(api) => {
+                            cluster.clear_request_errors(api);
+                            Ok(())
                         }
                         BrokerCommand::Reachable(true) => {
                             let r = set_leaders(&cluster, &topics, Some(1));

@@ -6,6 +6,7 @@
 
 mod admin;
 mod embedded;
+mod producer;
 
 pub use admin::{create_topics, TopicCreation};
 
@@ -14,9 +15,10 @@ pub use embedded::{BrokerCommand, EmbeddedBroker};
 use futures::future::join_all;
 use herald_config::{KafkaConfig, TopicsConfig};
 use herald_core::{DeadLetter, DeliveryJob, DeliveryOutcome};
+use producer::ClusterProducer;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -74,11 +76,6 @@ pub struct Publisher {
     topics: TopicsConfig,
 }
 
-struct ClusterProducer {
-    name: String,
-    producer: FutureProducer,
-}
-
 impl Publisher {
     /// Producers for every configured cluster; the most preferred is active.
     pub fn new(kafka: &KafkaConfig) -> Result<Self> {
@@ -89,16 +86,13 @@ impl Publisher {
         let clusters = clusters
             .iter()
             .map(|c| {
-                let producer: FutureProducer = base_config(&kafka.for_cluster(c))?
+                let mut settings = base_config(&kafka.for_cluster(c))?;
+                settings
                     .set("enable.idempotence", "true")
                     .set("acks", "all")
                     .set("linger.ms", "5")
-                    .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
-                    .create()?;
-                Ok(ClusterProducer {
-                    name: c.name.clone(),
-                    producer,
-                })
+                    .set("message.timeout.ms", kafka.message_timeout_ms.to_string());
+                ClusterProducer::new(c.name.clone(), settings)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -143,12 +137,9 @@ impl Publisher {
     /// a metadata request within `timeout`, each topic exists, and every
     /// partition has a leader. Blocking: call it off the async threads.
     pub fn cluster_health(&self, name: &str, timeout: Duration) -> Result<(), String> {
-        let cluster = self
-            .clusters
-            .iter()
-            .find(|c| c.name == name)
-            .ok_or_else(|| format!("no cluster named {name}"))?;
+        let cluster = self.cluster(name)?;
         let metadata = cluster
+            .current()
             .producer
             .client()
             .fetch_metadata(None, timeout)
@@ -165,6 +156,47 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+
+    /// The health check every process runs on each cluster (the failover
+    /// controller's): `cluster_health`, with what it says about the
+    /// cluster's producer recorded, so that a producer that went fatal, whose
+    /// cluster was replaced under it, or that has delivered nothing for
+    /// `stuck_after` to a healthy cluster is rebuilt. Blocking.
+    pub fn check_cluster(
+        &self,
+        name: &str,
+        timeout: Duration,
+        stuck_after: Duration,
+    ) -> Result<(), String> {
+        let cluster = self.cluster(name)?;
+        let health = self.cluster_health(name, timeout);
+        let cluster_id = match health {
+            Ok(()) => cluster
+                .current()
+                .producer
+                .client()
+                .fetch_cluster_id(timeout),
+            Err(_) => None,
+        };
+        cluster.observe_health(health.is_ok(), cluster_id, stuck_after);
+        health
+    }
+
+    /// Why the active cluster's producer cannot deliver now, if it cannot
+    /// though the cluster is healthy: for `/readyz`.
+    pub fn wedged(&self, after: Duration) -> Result<(), String> {
+        match self.clusters[self.active_index()].wedged(after) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    fn cluster(&self, name: &str) -> Result<&ClusterProducer, String> {
+        self.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| format!("no cluster named {name}"))
     }
 
     /// Publishes delivery jobs and returns once every one is acknowledged by
@@ -237,26 +269,31 @@ impl Publisher {
         let mut switched = self.active.subscribe();
         let index = (*switched.borrow_and_update()).min(self.clusters.len() - 1);
         let cluster = &self.clusters[index];
+        let generation = cluster.current();
         let sends = records.iter().map(|(key, payload)| {
-            cluster.producer.send(
+            generation.producer.send(
                 FutureRecord::to(topic).key(key).payload(payload),
                 Timeout::Never,
             )
         });
-        tokio::select! {
-            results = join_all(sends) => {
-                for result in results {
-                    result.map_err(|(e, _)| e)?;
-                }
-                Ok(())
-            }
-            _ = switched.changed() => Err(BusError::Switched(cluster.name.clone())),
+        let outcome = tokio::select! {
+            results = join_all(sends) => results
+                .into_iter()
+                .try_for_each(|r| r.map(drop).map_err(|(e, _)| BusError::from(e))),
+            _ = switched.changed() => return Err(BusError::Switched(cluster.name.clone())),
+        };
+        match &outcome {
+            Ok(()) => cluster.delivered(),
+            Err(e) => cluster.failed(&generation, &e.to_string()),
         }
+        cluster.release(generation);
+        outcome
     }
 
     /// Whether the active cluster answers a metadata request within `timeout`.
     pub fn is_reachable(&self, timeout: Duration) -> bool {
         self.clusters[self.active_index()]
+            .current()
             .producer
             .client()
             .fetch_metadata(Some(&self.topics.deliveries), timeout)
@@ -265,7 +302,7 @@ impl Publisher {
 
     pub fn flush(&self, timeout: Duration) {
         for c in self.clusters.iter() {
-            let _ = c.producer.flush(timeout);
+            let _ = c.current().producer.flush(timeout);
         }
     }
 }
@@ -314,14 +351,21 @@ impl LagProbe {
 }
 
 /// A consumer that hands out batches and commits a batch's offsets only when
-/// the caller says its work is settled.
+/// the caller says its work is settled. A consumer that fails fatally is
+/// built anew from the same settings (it rejoins its group and reads again
+/// from the committed offsets; the ledger drops what was settled).
 pub struct BatchConsumer {
     consumer: StreamConsumer,
+    settings: ClientConfig,
+    topics: Vec<String>,
+    cluster: String,
+    label: String,
 }
 
 impl BatchConsumer {
     pub fn new(kafka: &KafkaConfig, group_id: &str, topics: &[&str]) -> Result<Self> {
-        let consumer: StreamConsumer = base_config(kafka)?
+        let mut settings = base_config(kafka)?;
+        settings
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -329,25 +373,72 @@ impl BatchConsumer {
             .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", "1000")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
-            .create()?;
-        consumer.subscribe(topics)?;
-        Ok(Self { consumer })
+            .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string());
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        let cluster = kafka
+            .clusters()
+            .into_iter()
+            .next()
+            .map(|c| c.name)
+            .unwrap_or_default();
+        Ok(Self {
+            consumer: subscribed(&settings, &topics)?,
+            label: format!("consumer group {group_id} on cluster {cluster}"),
+            cluster,
+            settings,
+            topics,
+        })
+    }
+
+    /// "consumer group G on cluster C", for logs and `/readyz`.
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// Waits for one record, then gathers up to `max` within `linger`.
-    pub async fn next_batch(&self, max: usize, linger: Duration) -> Result<Vec<OwnedMessage>> {
-        let first = self.consumer.recv().await?.detach();
+    pub async fn next_batch(&mut self, max: usize, linger: Duration) -> Result<Vec<OwnedMessage>> {
+        let first = match self.consumer.recv().await {
+            Ok(m) => m.detach(),
+            Err(e) => {
+                self.heal_if_fatal();
+                return Err(e.into());
+            }
+        };
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + linger;
         while batch.len() < max {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(m)) => batch.push(m.detach()),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => break,
+                // What was gathered is handed out; the error comes back on
+                // the next call if it lasts.
+                Ok(Err(_)) | Err(_) => break,
             }
         }
         Ok(batch)
+    }
+
+    /// A fatal client never recovers: build a new one. Records it had handed
+    /// out and not committed are read again by whoever owns them next.
+    fn heal_if_fatal(&mut self) {
+        let Some((code, reason)) = self.consumer.client().fatal_error() else {
+            return;
+        };
+        match subscribed(&self.settings, &self.topics) {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut self.consumer, fresh);
+                tracing::warn!(consumer = %self.label, cause = %format!("fatal error {code:?}: {reason}"), "rebuilt the Kafka consumer");
+                metrics::counter!("herald_kafka_clients_rebuilt_total",
+                    "cluster" => self.cluster.clone(), "client" => "consumer")
+                .increment(1);
+                // Dropping a consumer leaves its group: not on an async thread.
+                let _ = std::thread::Builder::new()
+                    .name("kafka-retire".into())
+                    .spawn(move || drop(old));
+            }
+            Err(e) => {
+                tracing::error!(consumer = %self.label, error = %e, "cannot build a new Kafka consumer")
+            }
+        }
     }
 
     /// Commits the offsets after every record of `batch`. A failure (the
@@ -373,6 +464,13 @@ impl BatchConsumer {
     pub fn unsubscribe(&self) {
         self.consumer.unsubscribe();
     }
+}
+
+fn subscribed(settings: &ClientConfig, topics: &[String]) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer = settings.create()?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
 }
 
 /// Every record of `topic`, from the beginning to the end it has now, without

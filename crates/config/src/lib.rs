@@ -226,6 +226,14 @@ pub struct KafkaConfig {
     /// How long a more preferred cluster must pass its health checks before
     /// producers switch back to it; 0: only `herald cluster failover` does.
     pub failback_after_ms: u64,
+    /// How long a producer may deliver nothing to a cluster that passes its
+    /// health checks before it is thrown away and built anew (a fatal
+    /// producer is rebuilt at once).
+    pub rebuild_after_ms: u64,
+    /// How long a Kafka client, or a loop that settles, relays or records
+    /// work, may fail (with the cluster healthy) before `/readyz` says the
+    /// process cannot do its job.
+    pub unready_after_ms: u64,
     /// How Herald connects to every cluster: TLS and SASL.
     pub security: KafkaSecurityConfig,
 }
@@ -575,6 +583,8 @@ impl Default for KafkaConfig {
             health_check_interval_ms: 2_000,
             failover_after_ms: 10_000,
             failback_after_ms: 300_000,
+            rebuild_after_ms: 15_000,
+            unready_after_ms: 30_000,
             security: KafkaSecurityConfig::default(),
         }
     }

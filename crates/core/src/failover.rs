@@ -60,11 +60,15 @@ pub enum Decision {
 }
 
 /// `clusters` is in order of preference, with the names for the reason.
+/// `held`: an operator chose the active cluster and the choice still holds,
+/// so producers do not fail back from it; they still leave it if it fails,
+/// since staying on a dead cluster is never what the operator asked for.
 pub fn decide(
     clusters: &[(&str, ClusterHealth)],
     active: usize,
     now_ms: u64,
     policy: FailoverPolicy,
+    held: bool,
 ) -> Decision {
     let Some((active_name, active_health)) = clusters.get(active) else {
         return match clusters.iter().position(|(_, h)| h.healthy) {
@@ -93,7 +97,7 @@ pub fn decide(
             None => Decision::Stay,
         };
     }
-    if let (true, Some(after)) = (active_health.healthy, policy.failback_after) {
+    if let (true, Some(after), false) = (active_health.healthy, policy.failback_after, held) {
         if let Some((index, (name, _))) = clusters[..active]
             .iter()
             .enumerate()
@@ -127,9 +131,9 @@ mod tests {
     #[test]
     fn a_failing_cluster_is_left_only_after_the_configured_time() {
         let clusters = [("a", h(false, 1_000)), ("b", h(true, 0))];
-        assert_eq!(decide(&clusters, 0, 10_999, POLICY), Decision::Stay);
+        assert_eq!(decide(&clusters, 0, 10_999, POLICY, false), Decision::Stay);
         assert!(matches!(
-            decide(&clusters, 0, 11_000, POLICY),
+            decide(&clusters, 0, 11_000, POLICY, false),
             Decision::SwitchTo { index: 1, .. }
         ));
     }
@@ -137,14 +141,14 @@ mod tests {
     #[test]
     fn with_no_healthy_cluster_producers_stay() {
         let clusters = [("a", h(false, 0)), ("b", h(false, 0))];
-        assert_eq!(decide(&clusters, 0, 100_000, POLICY), Decision::Stay);
+        assert_eq!(decide(&clusters, 0, 100_000, POLICY, false), Decision::Stay);
     }
 
     #[test]
     fn the_most_preferred_healthy_cluster_is_chosen() {
         let clusters = [("a", h(true, 0)), ("b", h(false, 0)), ("c", h(true, 0))];
         assert!(matches!(
-            decide(&clusters, 1, 20_000, POLICY),
+            decide(&clusters, 1, 20_000, POLICY, false),
             Decision::SwitchTo { index: 0, .. }
         ));
     }
@@ -152,16 +156,37 @@ mod tests {
     #[test]
     fn failback_waits_for_a_steady_preferred_cluster_and_can_be_off() {
         let clusters = [("a", h(true, 50_000)), ("b", h(true, 0))];
-        assert_eq!(decide(&clusters, 1, 109_999, POLICY), Decision::Stay);
+        assert_eq!(decide(&clusters, 1, 109_999, POLICY, false), Decision::Stay);
         assert!(matches!(
-            decide(&clusters, 1, 110_000, POLICY),
+            decide(&clusters, 1, 110_000, POLICY, false),
             Decision::SwitchTo { index: 0, .. }
         ));
         let manual = FailoverPolicy {
             failback_after: None,
             ..POLICY
         };
-        assert_eq!(decide(&clusters, 1, 1_000_000, manual), Decision::Stay);
+        assert_eq!(
+            decide(&clusters, 1, 1_000_000, manual, false),
+            Decision::Stay
+        );
+    }
+
+    #[test]
+    fn an_operators_choice_is_not_undone_by_failback_but_a_dead_cluster_is_left() {
+        let clusters = [("a", h(true, 0)), ("b", h(true, 0))];
+        assert_eq!(
+            decide(&clusters, 1, 1_000_000, POLICY, true),
+            Decision::Stay
+        );
+        assert!(matches!(
+            decide(&clusters, 1, 1_000_000, POLICY, false),
+            Decision::SwitchTo { index: 0, .. }
+        ));
+        let chosen_dies = [("a", h(true, 0)), ("b", h(false, 0))];
+        assert!(matches!(
+            decide(&chosen_dies, 1, 20_000, POLICY, true),
+            Decision::SwitchTo { index: 0, .. }
+        ));
     }
 
     #[test]
@@ -175,7 +200,7 @@ mod tests {
     fn an_unconfigured_active_cluster_gives_way() {
         let clusters = [("a", h(true, 0))];
         assert!(matches!(
-            decide(&clusters, 3, 0, POLICY),
+            decide(&clusters, 3, 0, POLICY, false),
             Decision::SwitchTo { index: 0, .. }
         ));
     }

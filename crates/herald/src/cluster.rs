@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use herald_bus::{LagProbe, Publisher};
 use herald_config::Config;
+use herald_store::Chooser;
 use std::time::Duration;
 
 #[derive(Subcommand)]
@@ -14,10 +15,20 @@ pub enum ClusterCommand {
     Status,
     /// Moves every producer to the named cluster now (within one health
     /// check interval); also how to fail back. Consumers keep reading all.
+    /// The choice holds: automatic failback leaves it alone until
+    /// `herald cluster release` (or `--hold-for` runs out). Producers still
+    /// leave the chosen cluster if it fails its health checks.
     Failover {
         #[arg(long)]
         to: String,
+        /// Hold the choice for this long (90m, 6h, 2d) instead of until
+        /// `herald cluster release`.
+        #[arg(long, value_parser = crate::args::parse_span)]
+        hold_for: Option<chrono::Duration>,
     },
+    /// Hands the choice of cluster back to automatic failover and failback,
+    /// without moving producers now.
+    Release,
 }
 
 pub async fn run(config: Config, command: ClusterCommand) -> Result<()> {
@@ -30,30 +41,65 @@ pub async fn run(config: Config, command: ClusterCommand) -> Result<()> {
         .as_ref()
         .map_or_else(|| names[0].clone(), |a| a.to.clone());
     match command {
-        ClusterCommand::Failover { to } => {
+        ClusterCommand::Failover { to, hold_for } => {
             if !names.contains(&to) {
                 bail!(
                     "no Kafka cluster named `{to}`; configured: {}",
                     names.join(", ")
                 );
             }
-            if to == active {
-                println!("producers already use cluster {to}");
-                return Ok(());
-            }
+            let until = hold_for.map(|d| chrono::Utc::now() + d);
             let reason = format!("operator: herald cluster failover --to {to}");
             store
-                .switch_kafka_cluster(None, &names[0], &to, &reason)
+                .switch_kafka_cluster(None, &names[0], &to, &reason, Chooser::Operator { until })
+                .await?;
+            if to == active {
+                println!("producers already use cluster {to}; it is now held there");
+            } else {
+                println!(
+                    "producers move from {active} to {to} within {} ms; consumers keep reading every cluster",
+                    config.kafka.health_check_interval_ms
+                );
+            }
+            match until {
+                Some(t) => println!(
+                    "automatic failback leaves this choice alone until {} (`herald cluster release` ends it sooner)",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                None => println!(
+                    "automatic failback leaves this choice alone until `herald cluster release`"
+                ),
+            }
+        }
+        ClusterCommand::Release => {
+            let reason = "operator: herald cluster release";
+            store
+                .switch_kafka_cluster(None, &names[0], &active, reason, Chooser::Automatic)
                 .await?;
             println!(
-                "producers move from {active} to {to} within {} ms; consumers keep reading every cluster",
-                config.kafka.health_check_interval_ms
+                "producers stay on {active}; automatic failover and failback choose from now on"
             );
         }
         ClusterCommand::Status => {
             println!("active cluster: {active}");
             if let Some(a) = &agreed {
                 println!("  since {} ({})", a.at.to_rfc3339(), a.reason);
+                let now = chrono::Utc::now();
+                match a.chosen_by {
+                    Chooser::Operator { until } if a.held(now) => println!(
+                        "  chosen by an operator; held {}",
+                        until.map_or("until `herald cluster release`".to_string(), |t| format!(
+                            "until {}",
+                            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ))
+                    ),
+                    Chooser::Operator { .. } => {
+                        println!("  chosen by an operator; the hold has run out")
+                    }
+                    Chooser::Automatic => println!("  chosen automatically"),
+                }
+            } else {
+                println!("  chosen automatically (the most preferred cluster)");
             }
             let groups = [
                 (
@@ -111,11 +157,15 @@ pub async fn run(config: Config, command: ClusterCommand) -> Result<()> {
                 println!("\nlatest switches:");
                 for s in history {
                     println!(
-                        "  {}  {} -> {}  {}",
+                        "  {}  {} -> {}  {} ({})",
                         s.at.to_rfc3339(),
                         s.from.as_deref().unwrap_or("-"),
                         s.to,
-                        s.reason
+                        s.reason,
+                        match s.chosen_by {
+                            Chooser::Automatic => "automatic",
+                            Chooser::Operator { .. } => "operator",
+                        }
                     );
                 }
             }

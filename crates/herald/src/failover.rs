@@ -7,7 +7,7 @@
 use herald_bus::{LagProbe, Publisher};
 use herald_config::Config;
 use herald_core::failover::{decide, ClusterHealth, Decision, FailoverPolicy};
-use herald_store::Store;
+use herald_store::{Chooser, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,8 @@ pub struct FailoverController {
     pub interval: Duration,
     /// (cluster, group, topic, probe) for the lag gauges.
     pub lag_probes: Vec<(String, String, String, Arc<LagProbe>)>,
+    /// A producer that delivers nothing this long to a healthy cluster is rebuilt.
+    pub rebuild_after: Duration,
 }
 
 impl FailoverController {
@@ -35,6 +37,7 @@ impl FailoverController {
             },
             interval: Duration::from_millis(kafka.health_check_interval_ms.max(100)),
             lag_probes,
+            rebuild_after: Duration::from_millis(kafka.rebuild_after_ms),
         }
     }
 
@@ -48,12 +51,15 @@ impl FailoverController {
         tracing::info!(cluster = %self.publisher.active_cluster(), clusters = ?names, "producing to Kafka");
         self.export_active(&names);
         loop {
-            self.follow(&names).await;
+            let held = self.follow(&names).await;
             let checks = futures::future::join_all(names.iter().map(|name| {
                 let publisher = self.publisher.clone();
                 let name = name.clone();
                 let timeout = self.interval.min(Duration::from_secs(2));
-                tokio::task::spawn_blocking(move || publisher.cluster_health(&name, timeout))
+                let rebuild_after = self.rebuild_after;
+                tokio::task::spawn_blocking(move || {
+                    publisher.check_cluster(&name, timeout, rebuild_after)
+                })
             }))
             .await;
             let now = now_ms();
@@ -78,7 +84,8 @@ impl FailoverController {
                 .map(String::as_str)
                 .zip(health.iter().copied())
                 .collect();
-            if let Decision::SwitchTo { index: to, reason } = decide(&view, index, now, self.policy)
+            if let Decision::SwitchTo { index: to, reason } =
+                decide(&view, index, now, self.policy, held)
             {
                 self.switch(&names, &active, &names[to], &reason).await;
             }
@@ -90,28 +97,36 @@ impl FailoverController {
         }
     }
 
-    /// Adopts the cluster recorded in PostgreSQL, if it differs.
-    async fn follow(&self, names: &[String]) {
+    /// Adopts the cluster recorded in PostgreSQL, if it differs; true while
+    /// an operator's choice of it holds (no automatic failback then).
+    async fn follow(&self, names: &[String]) -> bool {
         match self.store.active_kafka_cluster().await {
-            Ok(Some(agreed)) if agreed.to != self.publisher.active_cluster() => {
-                if self.publisher.switch_to(&agreed.to) {
-                    tracing::warn!(reason = %agreed.reason, "Kafka failover: now producing to {}", agreed.to);
-                    metrics::counter!("herald_kafka_failovers_total", "to" => agreed.to.clone())
-                        .increment(1);
-                    self.export_active(names);
-                } else {
-                    tracing::error!(cluster = %agreed.to, "the agreed Kafka cluster is not configured here; staying");
+            Ok(Some(agreed)) => {
+                if agreed.to != self.publisher.active_cluster() {
+                    if self.publisher.switch_to(&agreed.to) {
+                        tracing::warn!(reason = %agreed.reason, "Kafka failover: now producing to {}", agreed.to);
+                        metrics::counter!("herald_kafka_failovers_total", "to" => agreed.to.clone())
+                            .increment(1);
+                        self.export_active(names);
+                    } else {
+                        tracing::error!(cluster = %agreed.to, "the agreed Kafka cluster is not configured here; staying");
+                    }
                 }
+                agreed.held(chrono::Utc::now())
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the agreed Kafka cluster"),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the agreed Kafka cluster");
+                // Unknown: failing back without knowing could undo an operator.
+                true
+            }
         }
     }
 
     async fn switch(&self, names: &[String], from: &str, to: &str, reason: &str) {
         match self
             .store
-            .switch_kafka_cluster(Some(from), &names[0], to, reason)
+            .switch_kafka_cluster(Some(from), &names[0], to, reason, Chooser::Automatic)
             .await
         {
             Ok(true) => {

@@ -1,6 +1,7 @@
 //! `herald`: one binary, every role as a subcommand, plus operator commands.
 
 mod apps;
+mod args;
 mod campaign;
 mod cluster;
 mod dev;
@@ -200,16 +201,7 @@ fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = n
-        .parse()
+    let age = args::parse_span(s)
         .map_err(|_| format!("`{s}` is neither an RFC 3339 time nor an age like 90m, 6h, 2d"))?;
-    let age = match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
-        _ => return Err(format!("`{s}`: an age ends in s, m, h or d")),
-    };
     Ok(chrono::Utc::now() - age)
 }

@@ -42,7 +42,16 @@ impl Roles {
     }
 
     /// Serves metrics, `/healthz` and `/readyz` on `metrics.listen`.
+    /// `/readyz` fails while a loop of this process that settles, records
+    /// or produces work has failed for `kafka.unready_after_ms`.
     pub async fn serve_ops(&self, config: &Config) -> Result<()> {
+        let after = Duration::from_millis(config.kafka.unready_after_ms);
+        self.readiness.add("loops", move || async move {
+            match herald_telemetry::health::failing_for(after) {
+                failing if failing.is_empty() => Ok(()),
+                failing => Err(failing.join("; ")),
+            }
+        });
         crate::ops::install(config, self.readiness.clone()).await
     }
 
@@ -104,6 +113,14 @@ impl Roles {
             return Ok(p.clone());
         }
         let publisher = Publisher::new(&config.kafka).context("creating the Kafka producers")?;
+        // Every role that produces, the gateway too: a producer that cannot
+        // deliver to a healthy cluster is wedged, not waiting out an outage.
+        let checked = publisher.clone();
+        let after = Duration::from_millis(config.kafka.unready_after_ms);
+        self.readiness.add("kafka_producer", move || {
+            let result = checked.wedged(after);
+            async move { result }
+        });
         let controller = FailoverController::new(config, publisher.clone(), store.clone());
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
@@ -456,6 +473,7 @@ pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -
         } else {
             None
         },
+        health: herald_telemetry::health::register("the scheduler's campaign production"),
     });
     let shutdown = roles.shutdown.clone();
     roles

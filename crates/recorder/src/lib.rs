@@ -22,8 +22,10 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), herald_bus::BusError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), herald_bus::BusError> {
         let linger = Duration::from_millis(self.config.batch_linger_ms);
+        let health =
+            herald_telemetry::health::register(format!("the recorder ({})", self.consumer.label()));
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -48,9 +50,11 @@ impl Recorder {
                 })
                 .collect();
             while let Err(e) = self.store.record_outcomes(&outcomes).await {
+                health.failed(&e);
                 tracing::warn!(error = %e, "recording outcomes failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            health.ok();
             metrics::counter!("herald_outcomes_recorded_total").increment(outcomes.len() as u64);
             // On shutdown the commit must land before the process exits.
             let mode = if shutdown.is_cancelled() {

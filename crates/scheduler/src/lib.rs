@@ -38,6 +38,8 @@ pub struct Scheduler {
     pub clock: Clock,
     /// None: no flow control (`scheduler.max_backlog = 0`).
     pub backlog: Option<Backlog>,
+    /// Producing campaign jobs, as `/readyz` sees it.
+    pub health: Arc<herald_telemetry::health::LoopHealth>,
 }
 
 /// The senders' lag on the deliveries topic, which production waits on.
@@ -384,12 +386,14 @@ impl Scheduler {
             }
             let batch: Vec<DeliveryJob> = jobs.drain(..n).collect();
             while let Err(e) = self.publisher.publish_jobs(&batch).await {
+                self.health.failed(&e);
                 tracing::warn!(campaign_id = %campaign.id, error = %e, "producing campaign jobs failed; retrying");
                 if let Some(stop) = watch.check(&self.store, shutdown).await? {
                     return Ok(Some(stop));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            self.health.ok();
             pacer.sent(batch.len());
         }
         Ok(None)

@@ -21,6 +21,7 @@ use herald_core::{
 use herald_ledger::{ClaimBatch, Ledger, Settle};
 use herald_providers::Providers;
 use herald_store::Store;
+use herald_telemetry::health::LoopHealth;
 use ledger_guard::LedgerGuard;
 use rand::Rng;
 use rdkafka::consumer::CommitMode;
@@ -168,11 +169,15 @@ impl Sender {
 
     async fn consume(
         self: Arc<Self>,
-        consumer: BatchConsumer,
+        mut consumer: BatchConsumer,
         wait_for_due: bool,
         shutdown: CancellationToken,
     ) -> Result<(), SenderError> {
         let linger = Duration::from_millis(self.config.batch_linger_ms);
+        let health = herald_telemetry::health::register(format!(
+            "the sender's settle loop ({})",
+            consumer.label()
+        ));
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -210,10 +215,10 @@ impl Sender {
                     let now = chrono::Utc::now();
                     let due = jobs.partition_point(|j| j.not_before.is_none_or(|t| t <= now));
                     let ready: Vec<DeliveryJob> = jobs.drain(..due.max(1)).collect();
-                    self.process_until_settled(ready).await;
+                    self.process_until_settled(ready, &health).await;
                 }
             } else {
-                self.process_until_settled(jobs).await;
+                self.process_until_settled(jobs, &health).await;
             }
             // On shutdown the commit must land before the process exits.
             let mode = if shutdown.is_cancelled() {
@@ -258,11 +263,13 @@ impl Sender {
 
     /// A batch is settled before its offsets are committed; a failure (Redis
     /// or Kafka away) runs it again, and the ledger drops what was settled.
-    async fn process_until_settled(&self, jobs: Vec<DeliveryJob>) {
+    async fn process_until_settled(&self, jobs: Vec<DeliveryJob>, health: &LoopHealth) {
         while let Err(e) = self.process(&jobs).await {
+            health.failed(&e);
             tracing::warn!(error = %e, "settling a batch failed; retrying it");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        health.ok();
     }
 
     /// One claim-send-settle round for a batch; retries and dead letters are

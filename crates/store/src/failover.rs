@@ -10,31 +10,61 @@ pub struct ClusterSwitch {
     pub to: String,
     pub reason: String,
     pub at: DateTime<Utc>,
+    /// Who made the choice that stands (history rows: always automatic).
+    pub chosen_by: Chooser,
 }
+
+/// Who chose a cluster, and for how long an operator's choice holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chooser {
+    /// A process's failover controller, by the configured rules.
+    Automatic,
+    /// `herald cluster failover`: automatic failback leaves it alone until
+    /// `until` (None: until an operator changes it).
+    Operator { until: Option<DateTime<Utc>> },
+}
+
+impl ClusterSwitch {
+    /// Whether an operator's choice holds at `now`.
+    pub fn held(&self, now: DateTime<Utc>) -> bool {
+        match self.chosen_by {
+            Chooser::Automatic => false,
+            Chooser::Operator { until } => until.is_none_or(|t| now < t),
+        }
+    }
+}
+
+/// name, reason, changed_at, chosen_by, held_until.
+type ActiveRow = (String, String, DateTime<Utc>, String, Option<DateTime<Utc>>);
 
 impl Store {
     /// The cluster chosen by the last switch, if any was ever made.
     pub async fn active_kafka_cluster(&self) -> Result<Option<ClusterSwitch>> {
-        let row: Option<(String, String, DateTime<Utc>)> =
-            sqlx::query_as("SELECT name, reason, changed_at FROM kafka_active_cluster")
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|(to, reason, at)| ClusterSwitch {
+        let row: Option<ActiveRow> = sqlx::query_as(
+            "SELECT name, reason, changed_at, chosen_by, held_until FROM kafka_active_cluster",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(to, reason, at, chosen_by, until)| ClusterSwitch {
             from: None,
             to,
             reason,
             at,
+            chosen_by: chooser(&chosen_by, until),
         }))
     }
 
     /// Switches to `to` if the active cluster is still `from` (None: whatever
     /// it is). False: another process switched first; follow its choice.
+    /// An automatic switch ends an operator's hold; an operator's sets one
+    /// (also when `to` is already active: that pins it).
     pub async fn switch_kafka_cluster(
         &self,
         from: Option<&str>,
         from_default: &str,
         to: &str,
         reason: &str,
+        chooser: Chooser,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let current: Option<String> =
@@ -45,20 +75,31 @@ impl Store {
         if from.is_some_and(|f| f != current) {
             return Ok(false);
         }
+        let (chosen_by, until) = match chooser {
+            Chooser::Automatic => ("automatic", None),
+            Chooser::Operator { until } => ("operator", until),
+        };
         sqlx::query(
-            "INSERT INTO kafka_active_cluster (singleton, name, reason) VALUES (true, $1, $2)
-             ON CONFLICT (singleton) DO UPDATE SET name = $1, reason = $2, changed_at = now()",
+            "INSERT INTO kafka_active_cluster (singleton, name, reason, chosen_by, held_until)
+             VALUES (true, $1, $2, $3, $4)
+             ON CONFLICT (singleton) DO UPDATE
+               SET name = $1, reason = $2, chosen_by = $3, held_until = $4, changed_at = now()",
         )
         .bind(to)
         .bind(reason)
+        .bind(chosen_by)
+        .bind(until)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO kafka_failovers (from_cluster, to_cluster, reason) VALUES ($1, $2, $3)",
+            "INSERT INTO kafka_failovers (from_cluster, to_cluster, reason, chosen_by, held_until)
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&current)
         .bind(to)
         .bind(reason)
+        .bind(chosen_by)
+        .bind(until)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -67,8 +108,16 @@ impl Store {
 
     /// The latest switches, newest first.
     pub async fn kafka_failovers(&self, limit: i64) -> Result<Vec<ClusterSwitch>> {
-        let rows: Vec<(Option<String>, String, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT from_cluster, to_cluster, reason, at FROM kafka_failovers
+        type Row = (
+            Option<String>,
+            String,
+            String,
+            DateTime<Utc>,
+            String,
+            Option<DateTime<Utc>>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT from_cluster, to_cluster, reason, at, chosen_by, held_until FROM kafka_failovers
              ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
@@ -76,12 +125,21 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(from, to, reason, at)| ClusterSwitch {
+            .map(|(from, to, reason, at, chosen_by, until)| ClusterSwitch {
                 from,
                 to,
                 reason,
                 at,
+                chosen_by: chooser(&chosen_by, until),
             })
             .collect())
+    }
+}
+
+fn chooser(chosen_by: &str, until: Option<DateTime<Utc>>) -> Chooser {
+    if chosen_by == "operator" {
+        Chooser::Operator { until }
+    } else {
+        Chooser::Automatic
     }
 }

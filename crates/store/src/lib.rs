@@ -20,7 +20,7 @@ pub use campaigns::{
     AudienceCandidate, AudienceList, AudienceScope, Campaign, CampaignLock, CampaignProgress,
     CampaignRefusal, CampaignState, Wave,
 };
-pub use failover::ClusterSwitch;
+pub use failover::{Chooser, ClusterSwitch};
 pub use installations::{Installation, ResolvedTarget};
 pub use messages::{
     AcceptOutcome, DeliveryRow, IdempotencyRecord, MessageView, NewDelivery, NewMessage,

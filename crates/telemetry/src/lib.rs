@@ -7,6 +7,8 @@
 //! across Kafka as a W3C `traceparent`, so that one trace runs from the API
 //! request (or the campaign page, or the trigger) to the provider's answer.
 
+pub mod health;
+
 use herald_config::TelemetryConfig;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;

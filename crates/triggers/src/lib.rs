@@ -115,10 +115,14 @@ impl TriggerEngine {
 
     async fn ingest(
         self: Arc<Self>,
-        consumer: BatchConsumer,
+        mut consumer: BatchConsumer,
         shutdown: CancellationToken,
     ) -> Result<(), TriggerError> {
         let linger = Duration::from_millis(self.config.batch_linger_ms);
+        let health = herald_telemetry::health::register(format!(
+            "the trigger engine's event loop ({})",
+            consumer.label()
+        ));
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -143,9 +147,11 @@ impl TriggerEngine {
                 })
                 .collect();
             while let Err(e) = self.apply_events(&records).await {
+                health.failed(&e);
                 tracing::warn!(error = %e, "applying events failed; retrying the batch");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            health.ok();
             let applied: Vec<(AppId, &str)> = records
                 .iter()
                 .map(|r| (r.app_id, r.event.event_id.as_str()))
@@ -220,13 +226,18 @@ impl TriggerEngine {
 
     async fn fire_loop(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), TriggerError> {
         let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
+        let health = herald_telemetry::health::register("the trigger engine's timer loop");
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             let fired = match self.fire_due().await {
-                Ok(n) => n,
+                Ok(n) => {
+                    health.ok();
+                    n
+                }
                 Err(e) => {
+                    health.failed(&e);
                     tracing::warn!(error = %e, "firing timers failed; retrying");
                     0
                 }

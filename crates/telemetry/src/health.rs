@@ -1,0 +1,99 @@
+//! What a process's long-running loops say about themselves: each loop that
+//! settles, records or produces work reports every round's result, and
+//! `/readyz` names a loop that has failed for too long. A loop that retries
+//! forever is alive but cannot do its job; only this tells the two apart.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// One loop's latest run of failures.
+#[derive(Debug)]
+pub struct LoopHealth {
+    name: String,
+    failing: Mutex<Option<(Instant, String)>>,
+}
+
+fn registry() -> &'static Mutex<Vec<Arc<LoopHealth>>> {
+    static LOOPS: OnceLock<Mutex<Vec<Arc<LoopHealth>>>> = OnceLock::new();
+    LOOPS.get_or_init(Mutex::default)
+}
+
+/// A loop of this process, reported on by `failing_for` until the process
+/// ends.
+pub fn register(name: impl Into<String>) -> Arc<LoopHealth> {
+    let health = Arc::new(LoopHealth {
+        name: name.into(),
+        failing: Mutex::new(None),
+    });
+    if let Ok(mut loops) = registry().lock() {
+        loops.push(health.clone());
+    }
+    health
+}
+
+impl LoopHealth {
+    /// A round succeeded.
+    pub fn ok(&self) {
+        if let Ok(mut f) = self.failing.lock() {
+            *f = None;
+        }
+    }
+
+    /// A round failed; the loop will try again.
+    pub fn failed(&self, error: &dyn std::fmt::Display) {
+        if let Ok(mut f) = self.failing.lock() {
+            match &mut *f {
+                Some((_, last)) => *last = error.to_string(),
+                None => *f = Some((Instant::now(), error.to_string())),
+            }
+        }
+    }
+
+    fn failing_for(&self, at_least: Duration) -> Option<String> {
+        let f = self.failing.lock().ok()?;
+        let (since, error) = f.as_ref()?;
+        (since.elapsed() >= at_least).then(|| {
+            format!(
+                "{} has failed for {} s: {error}",
+                self.name,
+                since.elapsed().as_secs()
+            )
+        })
+    }
+}
+
+/// Every loop of this process that has failed without a success for at
+/// least `at_least`, described.
+pub fn failing_for(at_least: Duration) -> Vec<String> {
+    let loops: Vec<Arc<LoopHealth>> = registry().lock().map(|l| l.clone()).unwrap_or_default();
+    loops
+        .iter()
+        .filter_map(|l| l.failing_for(at_least))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_is_reported_once_it_has_failed_long_enough_and_cleared_by_a_success() {
+        let health = register("test loop");
+        health.failed(&"broker away");
+        assert!(health.failing_for(Duration::from_secs(3600)).is_none());
+        let now = health.failing_for(Duration::ZERO).expect("failing");
+        assert!(
+            now.contains("test loop") && now.contains("broker away"),
+            "{now}"
+        );
+        health.failed(&"still away");
+        assert!(health
+            .failing_for(Duration::ZERO)
+            .is_some_and(|d| d.contains("still away")));
+        health.ok();
+        assert!(health.failing_for(Duration::ZERO).is_none());
+        assert!(!failing_for(Duration::ZERO)
+            .iter()
+            .any(|d| d.contains("test loop")));
+    }
+}
