@@ -96,6 +96,16 @@ ensure_kubernetes_validate() {
   fi
 }
 
+# A real Apache Kafka broker (KRaft) from Maven Central, for the tests that
+# replay the incident on Kafka itself (scripts/kafka installs Java and Maven
+# first when they are missing). Not part of ensure_all: `herald dev` runs an
+# embedded broker.
+ensure_kafka() {
+  # shellcheck source=scripts/kafka
+  source "$(dirname "${BASH_SOURCE[0]}")/kafka"
+  ensure_kafka_jars
+}
+
 ensure_all() {
   ensure_packages
   ensure_rust

@@ -9,6 +9,8 @@
 
 pub mod browser;
 pub mod fixture;
+pub mod incident;
+pub mod kafka;
 pub mod redis_deployments;
 
 use herald_bus::EmbeddedBroker;

@@ -5,532 +5,15 @@
 //! lets Herald and an operator recover, and ends on the simulators' record:
 //! every accepted (message, device) delivered exactly once, nothing else.
 
-use herald_bus::{BrokerCommand, EmbeddedBroker};
-use herald_core::MessageId;
-use herald_tests::fixture::{deliverable, seed, token};
+use herald_bus::BrokerCommand;
+use herald_tests::incident::{sender, Incident, Settings, LONG, PUSHES};
 use herald_tests::{
-    android_token, ios_token, set_cluster_available, wait_consumed_on, wait_until, App,
-    HeraldProcess, PrivateRedis, TestEnv, PARTITIONS, TOPICS,
+    set_cluster_available, wait_consumed_on, wait_until, HeraldProcess, PrivateRedis, TOPICS,
 };
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use serde_json::json;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-const LONG: Duration = Duration::from_secs(120);
-/// Installations of the campaign's audience; users `user-1..` own two each.
-const AUDIENCE: i64 = 1_500;
-/// Trigger events per burst, one per user.
-const EVENTS: i64 = 40;
-/// Transactional requests per burst, two devices each.
-const PUSHES: usize = 15;
-
-/// One scenario's world: the clusters, the processes, and everything
-/// accepted so far with the devices it must reach.
-struct Incident {
-    env: TestEnv,
-    standby: EmbeddedBroker,
-    /// The primary cluster's address as the processes know it, kept when the
-    /// test destroys that cluster.
-    primary: String,
-    app: App,
-    gw: String,
-    gateway: HeraldProcess,
-    senders: Vec<HeraldProcess>,
-    _scheduler: HeraldProcess,
-    /// The scheduler's Prometheus endpoint.
-    metrics: String,
-    /// Each role's operations endpoint (the first sender's), by role.
-    ops: Vec<(&'static str, String)>,
-    _recorder: HeraldProcess,
-    _triggers: HeraldProcess,
-    trigger_id: Uuid,
-    campaign_id: String,
-    /// The campaign's message, once launched.
-    campaign_message: Option<String>,
-    /// Every transactional request sent: (Idempotency-Key, body).
-    requests: Vec<(String, Value)>,
-    /// Every (message, token) owed a delivery.
-    expected: HashSet<(String, String)>,
-    next_push: usize,
-    next_event: i64,
-}
-
-struct Settings {
-    name: &'static str,
-    failover_after_ms: u64,
-    /// 0: producers move back to the primary only by command.
-    failback_after_ms: u64,
-    /// More settings for every process.
-    extra: &'static [(&'static str, &'static str)],
-    /// A Redis of the test's own, to restart without persistence.
-    redis: Option<String>,
-    senders: usize,
-    /// The campaign's own rate: slow enough that faults land mid-run.
-    campaign_rate: u32,
-}
-
-impl Incident {
-    async fn start(s: Settings) -> Self {
-        let standby = EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("standby cluster");
-        let mut env = TestEnv::start(s.name).await;
-        let primary = env.broker.bootstrap_servers().to_string();
-        for (k, v) in [
-            ("HERALD_KAFKA__BOOTSTRAP_SERVERS", primary.clone()),
-            (
-                "HERALD_KAFKA__CLUSTERS__STANDBY__BOOTSTRAP_SERVERS",
-                standby.bootstrap_servers().to_string(),
-            ),
-            ("HERALD_KAFKA__HEALTH_CHECK_INTERVAL_MS", "300".into()),
-            (
-                "HERALD_KAFKA__FAILOVER_AFTER_MS",
-                s.failover_after_ms.to_string(),
-            ),
-            (
-                "HERALD_KAFKA__FAILBACK_AFTER_MS",
-                s.failback_after_ms.to_string(),
-            ),
-            ("HERALD_KAFKA__MESSAGE_TIMEOUT_MS", "10000".into()),
-            ("HERALD_SCHEDULER__PAGE_SIZE", "100".into()),
-            ("HERALD_TRIGGERS__POLL_INTERVAL_MS", "100".into()),
-        ] {
-            env.extra_env.insert(k.into(), v);
-        }
-        for (k, v) in s.extra {
-            env.extra_env.insert(k.to_string(), v.to_string());
-        }
-        if let Some(url) = s.redis {
-            env.extra_env.insert("HERALD_REDIS__URL".into(), url);
-        }
-        let app = env.create_app().await;
-        seed(&env, &app.id, AUDIENCE).await;
-        // Every long-running role serves /readyz (the scheduler's metrics
-        // also show what every producing process knows of the clusters).
-        let ops: Vec<(&'static str, String)> = ["gateway", "sender", "scheduler", "triggers"]
-            .into_iter()
-            .map(|role| (role, herald_tests::free_address()))
-            .collect();
-        let listen = |role: &str| {
-            let addr = &ops.iter().find(|(r, _)| *r == role).expect("role").1;
-            [("HERALD_METRICS__LISTEN", addr.as_str())]
-        };
-        let gateway = env.gateway_with(&listen("gateway")).await;
-        let gw = gateway.url.clone().expect("gateway url");
-        let mut senders = Vec::new();
-        for n in 0..s.senders {
-            senders.push(if n == 0 {
-                env.spawn_with("sender", &["sender", "--no-recorder"], &listen("sender"))
-                    .await
-            } else {
-                sender(&env).await
-            });
-        }
-        // The recorder on its own, so that a paused sender does not pause it.
-        let recorder = env.spawn("recorder", &["recorder"], false).await;
-        let scheduler = env
-            .spawn_with("scheduler", &["scheduler"], &listen("scheduler"))
-            .await;
-        let triggers = env
-            .spawn_with("triggers", &["triggers"], &listen("triggers"))
-            .await;
-        let metrics = format!("http://{}/metrics", listen("scheduler")[0].1);
-        let ops = ops
-            .into_iter()
-            .map(|(role, addr)| (role, format!("http://{addr}")))
-            .collect();
-
-        let (status, rule) = env
-            .api(
-                "POST",
-                &format!("{gw}/v1/triggers"),
-                &app.server_key,
-                Some(
-                    &json!({"name": "welcome", "entry_event": "signup", "delay_seconds": 2,
-                             "delivery_policy": "at_least_once",
-                             "notification": {"title": "Welcome {{event.name|friend}}"}}),
-                ),
-            )
-            .await;
-        assert_eq!(status, 201, "{rule}");
-        let trigger_id: Uuid = rule["id"].as_str().expect("id").parse().expect("uuid");
-        let (status, campaign) = env
-            .api(
-                "POST",
-                &format!("{gw}/v1/campaigns"),
-                &app.server_key,
-                Some(
-                    &json!({"name": "Winter sale", "notification": {"title": "Sale"},
-                             "delivery_policy": "at_least_once",
-                             "rate_limit_per_second": s.campaign_rate}),
-                ),
-            )
-            .await;
-        assert_eq!(status, 201, "{campaign}");
-        let campaign_id = campaign["id"].as_str().expect("id").to_string();
-        Self {
-            env,
-            standby,
-            primary,
-            app,
-            gw,
-            gateway,
-            senders,
-            _scheduler: scheduler,
-            metrics,
-            ops,
-            _recorder: recorder,
-            _triggers: triggers,
-            trigger_id,
-            campaign_id,
-            campaign_message: None,
-            requests: Vec::new(),
-            expected: HashSet::new(),
-            next_push: 0,
-            next_event: 1,
-        }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        self.env
-            .api(
-                method,
-                &format!("{}{path}", self.gw),
-                &self.app.server_key,
-                body,
-            )
-            .await
-    }
-
-    /// Launches (or relaunches) the campaign; every deliverable device of
-    /// the audience is then owed the campaign's message.
-    async fn launch_campaign(&mut self) {
-        let (status, c) = self
-            .call(
-                "POST",
-                &format!("/v1/campaigns/{}/launch", self.campaign_id),
-                None,
-            )
-            .await;
-        assert!((200..300).contains(&status), "{status} {c}");
-        let message = c["message_id"].as_str().expect("message_id").to_string();
-        for n in (1..=AUDIENCE).filter(|n| deliverable(*n)) {
-            self.expected.insert((message.clone(), token(n)));
-        }
-        self.campaign_message = Some(message);
-    }
-
-    async fn campaign(&self) -> Value {
-        self.call("GET", &format!("/v1/campaigns/{}", self.campaign_id), None)
-            .await
-            .1
-    }
-
-    /// Waits until the campaign is a third produced: a fault then lands
-    /// mid-run.
-    async fn wait_campaign_a_third_through(&self) {
-        wait_until("the campaign a third through", LONG, || async {
-            self.campaign().await["progress"]["produced"]
-                .as_i64()
-                .unwrap_or(0)
-                >= AUDIENCE / 3
-        })
-        .await;
-    }
-
-    /// One transactional push with an Idempotency-Key to two new devices.
-    async fn push(&mut self) -> String {
-        let i = self.next_push;
-        self.next_push += 1;
-        let key = format!("\"order-{i}\"");
-        let body = json!({
-            "to": {"tokens": [{"platform": "ios", "token": ios_token(10_000 + i)},
-                              {"platform": "android", "token": android_token(10_000 + i)}]},
-            "notification": {"title": format!("Order {i} shipped")},
-        });
-        let message = self.send(&key, &body).await;
-        for t in [ios_token(10_000 + i), android_token(10_000 + i)] {
-            self.expected.insert((message.clone(), t));
-        }
-        self.requests.push((key, body));
-        message
-    }
-
-    async fn send(&self, key: &str, body: &Value) -> String {
-        let (status, v) = self
-            .env
-            .push(&self.gw, &self.app.server_key, Some(key), body)
-            .await;
-        assert_eq!(status, 202, "{v}");
-        v["message_id"].as_str().expect("message_id").to_string()
-    }
-
-    /// Every client resends every request it ever made: each one answers with
-    /// the message it made the first time.
-    async fn resubmit_everything(&self) {
-        let mut replayed = 0;
-        for (key, body) in &self.requests {
-            let first = self.send(key, body).await;
-            assert!(
-                self.expected.iter().any(|(m, _)| *m == first),
-                "a resubmission made a new message"
-            );
-            replayed += 1;
-        }
-        assert_eq!(replayed, self.requests.len());
-    }
-
-    /// A burst of sign-up events, one per user, each owed a welcome push on
-    /// every deliverable device of its user two seconds later.
-    async fn events(&mut self) {
-        let users: Vec<i64> = (self.next_event..self.next_event + EVENTS).collect();
-        self.next_event += EVENTS;
-        let events: Vec<Value> = users
-            .iter()
-            .map(|u| {
-                json!({"event_id": format!("signup-{u}"), "name": "signup",
-                            "custom_id": format!("user-{u}"), "attributes": {"name": "Ada"}})
-            })
-            .collect();
-        let (status, v) = self
-            .env
-            .api(
-                "POST",
-                &format!("{}/v1/events", self.gw),
-                &self.app.sdk_key,
-                Some(&json!({ "events": events })),
-            )
-            .await;
-        assert_eq!(status, 202, "{v}");
-        for u in users {
-            let message = MessageId::for_trigger(self.trigger_id, &format!("signup-{u}"))
-                .as_uuid()
-                .to_string();
-            for n in [2 * u, 2 * u + 1] {
-                if n <= AUDIENCE && deliverable(n) {
-                    self.expected.insert((message.clone(), token(n)));
-                }
-            }
-        }
-    }
-
-    async fn traffic(&mut self) {
-        for _ in 0..PUSHES {
-            self.push().await;
-        }
-        self.events().await;
-    }
-
-    /// The time from `fault` until a push accepted after it reaches a device.
-    async fn first_delivery_after(&mut self, fault: Instant, scenario: &str) {
-        let message = self.push().await;
-        let env = &self.env;
-        wait_until("a push sent after the fault delivered", LONG, || async {
-            env.deliveries_per_token(&message).await.len() == 2
-        })
-        .await;
-        println!(
-            "{scenario}: fault to first delivery through the new path: {:.1} s",
-            fault.elapsed().as_secs_f64()
-        );
-    }
-
-    /// The time from `back` (the cluster answering again) until the first
-    /// delivery of each kind of traffic: a push accepted after it, the
-    /// campaign's next device, a trigger fired by an event sent after it.
-    /// Each must come within a minute.
-    async fn first_delivery_of_each_kind(&mut self, back: Instant, scenario: &str) {
-        let campaign = self
-            .campaign_message
-            .clone()
-            .expect("the campaign launched");
-        let env = &self.env;
-        let campaign_before = env.deliveries_per_token(&campaign).await.len();
-        let first_event = self.next_event;
-        let push = self.push().await;
-        self.events().await;
-        let triggered: Vec<String> = (first_event..self.next_event)
-            .map(|u| {
-                MessageId::for_trigger(self.trigger_id, &format!("signup-{u}"))
-                    .as_uuid()
-                    .to_string()
-            })
-            .collect();
-        let env = &self.env;
-        // When each kind was first seen: transactional, campaign, trigger.
-        let seen = std::cell::RefCell::new([None::<Duration>; 3]);
-        wait_until("a delivery of each kind after the fault", LONG, || async {
-            let got = record(env).await;
-            let at = back.elapsed();
-            let now = [
-                got.keys().filter(|(m, _)| *m == push).count() == 2,
-                got.keys().filter(|(m, _)| *m == campaign).count() > campaign_before,
-                got.keys().any(|(m, _)| triggered.contains(m)),
-            ];
-            let mut seen = seen.borrow_mut();
-            for (first, delivered) in seen.iter_mut().zip(now) {
-                if first.is_none() && delivered {
-                    *first = Some(at);
-                }
-            }
-            seen.iter().all(Option::is_some)
-        })
-        .await;
-        let [transactional, campaign_at, trigger] = seen.into_inner();
-        let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
-        println!(
-            "{scenario}: cluster back to first delivery: transactional {:.1} s, campaign {:.1} s, trigger {:.1} s",
-            secs(transactional),
-            secs(campaign_at),
-            secs(trigger)
-        );
-        for (kind, at) in [
-            ("transactional", transactional),
-            ("campaign", campaign_at),
-            ("trigger", trigger),
-        ] {
-            assert!(
-                at.is_some_and(|d| d < Duration::from_secs(60)),
-                "{scenario}: first {kind} delivery took {at:?}"
-            );
-        }
-    }
-
-    /// A role's `/readyz`: status and body.
-    async fn readiness(&self, role: &str) -> (u16, String) {
-        let base = &self.ops.iter().find(|(r, _)| *r == role).expect("role").1;
-        match self.env.http.get(format!("{base}/readyz")).send().await {
-            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-            Err(e) => (0, e.to_string()),
-        }
-    }
-
-    /// Waits until every role's `/readyz` answers 200.
-    async fn wait_all_ready(&self) {
-        for (role, _) in &self.ops {
-            wait_until(&format!("the {role} ready"), LONG, || async {
-                self.readiness(role).await.0 == 200
-            })
-            .await;
-        }
-    }
-
-    /// Waits until nothing is pending in PostgreSQL (no delivery, no trigger
-    /// timer, the campaign produced and settled) and every sender group has
-    /// caught up on every cluster in `live`: nothing is in flight.
-    async fn wait_settled(&self, live: &[&str]) {
-        let env = &self.env;
-        wait_until("no pending delivery or timer", LONG, || async {
-            let pending: i64 = sqlx::query_scalar(
-                "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending')
-                      + (SELECT count(*) FROM trigger_timers WHERE status = 'pending')",
-            )
-            .fetch_one(&env.db)
-            .await
-            .expect("pending");
-            let c = self.campaign().await;
-            pending == 0 && c["status"] == "completed" && c["progress"]["pending"] == 0
-        })
-        .await;
-        for bootstrap in live {
-            for (group, topic) in [
-                ("herald-senders", TOPICS[0]),
-                ("herald-senders-retries", TOPICS[1]),
-            ] {
-                wait_consumed_on(bootstrap, group, topic, LONG).await;
-            }
-        }
-    }
-
-    /// Waits until everything owed is delivered and nothing is left anywhere
-    /// (no pending delivery or timer, every sender group caught up on every
-    /// live cluster), then compares the simulators' record with what was
-    /// accepted: each owed (message, device) once, and nothing else.
-    async fn assert_exactly_once(&self, live: &[&str]) {
-        let env = &self.env;
-        wait_until("every accepted delivery in the record", LONG, || async {
-            let got = record(env).await;
-            self.expected.iter().all(|k| got.contains_key(k))
-        })
-        .await;
-        self.wait_settled(live).await;
-        let got = record(env).await;
-        let doubled: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(
-            doubled.is_empty(),
-            "{} deliveries doubled, e.g. {:?}",
-            doubled.len(),
-            doubled.iter().take(3).collect::<Vec<_>>()
-        );
-        let unexpected: Vec<_> = got
-            .keys()
-            .filter(|k| !self.expected.contains(*k))
-            .take(3)
-            .collect();
-        assert!(unexpected.is_empty(), "not owed: {unexpected:?}");
-        assert_eq!(got.len(), self.expected.len());
-        println!(
-            "{}: {} deliveries owed, each delivered exactly once",
-            self.env.name,
-            self.expected.len()
-        );
-    }
-
-    /// Waits until every producing process says it follows the switch.
-    async fn wait_all_producing_to(&self, cluster: &str) {
-        let line = format!("now producing to {cluster}");
-        let mut procs: Vec<&HeraldProcess> = vec![&self.gateway, &self._scheduler, &self._triggers];
-        procs.extend(self.senders.iter());
-        wait_until(&line, LONG, || async {
-            procs.iter().all(|p| p.logged(&line))
-        })
-        .await;
-    }
-
-    /// One sample of the scheduler's metrics, by name and labels.
-    async fn metric(&self, series: &str) -> Option<f64> {
-        let text = self
-            .env
-            .http
-            .get(&self.metrics)
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-    }
-
-    async fn cli(&self, args: &[&str]) -> String {
-        self.env.run_cli(args).await
-    }
-
-    async fn finish(self) {
-        // As TestEnv::finish does for the primary: no reused port.
-        std::mem::forget(self.standby);
-        self.env.finish().await;
-    }
-}
-
-async fn sender(env: &TestEnv) -> HeraldProcess {
-    env.spawn("sender", &["sender", "--no-recorder"], false)
-        .await
-}
-
-/// The simulators' record: deliveries per (message, token).
-async fn record(env: &TestEnv) -> HashMap<(String, String), usize> {
-    let mut counts = HashMap::new();
-    for d in env.sim_deliveries().await {
-        let key = (
-            d["collapse_id"].as_str().unwrap_or_default().to_string(),
-            d["token"].as_str().unwrap_or_default().to_string(),
-        );
-        *counts.entry(key).or_default() += 1;
-    }
-    counts
-}
 
 /// Scenario 1, and 4 with `restart_redis`: cluster A loses its partition
 /// leaders mid-campaign; Herald fails over to B by itself; clients resubmit
@@ -544,6 +27,7 @@ async fn leaders_lost(name: &'static str, restart_redis: bool) {
         failover_after_ms: 1_500,
         failback_after_ms: 0,
         extra: &[],
+        primary: None,
         redis: redis.as_ref().map(PrivateRedis::url),
         senders: 1,
         campaign_rate: 300,
@@ -649,6 +133,7 @@ async fn scenario_2_the_primary_cluster_destroyed_and_recovered_into_the_standby
         failover_after_ms: 1_500,
         failback_after_ms: 0,
         extra: &[],
+        primary: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -704,6 +189,7 @@ async fn scenario_3_a_sender_killed_holding_leases_and_another_takes_over() {
         failover_after_ms: 1_500,
         failback_after_ms: 0,
         extra: &[],
+        primary: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -758,6 +244,7 @@ async fn scenario_5_the_gateway_killed_between_commit_and_publish() {
         failover_after_ms: 600_000,
         failback_after_ms: 0,
         extra: &[],
+        primary: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -799,6 +286,7 @@ async fn scenario_6_the_broker_unreachable_for_30_seconds() {
         failover_after_ms: 600_000,
         failback_after_ms: 0,
         extra: &[],
+        primary: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -835,6 +323,7 @@ async fn an_operator_fails_over_and_back_by_command() {
         failover_after_ms: 600_000,
         failback_after_ms: 0,
         extra: &[],
+        primary: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -912,6 +401,7 @@ async fn scenario_7_producers_fail_fatally_mid_traffic_and_heal_without_a_restar
         failover_after_ms: 600_000,
         failback_after_ms: 0,
         extra: &[("HERALD_KAFKA__UNREADY_AFTER_MS", "1500")],
+        primary: None,
         redis: None,
         senders: 1,
         campaign_rate: 150,
@@ -979,6 +469,7 @@ async fn a_manual_failover_is_not_undone_by_automatic_failback() {
         failover_after_ms: 600_000,
         failback_after_ms: 1_000,
         extra: &[],
+        primary: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -997,7 +488,7 @@ async fn a_manual_failover_is_not_undone_by_automatic_failback() {
         inc.push().await;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let mut procs: Vec<&HeraldProcess> = vec![&inc.gateway, &inc._scheduler, &inc._triggers];
+    let mut procs: Vec<&HeraldProcess> = vec![&inc.gateway, &inc.scheduler, &inc.triggers];
     procs.extend(inc.senders.iter());
     for p in procs {
         assert!(
@@ -1026,5 +517,66 @@ async fn a_manual_failover_is_not_undone_by_automatic_failback() {
         inc.standby.bootstrap_servers().to_string(),
     );
     inc.assert_exactly_once(&[&a, &b]).await;
+    inc.finish().await;
+}
+
+/// The consumers' fetches fail while producers go on (a broker that keeps a
+/// group stuck behaves so): records pile up and no consumer moves. The
+/// sender says so in `/readyz` and a metric, and is ready again once its
+/// consumer moves; nothing accepted meanwhile is lost.
+#[tokio::test]
+async fn scenario_8_consumers_stuck_while_records_pile_up_are_reported_and_recover() {
+    let mut inc = Incident::start(Settings {
+        name: "fail8",
+        failover_after_ms: 600_000,
+        failback_after_ms: 0,
+        extra: &[("HERALD_KAFKA__UNREADY_AFTER_MS", "2000")],
+        primary: None,
+        redis: None,
+        senders: 1,
+        campaign_rate: 150,
+    })
+    .await;
+    inc.launch_campaign().await;
+    inc.traffic().await;
+    inc.wait_all_ready().await;
+    inc.wait_campaign_a_third_through().await;
+    inc.env
+        .broker
+        .command(BrokerCommand::RequestErrors {
+            api: RDKafkaApiKey::Fetch,
+            errors: vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 200_000],
+        })
+        .expect("injecting fetch errors");
+    inc.traffic().await;
+    let stalled = r#"herald_kafka_consumer_stalled{cluster="primary",group="herald-senders"}"#;
+    wait_until(
+        "the sender unready, naming its stuck consumer",
+        LONG,
+        || async {
+            let (status, body) = inc.readiness("sender").await;
+            status == 503
+                && body.contains("consumer group herald-senders on cluster primary")
+                && body.contains("records wait")
+        },
+    )
+    .await;
+    assert_eq!(inc.metric_of("sender", stalled).await, Some(1.0));
+    inc.env
+        .broker
+        .command(BrokerCommand::ClearRequestErrors(RDKafkaApiKey::Fetch))
+        .expect("clearing fetch errors");
+    let back = Instant::now();
+    inc.first_delivery_of_each_kind(back, "fail8").await;
+    inc.wait_all_ready().await;
+    assert_eq!(inc.metric_of("sender", stalled).await, Some(0.0));
+    inc.traffic().await;
+    inc.resubmit_everything().await;
+    wait_until("the campaign produced to the end", LONG, || async {
+        inc.campaign().await["status"] == "completed"
+    })
+    .await;
+    let a = inc.primary.clone();
+    inc.assert_exactly_once(&[&a]).await;
     inc.finish().await;
 }

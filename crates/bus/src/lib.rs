@@ -5,18 +5,20 @@
 //! mean nothing on another cluster, so dedupe lives in the ledger.
 
 mod admin;
+mod consumer;
 mod embedded;
 mod producer;
 
 pub use admin::{create_topics, TopicCreation};
 
+pub use consumer::BatchConsumer;
 pub use embedded::{BrokerCommand, EmbeddedBroker};
 
 use futures::future::join_all;
 use herald_config::{KafkaConfig, TopicsConfig};
 use herald_core::{DeadLetter, DeliveryJob, DeliveryOutcome};
 use producer::ClusterProducer;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
@@ -181,6 +183,11 @@ impl Publisher {
         };
         cluster.observe_health(health.is_ok(), cluster_id, stuck_after);
         health
+    }
+
+    /// The id the named cluster's brokers reported at the last health check.
+    pub fn cluster_id(&self, name: &str) -> Option<String> {
+        self.cluster(name).ok()?.cluster_id()
     }
 
     /// Why the active cluster's producer cannot deliver now, if it cannot
@@ -348,129 +355,6 @@ impl LagProbe {
         }
         Ok(lag)
     }
-}
-
-/// A consumer that hands out batches and commits a batch's offsets only when
-/// the caller says its work is settled. A consumer that fails fatally is
-/// built anew from the same settings (it rejoins its group and reads again
-/// from the committed offsets; the ledger drops what was settled).
-pub struct BatchConsumer {
-    consumer: StreamConsumer,
-    settings: ClientConfig,
-    topics: Vec<String>,
-    cluster: String,
-    label: String,
-}
-
-impl BatchConsumer {
-    pub fn new(kafka: &KafkaConfig, group_id: &str, topics: &[&str]) -> Result<Self> {
-        let mut settings = base_config(kafka)?;
-        settings
-            .set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", "1000")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string());
-        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
-        let cluster = kafka
-            .clusters()
-            .into_iter()
-            .next()
-            .map(|c| c.name)
-            .unwrap_or_default();
-        Ok(Self {
-            consumer: subscribed(&settings, &topics)?,
-            label: format!("consumer group {group_id} on cluster {cluster}"),
-            cluster,
-            settings,
-            topics,
-        })
-    }
-
-    /// "consumer group G on cluster C", for logs and `/readyz`.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    /// Waits for one record, then gathers up to `max` within `linger`.
-    pub async fn next_batch(&mut self, max: usize, linger: Duration) -> Result<Vec<OwnedMessage>> {
-        let first = match self.consumer.recv().await {
-            Ok(m) => m.detach(),
-            Err(e) => {
-                self.heal_if_fatal();
-                return Err(e.into());
-            }
-        };
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < max {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m.detach()),
-                // What was gathered is handed out; the error comes back on
-                // the next call if it lasts.
-                Ok(Err(_)) | Err(_) => break,
-            }
-        }
-        Ok(batch)
-    }
-
-    /// A fatal client never recovers: build a new one. Records it had handed
-    /// out and not committed are read again by whoever owns them next.
-    fn heal_if_fatal(&mut self) {
-        let Some((code, reason)) = self.consumer.client().fatal_error() else {
-            return;
-        };
-        match subscribed(&self.settings, &self.topics) {
-            Ok(fresh) => {
-                let old = std::mem::replace(&mut self.consumer, fresh);
-                tracing::warn!(consumer = %self.label, cause = %format!("fatal error {code:?}: {reason}"), "rebuilt the Kafka consumer");
-                metrics::counter!("herald_kafka_clients_rebuilt_total",
-                    "cluster" => self.cluster.clone(), "client" => "consumer")
-                .increment(1);
-                // Dropping a consumer leaves its group: not on an async thread.
-                let _ = std::thread::Builder::new()
-                    .name("kafka-retire".into())
-                    .spawn(move || drop(old));
-            }
-            Err(e) => {
-                tracing::error!(consumer = %self.label, error = %e, "cannot build a new Kafka consumer")
-            }
-        }
-    }
-
-    /// Commits the offsets after every record of `batch`. A failure (the
-    /// partitions were revoked by a rebalance, the broker is away) is not
-    /// fatal: the records come back and the ledger drops what was settled.
-    pub fn commit(&self, batch: &[OwnedMessage], mode: CommitMode) -> Result<()> {
-        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-        for m in batch {
-            let e = next.entry((m.topic(), m.partition())).or_insert(0);
-            *e = (*e).max(m.offset() + 1);
-        }
-        if next.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-        }
-        self.consumer.commit(&tpl, mode)?;
-        Ok(())
-    }
-
-    pub fn unsubscribe(&self) {
-        self.consumer.unsubscribe();
-    }
-}
-
-fn subscribed(settings: &ClientConfig, topics: &[String]) -> Result<StreamConsumer> {
-    let consumer: StreamConsumer = settings.create()?;
-    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
-    Ok(consumer)
 }
 
 /// Every record of `topic`, from the beginning to the end it has now, without

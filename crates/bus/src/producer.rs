@@ -39,6 +39,9 @@ struct DeliveryState {
     healthy: Option<bool>,
     /// The cluster id the brokers reported last.
     cluster_id: Option<String>,
+    /// Since when the health checks through this producer's client have
+    /// failed, and how long to let them fail before the next rebuild.
+    unhealthy: Option<(Instant, Duration)>,
 }
 
 pub(crate) struct ClusterProducer {
@@ -106,8 +109,12 @@ impl ClusterProducer {
 
     /// Records a health check, and what it says about the producer: a
     /// cluster whose id changed was replaced (its brokers know nothing of
-    /// this producer's id and sequences), and a producer that has not
-    /// delivered for `stuck_after` to a healthy cluster is broken.
+    /// this producer's id and sequences); a producer that has not delivered
+    /// for `stuck_after` to a healthy cluster is broken; and checks that have
+    /// failed for `stuck_after` may be the client's fault, not the
+    /// cluster's (a client that knew a cluster wiped since can fail every
+    /// request to the new one), so a new client looks afresh, less and less
+    /// often while the failures last.
     pub fn observe_health(&self, healthy: bool, cluster_id: Option<String>, stuck_after: Duration) {
         let generation = self.current();
         let mut cause = None;
@@ -125,18 +132,35 @@ impl ClusterProducer {
                     None => s.cluster_id = Some(id),
                 }
             }
-            if let (true, None, Some((since, error))) = (healthy, &cause, &s.failing) {
-                if since.elapsed() >= stuck_after {
+            if healthy {
+                s.unhealthy = None;
+                if let (None, Some((since, error))) = (&cause, &s.failing) {
+                    if since.elapsed() >= stuck_after {
+                        cause = Some(format!(
+                            "no record delivered for {} s to a cluster that passes its health checks (last error: {error})",
+                            since.elapsed().as_secs()
+                        ));
+                    }
+                }
+            } else {
+                let (since, wait) = *s.unhealthy.get_or_insert((Instant::now(), stuck_after));
+                if since.elapsed() >= wait {
                     cause = Some(format!(
-                        "no record delivered for {} s to a cluster that passes its health checks (last error: {error})",
+                        "its health checks have failed for {} s: a new client looks afresh",
                         since.elapsed().as_secs()
                     ));
+                    s.unhealthy = Some((Instant::now(), (wait * 2).min(stuck_after * 8)));
                 }
             }
         });
         if let Some(cause) = cause {
             self.rebuild(generation.number, &cause);
         }
+    }
+
+    /// The id the brokers reported at the last health check.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.with_state(|s| s.cluster_id.clone())
     }
 
     /// Why this producer cannot do its job now, if it cannot: its client is

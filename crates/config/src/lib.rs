@@ -371,10 +371,16 @@ impl KafkaConfig {
 
     /// This configuration narrowed to one cluster (for a consumer or probe
     /// that talks to that cluster only).
+    /// It keeps the cluster's name, for logs and metrics.
     pub fn for_cluster(&self, cluster: &NamedCluster) -> KafkaConfig {
         KafkaConfig {
-            bootstrap_servers: cluster.bootstrap_servers.clone(),
-            clusters: BTreeMap::new(),
+            bootstrap_servers: String::new(),
+            clusters: BTreeMap::from([(
+                cluster.name.clone(),
+                KafkaClusterConfig {
+                    bootstrap_servers: cluster.bootstrap_servers.clone(),
+                },
+            )]),
             failover_order: Vec::new(),
             ..self.clone()
         }
@@ -847,6 +853,7 @@ mod tests {
             let one = c.kafka.for_cluster(&clusters[0]);
             assert_eq!(one.clusters().len(), 1);
             assert_eq!(one.clusters()[0].bootstrap_servers, "b:9092");
+            assert_eq!(one.clusters()[0].name, "standby");
             Ok(())
         });
     }

@@ -76,7 +76,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     if broker.is_some() {
         let horizon =
             chrono::Utc::now() - chrono::Duration::hours(config.sender.dedupe_horizon_hours as i64);
-        let recovered = roles::recover_into(&publisher, &store, horizon).await?;
+        let recovered = crate::recovery::recover_into(&publisher, &store, horizon).await?;
         if recovered.deliveries + recovered.events + recovered.campaigns > 0 {
             tracing::info!(?recovered, "recovered unsettled work from PostgreSQL");
         }

@@ -21,6 +21,8 @@ pub struct FailoverController {
     pub lag_probes: Vec<(String, String, String, Arc<LagProbe>)>,
     /// A producer that delivers nothing this long to a healthy cluster is rebuilt.
     pub rebuild_after: Duration,
+    /// How far back recovery looks after a cluster was replaced.
+    pub dedupe_horizon: chrono::Duration,
 }
 
 impl FailoverController {
@@ -38,6 +40,7 @@ impl FailoverController {
             interval: Duration::from_millis(kafka.health_check_interval_ms.max(100)),
             lag_probes,
             rebuild_after: Duration::from_millis(kafka.rebuild_after_ms),
+            dedupe_horizon: chrono::Duration::hours(config.sender.dedupe_horizon_hours as i64),
         }
     }
 
@@ -47,6 +50,8 @@ impl FailoverController {
         let now_ms = || started.elapsed().as_millis() as u64;
         let mut health: Vec<ClusterHealth> =
             names.iter().map(|_| ClusterHealth::unknown(0)).collect();
+        // The cluster ids this process has recorded, by cluster.
+        let mut known_ids: Vec<Option<String>> = names.iter().map(|_| None).collect();
         self.follow(&names).await;
         tracing::info!(cluster = %self.publisher.active_cluster(), clusters = ?names, "producing to Kafka");
         self.export_active(&names);
@@ -77,6 +82,9 @@ impl FailoverController {
                 metrics::gauge!("herald_kafka_cluster_healthy", "cluster" => name.clone())
                     .set(if h.healthy { 1.0 } else { 0.0 });
             }
+            for (name, known) in names.iter().zip(known_ids.iter_mut()) {
+                self.notice_replacement(name, known).await;
+            }
             let active = self.publisher.active_cluster().to_string();
             let index = names.iter().position(|n| *n == active).unwrap_or(0);
             let view: Vec<(&str, ClusterHealth)> = names
@@ -93,6 +101,64 @@ impl FailoverController {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+
+    /// Records the id a healthy cluster reports (a cluster that is not
+    /// healthy, its topics missing, reports none). The one process that first
+    /// records a new id under a known name republishes, from PostgreSQL,
+    /// everything accepted and not settled: the cluster was replaced at the
+    /// same address, and whatever it held is gone. Nobody has to run
+    /// `herald recover`; the ledger drops what was already sent.
+    async fn notice_replacement(&self, name: &str, known: &mut Option<String>) {
+        let Some(id) = self.publisher.cluster_id(name) else {
+            return;
+        };
+        if known.as_deref() == Some(id.as_str()) {
+            return;
+        }
+        match self.store.record_kafka_cluster_id(name, &id).await {
+            Ok(replaced) => {
+                *known = Some(id.clone());
+                if !replaced {
+                    return;
+                }
+                tracing::warn!(cluster = %name, cluster_id = %id, "Kafka cluster replaced at the same address: republishing from PostgreSQL what it may have held");
+                metrics::counter!("herald_kafka_clusters_replaced_total", "cluster" => name.to_string())
+                    .increment(1);
+                let (publisher, store) = (self.publisher.clone(), self.store.clone());
+                let since = chrono::Utc::now() - self.dedupe_horizon;
+                let name = name.to_string();
+                // Kafka hands out producer ids from 0 again on the new
+                // cluster, so a process still producing through a client of
+                // the old one can collide with a new producer, and the broker
+                // may drop a record as that one's duplicate. Every old client
+                // is gone once each process has seen the new id (a health
+                // interval) or given up on its client (`rebuild_after`):
+                // recovery runs after that, so it republishes whatever such a
+                // collision dropped too.
+                let settle = self.rebuild_after.max(self.interval * 3);
+                // Off the health loop: recovery may publish a lot, and the
+                // checks must go on meanwhile.
+                tokio::spawn(async move {
+                    tokio::time::sleep(settle).await;
+                    loop {
+                        match crate::recovery::recover_into(&publisher, &store, since).await {
+                            Ok(r) => {
+                                tracing::warn!(cluster = %name, deliveries = r.deliveries, events = r.events, campaigns = r.campaigns, "recovered after the cluster was replaced");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(cluster = %name, error = %e, "recovering after the cluster was replaced failed; retrying");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %name, error = %e, "cannot record the Kafka cluster's id")
             }
         }
     }

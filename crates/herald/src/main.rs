@@ -10,6 +10,7 @@ mod failover;
 mod operators;
 mod ops;
 mod preflight;
+mod recovery;
 mod roles;
 mod topics;
 

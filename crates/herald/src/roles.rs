@@ -6,7 +6,6 @@ use crate::preflight;
 use anyhow::{Context, Result};
 use herald_bus::{BatchConsumer, Publisher};
 use herald_config::Config;
-use herald_core::trigger::EventRecord;
 use herald_gateway::{AppState, OutboxRelay};
 use herald_ledger::Ledger;
 use herald_providers::{ProviderSettings, Providers};
@@ -577,69 +576,6 @@ pub async fn agreed_publisher(config: &Config, store: &Store) -> Result<Publishe
     Ok(publisher)
 }
 
-/// What `recover` put back into Kafka.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    pub deliveries: usize,
-    pub events: usize,
-    pub campaigns: usize,
-}
-
-/// Puts back into Kafka, from PostgreSQL, everything accepted since `since`
-/// and not yet settled: unsettled deliveries (transactional pushes and fired
-/// trigger timers), events the trigger engine has not applied, and the
-/// production of running and recently completed campaigns (from their
-/// start; devices already settled are skipped). Any number of runs deliver
-/// nothing twice: every job keeps its delivery id and goes through dedupe.
-pub async fn recover_into(
-    publisher: &Publisher,
-    store: &Store,
-    since: chrono::DateTime<chrono::Utc>,
-) -> Result<Recovered> {
-    let mut recovered = Recovered::default();
-    let mut after = None;
-    loop {
-        let page = store.pending_jobs_page(Some(since), after, 1000).await?;
-        let Some((at, last)) = page.last().map(|(at, j)| (*at, j.delivery_id)) else {
-            break;
-        };
-        let jobs: Vec<_> = page.into_iter().map(|(_, j)| j).collect();
-        publisher
-            .publish_jobs(&jobs)
-            .await
-            .context("publishing unsettled deliveries")?;
-        recovered.deliveries += jobs.len();
-        after = Some((at, last));
-    }
-    let mut after = None;
-    loop {
-        let page = store
-            .unapplied_events_page(Some(since), after, 1000)
-            .await?;
-        let Some(last) = page
-            .last()
-            .map(|(at, e)| (*at, e.app_id, e.event_id.clone()))
-        else {
-            break;
-        };
-        let records: Vec<EventRecord> = page
-            .into_iter()
-            .map(|(_, e)| EventRecord {
-                app_id: e.app_id,
-                event: e.event,
-            })
-            .collect();
-        publisher
-            .publish_events(&records)
-            .await
-            .context("publishing unapplied events")?;
-        recovered.events += records.len();
-        after = Some(last);
-    }
-    recovered.campaigns = store.rewind_campaigns(since).await?.len();
-    Ok(recovered)
-}
-
 fn rand_suffix() -> u32 {
     uuid::Uuid::new_v4().as_u128() as u32
 }
@@ -728,7 +664,7 @@ pub async fn recover(config: Config, since: Option<chrono::DateTime<chrono::Utc>
     let horizon =
         chrono::Utc::now() - chrono::Duration::hours(config.sender.dedupe_horizon_hours as i64);
     let since = since.map_or(horizon, |s| s.max(horizon));
-    let r = recover_into(&publisher, &store, since).await?;
+    let r = crate::recovery::recover_into(&publisher, &store, since).await?;
     publisher.flush(Duration::from_secs(10));
     println!(
         "recovered into Kafka cluster {} (work accepted since {}): {} unsettled deliveries, {} unapplied events, {} campaigns restarted",

@@ -106,6 +106,23 @@ impl Store {
         Ok(true)
     }
 
+    /// Records that the cluster configured as `name` reports `cluster_id`.
+    /// True for exactly one caller, the first to see a new id under a name
+    /// that had another before: the cluster was replaced at the same address.
+    pub async fn record_kafka_cluster_id(&self, name: &str, cluster_id: &str) -> Result<bool> {
+        let (known, inserted): (i64, i64) = sqlx::query_as(
+            "WITH known AS (SELECT count(*) AS n FROM kafka_cluster_ids WHERE name = $1),
+                  added AS (INSERT INTO kafka_cluster_ids (name, cluster_id) VALUES ($1, $2)
+                            ON CONFLICT DO NOTHING RETURNING 1)
+             SELECT (SELECT n FROM known), (SELECT count(*) FROM added)",
+        )
+        .bind(name)
+        .bind(cluster_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(known > 0 && inserted > 0)
+    }
+
     /// The latest switches, newest first.
     pub async fn kafka_failovers(&self, limit: i64) -> Result<Vec<ClusterSwitch>> {
         type Row = (

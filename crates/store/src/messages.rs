@@ -397,8 +397,9 @@ impl Store {
         rows.into_iter().map(job_from_row).collect()
     }
 
-    /// Every unsettled delivery, a page at a time by keyset (created_at, id):
-    /// what recovery republishes.
+    /// Every unsettled delivery that is due, a page at a time by keyset
+    /// (created_at, id): what recovery republishes. A push for later stays
+    /// out: its outbox row is published at its `send_at`, not before.
     pub async fn pending_jobs_page(
         &self,
         since: Option<DateTime<Utc>>,
@@ -412,6 +413,7 @@ impl Store {
         let rows: Vec<PendingJobRow> = sqlx::query_as(&format!(
                 "SELECT d.created_at, {JOB_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
                  WHERE d.status = 'pending'
+                   AND (m.send_at IS NULL OR m.send_at <= now())
                    AND ($1::timestamptz IS NULL OR (d.created_at, d.id) > ($1, $2))
                  ORDER BY d.created_at, d.id LIMIT $3"
             ))

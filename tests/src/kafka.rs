@@ -1,0 +1,138 @@
+//! Real Apache Kafka clusters (KRaft) for the tests, run by `scripts/kafka`
+//! from the jars it installs from Maven Central (`./scripts/test` installs
+//! them first). Each cluster has a directory and client ports of its own, so
+//! that it can be wiped and started again, empty, at the same address: the
+//! incident Herald exists for.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a cluster may take to start on a loaded 2-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub struct RealKafka {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    log_dir: PathBuf,
+    child: Option<Child>,
+    bootstrap: String,
+    /// Times this cluster was started (the log of each start is kept).
+    starts: usize,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scripts")
+        .join("kafka")
+}
+
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    probe.local_addr().expect("addr").port()
+}
+
+impl RealKafka {
+    /// Starts a cluster of `brokers` combined broker and controller nodes,
+    /// keeping its data and logs under `dir`.
+    pub async fn start(brokers: usize, dir: &Path) -> Self {
+        let mut kafka = Self {
+            dir: dir.join("kafka"),
+            ports: (0..brokers).map(|_| free_port()).collect(),
+            log_dir: dir.to_path_buf(),
+            child: None,
+            bootstrap: String::new(),
+            starts: 0,
+        };
+        kafka.spawn().await;
+        kafka
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        std::fs::create_dir_all(&self.dir).expect("kafka dir");
+        let log_path = self
+            .log_dir
+            .join(format!("kafka-start-{}.log", self.starts));
+        let log = std::fs::File::create(&log_path).expect("kafka log");
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        let mut child = Command::new("bash")
+            .arg(script())
+            .arg("--brokers")
+            .arg(self.ports.len().to_string())
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--ports")
+            .arg(ports.join(","))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("running scripts/kafka");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let found = tokio::time::timeout(START_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(b) = line.strip_prefix("bootstrap: ") {
+                    return Some(b.trim().to_string());
+                }
+            }
+            None
+        })
+        .await;
+        let Ok(Some(bootstrap)) = found else {
+            panic!(
+                "the Kafka cluster did not start (is ./scripts/kafka jars done?); see {} and {}/node-*/server.log",
+                log_path.display(),
+                self.dir.display()
+            );
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.bootstrap = bootstrap;
+        self.child = Some(child);
+    }
+
+    /// Stops every node (each gets SIGTERM and shuts down cleanly).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            if tokio::time::timeout(Duration::from_secs(60), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+
+    /// Starts a stopped cluster again at the same address, its data wiped:
+    /// empty, with a new cluster id. Topics are not there until someone
+    /// creates them.
+    pub async fn start_wiped(&mut self) {
+        assert!(self.child.is_none(), "stop the cluster first");
+        self.spawn().await;
+    }
+}
+
+impl Drop for RealKafka {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
