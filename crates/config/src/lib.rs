@@ -809,6 +809,9 @@ mod tests {
     #[test]
     fn file_and_environment_override_defaults() {
         figment::Jail::expect_with(|jail| {
+            // The machine's own HERALD_* settings (the test script exports
+            // some) must not reach the defaults under test.
+            jail.clear_env();
             jail.create_file(
                 "herald.toml",
                 r#"
@@ -832,6 +835,9 @@ mod tests {
     #[test]
     fn clusters_come_in_the_order_of_preference() {
         figment::Jail::expect_with(|jail| {
+            // The machine's own HERALD_* settings (the test script exports
+            // some) must not reach the defaults under test.
+            jail.clear_env();
             jail.set_env("HERALD_KAFKA__BOOTSTRAP_SERVERS", "a:9092");
             jail.set_env(
                 "HERALD_KAFKA__CLUSTERS__STANDBY__BOOTSTRAP_SERVERS",
@@ -861,6 +867,9 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         figment::Jail::expect_with(|jail| {
+            // The machine's own HERALD_* settings (the test script exports
+            // some) must not reach the defaults under test.
+            jail.clear_env();
             jail.create_file("herald.toml", "[gateway]\nlisten_typo = \"x\"\n")?;
             let err = Config::load(Some(Path::new("herald.toml"))).unwrap_err();
             assert!(err.to_string().contains("listen_typo"), "{err}");
@@ -871,6 +880,9 @@ mod tests {
     #[test]
     fn dedupe_horizon_is_never_shorter_than_key_retention() {
         figment::Jail::expect_with(|jail| {
+            // The machine's own HERALD_* settings (the test script exports
+            // some) must not reach the defaults under test.
+            jail.clear_env();
             jail.set_env("HERALD_SENDER__DEDUPE_HORIZON_HOURS", "1");
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.sender.dedupe_horizon_hours, 24 * 7);
