@@ -430,6 +430,16 @@ async fn scenario_7_producers_fail_fatally_mid_traffic_and_heal_without_a_restar
         })
         .await;
     }
+    // `herald cluster status` shows the same, per process, from what each
+    // one reports.
+    wait_until("cluster status naming the wedged gateway", LONG, || async {
+        let status = inc.cli(&["cluster", "status"]).await;
+        status.lines().any(|l| {
+            l.trim_start().starts_with("gateway")
+                && l.contains("NOT READY: kafka_producer: producer for cluster primary")
+        })
+    })
+    .await;
     inc.env
         .broker
         .command(BrokerCommand::ClearRequestErrors(RDKafkaApiKey::Produce))

@@ -39,12 +39,13 @@ async fn readyz_follows_the_dependencies_and_metrics_show_the_backlogs() {
     let ready: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(
         ready["checks"],
-        json!({"postgres": "ok", "redis": "ok", "kafka": "ok"}),
-        "a sender depends on all three"
+        json!({"postgres": "ok", "redis": "ok", "kafka": "ok", "kafka_producer": "ok", "loops": "ok"}),
+        "a sender depends on all three, and its producer and loops must work"
     );
 
     // The gateway accepts pushes whatever Kafka and Redis do (they wait in
-    // the outbox): its readiness is PostgreSQL alone.
+    // the outbox): its readiness is PostgreSQL, and a producer that is not
+    // wedged (one that cannot deliver to a cluster that is healthy).
     let gateway_ops = free_address();
     let gateway = env
         .gateway_with(&[("HERALD_METRICS__LISTEN", &gateway_ops)])
@@ -71,7 +72,7 @@ async fn readyz_follows_the_dependencies_and_metrics_show_the_backlogs() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         serde_json::from_str::<Value>(&body).expect("json")["checks"],
-        json!({"postgres": "ok"})
+        json!({"postgres": "ok", "kafka_producer": "ok", "loops": "ok"})
     );
     env.kafka_available(true);
     wait_until("ready again", LONG, || async {

@@ -67,6 +67,17 @@ async fn wiped_and_reborn(name: &'static str, operator_recovers: bool) {
     // Accepted while the cluster is gone: the outbox and the events table
     // keep it.
     inc.traffic().await;
+    for role in ["sender", "scheduler", "triggers"] {
+        wait_until(
+            &format!("the {role} unready while Kafka is away"),
+            LONG,
+            || async {
+                let (status, body) = inc.readiness(role).await;
+                status == 503 && body.contains("cluster primary")
+            },
+        )
+        .await;
+    }
     kafka.start_wiped().await;
     create_topics(&inc).await;
     let back = Instant::now();

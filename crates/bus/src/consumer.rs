@@ -20,7 +20,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -43,7 +43,9 @@ pub struct BatchConsumer {
 
 /// What the consumer and its watcher share.
 struct Shared {
-    current: Mutex<Arc<StreamConsumer>>,
+    /// Weak: the consumer is closed (it leaves its group) where its owner
+    /// drops it, not later on the watcher's thread.
+    current: Mutex<Weak<StreamConsumer>>,
     /// The caller holds a batch: its loop, not the consumer, is what has
     /// to move (and reports on itself).
     busy: AtomicBool,
@@ -71,7 +73,7 @@ impl BatchConsumer {
         let label = format!("consumer group {group_id} on cluster {cluster}");
         let consumer = Arc::new(subscribed(&settings, &topics)?);
         let shared = Arc::new(Shared {
-            current: Mutex::new(consumer.clone()),
+            current: Mutex::new(Arc::downgrade(&consumer)),
             busy: AtomicBool::new(false),
         });
         let (tx, rx) = watch::channel(None);
@@ -158,7 +160,7 @@ impl BatchConsumer {
                 let fresh = Arc::new(fresh);
                 let old = std::mem::replace(&mut self.consumer, fresh.clone());
                 if let Ok(mut current) = self.shared.current.lock() {
-                    *current = fresh;
+                    *current = Arc::downgrade(&fresh);
                 }
                 tracing::warn!(consumer = %self.label, %cause, "rebuilt the Kafka consumer");
                 metrics::counter!("herald_kafka_clients_rebuilt_total",
@@ -245,15 +247,18 @@ impl Watcher {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let consumer = match self.shared.current.lock() {
-                Ok(c) => c.clone(),
-                Err(_) => return,
+            let Some(consumer) = self.shared.current.lock().ok().and_then(|c| c.upgrade()) else {
+                continue;
             };
             // A fresh metadata answer updates the id the client knows. Failing
             // ones may be the client's fault (one that knew a cluster wiped
             // since can fail every request to the new one): a new client
             // looks afresh, less and less often while they last.
             if consumer.fetch_metadata(None, PROBE_TIMEOUT).is_err() {
+                // A cluster that does not answer is reported by the health
+                // checks; whether records wait cannot be told.
+                (last_committed, idle_since) = (None, None);
+                self.progressing();
                 let (since, wait) = *unanswered.get_or_insert((Instant::now(), self.rebuild_after));
                 if since.elapsed() >= wait {
                     unanswered = Some((Instant::now(), (wait * 2).min(self.rebuild_after * 8)));
@@ -285,8 +290,8 @@ impl Watcher {
                 continue;
             }
             let Ok(p) = progress(&consumer, &self.topics) else {
-                // A cluster that does not answer is reported by the health
-                // checks; this watches consumers of a cluster that does.
+                (last_committed, idle_since) = (None, None);
+                self.progressing();
                 continue;
             };
             let moved = last_committed.is_none_or(|c| c != p.committed);
@@ -310,7 +315,11 @@ impl Watcher {
             };
             self.health.failed(&what);
             self.stalled.set(1.0);
-            if since.elapsed() >= self.rebuild_after {
+            // A consumer with partitions that sits idle while records wait
+            // on them is broken; one with none may only be watching a slow
+            // or stuck peer, whom a rebalance would take partitions from
+            // mid-batch: it reports, and leaves the group alone.
+            if p.assigned > 0 && since.elapsed() >= self.rebuild_after {
                 idle_since = None;
                 let _ = self.rebuild.send(Some(format!(
                     "it {what}, for {} s",

@@ -140,8 +140,15 @@ impl Publisher {
     /// partition has a leader. Blocking: call it off the async threads.
     pub fn cluster_health(&self, name: &str, timeout: Duration) -> Result<(), String> {
         let cluster = self.cluster(name)?;
-        let metadata = cluster
-            .current()
+        self.health_through(&cluster.current(), timeout)
+    }
+
+    fn health_through(
+        &self,
+        generation: &producer::ProducerGeneration,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let metadata = generation
             .producer
             .client()
             .fetch_metadata(None, timeout)
@@ -172,16 +179,16 @@ impl Publisher {
         stuck_after: Duration,
     ) -> Result<(), String> {
         let cluster = self.cluster(name)?;
-        let health = self.cluster_health(name, timeout);
+        // What the check finds is about the client it went through: a
+        // rebuild meanwhile must not be judged by it.
+        let generation = cluster.current();
+        let health = self.health_through(&generation, timeout);
         let cluster_id = match health {
-            Ok(()) => cluster
-                .current()
-                .producer
-                .client()
-                .fetch_cluster_id(timeout),
+            Ok(()) => generation.producer.client().fetch_cluster_id(timeout),
             Err(_) => None,
         };
-        cluster.observe_health(health.is_ok(), cluster_id, stuck_after);
+        cluster.observe_health(&generation, health.is_ok(), cluster_id, stuck_after);
+        cluster.release(generation);
         health
     }
 
@@ -276,7 +283,7 @@ impl Publisher {
         let mut switched = self.active.subscribe();
         let index = (*switched.borrow_and_update()).min(self.clusters.len() - 1);
         let cluster = &self.clusters[index];
-        let generation = cluster.current();
+        let generation = producer::InUse::new(cluster);
         let sends = records.iter().map(|(key, payload)| {
             generation.producer.send(
                 FutureRecord::to(topic).key(key).payload(payload),
@@ -293,7 +300,6 @@ impl Publisher {
             Ok(()) => cluster.delivered(),
             Err(e) => cluster.failed(&generation, &e.to_string()),
         }
-        cluster.release(generation);
         outcome
     }
 

@@ -115,8 +115,13 @@ impl ClusterProducer {
     /// cluster's (a client that knew a cluster wiped since can fail every
     /// request to the new one), so a new client looks afresh, less and less
     /// often while the failures last.
-    pub fn observe_health(&self, healthy: bool, cluster_id: Option<String>, stuck_after: Duration) {
-        let generation = self.current();
+    pub fn observe_health(
+        &self,
+        generation: &ProducerGeneration,
+        healthy: bool,
+        cluster_id: Option<String>,
+        stuck_after: Duration,
+    ) {
         let mut cause = None;
         self.with_state(|s| {
             s.healthy = Some(healthy);
@@ -204,6 +209,10 @@ impl ClusterProducer {
                     },
                 );
                 drop(current);
+                // A new client starts with a clean slate: what the old one
+                // failed says nothing of it (and an idle process would
+                // otherwise look wedged until its next publish).
+                self.with_state(|s| s.failing = None);
                 tracing::warn!(cluster = %self.name, %cause, generation = seen + 1, "rebuilt the Kafka producer; unacknowledged records are published again through the new one");
                 metrics::counter!("herald_kafka_clients_rebuilt_total",
                     "cluster" => self.name.clone(), "client" => "producer")
@@ -225,9 +234,45 @@ impl ClusterProducer {
 }
 
 /// Drops a replaced client off the async threads: dropping a producer
-/// purges its queue and waits for its threads.
+/// purges its queue and waits for its threads. The wait first lets every
+/// other clone, dropped where it stands, go before this last one.
 fn retire<T: Send + 'static>(client: T) {
     let _ = std::thread::Builder::new()
         .name("kafka-retire".into())
-        .spawn(move || drop(client));
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(client)
+        });
+}
+
+/// A generation in use by one publish: handed back when the publish ends,
+/// however it ends (a switch of cluster, a cancelled future), so that the
+/// last clone of a replaced client is never dropped on an async thread.
+pub(crate) struct InUse<'a> {
+    cluster: &'a ClusterProducer,
+    generation: ProducerGeneration,
+}
+
+impl<'a> InUse<'a> {
+    pub fn new(cluster: &'a ClusterProducer) -> Self {
+        Self {
+            cluster,
+            generation: cluster.current(),
+        }
+    }
+}
+
+impl std::ops::Deref for InUse<'_> {
+    type Target = ProducerGeneration;
+
+    fn deref(&self) -> &ProducerGeneration {
+        &self.generation
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        // The clone handed on outlives this one (`retire` waits first).
+        self.cluster.release(self.generation.clone());
+    }
 }

@@ -152,6 +152,7 @@ pub async fn run(config: Config, command: ClusterCommand) -> Result<()> {
                     }
                 }
             }
+            print_processes(&store).await?;
             let history = store.kafka_failovers(10).await?;
             if !history.is_empty() {
                 println!("\nlatest switches:");
@@ -170,6 +171,37 @@ pub async fn run(config: Config, command: ClusterCommand) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Every process heard from in the last ten minutes, with what its
+/// `/readyz` said last (each writes it every few seconds).
+async fn print_processes(store: &herald_store::Store) -> Result<()> {
+    let processes = store.process_health(chrono::Duration::minutes(10)).await?;
+    if processes.is_empty() {
+        return Ok(());
+    }
+    println!("\nprocesses (what each one's /readyz said last):");
+    let now = chrono::Utc::now();
+    for p in processes {
+        let age = (now - p.updated_at).num_seconds().max(0);
+        let state = if age > 30 {
+            format!("SILENT for {age} s")
+        } else if p.ready {
+            "ready".to_string()
+        } else {
+            let failing: Vec<String> = p
+                .checks
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| v.as_str() != Some("ok"))
+                .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or_default()))
+                .collect();
+            format!("NOT READY: {}", failing.join("; "))
+        };
+        println!("  {:<10} {:<24} {state}", p.command, p.process);
     }
     Ok(())
 }

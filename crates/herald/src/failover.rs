@@ -23,7 +23,15 @@ pub struct FailoverController {
     pub rebuild_after: Duration,
     /// How far back recovery looks after a cluster was replaced.
     pub dedupe_horizon: chrono::Duration,
+    /// How long after a replaced cluster is first seen its recovery waits.
+    pub recovery_settle: Duration,
+    /// Set while this process recovers a replaced cluster.
+    recovering: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long a process may take to recover a replaced cluster before another
+/// takes the work over.
+const RECOVERY_LEASE: Duration = Duration::from_secs(300);
 
 impl FailoverController {
     pub fn new(config: &Config, publisher: Publisher, store: Store) -> Self {
@@ -41,6 +49,13 @@ impl FailoverController {
             lag_probes,
             rebuild_after: Duration::from_millis(kafka.rebuild_after_ms),
             dedupe_horizon: chrono::Duration::hours(config.sender.dedupe_horizon_hours as i64),
+            recovery_settle: Duration::from_millis(
+                kafka
+                    .rebuild_after_ms
+                    .max(kafka.health_check_interval_ms * 3)
+                    .max(kafka.message_timeout_ms),
+            ),
+            recovering: Arc::default(),
         }
     }
 
@@ -85,6 +100,7 @@ impl FailoverController {
             for (name, known) in names.iter().zip(known_ids.iter_mut()) {
                 self.notice_replacement(name, known).await;
             }
+            self.recover_replaced();
             let active = self.publisher.active_cluster().to_string();
             let index = names.iter().position(|n| *n == active).unwrap_or(0);
             let view: Vec<(&str, ClusterHealth)> = names
@@ -106,11 +122,9 @@ impl FailoverController {
     }
 
     /// Records the id a healthy cluster reports (a cluster that is not
-    /// healthy, its topics missing, reports none). The one process that first
-    /// records a new id under a known name republishes, from PostgreSQL,
-    /// everything accepted and not settled: the cluster was replaced at the
-    /// same address, and whatever it held is gone. Nobody has to run
-    /// `herald recover`; the ledger drops what was already sent.
+    /// healthy, its topics missing, reports none). A new id under a known
+    /// name means the cluster was replaced at the same address: whatever it
+    /// held is gone, and it now waits in PostgreSQL for recovery.
     async fn notice_replacement(&self, name: &str, known: &mut Option<String>) {
         let Some(id) = self.publisher.cluster_id(name) else {
             return;
@@ -121,46 +135,66 @@ impl FailoverController {
         match self.store.record_kafka_cluster_id(name, &id).await {
             Ok(replaced) => {
                 *known = Some(id.clone());
-                if !replaced {
-                    return;
+                if replaced {
+                    tracing::warn!(cluster = %name, cluster_id = %id, settle = ?self.recovery_settle, "Kafka cluster replaced at the same address: what it held is republished from PostgreSQL once every process has replaced its old clients");
+                    metrics::counter!("herald_kafka_clusters_replaced_total", "cluster" => name.to_string())
+                        .increment(1);
                 }
-                tracing::warn!(cluster = %name, cluster_id = %id, "Kafka cluster replaced at the same address: republishing from PostgreSQL what it may have held");
-                metrics::counter!("herald_kafka_clusters_replaced_total", "cluster" => name.to_string())
-                    .increment(1);
-                let (publisher, store) = (self.publisher.clone(), self.store.clone());
-                let since = chrono::Utc::now() - self.dedupe_horizon;
-                let name = name.to_string();
-                // Kafka hands out producer ids from 0 again on the new
-                // cluster, so a process still producing through a client of
-                // the old one can collide with a new producer, and the broker
-                // may drop a record as that one's duplicate. Every old client
-                // is gone once each process has seen the new id (a health
-                // interval) or given up on its client (`rebuild_after`):
-                // recovery runs after that, so it republishes whatever such a
-                // collision dropped too.
-                let settle = self.rebuild_after.max(self.interval * 3);
-                // Off the health loop: recovery may publish a lot, and the
-                // checks must go on meanwhile.
-                tokio::spawn(async move {
-                    tokio::time::sleep(settle).await;
-                    loop {
-                        match crate::recovery::recover_into(&publisher, &store, since).await {
-                            Ok(r) => {
-                                tracing::warn!(cluster = %name, deliveries = r.deliveries, events = r.events, campaigns = r.campaigns, "recovered after the cluster was replaced");
-                                return;
-                            }
-                            Err(e) => {
-                                tracing::warn!(cluster = %name, error = %e, "recovering after the cluster was replaced failed; retrying");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                        }
-                    }
-                });
             }
             Err(e) => {
                 tracing::warn!(cluster = %name, error = %e, "cannot record the Kafka cluster's id")
             }
         }
+    }
+
+    /// Recovers a replaced cluster whose settle time has passed, if this
+    /// process claims it: republishes from PostgreSQL everything accepted and
+    /// not settled, as `herald recover` does, and marks it done. Any process
+    /// may do it, and another takes over if this one dies (the claim is a
+    /// lease). Nobody has to run `herald recover`; the ledger drops what was
+    /// already sent.
+    ///
+    /// Why the wait: Kafka hands out producer ids from 0 again on the new
+    /// cluster, so a process still producing through a client of the old one
+    /// can collide with a new producer, and the broker may drop a record as
+    /// that one's duplicate. Every old client is gone once each process has
+    /// seen the new id (a health interval) or given up on its client
+    /// (`rebuild_after`), and its last records have timed out; recovery runs
+    /// after that, so it republishes whatever such a collision dropped too.
+    fn recover_replaced(&self) {
+        if self.recovering.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let (publisher, store) = (self.publisher.clone(), self.store.clone());
+        let (settle, horizon) = (self.recovery_settle, self.dedupe_horizon);
+        let recovering = self.recovering.clone();
+        recovering.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Off the health loop: recovery may publish a lot, and the checks
+        // must go on meanwhile.
+        tokio::spawn(async move {
+            if let Ok(Some((name, id))) = store.claim_cluster_recovery(settle, RECOVERY_LEASE).await
+            {
+                let since = chrono::Utc::now() - horizon;
+                loop {
+                    match crate::recovery::recover_into(&publisher, &store, since).await {
+                        Ok(r) => {
+                            tracing::warn!(cluster = %name, cluster_id = %id, deliveries = r.deliveries, events = r.events, campaigns = r.campaigns, "recovered after the cluster was replaced");
+                            if let Err(e) = store.finish_cluster_recovery(&name, &id).await {
+                                // The lease runs out and recovery is done
+                                // again: harmless.
+                                tracing::warn!(cluster = %name, error = %e, "cannot mark the recovery done");
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(cluster = %name, error = %e, "recovering after the cluster was replaced failed; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+            recovering.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
     }
 
     /// Adopts the cluster recorded in PostgreSQL, if it differs; true while

@@ -64,6 +64,13 @@ impl Roles {
             export_backlogs(exporter, interval, shutdown).await;
             Ok(())
         });
+        let reporter = store.clone();
+        let readiness = self.readiness.clone();
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            report_health(reporter, readiness, shutdown).await;
+            Ok(())
+        });
         let store = store.clone();
         self.readiness.add("postgres", move || {
             let store = store.clone();
@@ -187,7 +194,45 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Serves Prometheus metrics for every role of this process, if configured.
+/// How often a process writes its readiness to PostgreSQL for
+/// `herald cluster status`.
+const HEALTH_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Writes what this process's `/readyz` says into PostgreSQL, so that
+/// `herald cluster status` shows every process's health in one place.
+async fn report_health(store: Store, readiness: Readiness, shutdown: CancellationToken) {
+    let process = format!("{}-{}", hostname(), std::process::id());
+    // The subcommand, wherever it stands among the options.
+    let command = std::env::args()
+        .skip(1)
+        .find(|a| {
+            [
+                "gateway",
+                "sender",
+                "scheduler",
+                "triggers",
+                "recorder",
+                "dev",
+            ]
+            .contains(&a.as_str())
+        })
+        .unwrap_or_else(|| "herald".into());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HEALTH_REPORT_INTERVAL) => {}
+        }
+        let (ready, checks) = readiness.check().await;
+        let checks = serde_json::Value::Object(checks);
+        if let Err(e) = store
+            .report_process_health(&process, &command, ready, &checks)
+            .await
+        {
+            tracing::debug!(error = %e, "cannot report this process's health");
+        }
+    }
+}
+
 /// Work waiting in PostgreSQL, as gauges: the outbox, app events not yet
 /// published, trigger timers, campaigns per status.
 async fn export_backlogs(store: Store, interval: Duration, shutdown: CancellationToken) {
@@ -368,7 +413,7 @@ fn lag_reader(config: &Config) -> herald_dashboard::LagReader {
 pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
     let owner = format!(
         "{}-{}-{:08x}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "herald".into()),
+        hostname(),
         std::process::id(),
         rand_suffix()
     );
@@ -574,6 +619,16 @@ pub async fn agreed_publisher(config: &Config, store: &Store) -> Result<Publishe
         }
     }
     Ok(publisher)
+}
+
+/// This machine's name: `HOSTNAME` (set in containers), else the kernel's.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "herald".into())
 }
 
 fn rand_suffix() -> u32 {

@@ -385,15 +385,16 @@ impl Scheduler {
                 }
             }
             let batch: Vec<DeliveryJob> = jobs.drain(..n).collect();
+            let retrying = self.health.retrying();
             while let Err(e) = self.publisher.publish_jobs(&batch).await {
-                self.health.failed(&e);
+                retrying.failed(&e);
                 tracing::warn!(campaign_id = %campaign.id, error = %e, "producing campaign jobs failed; retrying");
                 if let Some(stop) = watch.check(&self.store, shutdown).await? {
                     return Ok(Some(stop));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            self.health.ok();
+            drop(retrying);
             pacer.sent(batch.len());
         }
         Ok(None)

@@ -108,11 +108,14 @@ impl Store {
 
     /// Records that the cluster configured as `name` reports `cluster_id`.
     /// True for exactly one caller, the first to see a new id under a name
-    /// that had another before: the cluster was replaced at the same address.
+    /// that had another before: the cluster was replaced at the same address,
+    /// and the id now waits for recovery (`claim_cluster_recovery`). The
+    /// first id ever seen under a name needs none.
     pub async fn record_kafka_cluster_id(&self, name: &str, cluster_id: &str) -> Result<bool> {
         let (known, inserted): (i64, i64) = sqlx::query_as(
             "WITH known AS (SELECT count(*) AS n FROM kafka_cluster_ids WHERE name = $1),
-                  added AS (INSERT INTO kafka_cluster_ids (name, cluster_id) VALUES ($1, $2)
+                  added AS (INSERT INTO kafka_cluster_ids (name, cluster_id, recovered_at)
+                            SELECT $1, $2, CASE WHEN n = 0 THEN now() END FROM known
                             ON CONFLICT DO NOTHING RETURNING 1)
              SELECT (SELECT n FROM known), (SELECT count(*) FROM added)",
         )
@@ -121,6 +124,42 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(known > 0 && inserted > 0)
+    }
+
+    /// Takes, for `lease`, the oldest replaced cluster first seen at least
+    /// `settle` ago and not yet recovered: (name, cluster id). A lease that
+    /// ran out (its process died) can be taken again.
+    pub async fn claim_cluster_recovery(
+        &self,
+        settle: std::time::Duration,
+        lease: std::time::Duration,
+    ) -> Result<Option<(String, String)>> {
+        Ok(sqlx::query_as(
+            "UPDATE kafka_cluster_ids SET claimed_until = now() + make_interval(secs => $2)
+             WHERE (name, cluster_id) = (
+                 SELECT name, cluster_id FROM kafka_cluster_ids
+                 WHERE recovered_at IS NULL
+                   AND first_seen <= now() - make_interval(secs => $1)
+                   AND (claimed_until IS NULL OR claimed_until < now())
+                 ORDER BY first_seen LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING name, cluster_id",
+        )
+        .bind(settle.as_secs_f64())
+        .bind(lease.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// The replaced cluster's recovery is done.
+    pub async fn finish_cluster_recovery(&self, name: &str, cluster_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE kafka_cluster_ids SET recovered_at = now() WHERE name = $1 AND cluster_id = $2",
+        )
+        .bind(name)
+        .bind(cluster_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// The latest switches, newest first.

@@ -7,6 +7,7 @@
 mod apps;
 mod campaigns;
 mod failover;
+mod health;
 mod installations;
 mod messages;
 mod operators;
@@ -21,6 +22,7 @@ pub use campaigns::{
     CampaignRefusal, CampaignState, Wave,
 };
 pub use failover::{Chooser, ClusterSwitch};
+pub use health::ProcessHealth;
 pub use installations::{Installation, ResolvedTarget};
 pub use messages::{
     AcceptOutcome, DeliveryRow, IdempotencyRecord, MessageView, NewDelivery, NewMessage,

@@ -3,7 +3,7 @@
 //! `/readyz` names a loop that has failed for too long. A loop that retries
 //! forever is alive but cannot do its job; only this tells the two apart.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// One loop's latest run of failures.
@@ -13,25 +13,50 @@ pub struct LoopHealth {
     failing: Mutex<Option<(Instant, String)>>,
 }
 
-fn registry() -> &'static Mutex<Vec<Arc<LoopHealth>>> {
-    static LOOPS: OnceLock<Mutex<Vec<Arc<LoopHealth>>>> = OnceLock::new();
+/// Loops are held weakly: a loop that ended (its `LoopHealth` dropped) is
+/// reported no more, whatever its last round said.
+fn registry() -> &'static Mutex<Vec<Weak<LoopHealth>>> {
+    static LOOPS: OnceLock<Mutex<Vec<Weak<LoopHealth>>>> = OnceLock::new();
     LOOPS.get_or_init(Mutex::default)
 }
 
-/// A loop of this process, reported on by `failing_for` until the process
-/// ends.
+/// A loop of this process, reported on by `failing_for` while the returned
+/// handle lives.
 pub fn register(name: impl Into<String>) -> Arc<LoopHealth> {
     let health = Arc::new(LoopHealth {
         name: name.into(),
         failing: Mutex::new(None),
     });
     if let Ok(mut loops) = registry().lock() {
-        loops.push(health.clone());
+        loops.retain(|l| l.strong_count() > 0);
+        loops.push(Arc::downgrade(&health));
     }
     health
 }
 
+/// Retrying one piece of work: failures count while it lives, and however
+/// the retrying ends (success, a stop, an error handed up), the loop is no
+/// longer failing.
+pub struct Retrying<'a>(&'a LoopHealth);
+
+impl Retrying<'_> {
+    pub fn failed(&self, error: &dyn std::fmt::Display) {
+        self.0.failed(error);
+    }
+}
+
+impl Drop for Retrying<'_> {
+    fn drop(&mut self) {
+        self.0.ok();
+    }
+}
+
 impl LoopHealth {
+    /// Starts retrying a piece of work (see [`Retrying`]).
+    pub fn retrying(&self) -> Retrying<'_> {
+        Retrying(self)
+    }
+
     /// A round succeeded.
     pub fn ok(&self) {
         if let Ok(mut f) = self.failing.lock() {
@@ -65,7 +90,10 @@ impl LoopHealth {
 /// Every loop of this process that has failed without a success for at
 /// least `at_least`, described.
 pub fn failing_for(at_least: Duration) -> Vec<String> {
-    let loops: Vec<Arc<LoopHealth>> = registry().lock().map(|l| l.clone()).unwrap_or_default();
+    let loops: Vec<Arc<LoopHealth>> = registry()
+        .lock()
+        .map(|l| l.iter().filter_map(Weak::upgrade).collect())
+        .unwrap_or_default();
     loops
         .iter()
         .filter_map(|l| l.failing_for(at_least))
@@ -95,5 +123,23 @@ mod tests {
         assert!(!failing_for(Duration::ZERO)
             .iter()
             .any(|d| d.contains("test loop")));
+    }
+
+    #[test]
+    fn retrying_clears_however_it_ends_and_an_ended_loop_is_forgotten() {
+        let health = register("retrying loop");
+        {
+            let retrying = health.retrying();
+            retrying.failed(&"away");
+            assert!(failing_for(Duration::ZERO)
+                .iter()
+                .any(|d| d.contains("retrying loop")));
+        }
+        assert!(health.failing_for(Duration::ZERO).is_none());
+        health.failed(&"away again");
+        drop(health);
+        assert!(!failing_for(Duration::ZERO)
+            .iter()
+            .any(|d| d.contains("retrying loop")));
     }
 }
