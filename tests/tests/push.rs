@@ -516,3 +516,68 @@ async fn pushes_waiting_for_a_writer_are_written_together_and_each_gets_its_own_
         "nothing half-written for the failed push"
     );
 }
+
+/// A push whose write is held up past `gateway.request_timeout_ms` (here by
+/// this test's lock on the outbox) is answered when the write is done: 202,
+/// and delivered. Answering 408 ("nothing was accepted, retrying is safe")
+/// while the write went on to commit would be a lie: a client without an
+/// Idempotency-Key that believed it would send the push twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_write_outlives_the_request_deadline_is_answered_by_the_write() {
+    let env = TestEnv::start_with(
+        "deadline",
+        &[("HERALD_GATEWAY__REQUEST_TIMEOUT_MS", "1000")],
+    )
+    .await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let _sender = env.sender().await;
+    let gw = gateway.url.clone().expect("url");
+
+    let mut holder = env.db.begin().await.expect("tx");
+    sqlx::query("LOCK TABLE outbox IN SHARE MODE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let request = env
+        .http
+        .post(format!("{gw}/v1/push"))
+        .bearer_auth(&app.server_key)
+        .json(
+            &json!({"to": {"tokens": [{"platform": "ios", "token": ios_token(1)}]},
+                      "notification": {"title": "held"}}),
+        );
+    let sent = std::time::Instant::now();
+    let answer = tokio::spawn(async move {
+        let r = request.send().await.expect("push");
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or(Value::Null))
+    });
+    wait_until("the push's write waits on the lock", SETTLE, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO outbox%'",
+        )
+        .fetch_one(&env.db)
+        .await
+        .expect("pg_stat_activity");
+        waiting == 1
+    })
+    .await;
+    // The deadline passes while the write is held (a time, not a state, is
+    // what this waits for).
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(sent.elapsed())).await;
+    holder.rollback().await.expect("release the lock");
+    let (status, body) = answer.await.expect("answer");
+    assert_eq!(status, 202, "{body}");
+    let message = body["message_id"].as_str().expect("message_id").to_string();
+    wait_until("the push delivered", SETTLE, || async {
+        env.deliveries_per_token(&message).await.get(&ios_token(1)) == Some(&1)
+    })
+    .await;
+    assert!(
+        sent.elapsed() > Duration::from_secs(1),
+        "the deadline never passed"
+    );
+    env.finish().await;
+}

@@ -79,9 +79,11 @@ impl Acceptor {
             .await
             .map_err(|_| Problem::unavailable("the gateway is shutting down"))?;
         metrics::gauge!("herald_gateway_accept_waiting").increment(1.0);
-        answer
-            .await
-            .map_err(|_| Problem::unavailable("the gateway is shutting down"))?
+        answer.await.map_err(|_| {
+            Problem::unavailable(
+                "the gateway stopped before it could answer; the push may have been accepted: send it again with the same Idempotency-Key to learn which",
+            )
+        })?
     }
 }
 

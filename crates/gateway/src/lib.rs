@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod campaigns;
 mod credentials;
+mod deadline;
 mod idempotency;
 mod keys;
 mod lookup;
@@ -138,16 +139,24 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Cuts off requests that take too long (a slow body included), and turns
-/// the framework's own refusals (too large, wrong method) into problem+json.
+/// Cuts off requests that take too long (a slow body included), unless
+/// their write was already handed over (see [`deadline`]), and turns the
+/// framework's own refusals (too large, wrong method) into problem+json.
 async fn guard(
     axum::extract::State(state): axum::extract::State<AppState>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+    let committing = deadline::Committing::default();
+    request.extensions_mut().insert(committing.clone());
+    let mut handling = std::pin::pin!(next.run(request));
+    let response = match tokio::time::timeout(state.request_timeout, &mut handling).await {
         Ok(r) => r,
+        Err(_) if committing.started() => {
+            tracing::warn!(timeout = ?state.request_timeout, "a push outlived the request deadline while being written; answering when the write is done");
+            handling.await
+        }
         Err(_) => return Problem::timed_out().into_response(),
     };
     let is_problem = response

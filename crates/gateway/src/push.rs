@@ -46,6 +46,7 @@ use std::collections::HashSet;
 pub(crate) async fn create(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
+    committing: Option<axum::Extension<crate::deadline::Committing>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
@@ -111,6 +112,11 @@ pub(crate) async fn create(
         retention: state.idempotency_retention,
     });
     let recipients = message.deliveries.len();
+    // From here the write may commit: the request deadline must not answer
+    // "nothing was accepted" for it any more.
+    if let Some(axum::Extension(c)) = &committing {
+        c.start();
+    }
     let accepted_push = state.acceptor.accept(message, record).await?;
     match accepted_push.outcome {
         AcceptOutcome::Accepted { .. } => {
