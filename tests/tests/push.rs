@@ -581,3 +581,74 @@ async fn a_push_whose_write_outlives_the_request_deadline_is_answered_by_the_wri
     );
     env.finish().await;
 }
+
+/// An accepted push whose jobs no Kafka record can hold (here made so in
+/// the database, as a row written by an older Herald or by any bug could
+/// be) must not hold back the pushes after it: the relay takes its page row
+/// by row, settles that push's deliveries `failed` with the reason, and
+/// publishes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_kafka_can_never_take_fails_alone_and_holds_back_nothing() {
+    let env =
+        TestEnv::start_with("poisonrow", &[("HERALD_KAFKA__MESSAGE_TIMEOUT_MS", "1000")]).await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let _sender = env.sender().await;
+    let gw = gateway.url.clone().expect("url");
+
+    env.kafka_available(false);
+    let mut ids = Vec::new();
+    for (key, n) in [("poison", 1), ("after", 2)] {
+        let (status, m) = env
+            .push(
+                &gw,
+                &app.server_key,
+                Some(&format!("\"{key}\"")),
+                &json!({"to": {"tokens": [{"platform": "ios", "token": ios_token(n)}]},
+                        "notification": {"title": key}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{m}");
+        ids.push(m["message_id"].as_str().expect("id").to_string());
+    }
+    let (poison, after) = (&ids[0], &ids[1]);
+    sqlx::query(
+        "UPDATE messages SET notification = jsonb_set(notification, '{data}',
+                jsonb_build_object('blob', repeat('x', 1200000)))
+         WHERE id = $1::uuid",
+    )
+    .bind(poison)
+    .execute(&env.db)
+    .await
+    .expect("grow the notification");
+    // The gateway's first attempts, queued while the broker was away, run
+    // out (kafka.message_timeout_ms, a time) before the broker returns.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    env.kafka_available(true);
+
+    wait_until(
+        "the push after the poisoned one delivered",
+        SETTLE,
+        || async { env.deliveries_per_token(after).await.get(&ios_token(2)) == Some(&1) },
+    )
+    .await;
+    let status = env
+        .wait_message(&gw, &app.server_key, poison, |s| s["status"] == "completed")
+        .await;
+    assert_eq!(status["counts"]["failed"], 1, "{status}");
+    assert!(
+        status["deliveries"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Kafka refuses")),
+        "{status}"
+    );
+    assert!(env.deliveries_per_token(poison).await.is_empty());
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&env.db)
+            .await
+            .expect("outbox");
+    assert_eq!(unpublished, 0);
+    assert!(gateway.logged("an accepted push can never be published"));
+    env.finish().await;
+}

@@ -45,6 +45,24 @@ pub enum BusError {
 
 pub type Result<T, E = BusError> = std::result::Result<T, E>;
 
+impl BusError {
+    /// The record itself is refused (too large, malformed), wherever and
+    /// however often it is sent: retrying it can never succeed.
+    pub fn is_record_refused(&self) -> bool {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+        matches!(
+            self,
+            BusError::Kafka(KafkaError::MessageProduction(
+                Code::MessageSizeTooLarge
+                    | Code::InvalidMessageSize
+                    | Code::InvalidMessage
+                    | Code::InvalidRecord
+                    | Code::MessageBatchTooLarge
+            ))
+        )
+    }
+}
+
 /// A client of one cluster: consumers and probes are given a configuration
 /// narrowed with `KafkaConfig::for_cluster`; otherwise the most preferred.
 fn base_config(kafka: &KafkaConfig) -> Result<ClientConfig> {

@@ -198,6 +198,11 @@ pub enum Priority {
     Normal,
 }
 
+/// The most a notification may weigh, serialized with all its
+/// localizations: a delivery job carries it whole, and Kafka's records are
+/// at most about 1 MB by default.
+pub const MAX_NOTIFICATION_BYTES: usize = 256 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     #[error("a notification needs a title, a body or data")]
@@ -216,6 +221,8 @@ pub enum PayloadError {
     BadCollapseKey,
     #[error("{1}")]
     BadOption(&'static str, String),
+    #[error("the notification is {size} bytes with all its localizations; the limit is {limit}")]
+    NotificationTooLarge { size: usize, limit: usize },
 }
 
 impl PayloadError {
@@ -228,6 +235,7 @@ impl PayloadError {
             PayloadError::BadLocalization(..) => "notification.localizations",
             PayloadError::BadCollapseKey => "notification.collapse_key",
             PayloadError::BadOption(field, _) => field,
+            PayloadError::NotificationTooLarge { .. } => "notification",
         }
     }
 }
@@ -317,8 +325,17 @@ impl Notification {
     }
 
     /// Checks the notification as accepted at the API: not empty, no reserved
-    /// keys, every localized version within both providers' size limits.
+    /// keys, every localized version within both providers' size limits, and
+    /// the whole (every localization) small enough that each delivery job
+    /// carrying it fits in a Kafka record, with room to spare.
     pub fn validate(&self) -> Result<(), PayloadError> {
+        let size = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len());
+        if size > MAX_NOTIFICATION_BYTES {
+            return Err(PayloadError::NotificationTooLarge {
+                size,
+                limit: MAX_NOTIFICATION_BYTES,
+            });
+        }
         if self
             .collapse_key
             .as_ref()
@@ -580,6 +597,30 @@ pub fn collapse_id(n: &Notification, message: MessageId) -> String {
 /// `apns-id`: the delivery id, echoed back by Apple for correlation.
 pub fn apns_id(delivery: DeliveryId) -> String {
     delivery.to_string()
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_whose_localizations_add_up_past_the_limit_is_refused() {
+        let mut n: Notification =
+            serde_json::from_value(serde_json::json!({"title": "Hi"})).expect("notification");
+        assert!(n.validate().is_ok());
+        // Each localization is within the providers' limits; together they
+        // are not within one Kafka record.
+        for i in 0..200 {
+            n.localizations.insert(
+                format!("x-l{i:03}"),
+                serde_json::from_value(serde_json::json!({"body": "b".repeat(2_000)}))
+                    .expect("localization"),
+            );
+        }
+        let e = n.validate().expect_err("too large");
+        assert_eq!(e.field(), "notification");
+        assert!(e.to_string().contains("262144"), "{e}");
+    }
 }
 
 #[cfg(test)]

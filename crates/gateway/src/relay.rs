@@ -126,12 +126,69 @@ impl OutboxRelay {
             }
             let messages: Vec<_> = rows.iter().map(|(_, m)| *m).collect();
             let jobs = self.store.pending_jobs_for(&messages).await?;
-            self.publisher.publish_jobs(&jobs).await?;
-            let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-            self.store.mark_published(&ids).await?;
-            published += jobs.len();
-            metrics::counter!("herald_outbox_published_jobs_total").increment(jobs.len() as u64);
-            tracing::debug!(rows = ids.len(), jobs = jobs.len(), "outbox published");
+            match self.publisher.publish_jobs(&jobs).await {
+                Ok(()) => {
+                    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+                    self.store.mark_published(&ids).await?;
+                    published += jobs.len();
+                    metrics::counter!("herald_outbox_published_jobs_total")
+                        .increment(jobs.len() as u64);
+                    tracing::debug!(rows = ids.len(), jobs = jobs.len(), "outbox published");
+                }
+                // One row Kafka can never take must not hold back every row
+                // after it (every app's): the page goes row by row, and what
+                // is refused is settled failed and dead-lettered.
+                Err(e) if e.is_record_refused() => {
+                    published += self.isolate_refused(&rows, jobs).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+    }
+
+    /// Publishes a page of rows one at a time; a row whose jobs Kafka
+    /// refuses is failed with the reason, dead-lettered and alerted on.
+    async fn isolate_refused(
+        &self,
+        rows: &[(i64, herald_core::MessageId)],
+        jobs: Vec<herald_core::DeliveryJob>,
+    ) -> Result<usize, RelayError> {
+        let mut published = 0;
+        for (outbox_id, message) in rows {
+            let own: Vec<_> = jobs
+                .iter()
+                .filter(|j| j.message_id == *message)
+                .cloned()
+                .collect();
+            match self.publisher.publish_jobs(&own).await {
+                Ok(()) => {
+                    self.store.mark_published(&[*outbox_id]).await?;
+                    published += own.len();
+                    metrics::counter!("herald_outbox_published_jobs_total")
+                        .increment(own.len() as u64);
+                }
+                Err(e) if e.is_record_refused() => {
+                    let reason = format!("Kafka refuses this message's delivery jobs: {e}");
+                    let failed = self
+                        .store
+                        .fail_unpublishable(*outbox_id, *message, &reason)
+                        .await?;
+                    tracing::error!(message_id = %message, deliveries = failed, %reason, "an accepted push can never be published; its deliveries are settled failed and it is dead-lettered");
+                    metrics::counter!("herald_outbox_unpublishable_total").increment(1);
+                    let letter = herald_core::DeadLetter {
+                        reason,
+                        job: None,
+                        raw: Some(format!("message {message}")),
+                        source_topic: "outbox".into(),
+                        at: chrono::Utc::now(),
+                    };
+                    if let Err(e) = self.publisher.publish_dead_letters(&[letter]).await {
+                        tracing::warn!(message_id = %message, error = %e, "dead-lettering the unpublishable push failed; its deliveries say why");
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(published)
     }
 }

@@ -384,6 +384,34 @@ impl Store {
         Ok(())
     }
 
+    /// A message whose jobs Kafka refuses (too large for any broker): its
+    /// outbox row is done with, and its unsettled deliveries are settled
+    /// `failed` with `reason`, so that the message's status says what became
+    /// of it and nothing retries it (the relay, recovery).
+    pub async fn fail_unpublishable(
+        &self,
+        outbox_id: i64,
+        message: MessageId,
+        reason: &str,
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = $1")
+            .bind(outbox_id)
+            .execute(&mut *tx)
+            .await?;
+        let failed = sqlx::query(
+            "UPDATE deliveries SET status = 'failed', reason = $2, settled_at = now()
+             WHERE message_id = $1 AND status = 'pending'",
+        )
+        .bind(message.as_uuid())
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(failed)
+    }
+
     /// The unsettled deliveries of some messages, as jobs to publish.
     pub async fn pending_jobs_for(&self, messages: &[MessageId]) -> Result<Vec<DeliveryJob>> {
         let ids: Vec<Uuid> = messages.iter().map(|m| m.as_uuid()).collect();
