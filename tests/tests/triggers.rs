@@ -662,3 +662,57 @@ async fn ten_thousand_users_some_cancelled_with_the_engine_restarted_reach_exact
     );
     env.finish().await;
 }
+
+/// Resending any event is safe, a cancel event too. The gateway stamps an
+/// event that has no `occurred_at` with the time it arrives; a resent cancel
+/// event is the one already stored, with its first time, and is not
+/// published again: it must not cancel a push that an entry event after the
+/// original started.
+#[tokio::test]
+async fn a_resent_cancel_event_does_not_cancel_what_later_events_started() {
+    let clock = TestClock::new(&chrono::Utc::now().to_rfc3339());
+    let (k, v) = clock.setting();
+    let env = TestEnv::start_with("trigresend", &[(k, &v)]).await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let api = Api {
+        env: &env,
+        base: gateway.url.clone().expect("url"),
+        app,
+    };
+    let _sender = env.sender().await;
+    let _engine = env.spawn("triggers", &["triggers"], false).await;
+    api.device("dr", "resender", &token(7), json!({})).await;
+    let rule = api
+        .rule(
+            json!({"name": "nudge", "entry_event": "signup", "delay_seconds": 600,
+                     "cancel_events": ["purchase"], "notification": {"title": "Need help?"}}),
+        )
+        .await;
+    let purchase = json!({"event_id": "p1", "name": "purchase", "custom_id": "resender"});
+    api.events(purchase.clone()).await;
+    env.wait_consumed("herald-triggers", "herald.events", LONG)
+        .await;
+    // The signup comes after the purchase: its push is owed.
+    api.events(json!({"event_id": "s1", "name": "signup", "custom_id": "resender"}))
+        .await;
+    api.wait_timers(&rule, "the signup's push pending", |t| t["pending"] == 1)
+        .await;
+    // The app resends the purchase (a retry after a lost answer).
+    let again = api.events(purchase).await;
+    assert_eq!(again["duplicates"], 1, "{again}");
+    env.wait_consumed("herald-triggers", "herald.events", LONG)
+        .await;
+    let t = api.timers(&rule).await;
+    assert_eq!(
+        (t["pending"].clone(), t["cancelled"].clone()),
+        (json!(1), json!(0)),
+        "the resent purchase cancelled a later signup's push: {t}"
+    );
+    clock.set(&(chrono::Utc::now() + chrono::Duration::minutes(11)).to_rfc3339());
+    wait_until("the signup's push delivered", LONG, || async {
+        record(&env).await.get(&token(7)).map(Vec::len) == Some(1)
+    })
+    .await;
+    env.finish().await;
+}

@@ -133,16 +133,25 @@ pub(crate) async fn post_events(
         })?;
         e.occurred_at.get_or_insert(now);
     }
-    let accepted = state.store.accept_events(key.app_id, &events).await?;
+    let mut new = state.store.accept_events(key.app_id, &events).await?;
     let total = events.len() as u64;
+    let accepted = new.len() as u64;
+    // Only what this request stored is published. A resent event is already
+    // stored, with the time it was first given (or stamped); publishing the
+    // resent copy, stamped now, would let a resent cancel event cancel
+    // pushes that events after the original started. The stored copy is
+    // published by its own request or by the relay.
+    events.retain(|e| new.remove(&e.event_id));
     // Published at once when the broker answers in time; the relay publishes
     // whatever is left.
     let relay = state.relay.clone();
     let app = key.app_id;
-    let publish = tokio::spawn(async move { relay.publish_events_now(app, events).await });
-    match tokio::time::timeout(state.publish_wait, publish).await {
-        Ok(Ok(Ok(()))) => {}
-        _ => state.relay.wakeup.notify_one(),
+    if !events.is_empty() {
+        let publish = tokio::spawn(async move { relay.publish_events_now(app, events).await });
+        match tokio::time::timeout(state.publish_wait, publish).await {
+            Ok(Ok(Ok(()))) => {}
+            _ => state.relay.wakeup.notify_one(),
+        }
     }
     metrics::counter!("herald_events_accepted_total").increment(accepted);
     Ok((

@@ -138,8 +138,12 @@ const TRIGGER_COLUMNS: &str = "id, app_id, spec, created_at, updated_at";
 
 impl Store {
     /// Stores events (their `occurred_at` filled in); an event id already
-    /// stored for the app is ignored. Returns how many were new.
-    pub async fn accept_events(&self, app: AppId, events: &[EventInput]) -> Result<u64> {
+    /// stored for the app is ignored. Returns the ids that were new.
+    pub async fn accept_events(
+        &self,
+        app: AppId,
+        events: &[EventInput],
+    ) -> Result<std::collections::HashSet<String>> {
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
         let users: Vec<String> = events.iter().map(|e| e.user().encode()).collect();
@@ -151,12 +155,13 @@ impl Store {
             .iter()
             .map(|e| e.occurred_at.unwrap_or_else(Utc::now))
             .collect();
-        let done = sqlx::query(
+        let new: Vec<String> = sqlx::query_scalar(
             "INSERT INTO events (app_id, event_id, name, user_key, body, occurred_at)
              SELECT $1, u.id, u.name, u.user_key, u.body, u.occurred_at
              FROM UNNEST($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[])
                   AS u(id, name, user_key, body, occurred_at)
-             ON CONFLICT (app_id, event_id) DO NOTHING",
+             ON CONFLICT (app_id, event_id) DO NOTHING
+             RETURNING event_id",
         )
         .bind(app.as_uuid())
         .bind(&ids)
@@ -164,9 +169,9 @@ impl Store {
         .bind(&users)
         .bind(&bodies)
         .bind(&occurred)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(new.into_iter().collect())
     }
 
     /// Events not yet acknowledged by Kafka, oldest first; those younger
