@@ -227,6 +227,15 @@ impl Incident {
             .1
     }
 
+    /// Waits until the campaign has produced to its end (its status is
+    /// `completed`): an operator relaunches it only then.
+    pub async fn wait_campaign_produced(&self) {
+        wait_until("the campaign produced to the end", LONG, || async {
+            self.campaign().await["status"] == "completed"
+        })
+        .await;
+    }
+
     /// Waits until the campaign is a third produced: a fault then lands
     /// mid-run.
     pub async fn wait_campaign_a_third_through(&self) {

@@ -99,10 +99,7 @@ async fn leaders_lost(name: &'static str, restart_redis: bool) {
     inc.resubmit_everything().await;
 
     // The operator relaunches the campaign once it has finished producing.
-    wait_until("the campaign produced to the end", LONG, || async {
-        inc.campaign().await["status"] == "completed"
-    })
-    .await;
+    inc.wait_campaign_produced().await;
     inc.launch_campaign().await;
 
     set_cluster_available(&inc.env.broker, true);
@@ -459,10 +456,7 @@ async fn scenario_7_producers_fail_fatally_mid_traffic_and_heal_without_a_restar
     assert!(inc.gateway.logged("rebuilt the Kafka producer"));
     inc.traffic().await;
     inc.resubmit_everything().await;
-    wait_until("the campaign produced to the end", LONG, || async {
-        inc.campaign().await["status"] == "completed"
-    })
-    .await;
+    inc.wait_campaign_produced().await;
     let a = inc.primary.clone();
     inc.assert_exactly_once(&[&a]).await;
     inc.finish().await;
@@ -582,10 +576,7 @@ async fn scenario_8_consumers_stuck_while_records_pile_up_are_reported_and_recov
     assert_eq!(inc.metric_of("sender", stalled).await, Some(0.0));
     inc.traffic().await;
     inc.resubmit_everything().await;
-    wait_until("the campaign produced to the end", LONG, || async {
-        inc.campaign().await["status"] == "completed"
-    })
-    .await;
+    inc.wait_campaign_produced().await;
     let a = inc.primary.clone();
     inc.assert_exactly_once(&[&a]).await;
     inc.finish().await;

@@ -107,10 +107,7 @@ async fn wiped_and_reborn(name: &'static str, operator_recovers: bool) {
     }
     inc.traffic().await;
     inc.resubmit_everything().await;
-    wait_until("the campaign produced to the end", LONG, || async {
-        inc.campaign().await["status"] == "completed"
-    })
-    .await;
+    inc.wait_campaign_produced().await;
     inc.launch_campaign().await;
     let a = inc.primary.clone();
     inc.assert_exactly_once(&[&a]).await;
@@ -158,10 +155,7 @@ async fn producers_fail_back_to_a_rebuilt_primary() {
     inc.traffic().await;
     inc.resubmit_everything().await;
     inc.wait_all_ready().await;
-    wait_until("the campaign produced to the end", LONG, || async {
-        inc.campaign().await["status"] == "completed"
-    })
-    .await;
+    inc.wait_campaign_produced().await;
     inc.launch_campaign().await;
     let (a, b) = (
         inc.primary.clone(),
