@@ -320,6 +320,21 @@ impl BadCase {
 }
 
 /// One sample of the gateway's metrics, 0 when it is not there yet.
+/// Waits until one write of pushes waits on this test's lock on the outbox.
+async fn wait_outbox_insert_held(env: &TestEnv, what: &str) {
+    wait_until(what, SETTLE, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO outbox%'",
+        )
+        .fetch_one(&env.db)
+        .await
+        .expect("pg_stat_activity");
+        waiting == 1
+    })
+    .await;
+}
+
 async fn metric(env: &TestEnv, ops: &str, name: &str) -> f64 {
     let text = match env.http.get(format!("http://{ops}/metrics")).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
@@ -380,17 +395,7 @@ async fn pushes_waiting_for_a_writer_are_written_together_and_each_gets_its_own_
         ios_token(0),
         "first",
     );
-    wait_until("the first batch waits on the lock", SETTLE, || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO outbox%'",
-        )
-        .fetch_one(&env.db)
-        .await
-        .expect("pg_stat_activity");
-        waiting == 1
-    })
-    .await;
+    wait_outbox_insert_held(&env, "the first batch waits on the lock").await;
 
     let distinct: Vec<_> = (1..=30)
         .map(|i| {
@@ -553,17 +558,7 @@ async fn a_push_whose_write_outlives_the_request_deadline_is_answered_by_the_wri
         let status = r.status().as_u16();
         (status, r.json::<Value>().await.unwrap_or(Value::Null))
     });
-    wait_until("the push's write waits on the lock", SETTLE, || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO outbox%'",
-        )
-        .fetch_one(&env.db)
-        .await
-        .expect("pg_stat_activity");
-        waiting == 1
-    })
-    .await;
+    wait_outbox_insert_held(&env, "the push's write waits on the lock").await;
     // The deadline passes while the write is held (a time, not a state, is
     // what this waits for).
     tokio::time::sleep(Duration::from_millis(1500).saturating_sub(sent.elapsed())).await;
