@@ -191,6 +191,37 @@ impl PrivateRedis {
         format!("redis+unix://{}", Self::socket(&self.dir).display())
     }
 
+    /// Runs a redis-cli command against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-s")
+            .arg(Self::socket(&self.dir))
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Refuses every write (scripts that write fail with NOREPLICAS) while
+    /// reads go on: a primary cut off from its replicas, or a Redis with
+    /// its disk full.
+    pub fn refuse_writes(&self, refuse: bool) {
+        let n = if refuse { "1" } else { "0" };
+        let answer = self.cli(&["CONFIG", "SET", "min-replicas-to-write", n]);
+        assert!(answer.contains("OK"), "{answer}");
+    }
+
+    /// How many commands this server has failed with `error` (NOREPLICAS…).
+    pub fn errors(&self, error: &str) -> u64 {
+        let stats = self.cli(&["INFO", "errorstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("errorstat_{error}:count=")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Kills Redis and starts an empty one on the same socket.
     pub fn restart_empty(&mut self) {
         let _ = self.child.kill();

@@ -57,7 +57,10 @@ async fn a_sender_killed_between_the_providers_answer_and_settling() {
         .spawn_with(
             "sender",
             &["sender"],
-            &[("HERALD_SENDER__REQUEST_TIMEOUT_MS", "300000")],
+            &[
+                ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "300000"),
+                ("HERALD_SHUTDOWN__DEADLINE_MS", "610000"),
+            ],
         )
         .await;
 
@@ -164,6 +167,184 @@ async fn a_sender_paused_past_its_lease_cannot_overwrite_its_successor() {
     assert_eq!(
         s["counts"]["unknown"], 1,
         "the successor's outcome stands: {s}"
+    );
+    env.finish().await;
+}
+
+/// Pushes ten iOS tokens under at_least_once and ten Android tokens under
+/// at_most_once; returns the two message ids.
+async fn push_both_policies(env: &TestEnv, gw: &str, key: &str, tag: &str) -> [String; 2] {
+    let mut ids = Vec::new();
+    for (policy, platform) in [("at_least_once", "ios"), ("at_most_once", "android")] {
+        let tokens = (0..10)
+            .map(|i| {
+                let token = if platform == "ios" {
+                    ios_token(i)
+                } else {
+                    android_token(i)
+                };
+                one_token(platform, &token)
+            })
+            .collect();
+        let (status, m) = env
+            .push(
+                gw,
+                key,
+                Some(&format!("{tag}-{policy}")),
+                &push_body(tokens, policy),
+            )
+            .await;
+        assert_eq!(status, 202, "{m}");
+        ids.push(m["message_id"].as_str().expect("id").to_string());
+    }
+    [ids[0].clone(), ids[1].clone()]
+}
+
+/// Both messages of [`push_both_policies`] delivered to every token once:
+/// no resend under at_least_once, no `unknown` under at_most_once.
+async fn assert_each_delivered_once(env: &TestEnv, gw: &str, key: &str, ids: &[String; 2]) {
+    for id in ids {
+        let s = env
+            .wait_message(gw, key, id, |s| s["status"] == "completed")
+            .await;
+        assert_eq!(s["counts"]["delivered"], 10, "{s}");
+        let per_token = env.deliveries_per_token(id).await;
+        assert_eq!(per_token.len(), 10, "{per_token:?}");
+        assert!(
+            per_token.values().all(|&n| n == 1),
+            "sent twice: {per_token:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn redis_refusing_writes_while_sends_are_in_flight_neither_resends_nor_forgets() {
+    let mut env = TestEnv::start("settlefail").await;
+    let redis = PrivateRedis::start(&env.log_dir);
+    env.extra_env
+        .insert("HERALD_REDIS__URL".into(), redis.url());
+    env.extra_env
+        .insert("HERALD_SENDER__REQUEST_TIMEOUT_MS".into(), "8000".into());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let sender = env.sender().await;
+
+    // Each request takes 2 s at the provider: Redis stops taking writes
+    // while all twenty are there, so every settle of the batch fails.
+    env.set_sim_faults(json!({"latency_ms": 2000})).await;
+    let ids = push_both_policies(&env, &gw, &app.server_key, "refused").await;
+    wait_until("twenty requests at the provider", LONG, || async {
+        env.sim_stats().await["in_flight"] == 20
+    })
+    .await;
+    let refused_before = redis.errors("NOREPLICAS");
+    redis.refuse_writes(true);
+    wait_until(
+        "the providers answered and settles were refused",
+        LONG,
+        || async {
+            env.sim_stats().await["accepted"] == 20
+                && redis.errors("NOREPLICAS") >= refused_before + 3
+        },
+    )
+    .await;
+    redis.refuse_writes(false);
+
+    // The sender settles what it sent, in place: no takeover of its own
+    // claims, no resend, no `unknown` for what was delivered.
+    assert_each_delivered_once(&env, &gw, &app.server_key, &ids).await;
+    assert!(!sender.logged("lease expired"), "a claim was taken over");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_provider_slower_than_the_lease_keeps_its_claims_renewed() {
+    let mut env = TestEnv::start("renewal").await;
+    // A lease of 1 s and a provider taking 4 s: without renewal every claim
+    // would run out mid-send, and the copies below would take them over.
+    for (k, v) in [
+        ("HERALD_SENDER__LEASE_MS", "1000"),
+        ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "8000"),
+    ] {
+        env.extra_env.insert(k.into(), v.into());
+    }
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let sender = env.sender().await;
+    env.set_sim_faults(json!({"latency_ms": 4000})).await;
+    let ids = push_both_policies(&env, &gw, &app.server_key, "slow").await;
+    wait_until("twenty requests at the provider", LONG, || async {
+        env.sim_stats().await["in_flight"] == 20
+    })
+    .await;
+
+    // A copy of every job reaches the retry loop while the originals are
+    // at the provider (as a rebalance, or a relay resend, would supply one).
+    let kafka = herald_config_for(&env);
+    let records = tokio::task::spawn_blocking(move || {
+        herald_bus::read_topic(&kafka, DELIVERIES, Duration::from_secs(10))
+    })
+    .await
+    .expect("join")
+    .expect("read topic");
+    let jobs: Vec<DeliveryJob> = records
+        .iter()
+        .map(|m| DeliveryJob::from_json(m.payload().unwrap_or_default()).expect("job"))
+        .collect();
+    assert_eq!(jobs.len(), 20);
+    herald_bus::Publisher::new(&herald_config_for(&env))
+        .expect("publisher")
+        .publish_retries(&jobs)
+        .await
+        .expect("copies");
+
+    assert_each_delivered_once(&env, &gw, &app.server_key, &ids).await;
+    env.wait_consumed("herald-senders-retries", TOPICS[1], LONG)
+        .await;
+    assert!(
+        !sender.logged("lease expired"),
+        "a live send was taken over"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn sigterm_with_requests_outstanding_at_a_slow_provider_loses_and_doubles_nothing() {
+    let mut env = TestEnv::start("sigtermslow").await;
+    // Two requests at a time, 3 s each: twenty take 30 s, longer than the
+    // shutdown deadline, so the sender must hand back what it has not sent.
+    for (k, v) in [
+        ("HERALD_SENDER__LEASE_MS", "1000"),
+        ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "8000"),
+        ("HERALD_SENDER__CONCURRENCY", "2"),
+    ] {
+        env.extra_env.insert(k.into(), v.into());
+    }
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let mut first = env.sender().await;
+    env.set_sim_faults(json!({"latency_ms": 3000})).await;
+    let ids = push_both_policies(&env, &gw, &app.server_key, "term").await;
+    wait_until("two requests at the provider", LONG, || async {
+        env.sim_stats().await["in_flight"] == 2
+    })
+    .await;
+
+    let status = first.terminate().await;
+    assert!(status.success(), "sender exit: {status}");
+    assert_eq!(
+        env.sim_stats().await["in_flight"],
+        0,
+        "the sender exited with requests outstanding"
+    );
+    let second = env.sender().await;
+    assert_each_delivered_once(&env, &gw, &app.server_key, &ids).await;
+    assert!(
+        !second.logged("lease expired"),
+        "the first sender left a claim to run out"
     );
     env.finish().await;
 }

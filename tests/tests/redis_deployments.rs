@@ -54,7 +54,7 @@ fn cluster_endpoint(cluster: &ClusterRedis) -> RedisEndpoint {
 async fn claim_retrying(ledger: &Ledger, ids: &[DeliveryId]) -> herald_ledger::ClaimBatch {
     let mut failures = 0;
     loop {
-        match ledger.claim_batch(ids).await {
+        match ledger.claim_batch(ids, "round-1").await {
             Ok(batch) => return batch,
             Err(e) => {
                 failures += 1;
@@ -104,7 +104,7 @@ async fn the_ledger_follows_a_sentinel_failover_and_keeps_what_was_settled() {
         .expect("ledger over Sentinel");
     ledger.mark_intact().await.expect("marker");
     let before = ids(300);
-    let batch = ledger.claim_batch(&before).await.expect("claim");
+    let batch = ledger.claim_batch(&before, "round-1").await.expect("claim");
     assert!(batch.ledger_intact);
     assert_eq!(count(&batch.claims, is_claimed), 300);
     deliver_all(&ledger, &before).await;
@@ -153,12 +153,12 @@ async fn the_ledger_spreads_over_a_cluster_and_notices_a_shard_that_lost_its_dat
 
     // A first start: no markers anywhere.
     let first = ids(50);
-    let batch = ledger.claim_batch(&first).await.expect("claim");
+    let batch = ledger.claim_batch(&first, "round-1").await.expect("claim");
     assert!(!batch.ledger_intact, "a ledger never marked is not intact");
     ledger.mark_intact().await.expect("markers");
 
     let all = ids(1000);
-    let batch = ledger.claim_batch(&all).await.expect("claim");
+    let batch = ledger.claim_batch(&all, "round-1").await.expect("claim");
     assert!(batch.ledger_intact);
     assert_eq!(count(&batch.claims, is_claimed), 1000);
     deliver_all(&ledger, &all).await;
@@ -173,14 +173,14 @@ async fn the_ledger_spreads_over_a_cluster_and_notices_a_shard_that_lost_its_dat
             "shard {port} has markers of its own"
         );
     }
-    let again = ledger.claim_batch(&all).await.expect("claim");
+    let again = ledger.claim_batch(&all, "round-1").await.expect("claim");
     assert_eq!(count(&again.claims, is_delivered), 1000);
 
     // One shard restarts empty: the claims it serves say so, and only they
     // come back unclaimed; the other shards still know what was delivered.
     let lost_here = count_keys(cluster.ports[1], &format!("{prefix}d:*"));
     cluster.lose_shard_data(1);
-    let after_loss = ledger.claim_batch(&all).await.expect("claim");
+    let after_loss = ledger.claim_batch(&all, "round-1").await.expect("claim");
     assert!(!after_loss.ledger_intact, "a shard's loss is noticed");
     let still_known = count(&after_loss.claims, is_delivered);
     assert!(
@@ -193,7 +193,10 @@ async fn the_ledger_spreads_over_a_cluster_and_notices_a_shard_that_lost_its_dat
     let seeded: Vec<_> = all.iter().map(|id| (*id, "delivered")).collect();
     ledger.seed_settled(&seeded).await.expect("seed");
     ledger.mark_intact().await.expect("markers");
-    let rebuilt = ledger.claim_batch(&all[..10]).await.expect("claim");
+    let rebuilt = ledger
+        .claim_batch(&all[..10], "round-1")
+        .await
+        .expect("claim");
     assert!(rebuilt.ledger_intact);
 
     // Rate limits: a campaign's and its app's limits share one slot.
@@ -331,4 +334,97 @@ async fn herald_keeps_its_ledger_and_rate_limits_on_a_redis_cluster() {
         "the gateway's rate limit counts in the cluster"
     );
     env.finish().await;
+}
+
+#[tokio::test]
+async fn a_round_gets_its_own_claims_back_and_a_doubt_outlives_a_release() {
+    let dir = test_dir("ledger-rounds");
+    let redis = herald_tests::PrivateRedis::start(&dir);
+    let endpoint = RedisEndpoint {
+        target: RedisTarget::Standalone { url: redis.url() },
+        ca_cert_pem: None,
+    };
+    let ledger = Ledger::connect(&endpoint, &prefix(), "sender-a", LEASE, HORIZON)
+        .await
+        .expect("ledger");
+    let id = ids(1);
+
+    // The round's first answer was lost: claiming again is not "busy".
+    let first = ledger.claim_batch(&id, "round-1").await.expect("claim");
+    assert_eq!(first.claims, vec![Claim::Claimed { epoch: 1 }]);
+    let again = ledger.claim_batch(&id, "round-1").await.expect("claim");
+    assert_eq!(again.claims, vec![Claim::Claimed { epoch: 1 }]);
+    let other = ledger.claim_batch(&id, "round-2").await.expect("claim");
+    assert!(
+        matches!(other.claims[0], Claim::Busy { .. }),
+        "{:?}",
+        other.claims
+    );
+    assert_eq!(
+        ledger
+            .renew_batch(&[(id[0], 1)], "round-1")
+            .await
+            .expect("renew"),
+        vec![true]
+    );
+    assert_eq!(
+        ledger
+            .renew_batch(&[(id[0], 1)], "round-2")
+            .await
+            .expect("renew"),
+        vec![false],
+        "only the owner renews"
+    );
+
+    // An unknown outcome, its resend refused (503) and released, twice over:
+    // the next claim is a takeover, with no resend of its own.
+    assert!(ledger.mark_doubt(id[0], 1, "round-1").await.expect("doubt"));
+    assert!(!ledger.mark_doubt(id[0], 1, "round-2").await.expect("doubt"));
+    for _ in 0..2 {
+        let ours = ledger
+            .complete_batch(&[(id[0], 1, Settle::Release)])
+            .await
+            .expect("release");
+        assert_eq!(ours, vec![true], "releasing again is the same release");
+    }
+    let next = ledger.claim_batch(&id, "round-3").await.expect("claim");
+    assert_eq!(
+        next.claims,
+        vec![Claim::TakenOver {
+            epoch: 2,
+            takeovers: 1
+        }]
+    );
+    let delivered = || {
+        vec![(
+            id[0],
+            2,
+            Settle::Complete {
+                state: "delivered".into(),
+            },
+        )]
+    };
+    for _ in 0..2 {
+        let ours = ledger.complete_batch(&delivered()).await.expect("settle");
+        assert_eq!(ours, vec![true], "settling again is the same settle");
+    }
+
+    // A claim Redis forgot is written back by its renewal.
+    let fresh = ids(1);
+    ledger.claim_batch(&fresh, "round-4").await.expect("claim");
+    redis.cli(&["FLUSHALL"]);
+    assert_eq!(
+        ledger
+            .renew_batch(&[(fresh[0], 1)], "round-4")
+            .await
+            .expect("renew"),
+        vec![true]
+    );
+    let later = ledger.claim_batch(&fresh, "round-5").await.expect("claim");
+    assert!(
+        matches!(later.claims[0], Claim::Busy { .. }),
+        "{:?}",
+        later.claims
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -193,7 +193,7 @@ async fn campaign(installations: i64, senders: usize) -> Result<()> {
             ("HERALD_POSTGRES__MAX_CONNECTIONS", "16"),
             ("HERALD_SENDER__BATCH_SIZE", "5000"),
             ("HERALD_SENDER__CONCURRENCY", "1024"),
-            ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "20000"),
+            ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "10000"),
             ("HERALD_SENDER__LEASE_MS", "60000"),
             ("HERALD_RECORDER__BATCH_SIZE", "5000"),
             ("HERALD_SCHEDULER__PAGE_SIZE", "5000"),

@@ -59,7 +59,7 @@ pub async fn run_once(count: usize, dedupe: bool) -> Result<SenderRun> {
             ("HERALD_LOG", "warn"),
             ("HERALD_SENDER__BATCH_SIZE", "2000"),
             ("HERALD_SENDER__CONCURRENCY", "1024"),
-            ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "20000"),
+            ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "10000"),
             ("HERALD_SENDER__LEASE_MS", "60000"),
             (
                 "HERALD_SENDER__DEDUPE",

@@ -58,7 +58,7 @@ pub async fn run(s: Settings) -> Result<Summary> {
             ("HERALD_GATEWAY__RATE_LIMIT_PER_SECOND", "0"),
             ("HERALD_SENDER__BATCH_SIZE", "5000"),
             ("HERALD_SENDER__CONCURRENCY", "1024"),
-            ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "20000"),
+            ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "10000"),
             ("HERALD_SENDER__LEASE_MS", "60000"),
             ("HERALD_RECORDER__BATCH_SIZE", "5000"),
         ],

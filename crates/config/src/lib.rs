@@ -635,7 +635,7 @@ impl Default for SenderConfig {
         Self {
             group_id: "herald-senders".into(),
             lease_ms: 60_000,
-            request_timeout_ms: 20_000,
+            request_timeout_ms: 10_000,
             dedupe_horizon_hours: 24 * 7,
             batch_size: 500,
             batch_linger_ms: 20,

@@ -16,8 +16,9 @@ pub enum LedgerEntry {
         /// How many times an owner's lease expired and another took over.
         takeovers: u32,
     },
-    /// Known not sent (the provider refused before delivering): free to claim
-    /// again, keeping the epoch so that the old owner stays fenced.
+    /// Known not sent by its last attempt (the provider refused before
+    /// delivering): free to claim again, keeping the epoch so that the old
+    /// owner stays fenced, and the doubts of earlier attempts in `takeovers`.
     Released { epoch: u64, takeovers: u32 },
     /// Final: sent, rejected, unknown, expired or failed. Never claimed again.
     Settled { state: String },
@@ -28,8 +29,10 @@ pub enum LedgerEntry {
 pub enum Claim {
     /// Ours to send, fenced by `epoch`.
     Claimed { epoch: u64 },
-    /// A previous owner's lease expired mid-send: ours, but whether the provider
-    /// got the earlier attempt is unknown. `takeovers` counts such expiries.
+    /// Ours, but an earlier attempt may have reached the device: a previous
+    /// owner's lease expired mid-send, or an owner resent after an unknown
+    /// outcome (see [`doubt`]). `takeovers` counts such doubts; it never goes
+    /// down, so a delivery gets one resend in its whole life.
     TakenOver { epoch: u64, takeovers: u32 },
     /// Another owner holds a live lease: try again after it.
     Busy { retry_in_ms: i64 },
@@ -47,31 +50,32 @@ pub enum ClaimAction {
     SkipDuplicate,
 }
 
+/// Claims a delivery for `owner`. An owner that claims again while its lease
+/// is live gets its own claim back (its first answer was lost: a connection
+/// reset after Redis ran the claim), with the same epoch and the same doubt.
 pub fn claim(
     entry: Option<&LedgerEntry>,
     owner: &str,
     now_ms: i64,
     lease_ms: i64,
 ) -> (Claim, Option<LedgerEntry>) {
+    let claimed = |epoch: u64, takeovers: u32| {
+        let answer = if takeovers > 0 {
+            Claim::TakenOver { epoch, takeovers }
+        } else {
+            Claim::Claimed { epoch }
+        };
+        let entry = LedgerEntry::Inflight {
+            owner: owner.to_string(),
+            epoch,
+            lease_until_ms: now_ms + lease_ms,
+            takeovers,
+        };
+        (answer, Some(entry))
+    };
     match entry {
-        None => (
-            Claim::Claimed { epoch: 1 },
-            Some(LedgerEntry::Inflight {
-                owner: owner.to_string(),
-                epoch: 1,
-                lease_until_ms: now_ms + lease_ms,
-                takeovers: 0,
-            }),
-        ),
-        Some(LedgerEntry::Released { epoch, takeovers }) => (
-            Claim::Claimed { epoch: epoch + 1 },
-            Some(LedgerEntry::Inflight {
-                owner: owner.to_string(),
-                epoch: epoch + 1,
-                lease_until_ms: now_ms + lease_ms,
-                takeovers: *takeovers,
-            }),
-        ),
+        None => claimed(1, 0),
+        Some(LedgerEntry::Released { epoch, takeovers }) => claimed(epoch + 1, *takeovers),
         Some(LedgerEntry::Settled { state }) => (
             Claim::Settled {
                 state: state.clone(),
@@ -79,12 +83,14 @@ pub fn claim(
             entry.cloned(),
         ),
         Some(LedgerEntry::Inflight {
+            owner: holder,
             lease_until_ms,
             epoch,
             takeovers,
-            ..
         }) => {
-            if *lease_until_ms > now_ms {
+            if *lease_until_ms > now_ms && holder == owner {
+                claimed(*epoch, *takeovers)
+            } else if *lease_until_ms > now_ms {
                 (
                     Claim::Busy {
                         retry_in_ms: lease_until_ms - now_ms,
@@ -92,19 +98,48 @@ pub fn claim(
                     entry.cloned(),
                 )
             } else {
-                let epoch = epoch + 1;
-                let takeovers = takeovers + 1;
-                (
-                    Claim::TakenOver { epoch, takeovers },
-                    Some(LedgerEntry::Inflight {
-                        owner: owner.to_string(),
-                        epoch,
-                        lease_until_ms: now_ms + lease_ms,
-                        takeovers,
-                    }),
-                )
+                claimed(epoch + 1, takeovers + 1)
             }
         }
+    }
+}
+
+/// Extends a live claim while its send is outstanding. A claim the ledger
+/// lost (Redis restarted empty) is written back: its send may reach the
+/// device, and a later copy must find it held, not free. False: a newer
+/// owner took over, or the delivery was settled.
+pub fn renew(
+    entry: Option<&LedgerEntry>,
+    owner: &str,
+    epoch: u64,
+    now_ms: i64,
+    lease_ms: i64,
+) -> (bool, Option<LedgerEntry>) {
+    match entry {
+        None => (
+            true,
+            Some(LedgerEntry::Inflight {
+                owner: owner.to_string(),
+                epoch,
+                lease_until_ms: now_ms + lease_ms,
+                takeovers: 0,
+            }),
+        ),
+        Some(LedgerEntry::Inflight {
+            owner: holder,
+            epoch: current,
+            takeovers,
+            ..
+        }) if holder == owner && *current == epoch => (
+            true,
+            Some(LedgerEntry::Inflight {
+                owner: owner.to_string(),
+                epoch,
+                lease_until_ms: now_ms + lease_ms,
+                takeovers: *takeovers,
+            }),
+        ),
+        _ => (false, entry.cloned()),
     }
 }
 
@@ -130,12 +165,41 @@ pub fn complete(
                 state: state.to_string(),
             }),
         ),
+        // Settling again in the same words (the first answer was lost) is
+        // the same settle.
+        Some(LedgerEntry::Settled { state: current }) if current == state => (true, entry.cloned()),
         _ => (false, entry.cloned()),
     }
 }
 
-/// Gives a claim back when the delivery is known not to have been sent (a retry
-/// will claim it afresh). Fenced by epoch like `complete`.
+/// Records, before an owner resends a send whose outcome was unknown, that
+/// an attempt may have reached the device: whoever claims the delivery after
+/// this owner (it stalled past its lease, it died, its resend was refused and
+/// released) gets a takeover, and no resend of its own. False: the claim is
+/// no longer this owner's, and it must not resend.
+pub fn doubt(entry: Option<&LedgerEntry>, owner: &str, epoch: u64) -> (bool, Option<LedgerEntry>) {
+    match entry {
+        Some(LedgerEntry::Inflight {
+            owner: holder,
+            epoch: current,
+            lease_until_ms,
+            takeovers,
+        }) if holder == owner && *current == epoch => (
+            true,
+            Some(LedgerEntry::Inflight {
+                owner: owner.to_string(),
+                epoch,
+                lease_until_ms: *lease_until_ms,
+                takeovers: takeovers + 1,
+            }),
+        ),
+        _ => (false, entry.cloned()),
+    }
+}
+
+/// Gives a claim back when its attempt is known not to have been sent (a
+/// retry will claim it afresh), keeping its doubts. Fenced by epoch like
+/// `complete`. Releasing twice is the same as once.
 pub fn release(entry: Option<&LedgerEntry>, epoch: u64) -> (bool, Option<LedgerEntry>) {
     match entry {
         None => (
@@ -156,12 +220,15 @@ pub fn release(entry: Option<&LedgerEntry>, epoch: u64) -> (bool, Option<LedgerE
                 takeovers: *takeovers,
             }),
         ),
+        Some(LedgerEntry::Released { epoch: current, .. }) if *current == epoch => {
+            (true, entry.cloned())
+        }
         _ => (false, entry.cloned()),
     }
 }
 
 /// The sender's decision for a claim. After a takeover, `at_least_once` resends
-/// once; a second expiry means the resend's fate is unknown too, so it stops.
+/// once; a second doubt means the resend's fate is unknown too, so it stops.
 pub fn action(claim: &Claim, policy: DeliveryPolicy) -> ClaimAction {
     match claim {
         Claim::Claimed { .. } => ClaimAction::Send,
@@ -261,5 +328,99 @@ mod tests {
             action(&t2, DeliveryPolicy::AtLeastOnce),
             ClaimAction::RecordUnknown
         );
+    }
+
+    #[test]
+    fn an_owner_claiming_again_gets_its_own_live_claim_back() {
+        let (_, e) = claim(None, "a", 0, 100);
+        let (c, e) = claim(e.as_ref(), "a", 10, 100);
+        assert_eq!(c, Claim::Claimed { epoch: 1 }, "not busy to itself");
+        let (c, _) = claim(e.as_ref(), "b", 105, 100);
+        assert_eq!(c, Claim::Busy { retry_in_ms: 5 }, "the lease was renewed");
+        // A taken-over claim comes back as a takeover: the doubt stays.
+        let (_, e) = claim(None, "a", 0, 100);
+        let (_, e) = claim(e.as_ref(), "b", 200, 100);
+        let (c, _) = claim(e.as_ref(), "b", 210, 100);
+        assert_eq!(
+            c,
+            Claim::TakenOver {
+                epoch: 2,
+                takeovers: 1
+            }
+        );
+    }
+
+    #[test]
+    fn renewing_keeps_a_claim_from_being_taken_over() {
+        let (_, e) = claim(None, "a", 0, 100);
+        let (ok, e) = renew(e.as_ref(), "a", 1, 90, 100);
+        assert!(ok);
+        let (c, e) = claim(e.as_ref(), "b", 150, 100);
+        assert_eq!(c, Claim::Busy { retry_in_ms: 40 });
+        let (ok, _) = renew(e.as_ref(), "b", 1, 150, 100);
+        assert!(!ok, "only the owner renews");
+        // A claim Redis forgot is written back by its renewal.
+        let (ok, e) = renew(None, "a", 1, 0, 100);
+        assert!(ok);
+        assert_eq!(
+            claim(e.as_ref(), "b", 50, 100).0,
+            Claim::Busy { retry_in_ms: 50 }
+        );
+    }
+
+    #[test]
+    fn a_resend_after_an_unknown_outcome_is_the_deliverys_only_one() {
+        let (_, e) = claim(None, "a", 0, 100);
+        assert!(
+            !doubt(e.as_ref(), "b", 1).0,
+            "only the owner records a doubt"
+        );
+        let (ok, e) = doubt(e.as_ref(), "a", 1);
+        assert!(ok);
+        // The owner stalls past its lease: the next owner may not resend.
+        let (c, _) = claim(e.as_ref(), "b", 100, 100);
+        assert_eq!(
+            c,
+            Claim::TakenOver {
+                epoch: 2,
+                takeovers: 2
+            }
+        );
+        assert_eq!(
+            action(&c, DeliveryPolicy::AtLeastOnce),
+            ClaimAction::RecordUnknown
+        );
+        // The resend is refused (503) and released, twice over.
+        let (ok, e) = release(e.as_ref(), 1);
+        assert!(ok);
+        let (ok, e) = release(e.as_ref(), 1);
+        assert!(ok, "releasing again is the same release");
+        let (c, e) = claim(e.as_ref(), "b", 1, 100);
+        assert_eq!(
+            c,
+            Claim::TakenOver {
+                epoch: 2,
+                takeovers: 1
+            }
+        );
+        assert_eq!(action(&c, DeliveryPolicy::AtLeastOnce), ClaimAction::Send);
+        let (_, e) = release(e.as_ref(), 2);
+        let (c, _) = claim(e.as_ref(), "c", 2, 100);
+        assert_eq!(
+            c,
+            Claim::TakenOver {
+                epoch: 3,
+                takeovers: 1
+            },
+            "the doubt never goes"
+        );
+    }
+
+    #[test]
+    fn settling_again_in_the_same_words_is_the_same_settle() {
+        let (_, e) = claim(None, "a", 0, 100);
+        let (_, e) = complete(e.as_ref(), 1, "delivered");
+        assert!(complete(e.as_ref(), 1, "delivered").0);
+        assert!(!complete(e.as_ref(), 1, "unknown").0);
     }
 }

@@ -1,10 +1,16 @@
 //! Property tests of the dedupe state machine: several workers claim, send,
 //! settle, release, crash and stall in any interleaving, with leases expiring
 //! in between. Under `at_most_once` no delivery is sent twice; under
-//! `at_least_once` at most one resend happens (a second expiry ends in
-//! `unknown`), and a settled delivery is never sent again.
+//! `at_least_once` at most one resend happens in a delivery's whole life (a
+//! second doubt, by expiry or by an unknown outcome, ends in `unknown`), and a
+//! settled delivery is never sent again. The workers follow the sender: an
+//! unknown outcome on a clean claim is resent at once under `at_least_once`,
+//! after the doubt is recorded in the ledger, and leases are renewed while
+//! sends are outstanding.
 
-use herald_core::dedupe::{action, claim, complete, release, Claim, ClaimAction, LedgerEntry};
+use herald_core::dedupe::{
+    action, claim, complete, doubt, release, renew, Claim, ClaimAction, LedgerEntry,
+};
 use herald_core::DeliveryPolicy;
 use proptest::prelude::*;
 
@@ -25,6 +31,12 @@ enum Op {
     CrashBeforeSend(usize),
     /// The worker dies after the provider accepted the request.
     CrashAfterSend(usize),
+    /// The worker renews the lease of its outstanding send.
+    Renew(usize),
+    /// The answer to the worker's last claim was lost (a connection reset
+    /// after Redis ran it): it has not sent, and claims again in the same
+    /// round.
+    AnswerLost(usize),
     /// Time passes (leases may expire; a paused worker is a zombie).
     Advance(i64),
 }
@@ -37,15 +49,28 @@ fn op() -> impl Strategy<Value = Op> {
         1 => w.clone().prop_map(Op::NotDelivered),
         1 => w.clone().prop_map(Op::Unknown),
         1 => w.clone().prop_map(Op::CrashBeforeSend),
-        1 => w.prop_map(Op::CrashAfterSend),
+        1 => w.clone().prop_map(Op::CrashAfterSend),
+        1 => w.clone().prop_map(Op::Renew),
+        1 => w.prop_map(Op::AnswerLost),
         2 => (1..250i64).prop_map(Op::Advance),
     ]
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Sending {
+    epoch: u64,
+    /// The claim was clean: an unknown outcome may be resent once, at once.
+    may_resend: bool,
+}
+
 #[derive(Default, Clone)]
 struct Worker {
-    /// The epoch of the send this worker has in flight.
-    sending: Option<u64>,
+    /// The send this worker has in flight.
+    sending: Option<Sending>,
+    /// The round that holds the worker's claims: the owner in the ledger.
+    round: String,
+    /// The round's claim answer was lost: the next claim is the same round's.
+    claim_again: bool,
 }
 
 /// Runs the ops; returns how many sends may have reached the device.
@@ -54,20 +79,26 @@ fn run(ops: &[Op], policy: DeliveryPolicy) -> u32 {
     let mut workers = vec![Worker::default(); WORKERS];
     let mut now = 0i64;
     let mut maybe_delivered = 0u32;
+    let mut rounds = 0;
     for op in ops {
         match *op {
             Op::Claim(w) if workers[w].sending.is_none() => {
-                let (c, next) = claim(entry.as_ref(), &format!("w{w}"), now, LEASE_MS);
+                if !std::mem::take(&mut workers[w].claim_again) {
+                    rounds += 1;
+                    workers[w].round = format!("w{w}-r{rounds}");
+                }
+                let (c, next) = claim(entry.as_ref(), &workers[w].round, now, LEASE_MS);
                 entry = next;
                 let settled_before = matches!(c, Claim::Settled { .. });
                 match action(&c, policy) {
                     ClaimAction::Send => {
                         assert!(!settled_before);
-                        let epoch = match c {
-                            Claim::Claimed { epoch } | Claim::TakenOver { epoch, .. } => epoch,
+                        let (epoch, may_resend) = match c {
+                            Claim::Claimed { epoch } => (epoch, true),
+                            Claim::TakenOver { epoch, .. } => (epoch, false),
                             _ => unreachable!("send only after a claim"),
                         };
-                        workers[w].sending = Some(epoch);
+                        workers[w].sending = Some(Sending { epoch, may_resend });
                     }
                     ClaimAction::RecordUnknown => {
                         let epoch = match c {
@@ -79,24 +110,53 @@ fn run(ops: &[Op], policy: DeliveryPolicy) -> u32 {
                     ClaimAction::RetryLater | ClaimAction::SkipDuplicate => {}
                 }
             }
-            Op::Delivered(w) | Op::Unknown(w) => {
-                if let Some(epoch) = workers[w].sending.take() {
+            Op::Delivered(w) => {
+                if let Some(s) = workers[w].sending.take() {
                     maybe_delivered += 1;
-                    let state = if matches!(op, Op::Delivered(_)) {
-                        "delivered"
+                    entry = complete(entry.as_ref(), s.epoch, "delivered").1;
+                }
+            }
+            Op::Unknown(w) => {
+                if let Some(s) = workers[w].sending.take() {
+                    maybe_delivered += 1;
+                    let (resend, next) = if policy == DeliveryPolicy::AtLeastOnce && s.may_resend {
+                        // The sender records the doubt, then resends at once.
+                        doubt(entry.as_ref(), &workers[w].round, s.epoch)
                     } else {
-                        "unknown"
+                        (false, entry.clone())
                     };
-                    entry = complete(entry.as_ref(), epoch, state).1;
+                    entry = next;
+                    if resend {
+                        workers[w].sending = Some(Sending {
+                            may_resend: false,
+                            ..s
+                        });
+                    } else {
+                        entry = complete(entry.as_ref(), s.epoch, "unknown").1;
+                    }
                 }
             }
             Op::NotDelivered(w) => {
-                if let Some(epoch) = workers[w].sending.take() {
-                    entry = release(entry.as_ref(), epoch).1;
+                if let Some(s) = workers[w].sending.take() {
+                    entry = release(entry.as_ref(), s.epoch).1;
                 }
             }
-            Op::CrashBeforeSend(w) => workers[w].sending = None,
+            Op::Renew(w) => {
+                if let Some(s) = workers[w].sending {
+                    entry = renew(entry.as_ref(), &workers[w].round, s.epoch, now, LEASE_MS).1;
+                }
+            }
+            Op::AnswerLost(w) => {
+                if workers[w].sending.take().is_some() {
+                    workers[w].claim_again = true;
+                }
+            }
+            Op::CrashBeforeSend(w) => {
+                workers[w].sending = None;
+                workers[w].claim_again = false;
+            }
             Op::CrashAfterSend(w) => {
+                workers[w].claim_again = false;
                 if workers[w].sending.take().is_some() {
                     maybe_delivered += 1;
                 }
@@ -156,4 +216,37 @@ fn the_harness_counts_a_zombie_and_its_successor_as_two_sends() {
     ];
     assert_eq!(run(&ops, DeliveryPolicy::AtLeastOnce), 2);
     assert_eq!(run(&ops, DeliveryPolicy::AtMostOnce), 1);
+}
+
+#[test]
+fn an_unknown_outcome_spends_the_resend_for_the_deliverys_whole_life() {
+    // The first send's outcome is unknown, its resend answered 503 (released),
+    // and a retry's send is unknown again: that retry must not be resent, or
+    // the device could get it three times.
+    let ops = [
+        Op::Claim(0),
+        Op::Unknown(0),
+        Op::NotDelivered(0),
+        Op::Claim(1),
+        Op::Unknown(1),
+        Op::Claim(2),
+        Op::Delivered(1),
+        Op::Delivered(2),
+    ];
+    assert_eq!(run(&ops, DeliveryPolicy::AtLeastOnce), 2);
+    assert_eq!(run(&ops, DeliveryPolicy::AtMostOnce), 1);
+}
+
+#[test]
+fn a_renewed_lease_is_never_taken_over() {
+    let ops = [
+        Op::Claim(0),
+        Op::Advance(90),
+        Op::Renew(0),
+        Op::Advance(90),
+        Op::Claim(1),
+        Op::Delivered(0),
+        Op::Delivered(1),
+    ];
+    assert_eq!(run(&ops, DeliveryPolicy::AtLeastOnce), 1);
 }

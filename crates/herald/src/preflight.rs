@@ -165,3 +165,29 @@ pub fn kafka_configured(config: &Config) -> Result<()> {
     }
     Ok(())
 }
+
+/// The sender's timings must let it finish what it started. On SIGTERM it
+/// waits for the requests already at the provider, and a send whose outcome
+/// was unknown may have its resend in flight: both must end inside the
+/// shutdown deadline, or the process exits with outcomes unrecorded (sent
+/// again under at_least_once, `unknown` under at_most_once). Leases are
+/// renewed a third of the way through, so a lease only needs to outlast a
+/// few Redis round trips.
+pub fn sender_timing(config: &Config) -> Result<()> {
+    let sender = &config.sender;
+    let needed = sender.request_timeout_ms.saturating_mul(2) + 2_000;
+    if config.shutdown.deadline_ms < needed {
+        return Err(anyhow!(
+            "shutdown.deadline_ms ({}) is too short for sender.request_timeout_ms ({}).\n  On SIGTERM a sender waits for requests already at the provider (and the resend of one whose outcome was unknown): the deadline must be at least twice the request timeout plus 2 s ({needed} ms).\n  Raise HERALD_SHUTDOWN__DEADLINE_MS or lower HERALD_SENDER__REQUEST_TIMEOUT_MS (keep Kubernetes' terminationGracePeriodSeconds above the deadline).",
+            config.shutdown.deadline_ms,
+            sender.request_timeout_ms,
+        ));
+    }
+    if sender.lease_ms < 1_000 {
+        return Err(anyhow!(
+            "sender.lease_ms ({}) is under 1000: leases are renewed every third of a lease, and a shorter one can run out during a Redis round trip",
+            sender.lease_ms
+        ));
+    }
+    Ok(())
+}

@@ -411,6 +411,7 @@ fn lag_reader(config: &Config) -> herald_dashboard::LagReader {
 }
 
 pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> Result<()> {
+    preflight::sender_timing(config)?;
     let owner = format!(
         "{}-{}-{:08x}",
         hostname(),

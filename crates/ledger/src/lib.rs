@@ -33,45 +33,55 @@ pub enum LedgerError {
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
+// An owner is one sender round: a round that runs its claims again (the
+// first answer was lost) gets its own live claims back, keeping their epoch
+// and doubt. A released delivery with doubts (`takeovers`) is claimed as a
+// takeover: an earlier attempt may have reached the device.
 const CLAIM: &str = r#"
 local intact = redis.call('EXISTS', KEYS[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[2])
-local e = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'lease_until', 'takeovers')
-if not e[1] then
-  redis.call('HSET', KEYS[1], 'state', 'inflight', 'owner', ARGV[1], 'epoch', 1,
-             'lease_until', now + lease, 'takeovers', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {'claimed', 1, 0, '', intact}
-end
-if e[1] == 'released' then
-  local epoch = tonumber(e[2]) + 1
+local e = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'lease_until', 'takeovers', 'owner')
+local function claimed(epoch, takeovers)
   redis.call('HSET', KEYS[1], 'state', 'inflight', 'owner', ARGV[1], 'epoch', epoch,
-             'lease_until', now + lease)
+             'lease_until', now + lease, 'takeovers', takeovers)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  if takeovers > 0 then
+    return {'takeover', epoch, takeovers, '', intact}
+  end
   return {'claimed', epoch, 0, '', intact}
+end
+if not e[1] then
+  return claimed(1, 0)
+end
+local takeovers = tonumber(e[4] or '0') or 0
+if e[1] == 'released' then
+  return claimed(tonumber(e[2]) + 1, takeovers)
 end
 if e[1] ~= 'inflight' then
   return {'settled', 0, 0, e[1], intact}
 end
 local lease_until = tonumber(e[3])
+if lease_until > now and e[5] == ARGV[1] then
+  return claimed(tonumber(e[2]), takeovers)
+end
 if lease_until > now then
   return {'busy', lease_until - now, 0, '', intact}
 end
-local epoch = tonumber(e[2]) + 1
-local takeovers = tonumber(e[4]) + 1
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'lease_until', now + lease,
-           'takeovers', takeovers)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {'takeover', epoch, takeovers, '', intact}
+return claimed(tonumber(e[2]) + 1, takeovers + 1)
 "#;
 
 // A missing key means Redis lost the claim (it restarted empty) and nobody
 // claimed the delivery since: the caller did send it, so its settle is
 // recorded, not dropped; dropping it would let a later copy send it again.
+// Settling again in the same words (the first answer was lost) is the same
+// settle.
 const COMPLETE: &str = r#"
 local e = redis.call('HMGET', KEYS[1], 'state', 'epoch')
+if e[1] == ARGV[2] and tonumber(e[2]) == tonumber(ARGV[1]) then
+  return 1
+end
 if e[1] and (e[1] ~= 'inflight' or tonumber(e[2]) ~= tonumber(ARGV[1])) then
   return 0
 end
@@ -84,8 +94,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
+// The doubts (`takeovers`) stay: a later claim is a takeover.
 const RELEASE: &str = r#"
 local e = redis.call('HMGET', KEYS[1], 'state', 'epoch')
+if e[1] == 'released' and tonumber(e[2]) == tonumber(ARGV[1]) then
+  return 1
+end
 if e[1] and (e[1] ~= 'inflight' or tonumber(e[2]) ~= tonumber(ARGV[1])) then
   return 0
 end
@@ -95,6 +109,35 @@ end
 redis.call('HSET', KEYS[1], 'state', 'released')
 redis.call('HDEL', KEYS[1], 'lease_until', 'owner')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+// Before an owner resends after an unknown outcome: whoever claims the
+// delivery after it gets a takeover, and no resend of its own.
+const DOUBT: &str = r#"
+local e = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'owner')
+if e[1] ~= 'inflight' or e[3] ~= ARGV[1] or tonumber(e[2]) ~= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
+return 1
+"#;
+
+// Extends the lease of a send still outstanding. A claim Redis forgot is
+// written back: the send may yet reach the device.
+const RENEW: &str = r#"
+local e = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'owner')
+if e[1] and (e[1] ~= 'inflight' or e[3] ~= ARGV[1] or tonumber(e[2]) ~= tonumber(ARGV[2])) then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if not e[1] then
+  redis.call('HSET', KEYS[1], 'state', 'inflight', 'owner', ARGV[1], 'epoch', ARGV[2],
+             'takeovers', 0)
+end
+redis.call('HSET', KEYS[1], 'lease_until', now + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 "#;
 
@@ -138,6 +181,8 @@ pub struct Ledger {
     claim: Script,
     complete: Script,
     release: Script,
+    renew: Script,
+    doubt: Script,
     seed: Script,
 }
 
@@ -207,6 +252,8 @@ impl Ledger {
             claim: Script::new(CLAIM),
             complete: Script::new(COMPLETE),
             release: Script::new(RELEASE),
+            renew: Script::new(RENEW),
+            doubt: Script::new(DOUBT),
             seed: Script::new(SEED),
         })
     }
@@ -220,9 +267,16 @@ impl Ledger {
         self.lease
     }
 
+    /// Who holds the claims of one sender round.
+    fn round_owner(&self, round: &str) -> String {
+        format!("{}/{round}", self.owner)
+    }
+
     /// Claims every delivery of a batch in one round trip (one per shard on a
-    /// cluster); each claim also checks its marker.
-    pub async fn claim_batch(&self, ids: &[DeliveryId]) -> Result<ClaimBatch> {
+    /// cluster); each claim also checks its marker. `round` names the
+    /// sender's round: claiming again in the same round returns its claims.
+    pub async fn claim_batch(&self, ids: &[DeliveryId], round: &str) -> Result<ClaimBatch> {
+        let owner = self.round_owner(round);
         let lease_ms = millis(self.lease);
         let horizon_ms = millis(self.horizon);
         let invocations: Vec<_> = ids
@@ -231,7 +285,7 @@ impl Ledger {
                 let mut invocation = self.claim.key(self.key(*id));
                 invocation
                     .key(self.layout.marker_of(*id))
-                    .arg(&self.owner)
+                    .arg(&owner)
                     .arg(lease_ms)
                     .arg(horizon_ms);
                 invocation
@@ -333,6 +387,38 @@ impl Ledger {
         Ok(answers.into_iter().map(|a| a == 1).collect())
     }
 
+    /// Records that a send of the round's claim had an unknown outcome and is
+    /// about to be resent: the delivery's one resend is spent. False: the
+    /// claim is no longer the round's, and it must not resend.
+    pub async fn mark_doubt(&self, id: DeliveryId, epoch: u64, round: &str) -> Result<bool> {
+        let owner = self.round_owner(round);
+        let mut invocation = self.doubt.key(self.key(id));
+        invocation.arg(&owner).arg(epoch);
+        let answers: Vec<i64> = self.run(&[invocation]).await?;
+        Ok(answers.first() == Some(&1))
+    }
+
+    /// Extends the leases of a round's sends still outstanding; each answer
+    /// says whether the claim is still the round's.
+    pub async fn renew_batch(&self, held: &[(DeliveryId, u64)], round: &str) -> Result<Vec<bool>> {
+        let owner = self.round_owner(round);
+        let (lease_ms, horizon_ms) = (millis(self.lease), millis(self.horizon));
+        let invocations: Vec<_> = held
+            .iter()
+            .map(|(id, epoch)| {
+                let mut invocation = self.renew.key(self.key(*id));
+                invocation
+                    .arg(&owner)
+                    .arg(*epoch)
+                    .arg(lease_ms)
+                    .arg(horizon_ms);
+                invocation
+            })
+            .collect();
+        let answers: Vec<i64> = self.run(&invocations).await?;
+        Ok(answers.into_iter().map(|a| a == 1).collect())
+    }
+
     /// Runs script invocations, answers in their order: one pipeline on a
     /// single server; on a cluster, whose pipelines may not cross slots,
     /// each on its own, all at once (the connection to each shard pipelines
@@ -369,7 +455,14 @@ impl Ledger {
         match pipe.query_async(&mut conn).await {
             Ok(v) => Ok(v),
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                for script in [&self.claim, &self.complete, &self.release, &self.seed] {
+                for script in [
+                    &self.claim,
+                    &self.complete,
+                    &self.release,
+                    &self.renew,
+                    &self.doubt,
+                    &self.seed,
+                ] {
                     script.prepare_invoke().load_async(&mut conn).await?;
                 }
                 Ok(pipe.query_async(&mut conn).await?)

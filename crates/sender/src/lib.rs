@@ -15,8 +15,8 @@ use herald_bus::{BatchConsumer, Publisher};
 use herald_config::SenderConfig;
 use herald_core::dedupe::{action, Claim, ClaimAction};
 use herald_core::{
-    DeadLetter, DeliveryJob, DeliveryOutcome, DeliveryPolicy, DeliveryStatus, OutcomeClass,
-    Platform,
+    DeadLetter, DeliveryId, DeliveryJob, DeliveryOutcome, DeliveryPolicy, DeliveryStatus,
+    OutcomeClass, Platform,
 };
 use herald_ledger::{ClaimBatch, Ledger, Settle};
 use herald_providers::Providers;
@@ -27,7 +27,8 @@ use rand::Rng;
 use rdkafka::consumer::CommitMode;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -74,6 +75,10 @@ enum Step {
         reason: String,
         retry_after: Option<Duration>,
     },
+    /// Not sent, or sent with an unknown outcome and not resent, because the
+    /// sender is shutting down: released and handed to the retries topic as
+    /// it is, for another sender (the ledger holds any doubt).
+    Handback,
     /// Cannot be processed as things stand (no such app, no credentials):
     /// released in the ledger so that a replay can send it.
     DeadLetter { reason: String },
@@ -85,6 +90,7 @@ impl Step {
         match self {
             Step::Settle { status, .. } => status.as_str(),
             Step::Retry { .. } => "retry",
+            Step::Handback => "handed_back",
             Step::DeadLetter { .. } => "dead_letter",
         }
     }
@@ -112,6 +118,40 @@ struct Handoff {
     retries: Vec<DeliveryJob>,
     dead_letters: Vec<DeadLetter>,
     outcomes: Vec<DeliveryOutcome>,
+}
+
+/// One claim-send-settle pass over a batch. Its claims are held in the
+/// round's own name, so a round that claims again (its first answer was
+/// lost) gets its own claims back instead of finding them busy.
+struct Round<'a> {
+    id: String,
+    health: &'a LoopHealth,
+    shutdown: &'a CancellationToken,
+}
+
+impl Round<'_> {
+    /// Runs `op` until it succeeds. What it records is already true (a send
+    /// happened, an outcome is known): giving up would lose it, and running
+    /// the round again would send what its claims say is being sent.
+    async fn persist<T, E, F, Fut>(&self, what: &str, op: F) -> T
+    where
+        E: std::fmt::Display,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Ok(v) => return v,
+                Err(e) => {
+                    self.health.failed(&e);
+                    tracing::warn!(error = %e, "{what} failed; retrying in place");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
 }
 
 impl Handoff {
@@ -215,10 +255,10 @@ impl Sender {
                     let now = chrono::Utc::now();
                     let due = jobs.partition_point(|j| j.not_before.is_none_or(|t| t <= now));
                     let ready: Vec<DeliveryJob> = jobs.drain(..due.max(1)).collect();
-                    self.process_until_settled(ready, &health).await;
+                    self.process_until_settled(ready, &health, &shutdown).await;
                 }
             } else {
-                self.process_until_settled(jobs, &health).await;
+                self.process_until_settled(jobs, &health, &shutdown).await;
             }
             // On shutdown the commit must land before the process exits.
             let mode = if shutdown.is_cancelled() {
@@ -261,28 +301,46 @@ impl Sender {
         jobs
     }
 
-    /// A batch is settled before its offsets are committed; a failure (Redis
-    /// or Kafka away) runs it again, and the ledger drops what was settled.
-    async fn process_until_settled(&self, jobs: Vec<DeliveryJob>, health: &LoopHealth) {
-        while let Err(e) = self.process(&jobs).await {
+    /// A batch is settled before its offsets are committed. A failure before
+    /// anything was sent (Redis or PostgreSQL away) runs the round again;
+    /// after that, every step is retried in place.
+    async fn process_until_settled(
+        &self,
+        jobs: Vec<DeliveryJob>,
+        health: &LoopHealth,
+        shutdown: &CancellationToken,
+    ) {
+        let round = Round {
+            id: format!("{:016x}", rand::rng().random::<u64>()),
+            health,
+            shutdown,
+        };
+        while let Err(e) = self.process(&jobs, &round).await {
             health.failed(&e);
-            tracing::warn!(error = %e, "settling a batch failed; retrying it");
+            tracing::warn!(error = %e, "claiming a batch failed; trying again");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         health.ok();
     }
 
     /// One claim-send-settle round for a batch; retries and dead letters are
-    /// published before it returns.
-    pub async fn process(&self, jobs: &[DeliveryJob]) -> Result<(), SenderError> {
+    /// published before it returns. Errors only before anything is sent.
+    async fn process(&self, jobs: &[DeliveryJob], round: &Round<'_>) -> Result<(), SenderError> {
         let admitted = self.campaigns.admit(jobs).await?;
-        let jobs = &admitted[..];
+        // Two copies of a job in one batch are one delivery: the first
+        // copy's outcome stands for both.
+        let mut seen = HashSet::new();
+        let jobs: Vec<DeliveryJob> = admitted
+            .into_iter()
+            .filter(|j| seen.insert(j.delivery_id))
+            .collect();
+        let jobs = &jobs[..];
         if jobs.is_empty() {
             return Ok(());
         }
         let ids: Vec<_> = jobs.iter().map(|j| j.delivery_id).collect();
         let batch = if self.config.dedupe {
-            self.ledger.claim_batch(&ids).await?
+            self.ledger.claim_batch(&ids, &round.id).await?
         } else {
             ClaimBatch {
                 claims: vec![Claim::Claimed { epoch: 1 }; ids.len()],
@@ -350,15 +408,37 @@ impl Sender {
                 }
             }
         }
-        handoff.append(self.settle(settled).await?);
+        handoff.append(self.settle(settled, round).await);
+
+        // The leases of sends still outstanding are renewed until they
+        // settle: a slow provider, a long batch or a shutdown that waits for
+        // its requests never lets a lease run out under a live send.
+        let outstanding: Mutex<HashMap<DeliveryId, u64>> = Mutex::new(
+            to_send
+                .iter()
+                .map(|(job, epoch, _)| (job.delivery_id, *epoch))
+                .collect(),
+        );
+        let outstanding = &outstanding;
+        let held = || {
+            outstanding
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
 
         // Settle sends as they finish, a ready chunk at a time: one slow
         // request does not hold back the others, and the window between the
         // provider's answer and the ledger's record stays as short as it can.
         let mut finished = stream::iter(to_send)
             .map(|(job, epoch, resend)| async move {
+                if round.shutdown.is_cancelled() {
+                    return (job, epoch, Step::Handback);
+                }
                 let span = delivery_span(&job);
-                let step = self.attempt(&job, resend).instrument(span.clone()).await;
+                let step = self
+                    .attempt(&job, epoch, resend, round)
+                    .instrument(span.clone())
+                    .await;
                 span.record("outcome", step.name());
                 (job, epoch, step)
             })
@@ -371,15 +451,19 @@ impl Sender {
         let (outcomes_tx, mut outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
         let settle_all = async {
             while let Some(chunk) = finished.next().await {
-                let mut h = self.settle(chunk).await?;
+                let ids: Vec<_> = chunk.iter().map(|(job, _, _)| job.delivery_id).collect();
+                let mut h = self.settle(chunk, round).await;
+                let mut held = held();
+                for id in ids {
+                    held.remove(&id);
+                }
+                drop(held);
                 let _ = outcomes_tx.send(std::mem::take(&mut h.outcomes));
                 handoff.append(h);
             }
             drop(outcomes_tx);
-            Ok::<_, SenderError>(())
         };
         let publish_all = async {
-            let mut result = Ok(());
             while let Some(mut outcomes) = outcomes_rx.recv().await {
                 // Whatever settled while the last publish waited for its
                 // acknowledgement goes out in one publish: with fast settles,
@@ -388,22 +472,64 @@ impl Sender {
                 while let Ok(more) = outcomes_rx.try_recv() {
                     outcomes.extend(more);
                 }
-                // After a failure, keep draining: the batch runs again, and
-                // the ledger hands back what is settled, outcomes included.
-                if result.is_ok() {
-                    result = self.publisher.publish_outcomes(&outcomes).await;
+                round
+                    .persist("publishing outcomes", || {
+                        self.publisher.publish_outcomes(&outcomes)
+                    })
+                    .await;
+            }
+        };
+        let renew_all = async {
+            let every = (self.ledger.lease() / 3).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                let mine: Vec<(DeliveryId, u64)> = held().iter().map(|(k, v)| (*k, *v)).collect();
+                if mine.is_empty() || !self.config.dedupe {
+                    continue;
+                }
+                match self.ledger.renew_batch(&mine, &round.id).await {
+                    Ok(answers) => {
+                        let held = held();
+                        let lost = mine
+                            .iter()
+                            .zip(answers)
+                            .filter(|((id, _), ours)| !ours && held.contains_key(id))
+                            .count();
+                        if lost > 0 {
+                            metrics::counter!("herald_lease_renewals_lost_total")
+                                .increment(lost as u64);
+                            tracing::warn!(
+                                lost,
+                                "leases lost while their sends were outstanding: another owner took over"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing the leases of outstanding sends failed; trying again")
+                    }
                 }
             }
-            result
         };
-        let (settled, published) = tokio::join!(settle_all, publish_all);
-        settled?;
-        published?;
-        self.publisher.publish_outcomes(&handoff.outcomes).await?;
-        self.publisher.publish_retries(&handoff.retries).await?;
-        self.publisher
-            .publish_dead_letters(&handoff.dead_letters)
-            .await?;
+        tokio::select! {
+            biased;
+            _ = async { tokio::join!(settle_all, publish_all) } => {}
+            _ = renew_all => {}
+        }
+        round
+            .persist("publishing outcomes", || {
+                self.publisher.publish_outcomes(&handoff.outcomes)
+            })
+            .await;
+        round
+            .persist("publishing retries", || {
+                self.publisher.publish_retries(&handoff.retries)
+            })
+            .await;
+        round
+            .persist("publishing dead letters", || {
+                self.publisher.publish_dead_letters(&handoff.dead_letters)
+            })
+            .await;
         Ok(())
     }
 
@@ -454,8 +580,10 @@ impl Sender {
     }
 
     /// Records steps in the ledger (fenced by epoch) and collects the outcomes,
-    /// retries and dead letters of those still ours.
-    async fn settle(&self, settled: Vec<(DeliveryJob, u64, Step)>) -> Result<Handoff, SenderError> {
+    /// retries and dead letters of those still ours. The ledger is retried in
+    /// place until it answers: the outcomes are known, and a round run again
+    /// would take its own unsettled claims for another sender's.
+    async fn settle(&self, settled: Vec<(DeliveryJob, u64, Step)>, round: &Round<'_>) -> Handoff {
         let mut handoff = Handoff::default();
         let exhausted = |job: &DeliveryJob| job.attempt + 1 >= self.config.max_attempts;
         let ledger_steps: Vec<_> = settled
@@ -466,13 +594,19 @@ impl Sender {
                         state: status.as_str().to_string(),
                     },
                     // Released, not completed: a replayed dead letter can send it.
-                    Step::Retry { .. } | Step::DeadLetter { .. } => Settle::Release,
+                    Step::Retry { .. } | Step::Handback | Step::DeadLetter { .. } => {
+                        Settle::Release
+                    }
                 };
                 (job.delivery_id, *epoch, s)
             })
             .collect();
         let ours = if self.config.dedupe {
-            self.ledger.complete_batch(&ledger_steps).await?
+            round
+                .persist("settling in the ledger", || {
+                    self.ledger.complete_batch(&ledger_steps)
+                })
+                .await
         } else {
             vec![true; ledger_steps.len()]
         };
@@ -508,15 +642,30 @@ impl Sender {
                         ..job
                     });
                 }
+                Step::Handback => {
+                    tracing::debug!(delivery_id = %job.delivery_id, "handed back on shutdown");
+                    handoff.retries.push(DeliveryJob {
+                        not_before: None,
+                        ..job
+                    });
+                }
                 Step::DeadLetter { reason } => handoff.dead_letter(job, reason),
             }
         }
-        Ok(handoff)
+        handoff
     }
 
     /// Sends once; an unknown outcome under `at_least_once` is resent once at
-    /// once, with the same ids, unless this send already was a resend.
-    async fn attempt(&self, job: &DeliveryJob, resend: bool) -> Step {
+    /// once, with the same ids, unless this send already was a resend (the
+    /// claim was a takeover), or the sender is shutting down (the next
+    /// owner resends it).
+    async fn attempt(
+        &self,
+        job: &DeliveryJob,
+        epoch: u64,
+        resend: bool,
+        round: &Round<'_>,
+    ) -> Step {
         let has_platform = |c: &herald_providers::Credentials| match job.platform {
             Platform::Ios => c.apns.is_some(),
             Platform::Android => c.fcm.is_some(),
@@ -552,6 +701,22 @@ impl Sender {
         let mut class = self.timed_send(job, &creds).await;
         if let OutcomeClass::Unknown { reason } = &class {
             if job.policy == DeliveryPolicy::AtLeastOnce && !resend {
+                // The ledger learns of the doubt before the resend: whoever
+                // holds the claim after us (we stall past the lease, we die,
+                // the resend is refused and retried) may not resend again.
+                let ours = !self.config.dedupe
+                    || round
+                        .persist("recording an unknown outcome in the ledger", || {
+                            self.ledger.mark_doubt(job.delivery_id, epoch, &round.id)
+                        })
+                        .await;
+                if !ours {
+                    return settle(DeliveryStatus::Unknown, reason);
+                }
+                if round.shutdown.is_cancelled() {
+                    tracing::info!(delivery_id = %job.delivery_id, %reason, "outcome unknown; handed back for the next sender to resend");
+                    return Step::Handback;
+                }
                 tracing::info!(delivery_id = %job.delivery_id, %reason, "outcome unknown; resending once");
                 class = self.timed_send(job, &creds).await;
             }

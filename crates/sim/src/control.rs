@@ -46,6 +46,7 @@ pub(crate) async fn stats(State(state): State<Arc<SimState>>) -> Response {
         "connections": crate::serve::CONNECTIONS.load(Ordering::Relaxed),
         "goaways": crate::serve::GOAWAYS.load(Ordering::Relaxed),
         "max_streams_seen": crate::serve::MAX_STREAMS_SEEN.load(Ordering::Relaxed),
+        "in_flight": crate::serve::IN_FLIGHT.load(Ordering::SeqCst),
     }))
     .into_response()
 }

@@ -62,6 +62,9 @@ pub(crate) static GOAWAYS: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 pub(crate) static MAX_STREAMS_SEEN: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
+/// Provider requests being handled right now, on every connection.
+pub(crate) static IN_FLIGHT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Lets a handler act on its own connection (fault injection).
 #[derive(Default)]
 pub(crate) struct ConnectionControl {
@@ -83,6 +86,7 @@ impl ConnectionControl {
         use std::sync::atomic::Ordering;
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         MAX_STREAMS_SEEN.fetch_max(now, Ordering::SeqCst);
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         InFlight(&self.in_flight)
     }
 }
@@ -92,6 +96,7 @@ pub(crate) struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
