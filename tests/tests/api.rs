@@ -661,15 +661,65 @@ async fn expired_idempotency_keys_are_purged() {
         env.count_rows("idempotency_keys").await == 0
     })
     .await;
-    // The message id is derived from the key, so a late resubmission still
-    // names the same message and adds nothing.
+    // The key is forgotten: the same key now is a new request, with a new
+    // message (a 202 always means something will be sent).
     let (status, again) = env
         .push(&gw, &app.server_key, Some("short-lived"), &request)
         .await;
     assert_eq!(status, 202);
-    assert_eq!(again["message_id"], first["message_id"]);
-    assert_eq!(env.count_rows("messages").await, 1);
-    assert_eq!(env.count_rows("deliveries").await, 1);
+    assert_ne!(again["message_id"], first["message_id"]);
+    assert_eq!(env.count_rows("messages").await, 2);
+    assert_eq!(env.count_rows("deliveries").await, 2);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_key_used_again_after_its_retention_is_a_new_push_and_is_sent() {
+    let mut env = TestEnv::start("keylives").await;
+    // Keys expire at once and are never purged by the gateway here: the
+    // test removes them itself, so both an expired key still stored and a
+    // purged one are reused.
+    env.extra_env.insert(
+        "HERALD_GATEWAY__IDEMPOTENCY_RETENTION_HOURS".into(),
+        "0".into(),
+    );
+    env.extra_env
+        .insert("HERALD_GATEWAY__PURGE_INTERVAL_MS".into(), "3600000".into());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+    let token = android_token(7);
+    let request = body(vec![json!({"platform": "android", "token": token})]);
+    let mut ids = Vec::new();
+    for life in 1..=3 {
+        if life == 3 {
+            sqlx::query("DELETE FROM idempotency_keys")
+                .execute(&env.db)
+                .await
+                .expect("purge");
+        }
+        let (status, accepted) = env
+            .push(&gw, &app.server_key, Some("reused"), &request)
+            .await;
+        assert_eq!(status, 202, "life {life}: {accepted}");
+        assert_eq!(accepted["recipients"], 1, "{accepted}");
+        let id = accepted["message_id"].as_str().expect("id").to_string();
+        let s = env
+            .wait_message(&gw, &app.server_key, &id, |s| s["counts"]["delivered"] == 1)
+            .await;
+        assert_eq!(s["status"], "completed", "{s}");
+        ids.push(id);
+    }
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), 3, "each life is its own message: {ids:?}");
+    for id in &ids {
+        assert_eq!(
+            env.deliveries_per_token(id).await.get(&token),
+            Some(&1),
+            "message {id} reached the device once"
+        );
+    }
     env.finish().await;
 }
 

@@ -71,6 +71,22 @@ impl MessageId {
         Self(Uuid::new_v5(&app.0, key.as_bytes()))
     }
 
+    /// The id of a key's `life`-th life. A key used again after its
+    /// retention is a new request (the IETF draft lets the server expire
+    /// keys): its message must be new too, or it would be taken for the first
+    /// life's and dropped. Life 1 is [`Self::for_idempotency_key`]; later
+    /// lives add "\0life:N" to the name, which no key can spell (keys are
+    /// printable ASCII).
+    pub fn for_idempotency_key_life(app: AppId, key: &str, life: u32) -> Self {
+        if life <= 1 {
+            return Self::for_idempotency_key(app, key);
+        }
+        Self(Uuid::new_v5(
+            &app.0,
+            format!("{key}\0life:{life}").as_bytes(),
+        ))
+    }
+
     /// Transactional push without a key: no dedupe across resubmissions.
     pub fn new_random() -> Self {
         Self(Uuid::now_v7())
@@ -111,6 +127,23 @@ impl DeliveryId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_life_of_a_key_has_its_own_id() {
+        let a = AppId::new_random();
+        assert_eq!(
+            MessageId::for_idempotency_key_life(a, "k1", 1),
+            MessageId::for_idempotency_key(a, "k1")
+        );
+        let lives: std::collections::HashSet<_> = (1..=5)
+            .map(|l| MessageId::for_idempotency_key_life(a, "k1", l))
+            .collect();
+        assert_eq!(lives.len(), 5);
+        assert_eq!(
+            MessageId::for_idempotency_key_life(a, "k1", 2),
+            MessageId::for_idempotency_key_life(a, "k1", 2)
+        );
+    }
 
     #[test]
     fn idempotency_key_ids_are_stable_and_scoped_per_app() {

@@ -71,12 +71,55 @@ pub(crate) async fn create(
         }
     }
 
-    let message_id = match &idempotency_key {
+    let mut message_id = match &idempotency_key {
         Some(k) => MessageId::for_idempotency_key(app, k),
         None => MessageId::new_random(),
     };
+    // A key used again after its retention starts a new life, with a new
+    // message id; the write says so when the id it was given is an earlier
+    // life's. Twice is enough unless other requests keep reusing the key at
+    // the same moment, which is "in progress" for this one.
+    for _ in 0..3 {
+        let outcome = accept_as(
+            &state,
+            &request,
+            app,
+            message_id,
+            idempotency_key.as_deref(),
+            &fingerprint,
+            committing.as_ref().map(|c| &c.0),
+        )
+        .await?;
+        match (outcome, &idempotency_key) {
+            (Accepted::Outlived, Some(k)) => {
+                message_id = state.store.message_id_for_key(app, k).await?;
+            }
+            (Accepted::Outlived, None) => return Err(Problem::internal()),
+            (Accepted::Answer(response), _) => return Ok(response),
+        }
+    }
+    Err(Problem::idempotency_in_progress())
+}
+
+/// What one write of a push came to.
+enum Accepted {
+    Answer(Response),
+    /// The message id was an earlier life's of the key: choose again.
+    Outlived,
+}
+
+/// Resolves the targets of a push under `message_id` and writes it.
+async fn accept_as(
+    state: &AppState,
+    request: &PushRequest,
+    app: herald_core::AppId,
+    message_id: MessageId,
+    idempotency_key: Option<&str>,
+    fingerprint: &[u8],
+    committing: Option<&crate::deadline::Committing>,
+) -> Result<Accepted, Problem> {
     tracing::Span::current().record("message_id", tracing::field::display(message_id));
-    let resolved = resolve_targets(&state, &request, message_id, app).await?;
+    let resolved = resolve_targets(state, request, message_id, app).await?;
     let now = chrono::Utc::now();
     let send_at = request.send_at.filter(|at| *at > now);
     let body = serde_json::to_value(PushAccepted {
@@ -105,8 +148,8 @@ pub(crate) async fn create(
         deliveries,
     };
     let record = idempotency_key.map(|key| IdempotencyRecord {
-        key,
-        fingerprint,
+        key: key.to_string(),
+        fingerprint: fingerprint.to_vec(),
         response_status: StatusCode::ACCEPTED.as_u16(),
         response_body: body.clone(),
         retention: state.idempotency_retention,
@@ -114,7 +157,7 @@ pub(crate) async fn create(
     let recipients = message.deliveries.len();
     // From here the write may commit: the request deadline must not answer
     // "nothing was accepted" for it any more.
-    if let Some(axum::Extension(c)) = &committing {
+    if let Some(c) = committing {
         c.start();
     }
     let accepted_push = state.acceptor.accept(message, record).await?;
@@ -128,11 +171,12 @@ pub(crate) async fn create(
                     .headers_mut()
                     .insert(PUBLISH_HEADER, HeaderValue::from_static("deferred"));
             }
-            Ok(response)
+            Ok(Accepted::Answer(response))
         }
-        AcceptOutcome::Replay(stored) => Ok(replay(stored)),
+        AcceptOutcome::Replay(stored) => Ok(Accepted::Answer(replay(stored))),
         AcceptOutcome::KeyInProgress => Err(Problem::idempotency_in_progress()),
         AcceptOutcome::KeyMismatch => Err(Problem::idempotency_mismatch()),
+        AcceptOutcome::KeyOutlived => Ok(Accepted::Outlived),
     }
 }
 

@@ -87,6 +87,10 @@ pub enum AcceptOutcome {
     KeyInProgress,
     /// The key was used before for a different request.
     KeyMismatch,
+    /// The key's retention ran out, and the message id given belongs to an
+    /// earlier life of the key: ask [`Store::message_id_for_key`] for this
+    /// life's id and try again. Nothing was written.
+    KeyOutlived,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,9 +269,15 @@ impl Store {
             }
         }
         if !keyed.is_empty() {
+            // One lock per key, whatever life of it a request names.
             let lock_ids: Vec<i64> = keyed
                 .iter()
-                .map(|&(i, _)| lock_id(requests[i].0.id))
+                .map(|&(i, key)| {
+                    lock_id(MessageId::for_idempotency_key(
+                        requests[i].0.app_id,
+                        &key.key,
+                    ))
+                })
                 .collect();
             let locked: Vec<bool> = sqlx::query_scalar(
                 "SELECT pg_try_advisory_xact_lock(u.id)
@@ -298,6 +308,29 @@ impl Store {
                         outcomes[i] = Some(AcceptOutcome::Replay(stored.response.clone()))
                     }
                 }
+            }
+            // A new key (or a new life of an expired one) must name a new
+            // message: were its message there already, the write would keep
+            // the old one and the request would be answered 202 for nothing.
+            let fresh: Vec<Uuid> = keyed
+                .iter()
+                .filter(|&&(i, _)| outcomes[i].is_none())
+                .map(|&(i, _)| requests[i].0.id.as_uuid())
+                .collect();
+            if !fresh.is_empty() {
+                let taken: std::collections::HashSet<Uuid> =
+                    sqlx::query_scalar("SELECT id FROM messages WHERE id = ANY($1)")
+                        .bind(&fresh)
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .into_iter()
+                        .collect();
+                for &(i, _) in &keyed {
+                    if outcomes[i].is_none() && taken.contains(&requests[i].0.id.as_uuid()) {
+                        outcomes[i] = Some(AcceptOutcome::KeyOutlived);
+                    }
+                }
+                expired.retain(|&(i, _)| outcomes[i].is_none());
             }
             if !expired.is_empty() {
                 sqlx::query(
@@ -337,6 +370,31 @@ impl Store {
                 })
             })
             .collect())
+    }
+
+    /// The message id for a request under `key` now: the first life of the
+    /// key whose message does not exist yet. (A live key's message is its
+    /// stored response's; this is for a key whose retention ran out.)
+    pub async fn message_id_for_key(&self, app: AppId, key: &str) -> Result<MessageId> {
+        const LIVES_PER_QUERY: u32 = 16;
+        let mut first = 1u32;
+        loop {
+            let lives: Vec<MessageId> = (first..first.saturating_add(LIVES_PER_QUERY))
+                .map(|life| MessageId::for_idempotency_key_life(app, key, life))
+                .collect();
+            let ids: Vec<Uuid> = lives.iter().map(MessageId::as_uuid).collect();
+            let taken: std::collections::HashSet<Uuid> =
+                sqlx::query_scalar("SELECT id FROM messages WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .collect();
+            if let Some(id) = lives.into_iter().find(|id| !taken.contains(&id.as_uuid())) {
+                return Ok(id);
+            }
+            first = first.saturating_add(LIVES_PER_QUERY);
+        }
     }
 
     /// Deletes Idempotency-Keys past their retention, a batch at a time;
