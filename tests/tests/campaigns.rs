@@ -872,3 +872,64 @@ async fn sigterm_to_the_scheduler_and_a_sender_mid_campaign_loses_and_duplicates
     assert_exactly_once(&delivered(&env, &m).await, &expected);
     env.finish().await;
 }
+
+#[tokio::test]
+async fn recovery_replays_what_a_campaign_produced_not_todays_audience() {
+    let env = TestEnv::start_with("campaignreplay", &[("HERALD_SCHEDULER__PAGE_SIZE", "10")]).await;
+    let app = env.create_app().await;
+    seed(&env, &app.id, 40).await;
+    let gateway = env.gateway().await;
+    let api = Api {
+        env: &env,
+        base: gateway.url.clone().expect("gateway url"),
+        key: app.server_key.clone(),
+    };
+    // Produced, and (no sender yet) nothing sent: every job is still in
+    // Kafka, as when a cluster is lost with them.
+    let mut scheduler = env.scheduler().await;
+    let id = api
+        .create(json!({"name": "replayed", "notification": {"title": "t"}}))
+        .await;
+    let m = api.action(&id, "launch").await["message_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait_until(
+        "the campaign is produced",
+        Duration::from_secs(60),
+        || async { api.campaign(&id).await["status"] == "completed" },
+    )
+    .await;
+    assert_eq!(produced(&env, &id).await, 40);
+
+    // Devices that joined after it was produced, both behind the waves'
+    // checkpoints and beyond them: a recovery must not send them a campaign
+    // that went out before they existed.
+    sqlx::query(
+        "INSERT INTO installations (app_id, install_id, platform, token)
+         SELECT $1::uuid, id, 'android', 'fcm-late-' || id
+         FROM UNNEST(ARRAY['i-0000005a', 'i-0000020a', 'i-9999999']) AS id",
+    )
+    .bind(&app.id)
+    .execute(&env.db)
+    .await
+    .expect("late installations");
+
+    for _ in 0..2 {
+        let out = env.run_cli(&["recover"]).await;
+        assert!(out.contains(", 1 campaigns replayed"), "{out}");
+    }
+    let _sender = env.sender().await;
+    let finished = api.wait_finished(&id, Duration::from_secs(120)).await;
+    assert_eq!(finished["progress"]["produced"], 40, "{finished}");
+    env.wait_consumed(
+        "herald-senders",
+        herald_tests::TOPICS[0],
+        Duration::from_secs(60),
+    )
+    .await;
+    let expected: HashSet<String> = (1..=40).filter(|n| deliverable(*n)).map(token).collect();
+    assert_exactly_once(&delivered(&env, &m).await, &expected);
+    assert_eq!(scheduler.terminate().await.code(), Some(0));
+    env.finish().await;
+}

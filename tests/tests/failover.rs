@@ -167,7 +167,7 @@ async fn scenario_2_the_primary_cluster_destroyed_and_recovered_into_the_standby
         "the pushes only A held: {first}"
     );
     assert!(recovered(&first, " unapplied events") > 0, "{first}");
-    assert_eq!(recovered(&first, " campaigns restarted"), 1, "{first}");
+    assert_eq!(recovered(&first, " campaigns replayed"), 1, "{first}");
     // Twice changes nothing: the final record shows no second delivery.
     inc.cli(&["recover"]).await;
     inc.traffic().await;

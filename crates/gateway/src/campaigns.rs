@@ -588,6 +588,7 @@ pub(crate) async fn estimate_campaign(
         app: key.app_id,
         kind: audience.kind,
         list: AudienceList::Stored(id),
+        replay: None,
     };
     Ok(Json(estimate(&state, scope, audience).await?))
 }
@@ -621,6 +622,7 @@ pub(crate) async fn estimate_audience(
         app: key.app_id,
         kind: audience.kind,
         list: AudienceList::Inline(&ids),
+        replay: None,
     };
     Ok(Json(estimate(&state, scope, &audience).await?))
 }

@@ -723,7 +723,7 @@ pub async fn recover(config: Config, since: Option<chrono::DateTime<chrono::Utc>
     let r = crate::recovery::recover_into(&publisher, &store, since).await?;
     publisher.flush(Duration::from_secs(10));
     println!(
-        "recovered into Kafka cluster {} (work accepted since {}): {} unsettled deliveries, {} unapplied events, {} campaigns restarted",
+        "recovered into Kafka cluster {} (work accepted since {}): {} unsettled deliveries, {} unapplied events, {} campaigns replayed",
         publisher.active_cluster(),
         since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         r.deliveries,

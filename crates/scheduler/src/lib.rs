@@ -179,6 +179,7 @@ impl Scheduler {
             app: campaign.app_id,
             kind: audience.kind,
             list: AudienceList::Stored(campaign.id),
+            replay: wave.replay.as_ref(),
         };
         let mut cursor = wave.cursor.clone();
         let mut watch = StatusWatch::new(campaign, self.config.status_check_ms);

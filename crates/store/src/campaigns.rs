@@ -55,6 +55,22 @@ pub struct AudienceScope<'a> {
     pub kind: AudienceKind,
     /// The list audience's ids: a stored campaign's list, or ids given inline.
     pub list: AudienceList<'a>,
+    /// A wave replayed by recovery reads only what it could have produced.
+    pub replay: Option<&'a Replay>,
+}
+
+/// What a wave had produced when recovery rewound it: the jobs a lost
+/// cluster held are put back, and nobody who joined the audience since
+/// gets an old campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// The install id the wave's checkpoint had reached (None: none yet).
+    pub until: Option<String>,
+    /// When the wave last moved its checkpoint: installations created
+    /// later were never read by it, behind its checkpoint.
+    pub before: DateTime<Utc>,
+    /// The wave had finished: nothing beyond its checkpoint is produced.
+    pub was_done: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +87,7 @@ pub struct Wave {
     pub cursor: Option<String>,
     pub produced: i64,
     pub done: bool,
+    pub replay: Option<Replay>,
 }
 
 /// What the scheduler needs of a campaign on each step.
@@ -469,7 +486,9 @@ impl Store {
 
     pub async fn waves(&self, id: Uuid, generation: i64) -> Result<Vec<Wave>> {
         let rows: Vec<WaveRow> = sqlx::query_as(
-            "SELECT zone, due_at, cursor, produced, done FROM campaign_waves
+            "SELECT zone, due_at, cursor, produced, done, replay_until, replay_before,
+                    replay_was_done
+             FROM campaign_waves
              WHERE campaign_id = $1 AND generation = $2 ORDER BY due_at, zone",
         )
         .bind(id)
@@ -484,6 +503,11 @@ impl Store {
                 cursor: r.cursor,
                 produced: r.produced,
                 done: r.done,
+                replay: r.replay_before.map(|before| Replay {
+                    until: r.replay_until,
+                    before,
+                    was_done: r.replay_was_done,
+                }),
             })
             .collect())
     }
@@ -514,7 +538,7 @@ impl Store {
     ) -> Result<bool> {
         let updated = sqlx::query(
             "UPDATE campaign_waves w SET cursor = COALESCE($4, w.cursor),
-                    produced = w.produced + $5, done = $6
+                    produced = w.produced + $5, done = $6, checkpointed_at = now()
              FROM campaigns c
              WHERE w.campaign_id = $1 AND w.generation = $2 AND w.zone = $3
                AND c.id = w.campaign_id AND c.generation = $2
@@ -585,6 +609,8 @@ impl Store {
                         ($6::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM campaign_audience_ids a
                                  WHERE a.campaign_id = $6 AND a.value = i.custom_id))
                         OR i.custom_id = ANY($7))))
+               AND ($9::timestamptz IS NULL OR i.created_at <= $9
+                    OR (NOT $11 AND ($10::text IS NULL OR i.install_id > $10)))
              ORDER BY i.install_id LIMIT $8",
         )
         .bind(scope.app.as_uuid())
@@ -595,6 +621,9 @@ impl Store {
         .bind(stored)
         .bind(inline.unwrap_or(&[]))
         .bind(limit)
+        .bind(scope.replay.map(|r| r.before))
+        .bind(scope.replay.and_then(|r| r.until.as_deref()))
+        .bind(scope.replay.is_some_and(|r| r.was_done))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(AudienceCandidate::try_from).collect()
@@ -650,6 +679,9 @@ struct WaveRow {
     cursor: Option<String>,
     produced: i64,
     done: bool,
+    replay_until: Option<String>,
+    replay_before: Option<DateTime<Utc>>,
+    replay_was_done: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -797,11 +829,15 @@ async fn plan(
 }
 
 impl Store {
-    /// Starts the production of every running campaign, and of every
-    /// campaign completed since `since`, over from the beginning in a new
-    /// generation, keeping each wave's time: what recovery does when the jobs
-    /// a lost cluster held are gone. The scheduler skips devices whose
-    /// delivery is settled, and the ledger drops the rest that were sent.
+    /// Replays the production of every running campaign, and of every
+    /// campaign completed since `since`, in a new generation, keeping each
+    /// wave's time: what recovery does when the jobs a lost cluster held are
+    /// gone. A wave replays what it had produced (installations it could have
+    /// read: behind its checkpoint and created before the checkpoint last
+    /// moved), then goes on as before if it had not finished. The scheduler
+    /// skips devices whose delivery is settled, and the ledger drops the rest
+    /// that were sent. Rewinding again keeps the first bounds, unless the
+    /// wave went on past them since (then they move to where it got).
     pub async fn rewind_campaigns(&self, since: DateTime<Utc>) -> Result<Vec<Uuid>> {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<Uuid> = sqlx::query_scalar(
@@ -815,7 +851,14 @@ impl Store {
         .await?;
         sqlx::query(
             "UPDATE campaign_waves w SET generation = c.generation, cursor = NULL,
-                    produced = 0, done = false
+                    produced = 0, done = false,
+                    replay_until = greatest(w.replay_until, w.cursor),
+                    replay_before = CASE
+                        WHEN w.replay_before IS NULL THEN w.checkpointed_at
+                        WHEN NOT w.replay_was_done AND w.cursor > w.replay_until
+                            THEN w.checkpointed_at
+                        ELSE w.replay_before END,
+                    replay_was_done = w.replay_was_done OR w.done
              FROM campaigns c WHERE c.id = w.campaign_id AND c.id = ANY($1)",
         )
         .bind(&ids)
