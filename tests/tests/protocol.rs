@@ -171,6 +171,13 @@ async fn a_sender_paused_past_its_lease_cannot_overwrite_its_successor() {
     env.finish().await;
 }
 
+/// A sender waits up to 2 s to fill a batch: the two pushes of
+/// [`push_both_policies`] are in one batch, all twenty at the provider at once.
+fn one_batch(env: &mut TestEnv) {
+    env.extra_env
+        .insert("HERALD_SENDER__BATCH_LINGER_MS".into(), "2000".into());
+}
+
 /// Pushes ten iOS tokens under at_least_once and ten Android tokens under
 /// at_most_once; returns the two message ids.
 async fn push_both_policies(env: &TestEnv, gw: &str, key: &str, tag: &str) -> [String; 2] {
@@ -220,6 +227,7 @@ async fn assert_each_delivered_once(env: &TestEnv, gw: &str, key: &str, ids: &[S
 #[tokio::test]
 async fn redis_refusing_writes_while_sends_are_in_flight_neither_resends_nor_forgets() {
     let mut env = TestEnv::start("settlefail").await;
+    one_batch(&mut env);
     let redis = PrivateRedis::start(&env.log_dir);
     env.extra_env
         .insert("HERALD_REDIS__URL".into(), redis.url());
@@ -261,6 +269,7 @@ async fn redis_refusing_writes_while_sends_are_in_flight_neither_resends_nor_for
 #[tokio::test]
 async fn a_provider_slower_than_the_lease_keeps_its_claims_renewed() {
     let mut env = TestEnv::start("renewal").await;
+    one_batch(&mut env);
     // A lease of 1 s and a provider taking 4 s: without renewal every claim
     // would run out mid-send, and the copies below would take them over.
     for (k, v) in [
@@ -421,6 +430,154 @@ async fn redis_restarted_without_persistence_does_not_resend_what_was_delivered(
         first_copies.values().all(|&n| n == 1),
         "resent after Redis lost its data: {first_copies:?}"
     );
+    env.finish().await;
+}
+
+/// Every job of the deliveries topic so far, as a copy would carry it.
+async fn jobs_published(env: &TestEnv) -> Vec<DeliveryJob> {
+    let kafka = herald_config_for(env);
+    let records = tokio::task::spawn_blocking(move || {
+        herald_bus::read_topic(&kafka, DELIVERIES, Duration::from_secs(10))
+    })
+    .await
+    .expect("join")
+    .expect("read topic");
+    records
+        .iter()
+        .map(|m| DeliveryJob::from_json(m.payload().unwrap_or_default()).expect("job"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_its_last_writes_but_kept_its_marker_resends_nothing() {
+    let mut env = TestEnv::start("rollback").await;
+    let redis = PrivateRedis::start(&env.log_dir);
+    env.extra_env
+        .insert("HERALD_REDIS__URL".into(), redis.url());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let mut first = env.sender().await;
+    let ids = push_both_policies(&env, &gw, &app.server_key, "before").await;
+    assert_each_delivered_once(&env, &gw, &app.server_key, &ids).await;
+    assert_eq!(first.terminate().await.code(), Some(0));
+
+    // Redis fails over to a replica that missed the last writes (or comes
+    // back from an AOF written once a second): the marker is still there,
+    // the claims and the write sequence are from before.
+    let prefix = env.redis_prefix.clone();
+    let gone = redis.cli(&[
+        "EVAL",
+        "local n = 0
+         for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k); n = n + 1 end
+         redis.call('SET', ARGV[2], 0)
+         return n",
+        "0",
+        &format!("{prefix}d:*"),
+        &format!("{prefix}ledger-seq"),
+    ]);
+    assert_eq!(gone.trim(), "20", "{gone}");
+    assert_eq!(
+        redis
+            .cli(&["EXISTS", &format!("{prefix}ledger-marker")])
+            .trim(),
+        "1"
+    );
+
+    // A new sender (it never saw the lost writes) gets copies of every job.
+    let second = env.sender().await;
+    let jobs = jobs_published(&env).await;
+    assert_eq!(jobs.len(), 20);
+    herald_bus::Publisher::new(&herald_config_for(&env))
+        .expect("publisher")
+        .publish_jobs(&jobs)
+        .await
+        .expect("copies");
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+    assert_each_delivered_once(&env, &gw, &app.server_key, &ids).await;
+    assert!(
+        second.logged("the Redis ledger went back in time"),
+        "the rollback was not noticed"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_before_the_recorder_caught_up_sends_nothing_again() {
+    let mut env = TestEnv::start("lossunrecorded").await;
+    let mut redis = PrivateRedis::start(&env.log_dir);
+    env.extra_env
+        .insert("HERALD_REDIS__URL".into(), redis.url());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let sender = env
+        .spawn("sender", &["sender", "--no-recorder"], false)
+        .await;
+    let recorder = env.spawn("recorder", &["recorder"], false).await;
+    // A history: PostgreSQL has outcomes, so a loss is not a first start.
+    let earlier = push_both_policies(&env, &gw, &app.server_key, "earlier").await;
+    assert_each_delivered_once(&env, &gw, &app.server_key, &earlier).await;
+
+    // Twenty deliveries settled in Redis, their outcomes waiting in Kafka
+    // for a recorder that is stuck.
+    recorder.pause();
+    let ids = push_both_policies(&env, &gw, &app.server_key, "unrecorded").await;
+    wait_until("the twenty delivered", LONG, || async {
+        env.sim_stats().await["accepted"] == 40
+    })
+    .await;
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+
+    // Redis forgets them, and copies of their jobs arrive: PostgreSQL does
+    // not know they were sent, and must not be asked until it does.
+    redis.restart_empty();
+    let copies: Vec<DeliveryJob> = jobs_published(&env)
+        .await
+        .into_iter()
+        .filter(|j| ids.contains(&j.message_id.to_string()))
+        .collect();
+    assert_eq!(copies.len(), 20);
+    herald_bus::Publisher::new(&herald_config_for(&env))
+        .expect("publisher")
+        .publish_jobs(&copies)
+        .await
+        .expect("copies");
+    wait_until("the copies are held, or sent", LONG, || async {
+        sender.logged("ledger hold: fresh claims") || env.sim_stats().await["accepted"] != 40
+    })
+    .await;
+    assert_eq!(
+        env.sim_stats().await["accepted"],
+        40,
+        "sent again before PostgreSQL knew"
+    );
+
+    // The recorder catches up; the hold ends; PostgreSQL now knows.
+    recorder.resume();
+    assert_each_delivered_once(&env, &gw, &app.server_key, &ids).await;
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+    env.wait_consumed("herald-senders-retries", TOPICS[1], LONG)
+        .await;
+    assert_each_delivered_once(&env, &gw, &app.server_key, &ids).await;
+    assert_eq!(env.sim_stats().await["accepted"], 40);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_ledger_keys_is_refused() {
+    let mut env = TestEnv::start("eviction").await;
+    let redis = PrivateRedis::start(&env.log_dir);
+    env.extra_env
+        .insert("HERALD_REDIS__URL".into(), redis.url());
+    redis.cli(&["CONFIG", "SET", "maxmemory", "100mb"]);
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
+    let out = tokio::time::timeout(LONG, env.run_cli_unchecked(&["sender"]))
+        .await
+        .expect("the sender ran on a Redis that may evict its keys");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("maxmemory-policy noeviction"), "{stderr}");
     env.finish().await;
 }
 
@@ -861,6 +1018,7 @@ async fn an_outcome_said_twice_in_one_batch_is_recorded_once() {
         install_id: None,
         attempts: 1,
         at: chrono::Utc::now(),
+        ledger_mark: None,
     };
     let again = herald_core::DeliveryOutcome {
         provider_id: Some("second".into()),

@@ -91,7 +91,7 @@ async fn deliver_all(ledger: &Ledger, ids: &[DeliveryId]) {
         })
         .collect();
     let ours = ledger.complete_batch(&steps).await.expect("complete");
-    assert!(ours.iter().all(|o| *o), "every epoch was still ours");
+    assert!(ours.iter().all(|o| o.ours), "every epoch was still ours");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +102,10 @@ async fn the_ledger_follows_a_sentinel_failover_and_keeps_what_was_settled() {
     let ledger = Ledger::connect(&sentinel_endpoint(&set), &prefix, "owner-a", LEASE, HORIZON)
         .await
         .expect("ledger over Sentinel");
-    ledger.mark_intact().await.expect("marker");
+    ledger
+        .mark_intact(&Default::default())
+        .await
+        .expect("marker");
     let before = ids(300);
     let batch = ledger.claim_batch(&before, "round-1").await.expect("claim");
     assert!(batch.ledger_intact);
@@ -155,7 +158,10 @@ async fn the_ledger_spreads_over_a_cluster_and_notices_a_shard_that_lost_its_dat
     let first = ids(50);
     let batch = ledger.claim_batch(&first, "round-1").await.expect("claim");
     assert!(!batch.ledger_intact, "a ledger never marked is not intact");
-    ledger.mark_intact().await.expect("markers");
+    ledger
+        .mark_intact(&Default::default())
+        .await
+        .expect("markers");
 
     let all = ids(1000);
     let batch = ledger.claim_batch(&all, "round-1").await.expect("claim");
@@ -192,7 +198,10 @@ async fn the_ledger_spreads_over_a_cluster_and_notices_a_shard_that_lost_its_dat
     // Rebuilt (as a sender does from PostgreSQL) and marked again: intact.
     let seeded: Vec<_> = all.iter().map(|id| (*id, "delivered")).collect();
     ledger.seed_settled(&seeded).await.expect("seed");
-    ledger.mark_intact().await.expect("markers");
+    ledger
+        .mark_intact(&Default::default())
+        .await
+        .expect("markers");
     let rebuilt = ledger
         .claim_batch(&all[..10], "round-1")
         .await
@@ -385,7 +394,7 @@ async fn a_round_gets_its_own_claims_back_and_a_doubt_outlives_a_release() {
             .complete_batch(&[(id[0], 1, Settle::Release)])
             .await
             .expect("release");
-        assert_eq!(ours, vec![true], "releasing again is the same release");
+        assert!(ours[0].ours, "releasing again is the same release");
     }
     let next = ledger.claim_batch(&id, "round-3").await.expect("claim");
     assert_eq!(
@@ -406,7 +415,7 @@ async fn a_round_gets_its_own_claims_back_and_a_doubt_outlives_a_release() {
     };
     for _ in 0..2 {
         let ours = ledger.complete_batch(&delivered()).await.expect("settle");
-        assert_eq!(ours, vec![true], "settling again is the same settle");
+        assert!(ours[0].ours, "settling again is the same settle");
     }
 
     // A claim Redis forgot is written back by its renewal.

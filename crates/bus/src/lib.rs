@@ -356,28 +356,64 @@ impl LagProbe {
 
     /// Blocking (metadata and offset requests): call it off the async threads.
     pub fn lag(&self, topic: &str, timeout: Duration) -> Result<i64> {
+        let highs = self.high_watermarks(topic, timeout)?;
+        let committed = self.committed(topic, &highs, timeout)?;
+        Ok(highs
+            .iter()
+            .map(|(p, high)| (high - committed.get(p).copied().unwrap_or(0)).max(0))
+            .sum())
+    }
+
+    /// The end offset of each partition of `topic` now. Blocking.
+    pub fn high_watermarks(&self, topic: &str, timeout: Duration) -> Result<HashMap<i32, i64>> {
         let metadata = self.consumer.fetch_metadata(Some(topic), timeout)?;
-        let mut tpl = TopicPartitionList::new();
         let mut highs = HashMap::new();
         for t in metadata.topics() {
             for p in t.partitions() {
                 let (_, high) = self.consumer.fetch_watermarks(topic, p.id(), timeout)?;
                 highs.insert(p.id(), high);
-                tpl.add_partition(topic, p.id());
             }
         }
-        let committed = self.consumer.committed_offsets(tpl, timeout)?;
-        let mut lag = 0;
-        for e in committed.elements() {
-            let high = highs.get(&e.partition()).copied().unwrap_or(0);
-            let done = match e.offset() {
-                Offset::Offset(o) => o,
-                // Nothing committed yet: the group starts at the beginning.
-                _ => 0,
-            };
-            lag += (high - done).max(0);
+        Ok(highs)
+    }
+
+    /// Whether the group has committed every record of `topic` below
+    /// `marks` (from [`Self::high_watermarks`]). Blocking.
+    pub fn caught_up_to(
+        &self,
+        topic: &str,
+        marks: &HashMap<i32, i64>,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let committed = self.committed(topic, marks, timeout)?;
+        Ok(marks
+            .iter()
+            .all(|(p, mark)| committed.get(p).copied().unwrap_or(0) >= *mark))
+    }
+
+    fn committed(
+        &self,
+        topic: &str,
+        partitions: &HashMap<i32, i64>,
+        timeout: Duration,
+    ) -> Result<HashMap<i32, i64>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions.keys() {
+            tpl.add_partition(topic, *p);
         }
-        Ok(lag)
+        let committed = self.consumer.committed_offsets(tpl, timeout)?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let done = match e.offset() {
+                    Offset::Offset(o) => o,
+                    // Nothing committed yet: the group starts at the beginning.
+                    _ => 0,
+                };
+                (e.partition(), done)
+            })
+            .collect())
     }
 }
 

@@ -18,6 +18,6 @@ pub mod trigger;
 pub use campaign::{CampaignRef, CampaignStatus};
 pub use ids::{AppId, DeliveryId, MessageId};
 pub use job::{DeadLetter, DeliveryJob, DeliveryPolicy, Platform};
-pub use outcome::{DeliveryOutcome, DeliveryStatus, OutcomeClass};
+pub use outcome::{DeliveryOutcome, DeliveryStatus, LedgerMark, OutcomeClass};
 pub use payload::{Notification, PayloadError};
 pub use push::{FieldError, PushRequest};

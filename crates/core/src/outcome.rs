@@ -100,6 +100,19 @@ pub struct DeliveryOutcome {
     pub install_id: Option<String>,
     pub attempts: u32,
     pub at: DateTime<Utc>,
+    /// The ledger's write sequence after this settle: the recorder keeps the
+    /// highest, and a Redis that later shows a lower one lost writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_mark: Option<LedgerMark>,
+}
+
+/// A point in the ledger's history: its write sequence in one scope (the
+/// whole ledger on one Redis; one of the 256 buckets on a Redis Cluster,
+/// whose shards can each lose their data on their own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerMark {
+    pub scope: String,
+    pub seq: u64,
 }
 
 impl DeliveryOutcome {

@@ -427,6 +427,48 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
     )
     .await
     .context("connecting the ledger to Redis")?;
+    // An evicted ledger key is a claim forgotten, with nothing to tell it
+    // from one never made: refuse a Redis that may evict, and say so in
+    // /readyz should it start to.
+    match ledger.eviction().await {
+        Ok(eviction) => {
+            if let Some(risk) = eviction.risk() {
+                if eviction.maxmemory > 0 && eviction.policy != "noeviction" {
+                    anyhow::bail!(
+                        "{risk}.\n  Set `maxmemory-policy noeviction` on the ledger's Redis (or `maxmemory 0`), and give it the memory the dedupe horizon needs (docs/operations.md, \"Redis\")."
+                    );
+                }
+                tracing::warn!("{risk}");
+            }
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot read Redis's eviction policy (INFO memory): make sure it is noeviction"
+        ),
+    }
+    let watched = ledger.clone();
+    roles.readiness.add("redis_eviction", move || {
+        let ledger = watched.clone();
+        async move {
+            match ledger.eviction().await {
+                Ok(e) => e.risk().map_or(Ok(()), Err),
+                // Redis away is the `redis` check's to report.
+                Err(_) => Ok(()),
+            }
+        }
+    });
+    let outcome_probes = herald_sender::OutcomeProbes {
+        probes: config
+            .kafka
+            .clusters()
+            .iter()
+            .map(|c| {
+                herald_bus::LagProbe::new(&config.kafka.for_cluster(c), &config.recorder.group_id)
+                    .map(Arc::new)
+            })
+            .collect::<Result<_, _>>()?,
+        topic: config.kafka.topics.outcomes.clone(),
+    };
     let ca_cert_pem = match &config.providers.ca_cert_path {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {path}"))?),
         None => None,
@@ -449,6 +491,7 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
         roles.publisher(config, &store)?,
         store,
         config.sender.clone(),
+        outcome_probes,
     ));
     // Every cluster is read: the standby's jobs, and a recovered cluster's
     // backlog, which the ledger sorts out.

@@ -11,6 +11,14 @@
 //! a hash tag naming one of 256 buckets (`{prefix}d:{b3f}:{delivery_id}`), and
 //! each bucket has its own marker in its slot, checked by the claims that land
 //! there: a shard that restarted empty is noticed by the claims it serves.
+//!
+//! A marker only notices a Redis that lost everything. A Redis that lost some
+//! writes (an AOF `everysec` crash, a failover to a replica that missed
+//! writes) keeps it. So every settle also counts a write sequence in its
+//! scope (the ledger, or its bucket), the outcome carries it to PostgreSQL,
+//! and a Redis showing a lower sequence than one already recorded, or than
+//! one a sender already saw, has gone back in time: the ledger is declared
+//! lost and rebuilt as after a restart.
 
 mod connection;
 mod rate_limit;
@@ -19,8 +27,9 @@ pub use connection::{RedisConnection, RedisEndpoint, RedisTarget};
 pub use rate_limit::{Grant, RateDecision, RateLimiter};
 
 use herald_core::dedupe::Claim;
-use herald_core::DeliveryId;
+use herald_core::{DeliveryId, LedgerMark};
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind};
+use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +48,7 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 // takeover: an earlier attempt may have reached the device.
 const CLAIM: &str = r#"
 local intact = redis.call('EXISTS', KEYS[2])
+local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[2])
@@ -48,9 +58,9 @@ local function claimed(epoch, takeovers)
              'lease_until', now + lease, 'takeovers', takeovers)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   if takeovers > 0 then
-    return {'takeover', epoch, takeovers, '', intact}
+    return {'takeover', epoch, takeovers, '', intact, seq}
   end
-  return {'claimed', epoch, 0, '', intact}
+  return {'claimed', epoch, 0, '', intact, seq}
 end
 if not e[1] then
   return claimed(1, 0)
@@ -60,14 +70,14 @@ if e[1] == 'released' then
   return claimed(tonumber(e[2]) + 1, takeovers)
 end
 if e[1] ~= 'inflight' then
-  return {'settled', 0, 0, e[1], intact}
+  return {'settled', 0, 0, e[1], intact, seq}
 end
 local lease_until = tonumber(e[3])
 if lease_until > now and e[5] == ARGV[1] then
   return claimed(tonumber(e[2]), takeovers)
 end
 if lease_until > now then
-  return {'busy', lease_until - now, 0, '', intact}
+  return {'busy', lease_until - now, 0, '', intact, seq}
 end
 return claimed(tonumber(e[2]) + 1, takeovers + 1)
 "#;
@@ -76,11 +86,12 @@ return claimed(tonumber(e[2]) + 1, takeovers + 1)
 // claimed the delivery since: the caller did send it, so its settle is
 // recorded, not dropped; dropping it would let a later copy send it again.
 // Settling again in the same words (the first answer was lost) is the same
-// settle.
+// settle. Answers: 0 not ours; -1 ours, already settled; else ours, and the
+// scope's write sequence after it (KEYS[2]).
 const COMPLETE: &str = r#"
 local e = redis.call('HMGET', KEYS[1], 'state', 'epoch')
 if e[1] == ARGV[2] and tonumber(e[2]) == tonumber(ARGV[1]) then
-  return 1
+  return -1
 end
 if e[1] and (e[1] ~= 'inflight' or tonumber(e[2]) ~= tonumber(ARGV[1])) then
   return 0
@@ -91,6 +102,16 @@ end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
 redis.call('HDEL', KEYS[1], 'lease_until', 'owner')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return redis.call('INCR', KEYS[2])
+"#;
+
+/// Raises a scope's write sequence to at least ARGV[1] (a rebuilt ledger
+/// starts where PostgreSQL's record of it ended).
+const RAISE: &str = r#"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
 return 1
 "#;
 
@@ -121,6 +142,18 @@ if e[1] ~= 'inflight' or e[3] ~= ARGV[1] or tonumber(e[2]) ~= tonumber(ARGV[2]) 
 end
 redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
 return 1
+"#;
+
+// Gives up a claim made while the ledger is lost and not yet trusted: the
+// key goes, so that the claim of a send in flight at the loss can be written
+// back by its owner's renewal.
+const ABANDON: &str = r#"
+local e = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'owner')
+if e[1] == 'inflight' and e[3] == ARGV[1] and tonumber(e[2]) == tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 "#;
 
 // Extends the lease of a send still outstanding. A claim Redis forgot is
@@ -160,6 +193,47 @@ pub struct ClaimBatch {
     /// failed over to a replica that missed writes, so a `Claimed` answer may
     /// be about a delivery that was settled before the loss.
     pub ledger_intact: bool,
+    /// The lowest write sequence each scope showed to this batch's claims.
+    pub seqs: HashMap<String, u64>,
+}
+
+/// The ledger's answer to one settle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// False: a newer owner took over, and its outcome stands.
+    pub ours: bool,
+    /// The write this settle made, for its outcome to carry (None: not
+    /// ours, or settled already by an earlier try, or a release).
+    pub mark: Option<LedgerMark>,
+}
+
+/// What Redis says of its eviction: a ledger key evicted is a claim
+/// forgotten, with nothing to tell it from one never made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    /// `maxmemory` in bytes (0: no limit, so nothing is ever evicted).
+    pub maxmemory: u64,
+    pub policy: String,
+    pub evicted_keys: u64,
+}
+
+impl Eviction {
+    /// Why this Redis may drop ledger keys, if it may.
+    pub fn risk(&self) -> Option<String> {
+        if self.maxmemory > 0 && self.policy != "noeviction" {
+            return Some(format!(
+                "Redis evicts keys when full (maxmemory {} bytes, maxmemory-policy {}): the ledger needs maxmemory-policy noeviction",
+                self.maxmemory, self.policy
+            ));
+        }
+        if self.evicted_keys > 0 {
+            return Some(format!(
+                "Redis has evicted {} keys since it started: ledger claims may be gone",
+                self.evicted_keys
+            ));
+        }
+        None
+    }
 }
 
 /// One settle step for [`Ledger::complete_batch`].
@@ -184,6 +258,8 @@ pub struct Ledger {
     renew: Script,
     doubt: Script,
     seed: Script,
+    raise: Script,
+    abandon: Script,
 }
 
 /// How the ledger names its keys; see the crate's documentation.
@@ -211,22 +287,44 @@ impl KeyLayout {
     }
 
     fn marker_of(&self, id: DeliveryId) -> String {
-        if self.bucketed {
-            self.marker(Self::bucket(id))
-        } else {
-            format!("{}ledger-marker", self.prefix)
-        }
-    }
-
-    fn marker(&self, bucket: u8) -> String {
-        format!("{}ledger-marker:{{b{bucket:02x}}}", self.prefix)
+        self.scope_marker(&self.scope_of(id))
     }
 
     fn markers(&self) -> Vec<String> {
+        self.scopes().iter().map(|s| self.scope_marker(s)).collect()
+    }
+
+    /// The scope a delivery's key is in: "" for the whole ledger on one
+    /// Redis, its bucket ("b3f") on a cluster.
+    fn scope_of(&self, id: DeliveryId) -> String {
         if self.bucketed {
-            (0..=u8::MAX).map(|b| self.marker(b)).collect()
+            format!("b{:02x}", Self::bucket(id))
         } else {
-            vec![format!("{}ledger-marker", self.prefix)]
+            String::new()
+        }
+    }
+
+    fn scopes(&self) -> Vec<String> {
+        if self.bucketed {
+            (0..=u8::MAX).map(|b| format!("b{b:02x}")).collect()
+        } else {
+            vec![String::new()]
+        }
+    }
+
+    fn scope_marker(&self, scope: &str) -> String {
+        if scope.is_empty() {
+            format!("{}ledger-marker", self.prefix)
+        } else {
+            format!("{}ledger-marker:{{{scope}}}", self.prefix)
+        }
+    }
+
+    fn seq(&self, scope: &str) -> String {
+        if scope.is_empty() {
+            format!("{}ledger-seq", self.prefix)
+        } else {
+            format!("{}ledger-seq:{{{scope}}}", self.prefix)
         }
     }
 }
@@ -255,6 +353,8 @@ impl Ledger {
             renew: Script::new(RENEW),
             doubt: Script::new(DOUBT),
             seed: Script::new(SEED),
+            raise: Script::new(RAISE),
+            abandon: Script::new(ABANDON),
         })
     }
 
@@ -285,27 +385,50 @@ impl Ledger {
                 let mut invocation = self.claim.key(self.key(*id));
                 invocation
                     .key(self.layout.marker_of(*id))
+                    .key(self.layout.seq(&self.layout.scope_of(*id)))
                     .arg(&owner)
                     .arg(lease_ms)
                     .arg(horizon_ms);
                 invocation
             })
             .collect();
-        let answers: Vec<(String, i64, i64, String, i64)> = self.run(&invocations).await?;
+        let answers: Vec<(String, i64, i64, String, i64, i64)> = self.run(&invocations).await?;
         let ledger_intact = answers.iter().all(|a| a.4 == 1);
+        let mut seqs: HashMap<String, u64> = HashMap::new();
+        for (id, answer) in ids.iter().zip(&answers) {
+            let seq = u64::try_from(answer.5).unwrap_or(0);
+            seqs.entry(self.layout.scope_of(*id))
+                .and_modify(|s| *s = (*s).min(seq))
+                .or_insert(seq);
+        }
         Ok(ClaimBatch {
             claims: answers
                 .into_iter()
-                .map(|(kind, a, b, state, _)| parse_claim((kind, a, b, state)))
+                .map(|(kind, a, b, state, _, _)| parse_claim((kind, a, b, state)))
                 .collect::<Result<_>>()?,
             ledger_intact,
+            seqs,
         })
     }
 
     /// Declares the ledger complete: written once it holds every settled
     /// delivery of the dedupe horizon (after a rebuild, or on a first start
-    /// against an empty history).
-    pub async fn mark_intact(&self) -> Result<()> {
+    /// against an empty history). Each scope's write sequence is raised to
+    /// the highest PostgreSQL recorded (`floors`), so that the rebuilt
+    /// ledger is not taken for one that went back in time.
+    pub async fn mark_intact(&self, floors: &HashMap<String, u64>) -> Result<()> {
+        let raises: Vec<_> = self
+            .layout
+            .scopes()
+            .into_iter()
+            .filter_map(|scope| {
+                let floor = *floors.get(&scope)?;
+                let mut invocation = self.raise.key(self.layout.seq(&scope));
+                invocation.arg(floor);
+                Some(invocation)
+            })
+            .collect();
+        let _: Vec<i64> = self.run(&raises).await?;
         let markers = self.layout.markers();
         let commands = markers.iter().map(|m| {
             let mut set = redis::cmd("SET");
@@ -327,6 +450,84 @@ impl Ledger {
             let _: () = pipe.query_async(&mut conn).await?;
         }
         Ok(())
+    }
+
+    /// Deletes the markers of `scopes`: every claim there now sees the
+    /// ledger as lost (it went back in time), falls back to PostgreSQL, and
+    /// a rebuild starts.
+    pub async fn declare_lost(&self, scopes: &[String]) -> Result<()> {
+        futures::future::try_join_all(scopes.iter().map(|scope| {
+            let mut conn = self.conn.clone();
+            let marker = self.layout.scope_marker(scope);
+            async move {
+                redis::cmd("DEL")
+                    .arg(marker)
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Every scope's write sequence as Redis has it now.
+    pub async fn read_seqs(&self) -> Result<HashMap<String, u64>> {
+        let scopes = self.layout.scopes();
+        let seqs = futures::future::try_join_all(scopes.iter().map(|scope| {
+            let mut conn = self.conn.clone();
+            let key = self.layout.seq(scope);
+            async move {
+                redis::cmd("GET")
+                    .arg(key)
+                    .query_async::<Option<u64>>(&mut conn)
+                    .await
+            }
+        }))
+        .await?;
+        Ok(scopes
+            .into_iter()
+            .zip(seqs)
+            .map(|(scope, seq)| (scope, seq.unwrap_or(0)))
+            .collect())
+    }
+
+    /// Reads `maxmemory`, `maxmemory-policy` and `evicted_keys` from INFO
+    /// (allowed where CONFIG is not, as on most managed Redis). On a
+    /// cluster, the worst of its nodes.
+    pub async fn eviction(&self) -> Result<Eviction> {
+        let mut conn = self.conn.clone();
+        let info: redis::Value = redis::cmd("INFO")
+            .arg("memory")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await?;
+        let mut texts = Vec::new();
+        collect_texts(&info, &mut texts);
+        let mut worst: Option<Eviction> = None;
+        for text in texts {
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+            };
+            let Some(policy) = field("maxmemory_policy") else {
+                continue;
+            };
+            let node = Eviction {
+                maxmemory: field("maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0),
+                policy,
+                evicted_keys: field("evicted_keys")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            };
+            if worst
+                .as_ref()
+                .is_none_or(|w| w.risk().is_none() && node.risk().is_some())
+            {
+                worst = Some(node);
+            }
+        }
+        worst.ok_or_else(|| LedgerError::Protocol("INFO has no maxmemory_policy".into()))
     }
 
     /// One rebuilder at a time: true if this process got the lock.
@@ -362,8 +563,12 @@ impl Ledger {
     }
 
     /// Settles claimed deliveries; each answer says whether our epoch was
-    /// still current (false: a newer owner took over, and its outcome stands).
-    pub async fn complete_batch(&self, items: &[(DeliveryId, u64, Settle)]) -> Result<Vec<bool>> {
+    /// still current (false: a newer owner took over, and its outcome stands),
+    /// and the write it made.
+    pub async fn complete_batch(
+        &self,
+        items: &[(DeliveryId, u64, Settle)],
+    ) -> Result<Vec<Settled>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -373,7 +578,11 @@ impl Ledger {
             .map(|(id, epoch, settle)| match settle {
                 Settle::Complete { state } => {
                     let mut invocation = self.complete.key(self.key(*id));
-                    invocation.arg(*epoch).arg(state).arg(horizon_ms);
+                    invocation
+                        .key(self.layout.seq(&self.layout.scope_of(*id)))
+                        .arg(*epoch)
+                        .arg(state)
+                        .arg(horizon_ms);
                     invocation
                 }
                 Settle::Release => {
@@ -384,7 +593,26 @@ impl Ledger {
             })
             .collect();
         let answers: Vec<i64> = self.run(&invocations).await?;
-        Ok(answers.into_iter().map(|a| a == 1).collect())
+        Ok(items
+            .iter()
+            .zip(answers)
+            .map(|((id, _, settle), answer)| match settle {
+                Settle::Release => Settled {
+                    ours: answer == 1,
+                    mark: None,
+                },
+                Settle::Complete { .. } => Settled {
+                    ours: answer != 0,
+                    mark: u64::try_from(answer)
+                        .ok()
+                        .filter(|s| *s > 0)
+                        .map(|seq| LedgerMark {
+                            scope: self.layout.scope_of(*id),
+                            seq,
+                        }),
+                },
+            })
+            .collect())
     }
 
     /// Records that a send of the round's claim had an unknown outcome and is
@@ -396,6 +624,21 @@ impl Ledger {
         invocation.arg(&owner).arg(epoch);
         let answers: Vec<i64> = self.run(&[invocation]).await?;
         Ok(answers.first() == Some(&1))
+    }
+
+    /// Gives up the round's claims of `held` (see ABANDON).
+    pub async fn abandon_batch(&self, held: &[(DeliveryId, u64)], round: &str) -> Result<()> {
+        let owner = self.round_owner(round);
+        let invocations: Vec<_> = held
+            .iter()
+            .map(|(id, epoch)| {
+                let mut invocation = self.abandon.key(self.key(*id));
+                invocation.arg(&owner).arg(*epoch);
+                invocation
+            })
+            .collect();
+        let _: Vec<i64> = self.run(&invocations).await?;
+        Ok(())
     }
 
     /// Extends the leases of a round's sends still outstanding; each answer
@@ -462,6 +705,8 @@ impl Ledger {
                     &self.renew,
                     &self.doubt,
                     &self.seed,
+                    &self.raise,
+                    &self.abandon,
                 ] {
                     script.prepare_invoke().load_async(&mut conn).await?;
                 }
@@ -469,6 +714,22 @@ impl Ledger {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// The texts of an INFO answer: one string from one server, or one per node
+/// from a cluster.
+fn collect_texts(value: &redis::Value, out: &mut Vec<String>) {
+    match value {
+        redis::Value::BulkString(b) => out.push(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => {
+            out.push(s.clone())
+        }
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            items.iter().for_each(|v| collect_texts(v, out))
+        }
+        redis::Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_texts(v, out)),
+        _ => {}
     }
 }
 

@@ -1,34 +1,159 @@
-//! Noticing that Redis lost the ledger, and rebuilding it from PostgreSQL.
+//! Noticing that Redis lost the ledger (all of it, or the writes of its last
+//! moments), holding fresh claims until PostgreSQL knows what Redis forgot,
+//! and rebuilding the ledger from PostgreSQL.
+//!
+//! When the ledger is lost, a fresh claim may be about a delivery that
+//! (a) was settled, with its outcome not yet recorded in PostgreSQL, or
+//! (b) was being sent at that moment. PostgreSQL cannot answer for either
+//! at once. So every loss starts a *hold*: fresh claims that PostgreSQL does
+//! not know as settled are given back unsent until (a) the recorder has
+//! recorded every outcome published before the loss was noticed, and (b) a
+//! third of a lease has passed, in which every live send's renewal writes
+//! its claim back. After the hold, PostgreSQL's answer is complete.
 
+use herald_bus::LagProbe;
 use herald_ledger::Ledger;
 use herald_store::Store;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// A rebuild that takes longer than this lets another process try.
 const REBUILD_LOCK: Duration = Duration::from_secs(600);
 const PAGE: i64 = 2000;
+/// The longest a hold waits for the recorder. Past it (the recorder is
+/// down), fresh claims are trusted to PostgreSQL as it is, counted in
+/// `herald_ledger_holds_cut_short_total`: an outcome still unrecorded then
+/// can be sent again.
+const HOLD_MAX: Duration = Duration::from_secs(120);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Default, Clone)]
+/// What the guard needs to know when the recorder has caught up: the
+/// recorder group on the outcomes topic of every cluster.
+#[derive(Clone, Default)]
+pub struct OutcomeProbes {
+    pub probes: Vec<Arc<LagProbe>>,
+    pub topic: String,
+}
+
+#[derive(Clone)]
 pub(crate) struct LedgerGuard {
     rebuilding: Arc<AtomicBool>,
+    /// When the current hold ends; None: no hold, or it ended.
+    hold: Arc<Mutex<Option<Instant>>>,
+    hold_done: Arc<tokio::sync::Notify>,
+    /// The highest write sequence per scope that this process made, or that
+    /// PostgreSQL recorded: Redis showing less lost writes.
+    seen: Arc<Mutex<HashMap<String, u64>>>,
+    /// Scopes declared lost and not yet seen marked again.
+    lost: Arc<Mutex<HashSet<String>>>,
+    probes: OutcomeProbes,
+    lease: Duration,
 }
 
 impl LedgerGuard {
-    /// Called for every batch whose claim found the marker missing. Starts one
-    /// rebuild in the background; until the marker is back, each batch checks
-    /// its fresh claims against PostgreSQL.
-    pub(crate) fn ledger_lost(&self, ledger: &Ledger, store: &Store, horizon_hours: u64) {
+    pub(crate) fn new(probes: OutcomeProbes, lease: Duration) -> Self {
+        Self {
+            rebuilding: Arc::default(),
+            hold: Arc::default(),
+            hold_done: Arc::default(),
+            seen: Arc::default(),
+            lost: Arc::default(),
+            probes,
+            lease,
+        }
+    }
+
+    /// How long fresh claims must still wait, if a hold is on.
+    pub(crate) fn holding(&self) -> Option<Duration> {
+        let until = (*self.hold.lock().unwrap_or_else(PoisonError::into_inner))?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// The highest sequences seen so far, to compare a claim batch with.
+    pub(crate) fn seen(&self) -> HashMap<String, u64> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn saw(&self, scope: &str, seq: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = seen.entry(scope.to_string()).or_insert(0);
+        *s = (*s).max(seq);
+    }
+
+    /// The scopes whose sequence now is lower than one seen before it was
+    /// read: Redis went back in time there. Scopes already declared lost
+    /// are not named again until they are marked intact.
+    pub(crate) fn went_back(
+        &self,
+        before: &HashMap<String, u64>,
+        now: &HashMap<String, u64>,
+    ) -> Vec<String> {
+        let lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        now.iter()
+            .filter(|(scope, seq)| before.get(*scope).is_some_and(|b| *seq < b))
+            .filter(|(scope, _)| !lost.contains(*scope))
+            .map(|(scope, _)| scope.clone())
+            .collect()
+    }
+
+    /// A claim batch found its markers: a rebuild (which raises the write
+    /// sequences before it marks) has brought lost scopes back.
+    pub(crate) fn marked_intact(&self) {
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Redis lost writes in `scopes`: their markers go, so that every
+    /// sender's next claims there fall back to PostgreSQL and a rebuild
+    /// starts. This process accepts the sequences Redis has now.
+    pub(crate) async fn declare_lost(
+        &self,
+        ledger: &Ledger,
+        scopes: &[String],
+        why: &str,
+    ) -> Result<(), herald_ledger::LedgerError> {
+        metrics::counter!("herald_ledger_rollbacks_total").increment(1);
+        tracing::error!(
+            scopes = scopes.len(),
+            %why,
+            "the Redis ledger went back in time (it lost writes: a crash between fsyncs, or a failover to a replica that missed them); deduping against PostgreSQL until it is rebuilt"
+        );
+        ledger.declare_lost(scopes).await?;
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(scopes.iter().cloned());
+        Ok(())
+    }
+
+    /// Called for every batch whose claim found a marker missing. Starts a
+    /// hold and a rebuild in the background, once; until the marker is
+    /// back, each batch checks its fresh claims against PostgreSQL.
+    pub(crate) async fn ledger_lost(&self, ledger: &Ledger, store: &Store, horizon_hours: u64) {
         if self.rebuilding.swap(true, Ordering::SeqCst) {
             return;
         }
         tracing::warn!(
             "the Redis ledger has no marker (first start, or Redis lost its data): \
-             deduping against PostgreSQL until the ledger is rebuilt"
+             holding fresh claims until PostgreSQL has every outcome, then deduping against it until the ledger is rebuilt"
         );
-        let (ledger, store, flag) = (ledger.clone(), store.clone(), self.rebuilding.clone());
+        // A first start against an empty history has nothing to wait for.
+        if !empty_history(store).await {
+            self.start_hold();
+        }
+        let guard = self.clone();
+        let (ledger, store) = (ledger.clone(), store.clone());
         tokio::spawn(async move {
+            guard.hold_done().await;
             match rebuild(&ledger, &store, horizon_hours).await {
                 Ok(Some(n)) => tracing::info!(copied = n, "ledger rebuilt from PostgreSQL"),
                 Ok(None) => tracing::info!("another process is rebuilding the ledger"),
@@ -36,13 +161,86 @@ impl LedgerGuard {
                     tracing::error!(error = %e, "rebuilding the ledger failed; will try again")
                 }
             }
-            flag.store(false, Ordering::SeqCst);
+            guard.rebuilding.store(false, Ordering::SeqCst);
         });
+    }
+
+    fn start_hold(&self) {
+        let noticed = Instant::now();
+        *self.hold.lock().unwrap_or_else(PoisonError::into_inner) = Some(noticed + HOLD_MAX);
+        metrics::counter!("herald_ledger_holds_total").increment(1);
+        let guard = self.clone();
+        tokio::spawn(async move {
+            let drained = tokio::time::timeout(HOLD_MAX, guard.recorder_drained()).await;
+            // Every live send renews within a third of a lease.
+            let renewed = noticed + guard.lease / 3 + Duration::from_secs(1);
+            tokio::time::sleep_until(renewed).await;
+            if drained.is_err() {
+                metrics::counter!("herald_ledger_holds_cut_short_total").increment(1);
+                tracing::error!(
+                    ?HOLD_MAX,
+                    "the recorder did not catch up on the outcomes published before the ledger was lost: fresh claims are now checked against PostgreSQL as it is, and an outcome it has not recorded yet can be sent again"
+                );
+            }
+            *guard.hold.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            guard.hold_done.notify_waiters();
+            tracing::info!(held = ?noticed.elapsed(), "ledger hold over: PostgreSQL knows every outcome from before the loss");
+        });
+    }
+
+    async fn hold_done(&self) {
+        loop {
+            let done = self.hold_done.notified();
+            if self.holding().is_none() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+        }
+    }
+
+    /// Waits until the recorder has committed, on every cluster, every
+    /// outcome published before now.
+    async fn recorder_drained(&self) {
+        for probe in &self.probes.probes {
+            let marks = loop {
+                let (p, topic) = (probe.clone(), self.probes.topic.clone());
+                match tokio::task::spawn_blocking(move || p.high_watermarks(&topic, PROBE_TIMEOUT))
+                    .await
+                {
+                    Ok(Ok(marks)) => break marks,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "reading the outcomes topic's end"),
+                    Err(e) => tracing::warn!(error = %e, "reading the outcomes topic's end"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            loop {
+                let (p, topic, m) = (probe.clone(), self.probes.topic.clone(), marks.clone());
+                let caught_up =
+                    tokio::task::spawn_blocking(move || p.caught_up_to(&topic, &m, PROBE_TIMEOUT))
+                        .await;
+                if matches!(caught_up, Ok(Ok(true))) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }
 
+/// Nothing was ever settled: no outcome can be missing from PostgreSQL.
+async fn empty_history(store: &Store) -> bool {
+    let never = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+    let marks = store.ledger_watermarks().await.map(|m| m.is_empty());
+    let settled = store
+        .settled_page(never, None, 1)
+        .await
+        .map(|p| p.is_empty());
+    matches!((marks, settled), (Ok(true), Ok(true)))
+}
+
 /// Copies every delivery settled within the dedupe horizon into the ledger,
-/// then writes the marker. None: another process holds the rebuild lock.
+/// then writes the marker and raises the write sequences to what
+/// PostgreSQL recorded. None: another process holds the rebuild lock.
 async fn rebuild(
     ledger: &Ledger,
     store: &Store,
@@ -51,19 +249,20 @@ async fn rebuild(
     if !ledger.try_rebuild_lock(REBUILD_LOCK).await? {
         return Ok(None);
     }
+    let floors = store.ledger_watermarks().await?;
     let since = chrono::Utc::now()
         - chrono::Duration::hours(i64::try_from(horizon_hours).unwrap_or(i64::MAX / 3600));
     let mut after = None;
     let mut copied = 0;
     loop {
         let page = store.settled_page(since, after, PAGE).await?;
-        let Some(&(at, id, _)) = page.last() else {
+        let Some(&(last, _)) = page.last() else {
             break;
         };
-        let states: Vec<_> = page.iter().map(|(_, id, s)| (*id, s.as_str())).collect();
+        let states: Vec<_> = page.iter().map(|(id, s)| (*id, s.as_str())).collect();
         copied += ledger.seed_settled(&states).await?;
-        after = Some((at, id));
+        after = Some(last);
     }
-    ledger.mark_intact().await?;
+    ledger.mark_intact(&floors).await?;
     Ok(Some(copied))
 }

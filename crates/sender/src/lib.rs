@@ -9,6 +9,7 @@ mod ledger_guard;
 
 pub use campaigns::CampaignGate;
 pub use credentials::CredentialsCache;
+pub use ledger_guard::OutcomeProbes;
 
 use futures::stream::{self, StreamExt};
 use herald_bus::{BatchConsumer, Publisher};
@@ -18,7 +19,7 @@ use herald_core::{
     DeadLetter, DeliveryId, DeliveryJob, DeliveryOutcome, DeliveryPolicy, DeliveryStatus,
     OutcomeClass, Platform,
 };
-use herald_ledger::{ClaimBatch, Ledger, Settle};
+use herald_ledger::{ClaimBatch, Ledger, Settle, Settled};
 use herald_providers::Providers;
 use herald_store::Store;
 use herald_telemetry::health::LoopHealth;
@@ -162,6 +163,9 @@ impl Handoff {
     }
 }
 
+/// How often the ledger's write sequences are compared with PostgreSQL's.
+const LEDGER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The longest a retry consumer waits on a job not yet due before it puts
 /// the job back on the retries topic and reads on.
 const MAX_RETRY_HOLD: Duration = Duration::from_secs(1);
@@ -173,11 +177,12 @@ impl Sender {
         publisher: Publisher,
         store: Store,
         config: SenderConfig,
+        outcome_probes: OutcomeProbes,
     ) -> Self {
         Self {
             credentials: CredentialsCache::new(store.clone(), Duration::from_secs(30)),
             campaigns: CampaignGate::new(store.clone(), Duration::from_millis(500)),
-            guard: LedgerGuard::default(),
+            guard: LedgerGuard::new(outcome_probes, ledger.lease()),
             ledger,
             providers,
             publisher,
@@ -194,8 +199,18 @@ impl Sender {
         retries: BatchConsumer,
         shutdown: CancellationToken,
     ) -> Result<(), SenderError> {
+        if self.config.dedupe {
+            // Before the first claim: a Redis that lost writes while this
+            // process was away must not be trusted by it.
+            if let Err(e) = self.learn_watermarks().await {
+                tracing::warn!(error = %e, "reading the ledger's watermarks at start");
+            }
+        }
         let main = tokio::spawn(self.clone().consume(deliveries, false, shutdown.clone()));
-        let retry = tokio::spawn(self.consume(retries, true, shutdown));
+        let retry = tokio::spawn(self.clone().consume(retries, true, shutdown.clone()));
+        if self.config.dedupe {
+            tokio::spawn(self.watch_ledger(shutdown));
+        }
         let (a, b) = tokio::join!(main, retry);
         for r in [a, b] {
             match r {
@@ -274,6 +289,55 @@ impl Sender {
         Ok(())
     }
 
+    /// Learns the highest write sequences PostgreSQL recorded (every claim
+    /// batch is compared with them), and compares Redis's with them even
+    /// when no batch comes: a Redis that lost writes (and kept its marker)
+    /// shows less, and is declared lost.
+    async fn watch_ledger(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(LEDGER_CHECK_INTERVAL) => {}
+            }
+            if let Err(e) = self.learn_watermarks().await {
+                tracing::debug!(error = %e, "reading the ledger's watermarks");
+                continue;
+            }
+            let before = self.guard.seen();
+            let now = match self.ledger.read_seqs().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the ledger's write sequences");
+                    continue;
+                }
+            };
+            let behind = self.guard.went_back(&before, &now);
+            if behind.is_empty() {
+                continue;
+            }
+            if let Err(e) = self
+                .guard
+                .declare_lost(
+                    &self.ledger,
+                    &behind,
+                    "Redis shows a lower write sequence than PostgreSQL recorded",
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "declaring the ledger lost failed; will try again");
+            }
+        }
+    }
+
+    /// Every sequence PostgreSQL recorded was in Redis before: a claim that
+    /// shows less is about a ledger that lost writes.
+    async fn learn_watermarks(&self) -> Result<(), SenderError> {
+        for (scope, seq) in self.store.ledger_watermarks().await? {
+            self.guard.saw(&scope, seq);
+        }
+        Ok(())
+    }
+
     /// Decodes a batch; what cannot be decoded goes to the dead-letter topic.
     async fn decode(&self, batch: &[OwnedMessage]) -> Vec<DeliveryJob> {
         let mut jobs = Vec::with_capacity(batch.len());
@@ -339,20 +403,38 @@ impl Sender {
             return Ok(());
         }
         let ids: Vec<_> = jobs.iter().map(|j| j.delivery_id).collect();
+        let seen_before = self.guard.seen();
         let batch = if self.config.dedupe {
             self.ledger.claim_batch(&ids, &round.id).await?
         } else {
             ClaimBatch {
                 claims: vec![Claim::Claimed { epoch: 1 }; ids.len()],
                 ledger_intact: true,
+                seqs: HashMap::new(),
             }
         };
         let mut claims = batch.claims;
-        metrics::gauge!("herald_ledger_fallback").set(if batch.ledger_intact { 0.0 } else { 1.0 });
-        if !batch.ledger_intact {
+        let mut intact = batch.ledger_intact;
+        if intact {
+            self.guard.marked_intact();
+        }
+        let went_back = self.guard.went_back(&seen_before, &batch.seqs);
+        if !went_back.is_empty() {
             self.guard
-                .ledger_lost(&self.ledger, &self.store, self.config.dedupe_horizon_hours);
-            self.fall_back_to_postgres(jobs, &mut claims).await?;
+                .declare_lost(
+                    &self.ledger,
+                    &went_back,
+                    "a claim saw a lower write sequence than this sender's settles had made",
+                )
+                .await?;
+            intact = false;
+        }
+        metrics::gauge!("herald_ledger_fallback").set(if intact { 0.0 } else { 1.0 });
+        if !intact {
+            self.guard
+                .ledger_lost(&self.ledger, &self.store, self.config.dedupe_horizon_hours)
+                .await;
+            self.fall_back_to_postgres(jobs, &mut claims, round).await?;
         }
 
         let mut handoff = Handoff::default();
@@ -536,10 +618,13 @@ impl Sender {
     /// While the ledger is being rebuilt, a fresh claim may be about a delivery
     /// settled before Redis lost its data: PostgreSQL knows, so ask it, and
     /// copy what it says into the ledger.
+    /// During a hold (see `ledger_guard`), a fresh claim PostgreSQL does not
+    /// know as settled is given back unsent, to be looked at again after it.
     async fn fall_back_to_postgres(
         &self,
         jobs: &[DeliveryJob],
         claims: &mut [Claim],
+        round: &Round<'_>,
     ) -> Result<(), SenderError> {
         let claimed: Vec<_> = jobs
             .iter()
@@ -548,10 +633,43 @@ impl Sender {
             .map(|(j, _)| j.delivery_id)
             .collect();
         let settled = self.store.settled_statuses(&claimed).await?;
-        if settled.is_empty() {
+        let by_id: HashMap<_, _> = settled.into_iter().collect();
+        if let Some(left) = self.guard.holding() {
+            let mut abandoned = Vec::new();
+            let mut released = Vec::new();
+            for (job, claim) in jobs.iter().zip(claims.iter_mut()) {
+                let Claim::Claimed { epoch } = *claim else {
+                    continue;
+                };
+                if by_id.contains_key(&job.delivery_id) {
+                    continue;
+                }
+                // A fresh key: deleted, so that the claim of a send in
+                // flight at the loss can be written back by its renewal.
+                if epoch == 1 {
+                    abandoned.push((job.delivery_id, epoch));
+                } else {
+                    released.push((job.delivery_id, epoch, Settle::Release));
+                }
+                let wait = left.min(Duration::from_secs(1));
+                *claim = Claim::Busy {
+                    retry_in_ms: i64::try_from(wait.as_millis()).unwrap_or(1000),
+                };
+            }
+            if !abandoned.is_empty() || !released.is_empty() {
+                metrics::counter!("herald_ledger_held_claims_total")
+                    .increment((abandoned.len() + released.len()) as u64);
+                tracing::info!(
+                    held = abandoned.len() + released.len(),
+                    "ledger hold: fresh claims PostgreSQL cannot answer for yet wait"
+                );
+            }
+            self.ledger.abandon_batch(&abandoned, &round.id).await?;
+            self.ledger.complete_batch(&released).await?;
+        }
+        if by_id.is_empty() {
             return Ok(());
         }
-        let by_id: std::collections::HashMap<_, _> = settled.into_iter().collect();
         let mut steps = Vec::new();
         for (job, claim) in jobs.iter().zip(claims.iter_mut()) {
             let epoch = match claim {
@@ -601,19 +719,28 @@ impl Sender {
                 (job.delivery_id, *epoch, s)
             })
             .collect();
-        let ours = if self.config.dedupe {
+        let answers = if self.config.dedupe {
             round
                 .persist("settling in the ledger", || {
                     self.ledger.complete_batch(&ledger_steps)
                 })
                 .await
         } else {
-            vec![true; ledger_steps.len()]
+            vec![
+                Settled {
+                    ours: true,
+                    mark: None
+                };
+                ledger_steps.len()
+            ]
         };
-        for ((job, _, step), ours) in settled.into_iter().zip(ours) {
-            if !ours {
+        for ((job, _, step), answer) in settled.into_iter().zip(answers) {
+            if !answer.ours {
                 tracing::warn!(delivery_id = %job.delivery_id, "lease lost before settling; outcome left to the new owner");
                 continue;
+            }
+            if let Some(mark) = &answer.mark {
+                self.guard.saw(&mark.scope, mark.seq);
             }
             match step {
                 Step::Settle {
@@ -621,11 +748,10 @@ impl Sender {
                     reason,
                     provider_id,
                     invalid_token,
-                } => {
-                    handoff
-                        .outcomes
-                        .push(outcome(&job, status, reason, provider_id, invalid_token))
-                }
+                } => handoff.outcomes.push(DeliveryOutcome {
+                    ledger_mark: answer.mark,
+                    ..outcome(&job, status, reason, provider_id, invalid_token)
+                }),
                 Step::Retry { reason, .. } if exhausted(&job) => {
                     let reason = format!("gave up after {} attempts: {reason}", job.attempt + 1);
                     handoff.dead_letter(job, reason);
@@ -831,5 +957,6 @@ fn outcome(
         install_id: job.install_id.clone(),
         attempts: job.attempt + 1,
         at: chrono::Utc::now(),
+        ledger_mark: None,
     }
 }

@@ -522,8 +522,26 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
+        let marks = highest_marks(outcomes);
         let outcomes = &one_per_delivery(outcomes);
         let mut tx = self.pool.begin().await?;
+        if !marks.is_empty() {
+            let (scopes, seqs): (Vec<&str>, Vec<i64>) = marks
+                .iter()
+                .map(|(scope, seq)| (*scope, i64::try_from(*seq).unwrap_or(i64::MAX)))
+                .unzip();
+            sqlx::query(
+                "INSERT INTO ledger_watermarks (scope, seq)
+                 SELECT * FROM UNNEST($1::text[], $2::int8[])
+                 ON CONFLICT (scope) DO UPDATE
+                 SET seq = GREATEST(ledger_watermarks.seq, EXCLUDED.seq), updated_at = now()
+                 WHERE EXCLUDED.seq > ledger_watermarks.seq",
+            )
+            .bind(&scopes)
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?;
+        }
         let ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id.as_uuid()).collect();
         let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
         let reasons: Vec<Option<&str>> = outcomes.iter().map(|o| o.reason.as_deref()).collect();
@@ -634,33 +652,39 @@ impl Store {
             .collect()
     }
 
-    /// Deliveries settled since `since`, a page at a time by (settled_at, id):
-    /// what rebuilding the Redis ledger copies.
+    /// Deliveries settled since `since`, a page at a time by id: what
+    /// rebuilding the Redis ledger copies. Paging by id, not by the sender's
+    /// `settled_at`, misses no outcome recorded late with an earlier time.
     pub async fn settled_page(
         &self,
         since: DateTime<Utc>,
-        after: Option<(DateTime<Utc>, DeliveryId)>,
+        after: Option<DeliveryId>,
         limit: i64,
-    ) -> Result<Vec<(DateTime<Utc>, DeliveryId, DeliveryStatus)>> {
-        let (after_at, after_id) = match after {
-            Some((at, id)) => (at, id.as_uuid()),
-            None => (since, Uuid::nil()),
-        };
-        let rows: Vec<(DateTime<Utc>, Uuid, String)> = sqlx::query_as(
-            "SELECT settled_at, id, status FROM deliveries
-             WHERE status <> 'pending' AND settled_at IS NOT NULL AND settled_at >= $1
-               AND (settled_at, id) > ($2, $3)
-             ORDER BY settled_at, id LIMIT $4",
+    ) -> Result<Vec<(DeliveryId, DeliveryStatus)>> {
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, status FROM deliveries
+             WHERE status <> 'pending' AND settled_at >= $1 AND id > $2
+             ORDER BY id LIMIT $3",
         )
         .bind(since)
-        .bind(after_at)
-        .bind(after_id)
+        .bind(after.map_or(Uuid::nil(), |id| id.as_uuid()))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(at, id, s)| Ok((at, DeliveryId(id), parse_status(&s)?)))
+            .map(|(id, s)| Ok((DeliveryId(id), parse_status(&s)?)))
             .collect()
+    }
+
+    /// The highest ledger write sequence recorded per scope.
+    pub async fn ledger_watermarks(&self) -> Result<std::collections::HashMap<String, u64>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT scope, seq FROM ledger_watermarks")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(scope, seq)| (scope, u64::try_from(seq).unwrap_or(0)))
+            .collect())
     }
 
     /// Whether the app has this message (one index lookup).
@@ -757,6 +781,16 @@ impl Store {
 /// A batch may hold the same delivery twice (an outcome said again after a
 /// rebalance); one statement can write a row only once. Keep the outcome the
 /// table would keep: the first, unless it is `failed` and a later one is not.
+/// The highest ledger write sequence per scope among `outcomes`.
+fn highest_marks(outcomes: &[DeliveryOutcome]) -> std::collections::BTreeMap<&str, u64> {
+    let mut marks = std::collections::BTreeMap::new();
+    for mark in outcomes.iter().filter_map(|o| o.ledger_mark.as_ref()) {
+        let seq = marks.entry(mark.scope.as_str()).or_insert(0);
+        *seq = (*seq).max(mark.seq);
+    }
+    marks
+}
+
 fn one_per_delivery(outcomes: &[DeliveryOutcome]) -> Vec<&DeliveryOutcome> {
     let mut index: std::collections::HashMap<DeliveryId, usize> = Default::default();
     let mut kept: Vec<&DeliveryOutcome> = Vec::with_capacity(outcomes.len());
