@@ -8,6 +8,7 @@
 //! `TEST_HERALD_BIN` to use another.
 
 pub mod browser;
+pub mod chaos;
 pub mod fixture;
 pub mod incident;
 pub mod kafka;
@@ -541,14 +542,27 @@ impl TestEnv {
         key: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
+        self.api_checked(method, url, key, body)
+            .await
+            .expect("api call")
+    }
+
+    /// [`Self::api`] for a client that expects the server to go away.
+    pub async fn api_checked(
+        &self,
+        method: &str,
+        url: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut r = self.http.request(method, url).bearer_auth(key);
         if let Some(b) = body {
             r = r.json(b);
         }
-        let resp = r.send().await.expect("api call");
+        let resp = r.send().await?;
         let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
     async fn sim_get(&self, path: &str) -> Value {
@@ -643,6 +657,19 @@ impl TestEnv {
         idempotency_key: Option<&str>,
         body: &Value,
     ) -> (u16, Value) {
+        self.push_checked(gateway, key, idempotency_key, body)
+            .await
+            .expect("push")
+    }
+
+    /// [`Self::push`] for a client that expects the gateway to go away.
+    pub async fn push_checked(
+        &self,
+        gateway: &str,
+        key: &str,
+        idempotency_key: Option<&str>,
+        body: &Value,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let mut r = self
             .http
             .post(format!("{gateway}/v1/push"))
@@ -651,9 +678,9 @@ impl TestEnv {
         if let Some(k) = idempotency_key {
             r = r.header("Idempotency-Key", k);
         }
-        let resp = r.send().await.expect("push");
+        let resp = r.send().await?;
         let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
     pub async fn message(&self, gateway: &str, key: &str, id: &str) -> Value {

@@ -531,6 +531,9 @@ impl Ledger {
     }
 
     /// One rebuilder at a time: true if this process got the lock.
+    /// The lock is short and extended as the rebuild goes (see
+    /// [`Self::extend_rebuild_lock`]): a rebuilder that dies leaves it to
+    /// another within `ttl`.
     pub async fn try_rebuild_lock(&self, ttl: Duration) -> Result<bool> {
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
@@ -542,6 +545,24 @@ impl Ledger {
             .query_async(&mut conn)
             .await?;
         Ok(set.is_some())
+    }
+
+    /// Keeps the rebuild lock this process holds for another `ttl`. False:
+    /// it is no longer ours (it ran out and another process took it).
+    pub async fn extend_rebuild_lock(&self, ttl: Duration) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let extended: i64 = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then
+               return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+             end
+             return 0",
+        )
+        .key(format!("{}ledger-rebuild-lock", self.layout.prefix))
+        .arg(&self.owner)
+        .arg(millis(ttl))
+        .invoke_async(&mut conn)
+        .await?;
+        Ok(extended == 1)
     }
 
     /// Copies settled states into the ledger where it has no entry.

@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// A rebuild that takes longer than this lets another process try.
-const REBUILD_LOCK: Duration = Duration::from_secs(600);
+/// The rebuild lock's time to live, extended with every page copied: a
+/// rebuilder that dies lets another process try this much later.
+const REBUILD_LOCK: Duration = Duration::from_secs(15);
 const PAGE: i64 = 2000;
 /// The longest a hold waits for the recorder. Past it (the recorder is
 /// down), fresh claims are trusted to PostgreSQL as it is, counted in
@@ -29,6 +30,8 @@ const PAGE: i64 = 2000;
 /// can be sent again.
 const HOLD_MAX: Duration = Duration::from_secs(120);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reads of a cluster's outcomes topic before the hold stops waiting for it.
+const UNREADABLE_TRIES: u32 = 3;
 
 /// What the guard needs to know when the recorder has caught up: the
 /// recorder group on the outcomes topic of every cluster.
@@ -41,6 +44,9 @@ pub struct OutcomeProbes {
 #[derive(Clone)]
 pub(crate) struct LedgerGuard {
     rebuilding: Arc<AtomicBool>,
+    /// A loss is being handled: from the first batch that found a marker
+    /// missing to the first that finds it back. One hold per loss.
+    in_loss: Arc<AtomicBool>,
     /// When the current hold ends; None: no hold, or it ended.
     hold: Arc<Mutex<Option<Instant>>>,
     hold_done: Arc<tokio::sync::Notify>,
@@ -57,6 +63,7 @@ impl LedgerGuard {
     pub(crate) fn new(probes: OutcomeProbes, lease: Duration) -> Self {
         Self {
             rebuilding: Arc::default(),
+            in_loss: Arc::default(),
             hold: Arc::default(),
             hold_done: Arc::default(),
             seen: Arc::default(),
@@ -110,6 +117,7 @@ impl LedgerGuard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        self.in_loss.store(false, Ordering::SeqCst);
     }
 
     /// Redis lost writes in `scopes`: their markers go, so that every
@@ -139,16 +147,20 @@ impl LedgerGuard {
     /// hold and a rebuild in the background, once; until the marker is
     /// back, each batch checks its fresh claims against PostgreSQL.
     pub(crate) async fn ledger_lost(&self, ledger: &Ledger, store: &Store, horizon_hours: u64) {
+        if !self.in_loss.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                "the Redis ledger has no marker (first start, or Redis lost its data): \
+                 holding fresh claims until PostgreSQL has every outcome, then deduping against it until the ledger is rebuilt"
+            );
+            // A first start against an empty history has nothing to wait for.
+            if !empty_history(store).await {
+                self.start_hold();
+            }
+        }
+        // A rebuild at a time in this process; another process may hold the
+        // lock, and if it dies, this one takes over on a later batch.
         if self.rebuilding.swap(true, Ordering::SeqCst) {
             return;
-        }
-        tracing::warn!(
-            "the Redis ledger has no marker (first start, or Redis lost its data): \
-             holding fresh claims until PostgreSQL has every outcome, then deduping against it until the ledger is rebuilt"
-        );
-        // A first start against an empty history has nothing to wait for.
-        if !empty_history(store).await {
-            self.start_hold();
         }
         let guard = self.clone();
         let (ledger, store) = (ledger.clone(), store.clone());
@@ -202,16 +214,31 @@ impl LedgerGuard {
     /// outcome published before now.
     async fn recorder_drained(&self) {
         for probe in &self.probes.probes {
+            let mut tries = 0;
             let marks = loop {
                 let (p, topic) = (probe.clone(), self.probes.topic.clone());
                 match tokio::task::spawn_blocking(move || p.high_watermarks(&topic, PROBE_TIMEOUT))
                     .await
                 {
-                    Ok(Ok(marks)) => break marks,
+                    Ok(Ok(marks)) => break Some(marks),
                     Ok(Err(e)) => tracing::warn!(error = %e, "reading the outcomes topic's end"),
                     Err(e) => tracing::warn!(error = %e, "reading the outcomes topic's end"),
                 }
+                tries += 1;
+                if tries >= UNREADABLE_TRIES {
+                    break None;
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            // A cluster that cannot be read now cannot have its outcomes
+            // recorded either until it returns, which may be never (it was
+            // destroyed): the hold does not wait for it.
+            let Some(marks) = marks else {
+                metrics::counter!("herald_ledger_holds_cut_short_total").increment(1);
+                tracing::error!(
+                    "a Kafka cluster's outcomes cannot be read while the ledger is lost: outcomes waiting there are not in PostgreSQL, and those deliveries can be sent again"
+                );
+                continue;
             };
             loop {
                 let (p, topic, m) = (probe.clone(), self.probes.topic.clone(), marks.clone());
@@ -262,6 +289,9 @@ async fn rebuild(
         let states: Vec<_> = page.iter().map(|(id, s)| (*id, s.as_str())).collect();
         copied += ledger.seed_settled(&states).await?;
         after = Some(last);
+        if !ledger.extend_rebuild_lock(REBUILD_LOCK).await? {
+            return Err("the rebuild lock ran out; another process rebuilds".into());
+        }
     }
     ledger.mark_intact(&floors).await?;
     Ok(Some(copied))

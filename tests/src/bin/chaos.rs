@@ -1,0 +1,55 @@
+//! `./scripts/chaos [--minutes N] [--seed S]`: see `herald_tests::chaos`.
+//! Prints every fault as it lands and one last line with the verdict; exits
+//! non-zero if anything accepted was lost or sent twice beyond the policy.
+
+fn main() {
+    let mut minutes = 3.0;
+    let mut seed: Option<u64> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next();
+        match (arg.as_str(), value) {
+            ("--minutes", Some(v)) => minutes = v.parse().unwrap_or_else(|_| usage(&v)),
+            ("--seed", Some(v)) => seed = Some(v.parse().unwrap_or_else(|_| usage(&v))),
+            (other, _) => usage(other),
+        }
+    }
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| {
+            eprintln!("chaos: cannot start the runtime: {e}");
+            std::process::exit(2)
+        });
+    let summary = runtime.block_on(herald_tests::chaos::run(minutes, seed));
+    for (message, token, copies, cause) in &summary.doubled {
+        match cause {
+            Some(fault) => println!("chaos: sent {copies} times: {message} {token} ({fault})"),
+            None => {
+                println!("chaos: sent {copies} times: {message} {token} (no fault explains it)")
+            }
+        }
+    }
+    for (message, token, cause) in &summary.unknowns {
+        let cause = cause.as_deref().unwrap_or("no fault explains it");
+        println!("chaos: unknown: {message} {token} ({cause})");
+    }
+    for (message, token) in summary.missing.iter().take(20) {
+        println!("chaos: lost: {message} {token}");
+    }
+    println!("{}", summary.line());
+    if !summary.passed() {
+        std::process::exit(1);
+    }
+}
+
+fn usage(bad: &str) -> ! {
+    eprintln!("chaos: unexpected `{bad}`\nusage: chaos [--minutes N] [--seed S]");
+    std::process::exit(2)
+}
