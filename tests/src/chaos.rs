@@ -186,6 +186,10 @@ pub async fn run(minutes: f64, seed: u64) -> Summary {
         // Production's order of things: a provider request may take seconds
         // before it times out, and a shutdown waits for it.
         ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "5000"),
+        // Retries outlast any provider fault of the run (8 s at most): a
+        // delivery given up as `failed` is a loss to this checker.
+        ("HERALD_SENDER__MAX_ATTEMPTS", "20"),
+        ("HERALD_SENDER__RETRY_MAX_MS", "2000"),
         ("HERALD_SHUTDOWN__DEADLINE_MS", "15000"),
     ]));
     let inc = Incident::start(Settings {
@@ -629,6 +633,7 @@ impl Run {
             .unwrap_or(1);
             let campaign = self.inc.campaign().await;
             let unknown = self.unknown().await;
+            let failed = self.failed().await;
             let got = incident::record(env).await;
             if pending == 0
                 && campaign["status"] == "completed"
@@ -637,12 +642,26 @@ impl Run {
                     .inc
                     .expected
                     .iter()
-                    .all(|k| got.contains_key(k) || unknown.contains(k))
+                    .all(|k| got.contains_key(k) || unknown.contains(k) || failed.contains(k))
             {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Deliveries given up as `failed` (settled, but not sent: lost to
+    /// this checker).
+    async fn failed(&self) -> HashSet<(String, String)> {
+        sqlx::query_as::<_, (uuid::Uuid, String)>(
+            "SELECT message_id, token FROM deliveries WHERE status = 'failed'",
+        )
+        .fetch_all(&self.inc.env.db)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(m, t)| (m.to_string(), t))
+        .collect()
     }
 
     /// Deliveries settled `unknown`, by (message, token).
