@@ -7,11 +7,9 @@
 //! checked as a total-queue checker does: every accepted (message, device)
 //! delivered exactly once, or accounted for by a documented outcome.
 
-use crate::fixture::{deliverable, token};
 use crate::incident::{self, Incident, Settings, AUDIENCE, EVENTS};
 use crate::redis_deployments::{redis_cli, SentinelRedis, SENTINEL_MASTER};
-use crate::{android_token, ios_token, set_cluster_available, HeraldProcess};
-use herald_core::MessageId;
+use crate::{set_cluster_available, HeraldProcess};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -334,19 +332,9 @@ impl Run {
     /// resent), and the campaign launched, paused, resumed and relaunched.
     async fn traffic(&mut self, tick: u64) {
         for _ in 0..3 {
-            let i = self.inc.next_push;
-            self.inc.next_push += 1;
-            let key = format!("\"order-{i}\"");
-            let body = json!({
-                "to": {"tokens": [{"platform": "ios", "token": ios_token(10_000 + i)},
-                                  {"platform": "android", "token": android_token(10_000 + i)}]},
-                "notification": {"title": format!("Order {i} shipped")},
-            });
+            let (key, body) = self.inc.next_request();
             let message = self.accept(&key, &body).await;
-            for t in [ios_token(10_000 + i), android_token(10_000 + i)] {
-                self.inc.expected.insert((message.clone(), t));
-            }
-            self.inc.requests.push((key, body));
+            self.inc.accepted(message, key, body);
         }
         for _ in 0..2 {
             let n = self.inc.requests.len();
@@ -398,33 +386,13 @@ impl Run {
     /// welcome push on every deliverable device of the user.
     async fn events(&mut self, first: i64) {
         let users: Vec<i64> = (first..first + EVENTS).collect();
-        let events: Vec<Value> = users
-            .iter()
-            .map(|u| {
-                json!({"event_id": format!("signup-{u}"), "name": "signup",
-                       "custom_id": format!("user-{u}"), "attributes": {"name": "Ada"}})
-            })
-            .collect();
         let sdk = self.inc.app.sdk_key.clone();
+        let burst = Incident::signup_events(&users);
         let (status, v) = self
-            .api_until_answered(
-                "POST",
-                "/v1/events",
-                &sdk,
-                Some(&json!({ "events": events })),
-            )
+            .api_until_answered("POST", "/v1/events", &sdk, Some(&burst))
             .await;
         assert_eq!(status, 202, "events: {v}");
-        for u in users {
-            let message = MessageId::for_trigger(self.inc.trigger_id, &format!("signup-{u}"))
-                .as_uuid()
-                .to_string();
-            for n in [2 * u, 2 * u + 1] {
-                if n <= AUDIENCE && deliverable(n) {
-                    self.inc.expected.insert((message.clone(), token(n)));
-                }
-            }
-        }
+        self.inc.events_accepted(&users);
     }
 
     /// A fault whose target is not already faulted.

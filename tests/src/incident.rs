@@ -250,6 +250,14 @@ impl Incident {
 
     /// One transactional push with an Idempotency-Key to two new devices.
     pub async fn push(&mut self) -> String {
+        let (key, body) = self.next_request();
+        let message = self.send(&key, &body).await;
+        self.accepted(message.clone(), key, body);
+        message
+    }
+
+    /// The next new transactional request: its Idempotency-Key and body.
+    pub fn next_request(&mut self) -> (String, Value) {
         let i = self.next_push;
         self.next_push += 1;
         let key = format!("\"order-{i}\"");
@@ -258,12 +266,18 @@ impl Incident {
                               {"platform": "android", "token": android_token(10_000 + i)}]},
             "notification": {"title": format!("Order {i} shipped")},
         });
-        let message = self.send(&key, &body).await;
-        for t in [ios_token(10_000 + i), android_token(10_000 + i)] {
-            self.expected.insert((message.clone(), t));
+        (key, body)
+    }
+
+    /// Records a request as accepted as `message`: every device it names is
+    /// owed the message, and the client may resubmit it.
+    pub fn accepted(&mut self, message: String, key: String, body: Value) {
+        for target in body["to"]["tokens"].as_array().into_iter().flatten() {
+            if let Some(t) = target["token"].as_str() {
+                self.expected.insert((message.clone(), t.to_string()));
+            }
         }
         self.requests.push((key, body));
-        message
     }
 
     pub async fn send(&self, key: &str, body: &Value) -> String {
@@ -295,6 +309,21 @@ impl Incident {
     pub async fn events(&mut self) {
         let users: Vec<i64> = (self.next_event..self.next_event + EVENTS).collect();
         self.next_event += EVENTS;
+        let (status, v) = self
+            .env
+            .api(
+                "POST",
+                &format!("{}/v1/events", self.gw),
+                &self.app.sdk_key,
+                Some(&Self::signup_events(&users)),
+            )
+            .await;
+        assert_eq!(status, 202, "{v}");
+        self.events_accepted(&users);
+    }
+
+    /// The sign-up events of `users`, as one burst.
+    pub fn signup_events(users: &[i64]) -> Value {
         let events: Vec<Value> = users
             .iter()
             .map(|u| {
@@ -302,16 +331,12 @@ impl Incident {
                             "custom_id": format!("user-{u}"), "attributes": {"name": "Ada"}})
             })
             .collect();
-        let (status, v) = self
-            .env
-            .api(
-                "POST",
-                &format!("{}/v1/events", self.gw),
-                &self.app.sdk_key,
-                Some(&json!({ "events": events })),
-            )
-            .await;
-        assert_eq!(status, 202, "{v}");
+        json!({ "events": events })
+    }
+
+    /// Sign-up events of `users` accepted: each owed the welcome push on
+    /// every deliverable device of its user.
+    pub fn events_accepted(&mut self, users: &[i64]) {
         for u in users {
             let message = MessageId::for_trigger(self.trigger_id, &format!("signup-{u}"))
                 .as_uuid()

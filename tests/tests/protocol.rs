@@ -291,17 +291,7 @@ async fn a_provider_slower_than_the_lease_keeps_its_claims_renewed() {
 
     // A copy of every job reaches the retry loop while the originals are
     // at the provider (as a rebalance, or a relay resend, would supply one).
-    let kafka = herald_config_for(&env);
-    let records = tokio::task::spawn_blocking(move || {
-        herald_bus::read_topic(&kafka, DELIVERIES, Duration::from_secs(10))
-    })
-    .await
-    .expect("join")
-    .expect("read topic");
-    let jobs: Vec<DeliveryJob> = records
-        .iter()
-        .map(|m| DeliveryJob::from_json(m.payload().unwrap_or_default()).expect("job"))
-        .collect();
+    let jobs = jobs_published(&env).await;
     assert_eq!(jobs.len(), 20);
     herald_bus::Publisher::new(&herald_config_for(&env))
         .expect("publisher")
@@ -392,17 +382,7 @@ async fn redis_restarted_without_persistence_does_not_resend_what_was_delivered(
     // Redis comes back empty; then every job ever published is replayed (as
     // after a consumer offset reset, or a replay into a new cluster).
     redis.restart_empty();
-    let kafka = herald_config_for(&env);
-    let records = tokio::task::spawn_blocking(move || {
-        herald_bus::read_topic(&kafka, DELIVERIES, Duration::from_secs(10))
-    })
-    .await
-    .expect("join")
-    .expect("read topic");
-    let jobs: Vec<DeliveryJob> = records
-        .iter()
-        .map(|m| DeliveryJob::from_json(m.payload().unwrap_or_default()).expect("job"))
-        .collect();
+    let jobs = jobs_published(&env).await;
     assert_eq!(jobs.len(), 10);
     herald_bus::Publisher::new(&herald_config_for(&env))
         .expect("publisher")
