@@ -652,19 +652,7 @@ impl Run {
 
     async fn check(&self, seed: u64) -> Summary {
         let env = &self.inc.env;
-        let mut times: HashMap<(String, String), Vec<chrono::DateTime<chrono::Utc>>> =
-            HashMap::new();
-        for d in env.sim_deliveries().await {
-            let key = (
-                d["collapse_id"].as_str().unwrap_or_default().to_string(),
-                d["token"].as_str().unwrap_or_default().to_string(),
-            );
-            let at = d["received_at"]
-                .as_str()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or_else(chrono::Utc::now);
-            times.entry(key).or_default().push(at);
-        }
+        let times = incident::receipts(env).await;
         let unknown_at = self.unknown_at().await;
         let unknown: HashSet<(String, String)> = unknown_at.keys().cloned().collect();
         // The fault in the 15 s before an unknown settle that explains it.
@@ -690,8 +678,6 @@ impl Run {
             if at.len() < 2 {
                 continue;
             }
-            let mut at = at.clone();
-            at.sort();
             let cause = self
                 .log
                 .iter()
