@@ -8,6 +8,7 @@
 //! delivered exactly once, or accounted for by a documented outcome.
 
 use crate::incident::{self, Incident, Settings, AUDIENCE, EVENTS};
+use crate::kafka::RealKafka;
 use crate::redis_deployments::{redis_cli, SentinelRedis, SENTINEL_MASTER};
 use crate::{set_cluster_available, HeraldProcess};
 use rand::rngs::StdRng;
@@ -81,7 +82,12 @@ enum Fault {
     Stop(Role),
     RedisFailover,
     RedisPaused,
+    /// Every primary node frozen (SIGSTOP on real Kafka; the mock refusing
+    /// connections), then back.
     KafkaPrimaryUnreachable,
+    /// The primary killed -9 and started again empty at the same address,
+    /// its topics created anew (real Kafka only).
+    KafkaPrimaryDestroyed,
     ProviderSlow,
     ProviderErrors(u16),
     ProviderStalled,
@@ -96,6 +102,9 @@ impl Fault {
             Fault::RedisFailover => "Redis primary failed over".into(),
             Fault::RedisPaused => "Redis paused".into(),
             Fault::KafkaPrimaryUnreachable => "primary Kafka cluster unreachable".into(),
+            Fault::KafkaPrimaryDestroyed => {
+                "primary Kafka cluster destroyed and reborn empty".into()
+            }
             Fault::ProviderSlow => "providers slow (2.5 s)".into(),
             Fault::ProviderErrors(s) => format!("providers answering {s}"),
             Fault::ProviderStalled => "providers stalled".into(),
@@ -152,9 +161,39 @@ struct Active {
     heal_at: Instant,
 }
 
+/// Which Kafka-protocol clusters a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaKind {
+    /// Two single-node Apache Kafka clusters (KRaft), from Maven Central.
+    Real,
+    /// librdkafka's mock clusters, in the test process.
+    Mock,
+}
+
+/// The clusters behind the run, for the Kafka faults.
+enum Clusters {
+    /// The test environment's embedded broker is the primary.
+    Mock,
+    Real {
+        primary: Box<RealKafka>,
+        standby: Box<RealKafka>,
+    },
+}
+
+/// One broker a cluster: one replica. The fast rebuild docs/operations.md
+/// recommends where a minute of outage matters more than a client built
+/// anew in vain.
+const ONE_BROKER: [(&str, &str); 4] = [
+    ("HERALD_KAFKA__REPLICATION_FACTOR", "1"),
+    ("HERALD_KAFKA__MIN_INSYNC_REPLICAS", "1"),
+    ("HERALD_KAFKA__UNREADY_AFTER_MS", "3000"),
+    ("HERALD_KAFKA__REBUILD_AFTER_MS", "5000"),
+];
+
 /// The world, the traffic's bookkeeping and the fault log.
 struct Run {
     inc: Incident,
+    clusters: Clusters,
     redis: SentinelRedis,
     gateways: Vec<Option<HeraldProcess>>,
     gateway_urls: Vec<String>,
@@ -169,14 +208,29 @@ struct Run {
     campaign_paused: bool,
 }
 
-pub async fn run(minutes: f64, seed: u64) -> Summary {
+pub async fn run(minutes: f64, seed: u64, kafka: KafkaKind) -> Summary {
     let dir = std::env::temp_dir().join(format!("herald-chaos-{seed}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("chaos dir");
-    let redis = tokio::task::spawn_blocking(move || SentinelRedis::start(&dir))
+    let clusters = match kafka {
+        KafkaKind::Mock => Clusters::Mock,
+        KafkaKind::Real => {
+            let (primary_dir, standby_dir) = (dir.join("primary"), dir.join("standby"));
+            let (primary, standby) = tokio::join!(
+                RealKafka::start(1, &primary_dir),
+                RealKafka::start(1, &standby_dir)
+            );
+            Clusters::Real {
+                primary: Box::new(primary),
+                standby: Box::new(standby),
+            }
+        }
+    };
+    let redis_dir = dir.clone();
+    let redis = tokio::task::spawn_blocking(move || SentinelRedis::start(&redis_dir))
         .await
         .expect("sentinel");
     let nodes: &'static str = Box::leak(format!("[\"{}\"]", redis.sentinel_url()).into_boxed_str());
-    let extra: &'static [(&'static str, &'static str)] = Box::leak(Box::new([
+    let mut extra = vec![
         ("HERALD_REDIS__MODE", "sentinel"),
         ("HERALD_REDIS__SENTINEL__NODES", nodes),
         ("HERALD_REDIS__SENTINEL__MASTER_NAME", SENTINEL_MASTER),
@@ -189,18 +243,34 @@ pub async fn run(minutes: f64, seed: u64) -> Summary {
         ("HERALD_SENDER__MAX_ATTEMPTS", "20"),
         ("HERALD_SENDER__RETRY_MAX_MS", "2000"),
         ("HERALD_SHUTDOWN__DEADLINE_MS", "15000"),
-    ]));
+    ];
+    let (primary, standby) = match &clusters {
+        Clusters::Mock => (None, None),
+        Clusters::Real { primary, standby } => {
+            extra.extend(ONE_BROKER);
+            (
+                Some(primary.bootstrap_servers().to_string()),
+                Some(standby.bootstrap_servers().to_string()),
+            )
+        }
+    };
     let inc = Incident::start(Settings {
         name: "chaos",
         failover_after_ms: 1_500,
         failback_after_ms: 5_000,
-        extra,
-        primary: None,
+        extra: Box::leak(extra.into_boxed_slice()),
+        primary,
+        standby,
         redis: None,
         senders: 2,
         campaign_rate: 200,
     })
     .await;
+    if let Clusters::Real { .. } = &clusters {
+        for cluster in ["primary", "standby"] {
+            create_topics(&inc, cluster).await;
+        }
+    }
     let second_gateway = inc.env.gateway().await;
     let second_triggers = inc.env.spawn("triggers", &["triggers"], false).await;
     let gateway_urls = vec![
@@ -210,6 +280,7 @@ pub async fn run(minutes: f64, seed: u64) -> Summary {
     inc.env.set_sim_faults(BASELINE()).await;
     let mut run = Run {
         inc,
+        clusters,
         redis,
         gateways: vec![None, Some(second_gateway)],
         gateway_urls,
@@ -220,7 +291,7 @@ pub async fn run(minutes: f64, seed: u64) -> Summary {
         event_bursts: Vec::new(),
         campaign_paused: false,
     };
-    println!("chaos: seed {seed}, {minutes} minutes");
+    println!("chaos: seed {seed}, {minutes} minutes, {kafka:?} Kafka");
     run.inc.launch_campaign().await;
 
     let end = Instant::now() + Duration::from_secs_f64(minutes * 60.0);
@@ -263,6 +334,11 @@ pub async fn run(minutes: f64, seed: u64) -> Summary {
     }
     run.quiesce().await;
     run.check(seed).await
+}
+
+async fn create_topics(inc: &Incident, cluster: &str) {
+    let out = inc.cli(&["topics", "create", "--cluster", cluster]).await;
+    assert!(out.contains("herald.deliveries"), "{out}");
 }
 
 impl Run {
@@ -414,6 +490,9 @@ impl Run {
             3 => Fault::Stop(Role::Sender(self.rng.random_range(0..2))),
             4 => Fault::RedisFailover,
             5 => Fault::RedisPaused,
+            6 if matches!(self.clusters, Clusters::Real { .. }) && self.rng.random_bool(0.3) => {
+                Fault::KafkaPrimaryDestroyed
+            }
             6 => Fault::KafkaPrimaryUnreachable,
             7 => Fault::ProviderSlow,
             8 => Fault::ProviderErrors(if self.rng.random_bool(0.5) { 503 } else { 429 }),
@@ -426,7 +505,7 @@ impl Run {
                 "provider".into()
             }
             Fault::RedisFailover | Fault::RedisPaused => "redis".into(),
-            other => other.name(),
+            Fault::KafkaPrimaryUnreachable | Fault::KafkaPrimaryDestroyed => "kafka".into(),
         };
         let busy = active.iter().any(|a| target(&a.fault) == target(&fault));
         // Both senders down at once would only stop delivery.
@@ -486,8 +565,17 @@ impl Run {
                 Duration::from_secs(3)
             }
             Fault::KafkaPrimaryUnreachable => {
-                set_cluster_available(&self.inc.env.broker, false);
+                match &self.clusters {
+                    Clusters::Mock => set_cluster_available(&self.inc.env.broker, false),
+                    Clusters::Real { primary, .. } => primary.pause(),
+                }
                 Duration::from_secs(8)
+            }
+            Fault::KafkaPrimaryDestroyed => {
+                if let Clusters::Real { primary, .. } = &mut self.clusters {
+                    primary.kill().await;
+                }
+                Duration::from_secs(5)
             }
             Fault::ProviderSlow => {
                 self.inc
@@ -520,11 +608,24 @@ impl Run {
                     p.resume();
                 }
             }
-            Fault::KafkaPrimaryUnreachable => set_cluster_available(&self.inc.env.broker, true),
+            Fault::KafkaPrimaryUnreachable => self.primary_reachable(),
+            Fault::KafkaPrimaryDestroyed => {
+                if let Clusters::Real { primary, .. } = &mut self.clusters {
+                    primary.start_wiped().await;
+                }
+                create_topics(&self.inc, "primary").await;
+            }
             Fault::ProviderSlow | Fault::ProviderErrors(_) | Fault::ProviderStalled => {
                 self.inc.env.set_sim_faults(BASELINE()).await
             }
             Fault::RedisFailover | Fault::RedisPaused => {}
+        }
+    }
+
+    fn primary_reachable(&self) {
+        match &self.clusters {
+            Clusters::Mock => set_cluster_available(&self.inc.env.broker, true),
+            Clusters::Real { primary, .. } => primary.resume(),
         }
     }
 
@@ -571,7 +672,7 @@ impl Run {
     /// Every fault healed, the campaign running to its end, `herald
     /// recover` run, and everything owed delivered or settled.
     async fn quiesce(&mut self) {
-        set_cluster_available(&self.inc.env.broker, true);
+        self.primary_reachable();
         self.inc.env.set_sim_faults(BASELINE()).await;
         if self.campaign_paused {
             let path = format!("/v1/campaigns/{}/resume", self.inc.campaign_id);

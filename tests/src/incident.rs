@@ -29,7 +29,10 @@ pub const PUSHES: usize = 15;
 /// accepted so far with the devices it must reach.
 pub struct Incident {
     pub env: TestEnv,
-    pub standby: EmbeddedBroker,
+    /// The standby cluster's address as the processes know it.
+    pub standby: String,
+    /// The embedded standby, unless the settings named one.
+    embedded_standby: Option<EmbeddedBroker>,
     /// The primary cluster's address as the processes know it, kept when the
     /// test destroys that cluster.
     pub primary: String,
@@ -64,6 +67,8 @@ pub struct Settings {
     /// The primary cluster's bootstrap servers (a real Kafka cluster); None:
     /// the test's embedded broker.
     pub primary: Option<String>,
+    /// The standby cluster's bootstrap servers; None: an embedded broker.
+    pub standby: Option<String>,
     /// A Redis of the test's own, to restart without persistence.
     pub redis: Option<String>,
     pub senders: usize,
@@ -73,7 +78,16 @@ pub struct Settings {
 
 impl Incident {
     pub async fn start(s: Settings) -> Self {
-        let standby = EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("standby cluster");
+        let embedded_standby = match s.standby {
+            Some(_) => None,
+            None => Some(EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("standby cluster")),
+        };
+        let standby = s.standby.clone().unwrap_or_else(|| {
+            embedded_standby
+                .as_ref()
+                .map(|b| b.bootstrap_servers().to_string())
+                .unwrap_or_default()
+        });
         let mut env = TestEnv::start(s.name).await;
         let primary = s
             .primary
@@ -83,7 +97,7 @@ impl Incident {
             ("HERALD_KAFKA__BOOTSTRAP_SERVERS", primary.clone()),
             (
                 "HERALD_KAFKA__CLUSTERS__STANDBY__BOOTSTRAP_SERVERS",
-                standby.bootstrap_servers().to_string(),
+                standby.clone(),
             ),
             ("HERALD_KAFKA__HEALTH_CHECK_INTERVAL_MS", "300".into()),
             (
@@ -173,6 +187,7 @@ impl Incident {
         Self {
             env,
             standby,
+            embedded_standby,
             primary,
             app,
             gw,
@@ -580,13 +595,20 @@ impl Incident {
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
     }
 
+    /// The embedded standby, for the scenarios that make it unreachable.
+    pub fn standby_broker(&self) -> &EmbeddedBroker {
+        self.embedded_standby
+            .as_ref()
+            .expect("this incident's standby is not embedded")
+    }
+
     pub async fn cli(&self, args: &[&str]) -> String {
         self.env.run_cli(args).await
     }
 
     pub async fn finish(self) {
         // As TestEnv::finish does for the primary: no reused port.
-        std::mem::forget(self.standby);
+        std::mem::forget(self.embedded_standby);
         self.env.finish().await;
     }
 }

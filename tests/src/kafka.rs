@@ -101,6 +101,7 @@ impl RealKafka {
 
     /// Stops every node (each gets SIGTERM and shuts down cleanly).
     pub async fn stop(&mut self) {
+        self.resume();
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
                 let _ = std::process::Command::new("kill")
@@ -108,6 +109,48 @@ impl RealKafka {
                     .status();
             }
             if tokio::time::timeout(Duration::from_secs(60), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+
+    /// The JVM pid of node `n` (1-based) of the running cluster.
+    fn node_pid(&self, n: usize) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.join(format!("node-{n}")).join("pid")).ok()?;
+        text.trim().parse().ok()
+    }
+
+    fn signal_nodes(&self, signal: &str) {
+        for n in 1..=self.ports.len() {
+            if let Some(pid) = self.node_pid(n) {
+                let _ = std::process::Command::new("kill")
+                    .args([signal, &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+
+    /// Freezes every node (SIGSTOP): connections stay open and nothing
+    /// answers, as when the network between Herald and the cluster drops
+    /// packets.
+    pub fn pause(&self) {
+        self.signal_nodes("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal_nodes("-CONT");
+    }
+
+    /// kill -9 of every node: the cluster is gone at once, with no clean
+    /// shutdown. `start_wiped` brings an empty one back at the same address.
+    pub async fn kill(&mut self) {
+        self.signal_nodes("-KILL");
+        if let Some(mut child) = self.child.take() {
+            // The script notices its nodes died and exits by itself.
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
                 .await
                 .is_err()
             {
@@ -127,6 +170,8 @@ impl RealKafka {
 
 impl Drop for RealKafka {
     fn drop(&mut self) {
+        // A paused node would not hear the SIGTERM.
+        self.resume();
         if let Some(child) = self.child.as_mut() {
             if let Some(pid) = child.id() {
                 let _ = std::process::Command::new("kill")

@@ -28,6 +28,7 @@ async fn leaders_lost(name: &'static str, restart_redis: bool) {
         failback_after_ms: 0,
         extra: &[],
         primary: None,
+        standby: None,
         redis: redis.as_ref().map(PrivateRedis::url),
         senders: 1,
         campaign_rate: 300,
@@ -77,10 +78,7 @@ async fn leaders_lost(name: &'static str, restart_redis: bool) {
     inc.launch_campaign().await;
 
     set_cluster_available(&inc.env.broker, true);
-    let (a, b) = (
-        inc.primary.clone(),
-        inc.standby.bootstrap_servers().to_string(),
-    );
+    let (a, b) = (inc.primary.clone(), inc.standby.clone());
     inc.assert_exactly_once(&[&a, &b]).await;
     inc.finish().await;
 }
@@ -105,6 +103,7 @@ async fn scenario_2_the_primary_cluster_destroyed_and_recovered_into_the_standby
         failback_after_ms: 0,
         extra: &[],
         primary: None,
+        standby: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -146,7 +145,7 @@ async fn scenario_2_the_primary_cluster_destroyed_and_recovered_into_the_standby
     inc.cli(&["recover"]).await;
     inc.traffic().await;
     inc.resubmit_everything().await;
-    let b = inc.standby.bootstrap_servers().to_string();
+    let b = inc.standby.clone();
     inc.assert_exactly_once(&[&b]).await;
     inc.finish().await;
 }
@@ -161,6 +160,7 @@ async fn scenario_3_a_sender_killed_holding_leases_and_another_takes_over() {
         failback_after_ms: 0,
         extra: &[],
         primary: None,
+        standby: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -211,6 +211,7 @@ async fn scenario_5_the_gateway_killed_between_commit_and_publish() {
         failback_after_ms: 0,
         extra: &[],
         primary: None,
+        standby: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -253,6 +254,7 @@ async fn scenario_6_the_broker_unreachable_for_30_seconds() {
         failback_after_ms: 0,
         extra: &[],
         primary: None,
+        standby: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -290,6 +292,7 @@ async fn an_operator_fails_over_and_back_by_command() {
         failback_after_ms: 0,
         extra: &[],
         primary: None,
+        standby: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -340,17 +343,14 @@ async fn an_operator_fails_over_and_back_by_command() {
     let out = inc.cli(&["cluster", "failover", "--to", "primary"]).await;
     assert!(out.contains("from standby to primary"), "{out}");
     inc.wait_all_producing_to("primary").await;
-    set_cluster_available(&inc.standby, false);
+    set_cluster_available(inc.standby_broker(), false);
     let fault = Instant::now();
     inc.first_delivery_after(fault, "failcmd (back to primary)")
         .await;
     inc.traffic().await;
-    set_cluster_available(&inc.standby, true);
+    set_cluster_available(inc.standby_broker(), true);
     inc.resubmit_everything().await;
-    let (a, b) = (
-        inc.primary.clone(),
-        inc.standby.bootstrap_servers().to_string(),
-    );
+    let (a, b) = (inc.primary.clone(), inc.standby.clone());
     inc.assert_exactly_once(&[&a, &b]).await;
     inc.finish().await;
 }
@@ -368,6 +368,7 @@ async fn scenario_7_producers_fail_fatally_mid_traffic_and_heal_without_a_restar
         failback_after_ms: 0,
         extra: &[("HERALD_KAFKA__UNREADY_AFTER_MS", "1500")],
         primary: None,
+        standby: None,
         redis: None,
         senders: 1,
         campaign_rate: 150,
@@ -443,6 +444,7 @@ async fn a_manual_failover_is_not_undone_by_automatic_failback() {
         failback_after_ms: 1_000,
         extra: &[],
         primary: None,
+        standby: None,
         redis: None,
         senders: 1,
         campaign_rate: 300,
@@ -485,10 +487,7 @@ async fn a_manual_failover_is_not_undone_by_automatic_failback() {
     assert!(status.contains("chosen automatically"), "{status}");
     inc.traffic().await;
     inc.resubmit_everything().await;
-    let (a, b) = (
-        inc.primary.clone(),
-        inc.standby.bootstrap_servers().to_string(),
-    );
+    let (a, b) = (inc.primary.clone(), inc.standby.clone());
     inc.assert_exactly_once(&[&a, &b]).await;
     inc.finish().await;
 }
@@ -505,6 +504,7 @@ async fn scenario_8_consumers_stuck_while_records_pile_up_are_reported_and_recov
         failback_after_ms: 0,
         extra: &[("HERALD_KAFKA__UNREADY_AFTER_MS", "2000")],
         primary: None,
+        standby: None,
         redis: None,
         senders: 1,
         campaign_rate: 150,

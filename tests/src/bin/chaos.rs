@@ -1,16 +1,28 @@
-//! `./scripts/chaos [--minutes N] [--seed S]`: see `herald_tests::chaos`.
+//! `./scripts/chaos [--minutes N] [--seed S] [--kafka real|mock]`: see
+//! `herald_tests::chaos`. Real Apache Kafka by default; `mock`: librdkafka's
+//! mock clusters (no JVM, but its consumer groups can abort the run).
 //! Prints every fault as it lands and one last line with the verdict; exits
 //! non-zero if anything accepted was lost or sent twice beyond the policy.
+
+use herald_tests::chaos::KafkaKind;
 
 fn main() {
     let mut minutes = 3.0;
     let mut seed: Option<u64> = None;
+    let mut kafka = KafkaKind::Real;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next();
         match (arg.as_str(), value) {
             ("--minutes", Some(v)) => minutes = v.parse().unwrap_or_else(|_| usage(&v)),
             ("--seed", Some(v)) => seed = Some(v.parse().unwrap_or_else(|_| usage(&v))),
+            ("--kafka", Some(v)) => {
+                kafka = match v.as_str() {
+                    "real" => KafkaKind::Real,
+                    "mock" => KafkaKind::Mock,
+                    _ => usage(&v),
+                }
+            }
             (other, _) => usage(other),
         }
     }
@@ -27,7 +39,7 @@ fn main() {
             eprintln!("chaos: cannot start the runtime: {e}");
             std::process::exit(2)
         });
-    let summary = runtime.block_on(herald_tests::chaos::run(minutes, seed));
+    let summary = runtime.block_on(herald_tests::chaos::run(minutes, seed, kafka));
     for (message, token, copies, cause) in &summary.doubled {
         match cause {
             Some(fault) => println!("chaos: sent {copies} times: {message} {token} ({fault})"),
@@ -50,6 +62,8 @@ fn main() {
 }
 
 fn usage(bad: &str) -> ! {
-    eprintln!("chaos: unexpected `{bad}`\nusage: chaos [--minutes N] [--seed S]");
+    eprintln!(
+        "chaos: unexpected `{bad}`\nusage: chaos [--minutes N] [--seed S] [--kafka real|mock]"
+    );
     std::process::exit(2)
 }
