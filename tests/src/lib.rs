@@ -135,6 +135,11 @@ impl HeraldProcess {
     pub fn logged(&self, text: &str) -> bool {
         std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(text))
     }
+
+    /// How many times the process has logged `text` so far.
+    pub fn logged_times(&self, text: &str) -> usize {
+        std::fs::read_to_string(&self.log).map_or(0, |l| l.matches(text).count())
+    }
 }
 
 /// A Redis server of one test's own, on a Unix socket, so that the test can

@@ -544,6 +544,102 @@ async fn redis_restarted_empty_before_the_recorder_caught_up_sends_nothing_again
     env.finish().await;
 }
 
+/// Redis goes back in time (a failover to a replica that missed writes):
+/// every delivery key of the ledger gone and its write sequence set back to
+/// `seq`; the marker, if there is one, kept.
+fn roll_back(redis: &PrivateRedis, prefix: &str, seq: &str) {
+    redis.cli(&[
+        "EVAL",
+        "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end
+         redis.call('SET', ARGV[2], ARGV[3])
+         return 1",
+        "0",
+        &format!("{prefix}d:*"),
+        &format!("{prefix}ledger-seq"),
+        seq,
+    ]);
+}
+
+/// The chaos run's seed 20261202 on real Kafka: a second Sentinel failover
+/// before the ledger was rebuilt from the first lost what had been settled
+/// since, and copies of those jobs were checked against a PostgreSQL the
+/// stuck recorder had not told yet.
+#[tokio::test]
+async fn redis_losing_writes_again_before_the_ledger_is_rebuilt_sends_nothing_twice() {
+    let mut env = TestEnv::start("rollback2").await;
+    let redis = PrivateRedis::start(&env.log_dir);
+    env.extra_env
+        .insert("HERALD_REDIS__URL".into(), redis.url());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let key = app.server_key.clone();
+    let sender = env
+        .spawn("sender", &["sender", "--no-recorder"], false)
+        .await;
+    let recorder = env.spawn("recorder", &["recorder"], false).await;
+    let earlier = push_both_policies(&env, &gw, &key, "earlier").await;
+    assert_each_delivered_once(&env, &gw, &key, &earlier).await;
+
+    // Another process is rebuilding, slowly: the ledger stays lost.
+    let prefix = env.redis_prefix.clone();
+    let lock = format!("{prefix}ledger-rebuild-lock");
+    redis.cli(&["SET", &lock, "elsewhere", "PX", "600000"]);
+    roll_back(&redis, &prefix, "0");
+    wait_until("the first loss noticed", LONG, || async {
+        sender.logged("the Redis ledger went back in time")
+    })
+    .await;
+    let during = push_both_policies(&env, &gw, &key, "during").await;
+    assert_each_delivered_once(&env, &gw, &key, &during).await;
+    wait_until("the first loss's hold over", LONG, || async {
+        sender.logged("ledger hold over")
+    })
+    .await;
+
+    // Settled in Redis only (the recorder is stuck), then lost with a
+    // second rollback, and copies of their jobs arrive.
+    recorder.pause();
+    let seq = redis.cli(&["GET", &format!("{prefix}ledger-seq")]);
+    let unrecorded = push_both_policies(&env, &gw, &key, "unrecorded").await;
+    wait_until("the twenty delivered", LONG, || async {
+        env.sim_stats().await["accepted"] == 60
+    })
+    .await;
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+    let held_before = sender.logged_times("ledger hold: fresh claims");
+    roll_back(&redis, &prefix, seq.trim());
+    let copies: Vec<DeliveryJob> = jobs_published(&env)
+        .await
+        .into_iter()
+        .filter(|j| unrecorded.contains(&j.message_id.to_string()))
+        .collect();
+    assert_eq!(copies.len(), 20);
+    herald_bus::Publisher::new(&herald_config_for(&env))
+        .expect("publisher")
+        .publish_jobs(&copies)
+        .await
+        .expect("copies");
+    wait_until("the copies are held, or sent", LONG, || async {
+        sender.logged_times("ledger hold: fresh claims") > held_before
+            || env.sim_stats().await["accepted"] != 60
+    })
+    .await;
+    assert_eq!(
+        env.sim_stats().await["accepted"],
+        60,
+        "sent again: the second loss went unnoticed"
+    );
+
+    recorder.resume();
+    assert_each_delivered_once(&env, &gw, &key, &unrecorded).await;
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+    env.wait_consumed("herald-senders-retries", TOPICS[1], LONG)
+        .await;
+    assert_eq!(env.sim_stats().await["accepted"], 60);
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn a_redis_that_may_evict_ledger_keys_is_refused() {
     let mut env = TestEnv::start("eviction").await;

@@ -437,3 +437,74 @@ async fn a_round_gets_its_own_claims_back_and_a_doubt_outlives_a_release() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A declared loss keeps write sequences monotonic and is counted, so that
+/// a second loss before the rebuild shows, and a rebuild begun before it
+/// does not mark the ledger intact; a rebuild lock whose answer was lost is
+/// still its taker's, and a failed rebuild gives it up at once.
+#[tokio::test]
+async fn a_declared_loss_raises_the_sequence_and_the_rebuild_lock_survives_a_lost_answer() {
+    let dir = test_dir("ledger-losses");
+    let redis = herald_tests::PrivateRedis::start(&dir);
+    let endpoint = RedisEndpoint {
+        target: RedisTarget::Standalone { url: redis.url() },
+        ca_cert_pem: None,
+    };
+    let p = prefix();
+    let ledger = Ledger::connect(&endpoint, &p, "sender-a", LEASE, HORIZON)
+        .await
+        .expect("ledger");
+    let other = Ledger::connect(&endpoint, &p, "sender-b", LEASE, HORIZON)
+        .await
+        .expect("ledger");
+    ledger
+        .mark_intact(&Default::default())
+        .await
+        .expect("mark");
+    assert!(ledger.intact().await.expect("intact"));
+
+    // Redis went back to 3 while this process had seen 40.
+    redis.cli(&["SET", &format!("{p}ledger-seq"), "3"]);
+    ledger
+        .declare_lost(&[(String::new(), 40)])
+        .await
+        .expect("declare");
+    assert!(!ledger.intact().await.expect("intact"));
+    assert_eq!(ledger.losses().await.expect("losses"), 1);
+    assert_eq!(ledger.read_seqs().await.expect("seqs")[""], 40);
+    // A sequence never goes down by a declaration.
+    ledger
+        .declare_lost(&[(String::new(), 10)])
+        .await
+        .expect("declare");
+    assert_eq!(ledger.read_seqs().await.expect("seqs")[""], 40);
+    assert_eq!(ledger.losses().await.expect("losses"), 2);
+
+    // The lock is taken, but its answer lost: taking it again is ours.
+    assert!(ledger
+        .try_rebuild_lock(Duration::from_secs(60))
+        .await
+        .expect("lock"));
+    assert!(ledger
+        .try_rebuild_lock(Duration::from_secs(60))
+        .await
+        .expect("lock"));
+    assert!(!other
+        .try_rebuild_lock(Duration::from_secs(60))
+        .await
+        .expect("lock"));
+    other.release_rebuild_lock().await.expect("release");
+    assert!(
+        !other
+            .try_rebuild_lock(Duration::from_secs(60))
+            .await
+            .expect("lock"),
+        "only the holder gives the lock up"
+    );
+    ledger.release_rebuild_lock().await.expect("release");
+    assert!(other
+        .try_rebuild_lock(Duration::from_secs(60))
+        .await
+        .expect("lock"));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -454,9 +454,14 @@ impl Ledger {
 
     /// Deletes the markers of `scopes`: every claim there now sees the
     /// ledger as lost (it went back in time), falls back to PostgreSQL, and
-    /// a rebuild starts.
-    pub async fn declare_lost(&self, scopes: &[String]) -> Result<()> {
-        futures::future::try_join_all(scopes.iter().map(|scope| {
+    /// a rebuild starts. Each scope's write sequence is then raised to the
+    /// highest the caller had seen there: sequences stay monotonic across
+    /// a loss, so that the ledger losing writes *again* (a second failover
+    /// before the rebuild) shows as going back once more. The loss count
+    /// goes up, and a rebuild that began before it does not mark the ledger
+    /// intact ([`Self::losses`]).
+    pub async fn declare_lost(&self, scopes: &[(String, u64)]) -> Result<()> {
+        futures::future::try_join_all(scopes.iter().map(|(scope, _)| {
             let mut conn = self.conn.clone();
             let marker = self.layout.scope_marker(scope);
             async move {
@@ -467,7 +472,51 @@ impl Ledger {
             }
         }))
         .await?;
+        let mut conn = self.conn.clone();
+        redis::cmd("INCR")
+            .arg(self.losses_key())
+            .query_async::<()>(&mut conn)
+            .await?;
+        let raises: Vec<_> = scopes
+            .iter()
+            .map(|(scope, seen)| {
+                let mut invocation = self.raise.key(self.layout.seq(scope));
+                invocation.arg(*seen);
+                invocation
+            })
+            .collect();
+        let _: Vec<i64> = self.run(&raises).await?;
         Ok(())
+    }
+
+    /// Whether every scope has its marker (the ledger is complete).
+    pub async fn intact(&self) -> Result<bool> {
+        let present =
+            futures::future::try_join_all(self.layout.markers().into_iter().map(|marker| {
+                let mut conn = self.conn.clone();
+                async move {
+                    redis::cmd("EXISTS")
+                        .arg(marker)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                }
+            }))
+            .await?;
+        Ok(present.iter().all(|&n| n == 1))
+    }
+
+    /// How many losses were declared (as Redis remembers it).
+    pub async fn losses(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let n: Option<u64> = redis::cmd("GET")
+            .arg(self.losses_key())
+            .query_async(&mut conn)
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    fn losses_key(&self) -> String {
+        format!("{}ledger-losses", self.layout.prefix)
     }
 
     /// Every scope's write sequence as Redis has it now.
@@ -536,15 +585,44 @@ impl Ledger {
     /// another within `ttl`.
     pub async fn try_rebuild_lock(&self, ttl: Duration) -> Result<bool> {
         let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(format!("{}ledger-rebuild-lock", self.layout.prefix))
-            .arg(&self.owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(ttl))
-            .query_async(&mut conn)
-            .await?;
-        Ok(set.is_some())
+        // Ours already: an earlier attempt whose answer was lost (a timeout
+        // after Redis took the SET) must not lock this process out.
+        let taken: i64 = redis::Script::new(
+            "local holder = redis.call('GET', KEYS[1])
+             if holder == ARGV[1] or not holder then
+               redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+               return 1
+             end
+             return 0",
+        )
+        .key(self.rebuild_lock_key())
+        .arg(&self.owner)
+        .arg(millis(ttl))
+        .invoke_async(&mut conn)
+        .await?;
+        Ok(taken == 1)
+    }
+
+    /// Gives the rebuild lock up if this process holds it (a rebuild that
+    /// failed), so that the next attempt, here or elsewhere, need not wait
+    /// for it to run out.
+    pub async fn release_rebuild_lock(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then
+               return redis.call('DEL', KEYS[1])
+             end
+             return 0",
+        )
+        .key(self.rebuild_lock_key())
+        .arg(&self.owner)
+        .invoke_async(&mut conn)
+        .await?;
+        Ok(())
+    }
+
+    fn rebuild_lock_key(&self) -> String {
+        format!("{}ledger-rebuild-lock", self.layout.prefix)
     }
 
     /// Keeps the rebuild lock this process holds for another `ttl`. False:
@@ -557,7 +635,7 @@ impl Ledger {
              end
              return 0",
         )
-        .key(format!("{}ledger-rebuild-lock", self.layout.prefix))
+        .key(self.rebuild_lock_key())
         .arg(&self.owner)
         .arg(millis(ttl))
         .invoke_async(&mut conn)

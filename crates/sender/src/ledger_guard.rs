@@ -14,8 +14,8 @@
 use herald_bus::LagProbe;
 use herald_ledger::Ledger;
 use herald_store::Store;
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -45,16 +45,18 @@ pub struct OutcomeProbes {
 pub(crate) struct LedgerGuard {
     rebuilding: Arc<AtomicBool>,
     /// A loss is being handled: from the first batch that found a marker
-    /// missing to the first that finds it back. One hold per loss.
+    /// missing to the first that finds it back. One hold per loss: a loss
+    /// declared again meanwhile (Redis lost the writes made since) starts
+    /// another.
     in_loss: Arc<AtomicBool>,
-    /// When the current hold ends; None: no hold, or it ended.
-    hold: Arc<Mutex<Option<Instant>>>,
+    /// When the current hold ends, and which hold it is; None: no hold, or
+    /// it ended.
+    hold: Arc<Mutex<Option<(Instant, u64)>>>,
+    holds: Arc<AtomicU64>,
     hold_done: Arc<tokio::sync::Notify>,
     /// The highest write sequence per scope that this process made, or that
     /// PostgreSQL recorded: Redis showing less lost writes.
     seen: Arc<Mutex<HashMap<String, u64>>>,
-    /// Scopes declared lost and not yet seen marked again.
-    lost: Arc<Mutex<HashSet<String>>>,
     probes: OutcomeProbes,
     lease: Duration,
 }
@@ -65,9 +67,9 @@ impl LedgerGuard {
             rebuilding: Arc::default(),
             in_loss: Arc::default(),
             hold: Arc::default(),
+            holds: Arc::default(),
             hold_done: Arc::default(),
             seen: Arc::default(),
-            lost: Arc::default(),
             probes,
             lease,
         }
@@ -75,7 +77,7 @@ impl LedgerGuard {
 
     /// How long fresh claims must still wait, if a hold is on.
     pub(crate) fn holding(&self) -> Option<Duration> {
-        let until = (*self.hold.lock().unwrap_or_else(PoisonError::into_inner))?;
+        let (until, _) = (*self.hold.lock().unwrap_or_else(PoisonError::into_inner))?;
         let left = until.saturating_duration_since(Instant::now());
         (!left.is_zero()).then_some(left)
     }
@@ -95,34 +97,39 @@ impl LedgerGuard {
     }
 
     /// The scopes whose sequence now is lower than one seen before it was
-    /// read: Redis went back in time there. Scopes already declared lost
-    /// are not named again until they are marked intact.
+    /// read: Redis went back in time there. A declared loss raises the
+    /// sequence past what was seen, so a scope shows as going back again
+    /// only if Redis loses writes again.
     pub(crate) fn went_back(
         &self,
         before: &HashMap<String, u64>,
         now: &HashMap<String, u64>,
     ) -> Vec<String> {
-        let lost = self.lost.lock().unwrap_or_else(PoisonError::into_inner);
         now.iter()
             .filter(|(scope, seq)| before.get(*scope).is_some_and(|b| *seq < b))
-            .filter(|(scope, _)| !lost.contains(*scope))
             .map(|(scope, _)| scope.clone())
             .collect()
     }
 
-    /// A claim batch found its markers: a rebuild (which raises the write
-    /// sequences before it marks) has brought lost scopes back.
+    /// A claim batch (or the ledger watch) found the markers: a rebuild
+    /// (which raises the write sequences before it marks) has brought lost
+    /// scopes back, and the next loss is a new one, with a hold of its own.
     pub(crate) fn marked_intact(&self) {
-        self.lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
         self.in_loss.store(false, Ordering::SeqCst);
+    }
+
+    /// A loss is being handled and no hold is on: the ledger watch looks
+    /// for the markers, in case no batch comes before the next loss.
+    pub(crate) fn awaiting_markers(&self) -> bool {
+        self.in_loss.load(Ordering::SeqCst) && self.holding().is_none()
     }
 
     /// Redis lost writes in `scopes`: their markers go, so that every
     /// sender's next claims there fall back to PostgreSQL and a rebuild
-    /// starts. This process accepts the sequences Redis has now.
+    /// starts, and their sequences are raised past what this process saw.
+    /// A loss declared while one is being handled starts a hold of its own:
+    /// what was settled since the last one may be gone from Redis too, and
+    /// not yet in PostgreSQL.
     pub(crate) async fn declare_lost(
         &self,
         ledger: &Ledger,
@@ -135,11 +142,13 @@ impl LedgerGuard {
             %why,
             "the Redis ledger went back in time (it lost writes: a crash between fsyncs, or a failover to a replica that missed them); deduping against PostgreSQL until it is rebuilt"
         );
-        ledger.declare_lost(scopes).await?;
-        self.lost
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(scopes.iter().cloned());
+        let seen = self.seen();
+        let raise: Vec<(String, u64)> = scopes
+            .iter()
+            .map(|scope| (scope.clone(), seen.get(scope).copied().unwrap_or(0)))
+            .collect();
+        ledger.declare_lost(&raise).await?;
+        self.in_loss.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -167,10 +176,16 @@ impl LedgerGuard {
         tokio::spawn(async move {
             guard.hold_done().await;
             match rebuild(&ledger, &store, horizon_hours).await {
-                Ok(Some(n)) => tracing::info!(copied = n, "ledger rebuilt from PostgreSQL"),
+                Ok(Some(n)) => {
+                    tracing::info!(copied = n, "ledger rebuilt from PostgreSQL");
+                    guard.marked_intact();
+                }
                 Ok(None) => tracing::info!("another process is rebuilding the ledger"),
                 Err(e) => {
-                    tracing::error!(error = %e, "rebuilding the ledger failed; will try again")
+                    tracing::error!(error = %e, "rebuilding the ledger failed; will try again");
+                    if let Err(e) = ledger.release_rebuild_lock().await {
+                        tracing::warn!(error = %e, "giving the rebuild lock up failed; it runs out by itself");
+                    }
                 }
             }
             guard.rebuilding.store(false, Ordering::SeqCst);
@@ -179,7 +194,9 @@ impl LedgerGuard {
 
     fn start_hold(&self) {
         let noticed = Instant::now();
-        *self.hold.lock().unwrap_or_else(PoisonError::into_inner) = Some(noticed + HOLD_MAX);
+        let this = self.holds.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.hold.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((noticed + HOLD_MAX, this));
         metrics::counter!("herald_ledger_holds_total").increment(1);
         let guard = self.clone();
         tokio::spawn(async move {
@@ -194,7 +211,13 @@ impl LedgerGuard {
                     "the recorder did not catch up on the outcomes published before the ledger was lost: fresh claims are now checked against PostgreSQL as it is, and an outcome it has not recorded yet can be sent again"
                 );
             }
-            *guard.hold.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            {
+                // A later hold (another loss meanwhile) outlives this one.
+                let mut hold = guard.hold.lock().unwrap_or_else(PoisonError::into_inner);
+                if hold.is_some_and(|(_, which)| which == this) {
+                    *hold = None;
+                }
+            }
             guard.hold_done.notify_waiters();
             tracing::info!(held = ?noticed.elapsed(), "ledger hold over: PostgreSQL knows every outcome from before the loss");
         });
@@ -276,6 +299,7 @@ async fn rebuild(
     if !ledger.try_rebuild_lock(REBUILD_LOCK).await? {
         return Ok(None);
     }
+    let losses = ledger.losses().await?;
     let floors = store.ledger_watermarks().await?;
     let since = chrono::Utc::now()
         - chrono::Duration::hours(i64::try_from(horizon_hours).unwrap_or(i64::MAX / 3600));
@@ -292,6 +316,14 @@ async fn rebuild(
         if !ledger.extend_rebuild_lock(REBUILD_LOCK).await? {
             return Err("the rebuild lock ran out; another process rebuilds".into());
         }
+    }
+    // A loss declared since this rebuild began may have taken writes that
+    // PostgreSQL did not have when it was read: that loss's hold comes
+    // first, then a rebuild of its own.
+    if ledger.losses().await? != losses {
+        return Err(
+            "Redis lost writes again during the rebuild; rebuilding after that loss's hold".into(),
+        );
     }
     ledger.mark_intact(&floors).await?;
     Ok(Some(copied))

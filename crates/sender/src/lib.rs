@@ -303,6 +303,9 @@ impl Sender {
                 tracing::debug!(error = %e, "reading the ledger's watermarks");
                 continue;
             }
+            if self.guard.awaiting_markers() && matches!(self.ledger.intact().await, Ok(true)) {
+                self.guard.marked_intact();
+            }
             let before = self.guard.seen();
             let now = match self.ledger.read_seqs().await {
                 Ok(n) => n,
