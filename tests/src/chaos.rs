@@ -7,10 +7,10 @@
 //! checked as a total-queue checker does: every accepted (message, device)
 //! delivered exactly once, or accounted for by a documented outcome.
 
+use crate::clusters::{Clusters, KafkaKind};
 use crate::incident::{self, Incident, Settings, AUDIENCE, EVENTS};
-use crate::kafka::RealKafka;
 use crate::redis_deployments::{redis_cli, SentinelRedis, SENTINEL_MASTER};
-use crate::{set_cluster_available, HeraldProcess};
+use crate::HeraldProcess;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -161,35 +161,6 @@ struct Active {
     heal_at: Instant,
 }
 
-/// Which Kafka-protocol clusters a run uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KafkaKind {
-    /// Two single-node Apache Kafka clusters (KRaft), from Maven Central.
-    Real,
-    /// librdkafka's mock clusters, in the test process.
-    Mock,
-}
-
-/// The clusters behind the run, for the Kafka faults.
-enum Clusters {
-    /// The test environment's embedded broker is the primary.
-    Mock,
-    Real {
-        primary: Box<RealKafka>,
-        standby: Box<RealKafka>,
-    },
-}
-
-/// One broker a cluster: one replica. The fast rebuild docs/operations.md
-/// recommends where a minute of outage matters more than a client built
-/// anew in vain.
-const ONE_BROKER: [(&str, &str); 4] = [
-    ("HERALD_KAFKA__REPLICATION_FACTOR", "1"),
-    ("HERALD_KAFKA__MIN_INSYNC_REPLICAS", "1"),
-    ("HERALD_KAFKA__UNREADY_AFTER_MS", "3000"),
-    ("HERALD_KAFKA__REBUILD_AFTER_MS", "5000"),
-];
-
 /// The world, the traffic's bookkeeping and the fault log.
 struct Run {
     inc: Incident,
@@ -211,20 +182,7 @@ struct Run {
 pub async fn run(minutes: f64, seed: u64, kafka: KafkaKind) -> Summary {
     let dir = std::env::temp_dir().join(format!("herald-chaos-{seed}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("chaos dir");
-    let clusters = match kafka {
-        KafkaKind::Mock => Clusters::Mock,
-        KafkaKind::Real => {
-            let (primary_dir, standby_dir) = (dir.join("primary"), dir.join("standby"));
-            let (primary, standby) = tokio::join!(
-                RealKafka::start(1, &primary_dir),
-                RealKafka::start(1, &standby_dir)
-            );
-            Clusters::Real {
-                primary: Box::new(primary),
-                standby: Box::new(standby),
-            }
-        }
-    };
+    let clusters = Clusters::start(kafka, &dir).await;
     let redis_dir = dir.clone();
     let redis = tokio::task::spawn_blocking(move || SentinelRedis::start(&redis_dir))
         .await
@@ -244,16 +202,8 @@ pub async fn run(minutes: f64, seed: u64, kafka: KafkaKind) -> Summary {
         ("HERALD_SENDER__RETRY_MAX_MS", "2000"),
         ("HERALD_SHUTDOWN__DEADLINE_MS", "15000"),
     ];
-    let (primary, standby) = match &clusters {
-        Clusters::Mock => (None, None),
-        Clusters::Real { primary, standby } => {
-            extra.extend(ONE_BROKER);
-            (
-                Some(primary.bootstrap_servers().to_string()),
-                Some(standby.bootstrap_servers().to_string()),
-            )
-        }
-    };
+    extra.extend(clusters.settings());
+    let (primary, standby) = clusters.addresses();
     let inc = Incident::start(Settings {
         name: "chaos",
         failover_after_ms: 1_500,
@@ -266,11 +216,7 @@ pub async fn run(minutes: f64, seed: u64, kafka: KafkaKind) -> Summary {
         campaign_rate: 200,
     })
     .await;
-    if let Clusters::Real { .. } = &clusters {
-        for cluster in ["primary", "standby"] {
-            create_topics(&inc, cluster).await;
-        }
-    }
+    clusters.create_topics(&inc).await;
     let second_gateway = inc.env.gateway().await;
     let second_triggers = inc.env.spawn("triggers", &["triggers"], false).await;
     let gateway_urls = vec![
@@ -334,11 +280,6 @@ pub async fn run(minutes: f64, seed: u64, kafka: KafkaKind) -> Summary {
     }
     run.quiesce().await;
     run.check(seed).await
-}
-
-async fn create_topics(inc: &Incident, cluster: &str) {
-    let out = inc.cli(&["topics", "create", "--cluster", cluster]).await;
-    assert!(out.contains("herald.deliveries"), "{out}");
 }
 
 impl Run {
@@ -565,16 +506,11 @@ impl Run {
                 Duration::from_secs(3)
             }
             Fault::KafkaPrimaryUnreachable => {
-                match &self.clusters {
-                    Clusters::Mock => set_cluster_available(&self.inc.env.broker, false),
-                    Clusters::Real { primary, .. } => primary.pause(),
-                }
+                self.clusters.set_primary_reachable(&self.inc, false);
                 Duration::from_secs(8)
             }
             Fault::KafkaPrimaryDestroyed => {
-                if let Clusters::Real { primary, .. } = &mut self.clusters {
-                    primary.kill().await;
-                }
+                self.clusters.destroy_primary(&mut self.inc).await;
                 Duration::from_secs(5)
             }
             Fault::ProviderSlow => {
@@ -608,24 +544,12 @@ impl Run {
                     p.resume();
                 }
             }
-            Fault::KafkaPrimaryUnreachable => self.primary_reachable(),
-            Fault::KafkaPrimaryDestroyed => {
-                if let Clusters::Real { primary, .. } = &mut self.clusters {
-                    primary.start_wiped().await;
-                }
-                create_topics(&self.inc, "primary").await;
-            }
+            Fault::KafkaPrimaryUnreachable => self.clusters.set_primary_reachable(&self.inc, true),
+            Fault::KafkaPrimaryDestroyed => self.clusters.reborn_primary(&self.inc).await,
             Fault::ProviderSlow | Fault::ProviderErrors(_) | Fault::ProviderStalled => {
                 self.inc.env.set_sim_faults(BASELINE()).await
             }
             Fault::RedisFailover | Fault::RedisPaused => {}
-        }
-    }
-
-    fn primary_reachable(&self) {
-        match &self.clusters {
-            Clusters::Mock => set_cluster_available(&self.inc.env.broker, true),
-            Clusters::Real { primary, .. } => primary.resume(),
         }
     }
 
@@ -672,7 +596,7 @@ impl Run {
     /// Every fault healed, the campaign running to its end, `herald
     /// recover` run, and everything owed delivered or settled.
     async fn quiesce(&mut self) {
-        self.primary_reachable();
+        self.clusters.set_primary_reachable(&self.inc, true);
         self.inc.env.set_sim_faults(BASELINE()).await;
         if self.campaign_paused {
             let path = format!("/v1/campaigns/{}/resume", self.inc.campaign_id);

@@ -126,8 +126,10 @@ impl RealKafka {
     fn signal_nodes(&self, signal: &str) {
         for n in 1..=self.ports.len() {
             if let Some(pid) = self.node_pid(n) {
+                // A node killed before has no process left to signal.
                 let _ = std::process::Command::new("kill")
                     .args([signal, &pid.to_string()])
+                    .stderr(Stdio::null())
                     .status();
             }
         }
@@ -142,6 +144,59 @@ impl RealKafka {
 
     pub fn resume(&self) {
         self.signal_nodes("-CONT");
+    }
+
+    /// kill -9 of node `n` (1-based); the others go on.
+    pub fn kill_node(&self, n: usize) {
+        let pid = self.node_pid(n).expect("the node's pid");
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+
+    /// The node id of the KRaft quorum's leader: the active controller.
+    pub async fn active_controller(&self) -> usize {
+        let out = Command::new("bash")
+            .arg(script())
+            .args([
+                "tool",
+                "org.apache.kafka.tools.MetadataQuorumCommand",
+                "--bootstrap-server",
+                &self.bootstrap,
+                "describe",
+                "--status",
+            ])
+            .output()
+            .await
+            .expect("running MetadataQuorumCommand");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("LeaderId:")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no LeaderId in: {text}"))
+    }
+
+    /// The node leading each partition of `topic`, by partition.
+    pub async fn partition_leaders(&self, topic: &str) -> Vec<usize> {
+        let bootstrap = self.bootstrap.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()
+                .expect("metadata client");
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .expect("metadata");
+            metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions())
+                .map(|p| usize::try_from(p.leader()).unwrap_or(0))
+                .collect()
+        })
+        .await
+        .expect("metadata task")
     }
 
     /// kill -9 of every node: the cluster is gone at once, with no clean

@@ -9,6 +9,7 @@
 
 pub mod browser;
 pub mod chaos;
+pub mod clusters;
 pub mod fixture;
 pub mod incident;
 pub mod kafka;

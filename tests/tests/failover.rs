@@ -6,6 +6,7 @@
 //! every accepted (message, device) delivered exactly once, nothing else.
 
 use herald_bus::BrokerCommand;
+use herald_tests::clusters::{Clusters, KafkaKind};
 use herald_tests::incident::{sender, Incident, Settings, LONG, PUSHES};
 use herald_tests::{
     set_cluster_available, wait_consumed_on, wait_until, HeraldProcess, PrivateRedis, TOPICS,
@@ -19,21 +20,24 @@ use uuid::Uuid;
 /// leaders mid-campaign; Herald fails over to B by itself; clients resubmit
 /// every request; an operator relaunches the campaign; A comes back with
 /// its backlog.
-async fn leaders_lost(name: &'static str, restart_redis: bool) {
+async fn leaders_lost(name: &'static str, restart_redis: bool, kafka: KafkaKind) {
     let dir = std::env::temp_dir().join(format!("herald-{name}-{}", Uuid::new_v4().simple()));
     let mut redis = restart_redis.then(|| PrivateRedis::start(&dir));
+    let clusters = Clusters::start(kafka, &dir).await;
+    let (primary, standby) = clusters.addresses();
     let mut inc = Incident::start(Settings {
         name,
         failover_after_ms: 1_500,
         failback_after_ms: 0,
-        extra: &[],
-        primary: None,
-        standby: None,
+        extra: clusters.settings(),
+        primary,
+        standby,
         redis: redis.as_ref().map(PrivateRedis::url),
         senders: 1,
         campaign_rate: 300,
     })
     .await;
+    clusters.create_topics(&inc).await;
     inc.launch_campaign().await;
     inc.traffic().await;
     inc.wait_campaign_a_third_through().await;
@@ -50,7 +54,7 @@ async fn leaders_lost(name: &'static str, restart_redis: bool) {
     }
     inc.traffic().await;
     let fault = Instant::now();
-    set_cluster_available(&inc.env.broker, false);
+    clusters.set_primary_reachable(&inc, false);
     inc.senders[0].resume();
     inc.first_delivery_after(fault, name).await;
     let status = inc.cli(&["cluster", "status"]).await;
@@ -77,51 +81,75 @@ async fn leaders_lost(name: &'static str, restart_redis: bool) {
     inc.wait_campaign_produced().await;
     inc.launch_campaign().await;
 
-    set_cluster_available(&inc.env.broker, true);
+    clusters.set_primary_reachable(&inc, true);
     let (a, b) = (inc.primary.clone(), inc.standby.clone());
     inc.assert_exactly_once(&[&a, &b]).await;
     inc.finish().await;
+    drop(clusters);
 }
 
 #[tokio::test]
 async fn scenario_1_leaders_lost_mid_campaign_failover_resubmit_relaunch_and_the_backlog_returns() {
-    leaders_lost("fail1", false).await;
+    leaders_lost("fail1", false, KafkaKind::Mock).await;
+}
+
+/// Scenario 1 on Apache Kafka: the primary's broker frozen (SIGSTOP), so
+/// connections hang rather than fail, then back with its backlog.
+#[tokio::test]
+async fn scenario_1_on_real_kafka_the_primary_frozen_mid_campaign() {
+    leaders_lost("kfail1", false, KafkaKind::Real).await;
 }
 
 #[tokio::test]
 async fn scenario_4_redis_restarts_empty_in_the_middle_of_a_failover() {
-    leaders_lost("fail4", true).await;
+    leaders_lost("fail4", true, KafkaKind::Mock).await;
+}
+
+#[tokio::test]
+async fn scenario_2_the_primary_cluster_destroyed_and_recovered_into_the_standby() {
+    destroyed("fail2", KafkaKind::Mock).await;
+}
+
+/// Scenario 2 on Apache Kafka: the primary's broker killed -9 for good.
+#[tokio::test]
+async fn scenario_2_on_real_kafka_the_primary_killed_and_recovered_into_the_standby() {
+    destroyed("kfail2", KafkaKind::Real).await;
 }
 
 /// Scenario 2: cluster A is destroyed outright, with everything it held;
 /// Herald moves to B and an operator runs `herald recover` (twice).
-#[tokio::test]
-async fn scenario_2_the_primary_cluster_destroyed_and_recovered_into_the_standby() {
+async fn destroyed(name: &'static str, kafka: KafkaKind) {
+    let dir = std::env::temp_dir().join(format!("herald-{name}-{}", Uuid::new_v4().simple()));
+    let mut clusters = Clusters::start(kafka, &dir).await;
+    let (primary, standby) = clusters.addresses();
     let mut inc = Incident::start(Settings {
-        name: "fail2",
+        name,
         failover_after_ms: 1_500,
         failback_after_ms: 0,
-        extra: &[],
-        primary: None,
-        standby: None,
+        extra: clusters.settings(),
+        primary,
+        standby,
         redis: None,
         senders: 1,
         campaign_rate: 300,
     })
     .await;
+    clusters.create_topics(&inc).await;
     inc.launch_campaign().await;
     inc.traffic().await;
     inc.wait_campaign_a_third_through().await;
 
-    // Work only A holds when it goes: pushes and events nobody consumed.
+    // Work only A holds when it goes: pushes and events nobody consumed
+    // (the sender and the trigger engine stalled while they are accepted).
     inc.senders[0].pause();
+    inc.triggers.pause();
     inc.traffic().await;
     let fault = Instant::now();
-    // A new, unused cluster takes the handle: the one every process knows
-    // is gone for good, and what it holds is never read again.
-    inc.env.replace_broker();
+    // Gone for good: what it holds is never read again.
+    clusters.destroy_primary(&mut inc).await;
     inc.senders[0].resume();
-    inc.first_delivery_after(fault, "fail2").await;
+    inc.triggers.resume();
+    inc.first_delivery_after(fault, name).await;
     let first = inc.cli(&["recover"]).await;
     assert!(
         first.contains("recovered into Kafka cluster standby"),
@@ -148,6 +176,7 @@ async fn scenario_2_the_primary_cluster_destroyed_and_recovered_into_the_standby
     let b = inc.standby.clone();
     inc.assert_exactly_once(&[&b]).await;
     inc.finish().await;
+    drop(clusters);
 }
 
 /// Scenario 3: a sender is killed -9 while it holds leases, with requests

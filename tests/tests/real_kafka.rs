@@ -7,21 +7,12 @@
 //! notification exactly once. librdkafka's mock cluster cannot play this:
 //! it cannot come back at the same address.
 
+use herald_tests::clusters::{create_topics, ONE_BROKER};
 use herald_tests::incident::{Incident, Settings, LONG};
 use herald_tests::kafka::RealKafka;
 use herald_tests::wait_until;
 use std::time::Instant;
 use uuid::Uuid;
-
-/// Settings every scenario here shares: one broker, so one replica.
-const ONE_BROKER: &[(&str, &str)] = &[
-    ("HERALD_KAFKA__REPLICATION_FACTOR", "1"),
-    ("HERALD_KAFKA__MIN_INSYNC_REPLICAS", "1"),
-    ("HERALD_KAFKA__UNREADY_AFTER_MS", "3000"),
-    // The fast settings docs/operations.md recommends where a minute of
-    // outage matters more than a client built anew in vain.
-    ("HERALD_KAFKA__REBUILD_AFTER_MS", "5000"),
-];
 
 /// `campaign_rate`: slow enough that the campaign is still being sent once
 /// the cluster is back.
@@ -45,13 +36,8 @@ async fn start(
         campaign_rate,
     })
     .await;
-    create_topics(&inc).await;
+    create_topics(&inc, "primary").await;
     (kafka, inc)
-}
-
-async fn create_topics(inc: &Incident) {
-    let out = inc.cli(&["topics", "create", "--cluster", "primary"]).await;
-    assert!(out.contains("herald.deliveries"), "{out}");
 }
 
 /// Wipes the primary mid-campaign, with pushes and events accepted while it
@@ -80,7 +66,7 @@ async fn wiped_and_reborn(name: &'static str, operator_recovers: bool) {
         .await;
     }
     kafka.start_wiped().await;
-    create_topics(&inc).await;
+    create_topics(&inc, "primary").await;
     let back = Instant::now();
     if operator_recovers {
         for _ in 0..2 {
@@ -145,7 +131,7 @@ async fn producers_fail_back_to_a_rebuilt_primary() {
     inc.traffic().await;
 
     kafka.start_wiped().await;
-    create_topics(&inc).await;
+    create_topics(&inc, "primary").await;
     let back = Instant::now();
     inc.wait_all_producing_to("primary").await;
     println!(
@@ -160,6 +146,66 @@ async fn producers_fail_back_to_a_rebuilt_primary() {
     inc.launch_campaign().await;
     let (a, b) = (inc.primary.clone(), inc.standby.clone());
     inc.assert_exactly_once(&[&a, &b]).await;
+    inc.finish().await;
+    drop(kafka);
+}
+
+/// Three brokers, each topic replicated three times with
+/// `min.insync.replicas` 2 and Herald producing with `acks=all`: the node
+/// that is both the active controller and a partition leader is killed -9
+/// mid-traffic. Leadership moves to the in-sync replicas, the quorum elects
+/// another controller, no process is restarted, and nothing acknowledged is
+/// lost or sent twice.
+#[tokio::test]
+async fn three_brokers_losing_the_active_controller_and_a_partition_leader_lose_nothing() {
+    let dir = std::env::temp_dir().join(format!("herald-k3-{}", Uuid::new_v4().simple()));
+    let kafka = RealKafka::start(3, &dir).await;
+    let mut inc = Incident::start(Settings {
+        name: "k3",
+        // No failover: the cluster itself must carry on.
+        failover_after_ms: 600_000,
+        failback_after_ms: 0,
+        extra: &[
+            ("HERALD_KAFKA__REPLICATION_FACTOR", "3"),
+            ("HERALD_KAFKA__MIN_INSYNC_REPLICAS", "2"),
+        ],
+        primary: Some(kafka.bootstrap_servers().to_string()),
+        standby: None,
+        redis: None,
+        senders: 1,
+        campaign_rate: 150,
+    })
+    .await;
+    create_topics(&inc, "primary").await;
+    inc.launch_campaign().await;
+    inc.traffic().await;
+    inc.wait_campaign_a_third_through().await;
+
+    // Eight partitions over three brokers: every broker leads some, so the
+    // controller's node takes both roles down at once.
+    let controller = kafka.active_controller().await;
+    let leaders = kafka.partition_leaders("herald.deliveries").await;
+    assert!(leaders.contains(&controller), "{controller} {leaders:?}");
+    let victim = controller;
+    kafka.kill_node(victim);
+    let fault = Instant::now();
+    println!(
+        "k3: killed node {victim} (active controller: {controller}; deliveries partition leaders: {leaders:?})"
+    );
+    inc.traffic().await;
+    inc.first_delivery_of_each_kind(fault, "k3").await;
+    let after = kafka.partition_leaders("herald.deliveries").await;
+    assert!(
+        !after.contains(&victim),
+        "leadership stayed on the dead node: {after:?}"
+    );
+    assert_ne!(kafka.active_controller().await, victim);
+    inc.traffic().await;
+    inc.resubmit_everything().await;
+    inc.wait_campaign_produced().await;
+    inc.launch_campaign().await;
+    let a = inc.primary.clone();
+    inc.assert_exactly_once(&[&a]).await;
     inc.finish().await;
     drop(kafka);
 }

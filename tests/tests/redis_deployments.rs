@@ -457,10 +457,7 @@ async fn a_declared_loss_raises_the_sequence_and_the_rebuild_lock_survives_a_los
     let other = Ledger::connect(&endpoint, &p, "sender-b", LEASE, HORIZON)
         .await
         .expect("ledger");
-    ledger
-        .mark_intact(&Default::default())
-        .await
-        .expect("mark");
+    ledger.mark_intact(&Default::default()).await.expect("mark");
     assert!(ledger.intact().await.expect("intact"));
 
     // Redis went back to 3 while this process had seen 40.

@@ -4,7 +4,7 @@
 //! Prints every fault as it lands and one last line with the verdict; exits
 //! non-zero if anything accepted was lost or sent twice beyond the policy.
 
-use herald_tests::chaos::KafkaKind;
+use herald_tests::clusters::KafkaKind;
 
 fn main() {
     let mut minutes = 3.0;
