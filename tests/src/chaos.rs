@@ -216,7 +216,6 @@ pub async fn run(minutes: f64, seed: u64, kafka: KafkaKind) -> Summary {
         campaign_rate: 200,
     })
     .await;
-    clusters.create_topics(&inc).await;
     let second_gateway = inc.env.gateway().await;
     let second_triggers = inc.env.spawn("triggers", &["triggers"], false).await;
     let gateway_urls = vec![

@@ -47,6 +47,7 @@ impl Clusters {
                     RealKafka::start(1, &primary_dir),
                     RealKafka::start(1, &standby_dir)
                 );
+                tokio::join!(primary.create_topics(1, 1), standby.create_topics(1, 1));
                 Clusters::Real {
                     primary: Box::new(primary),
                     standby: Box::new(standby),
@@ -71,15 +72,6 @@ impl Clusters {
         match self {
             Clusters::Mock => &[],
             Clusters::Real { .. } => ONE_BROKER,
-        }
-    }
-
-    /// Herald's topics on real clusters (the embedded ones have them).
-    pub async fn create_topics(&self, inc: &Incident) {
-        if let Clusters::Real { .. } = self {
-            for cluster in ["primary", "standby"] {
-                create_topics(inc, cluster).await;
-            }
         }
     }
 

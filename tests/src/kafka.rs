@@ -117,6 +117,23 @@ impl RealKafka {
         }
     }
 
+    /// Herald's topics, before any Herald process starts: a process that
+    /// finds them missing takes the cluster for unhealthy and fails over.
+    pub async fn create_topics(&self, replication_factor: i32, min_insync_replicas: i32) {
+        let kafka = herald_config::KafkaConfig {
+            bootstrap_servers: self.bootstrap.clone(),
+            ..Default::default()
+        };
+        herald_bus::create_topics(
+            &kafka,
+            kafka.partitions,
+            replication_factor,
+            min_insync_replicas,
+        )
+        .await
+        .expect("creating Herald's topics");
+    }
+
     /// The JVM pid of node `n` (1-based) of the running cluster.
     fn node_pid(&self, n: usize) -> Option<u32> {
         let text = std::fs::read_to_string(self.dir.join(format!("node-{n}")).join("pid")).ok()?;

@@ -37,7 +37,6 @@ async fn leaders_lost(name: &'static str, restart_redis: bool, kafka: KafkaKind)
         campaign_rate: 300,
     })
     .await;
-    clusters.create_topics(&inc).await;
     inc.launch_campaign().await;
     inc.traffic().await;
     inc.wait_campaign_a_third_through().await;
@@ -134,7 +133,6 @@ async fn destroyed(name: &'static str, kafka: KafkaKind) {
         campaign_rate: 300,
     })
     .await;
-    clusters.create_topics(&inc).await;
     inc.launch_campaign().await;
     inc.traffic().await;
     inc.wait_campaign_a_third_through().await;

@@ -24,6 +24,7 @@ async fn start(
 ) -> (RealKafka, Incident) {
     let dir = std::env::temp_dir().join(format!("herald-{name}-{}", Uuid::new_v4().simple()));
     let kafka = RealKafka::start(1, &dir).await;
+    kafka.create_topics(1, 1).await;
     let inc = Incident::start(Settings {
         name,
         failover_after_ms,
@@ -36,7 +37,6 @@ async fn start(
         campaign_rate,
     })
     .await;
-    create_topics(&inc, "primary").await;
     (kafka, inc)
 }
 
@@ -160,6 +160,7 @@ async fn producers_fail_back_to_a_rebuilt_primary() {
 async fn three_brokers_losing_the_active_controller_and_a_partition_leader_lose_nothing() {
     let dir = std::env::temp_dir().join(format!("herald-k3-{}", Uuid::new_v4().simple()));
     let kafka = RealKafka::start(3, &dir).await;
+    kafka.create_topics(3, 2).await;
     let mut inc = Incident::start(Settings {
         name: "k3",
         // No failover: the cluster itself must carry on.
@@ -176,7 +177,6 @@ async fn three_brokers_losing_the_active_controller_and_a_partition_leader_lose_
         campaign_rate: 150,
     })
     .await;
-    create_topics(&inc, "primary").await;
     inc.launch_campaign().await;
     inc.traffic().await;
     inc.wait_campaign_a_third_through().await;
