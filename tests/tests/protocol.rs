@@ -47,6 +47,9 @@ async fn assert_unknown_and_sent_once(env: &TestEnv, gw: &str, key: &str, id: &s
 async fn a_sender_killed_between_the_providers_answer_and_settling() {
     let mut env = TestEnv::start("crashafter").await;
     slow_leases(&mut env);
+    // Both pushes in one batch: a second batch would wait behind the first,
+    // whose request never gets an answer (seen on a loaded machine).
+    one_batch(&mut env);
     let app = env.create_app().await;
     let gateway = env.gateway().await;
     let gw = gateway.url.clone().expect("url");
@@ -168,6 +171,64 @@ async fn a_sender_paused_past_its_lease_cannot_overwrite_its_successor() {
         s["counts"]["unknown"], 1,
         "the successor's outcome stands: {s}"
     );
+    env.finish().await;
+}
+
+/// A sender stalled (SIGSTOP) with one request at the provider and the rest
+/// of its batch claimed but not yet sent: a successor takes them over once
+/// the lease runs out, and the woken sender must not send them too.
+#[tokio::test]
+async fn a_sender_stalled_before_its_requests_left_does_not_send_them_after_its_lease() {
+    let mut env = TestEnv::start("stalledzombie").await;
+    env.extra_env
+        .insert("HERALD_SENDER__CONCURRENCY".into(), "1".into());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let zombie = env.sender().await;
+
+    env.set_sim_faults(json!({"stall": true})).await;
+    let tokens = (0..10).map(|i| one_token("ios", &ios_token(i))).collect();
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("stalled"),
+            &push_body(tokens, "at_least_once"),
+        )
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until("the first send is held at the provider", LONG, || async {
+        env.sim_stats().await["stalled"] == 1
+    })
+    .await;
+    zombie.pause();
+    env.set_sim_faults(json!({})).await;
+    let _successor = env.sender().await;
+    let s = env
+        .wait_message(&gw, &app.server_key, &id, |s| s["status"] == "completed")
+        .await;
+    assert_eq!(s["counts"]["delivered"], 10, "{s}");
+
+    // Woken, it finds its first request answered (its settle is refused:
+    // the successor's epoch is newer) and the other nine not sent.
+    zombie.resume();
+    wait_until("the woken sender's round ends", LONG, || async {
+        zombie.logged("lease lost before settling")
+    })
+    .await;
+    env.wait_consumed(SENDERS, DELIVERIES, LONG).await;
+    env.wait_consumed("herald-senders-retries", TOPICS[1], LONG)
+        .await;
+    let per_token = env.deliveries_per_token(&id).await;
+    // The request held at the provider when the sender stalled reached it,
+    // and the successor resent it (at_least_once): that one twice.
+    let twice = per_token.values().filter(|&&n| n == 2).count();
+    assert!(
+        per_token.len() == 10 && twice <= 1 && per_token.values().all(|&n| n <= 2),
+        "sent again by the woken sender: {per_token:?}"
+    );
+    assert!(zombie.logged("the lease may have run out before the request left"));
     env.finish().await;
 }
 

@@ -30,12 +30,16 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// The most settled deliveries written to the ledger in one pipeline.
 const SETTLE_CHUNK: usize = 256;
+/// A request leaves only while the lease holds for at least this long
+/// still: the time between the check and the request reaching the
+/// provider, with room to spare.
+const LEASE_MARGIN: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
@@ -77,8 +81,9 @@ enum Step {
         retry_after: Option<Duration>,
     },
     /// Not sent, or sent with an unknown outcome and not resent, because the
-    /// sender is shutting down: released and handed to the retries topic as
-    /// it is, for another sender (the ledger holds any doubt).
+    /// sender is shutting down or its lease may have run out (it stalled):
+    /// released, if still ours, and handed to the retries topic as it is,
+    /// for another sender (the ledger holds any doubt).
     Handback,
     /// Cannot be processed as things stand (no such app, no credentials):
     /// released in the ledger so that a replay can send it.
@@ -407,6 +412,8 @@ impl Sender {
         }
         let ids: Vec<_> = jobs.iter().map(|j| j.delivery_id).collect();
         let seen_before = self.guard.seen();
+        // Redis counts the leases from when it runs the claim, after this.
+        let claimed_at = Instant::now();
         let batch = if self.config.dedupe {
             self.ledger.claim_batch(&ids, &round.id).await?
         } else {
@@ -498,10 +505,13 @@ impl Sender {
         // The leases of sends still outstanding are renewed until they
         // settle: a slow provider, a long batch or a shutdown that waits for
         // its requests never lets a lease run out under a live send.
-        let outstanding: Mutex<HashMap<DeliveryId, u64>> = Mutex::new(
+        // Each with its epoch and when its lease surely still holds (from
+        // when the claim or the last renewal that kept it was sent).
+        let lease = self.ledger.lease();
+        let outstanding: Mutex<HashMap<DeliveryId, (u64, Instant)>> = Mutex::new(
             to_send
                 .iter()
-                .map(|(job, epoch, _)| (job.delivery_id, *epoch))
+                .map(|(job, epoch, _)| (job.delivery_id, (*epoch, claimed_at + lease)))
                 .collect(),
         );
         let outstanding = &outstanding;
@@ -520,8 +530,17 @@ impl Sender {
                     return (job, epoch, Step::Handback);
                 }
                 let span = delivery_span(&job);
+                // A request must leave while the lease is surely ours: a
+                // sender stalled past it (SIGSTOP, a long pause) may have
+                // been taken over, and its late send would be a second one.
+                let lease_holds = || {
+                    !self.config.dedupe
+                        || held()
+                            .get(&job.delivery_id)
+                            .is_some_and(|(_, until)| Instant::now() + LEASE_MARGIN < *until)
+                };
                 let step = self
-                    .attempt(&job, epoch, resend, round)
+                    .attempt(&job, epoch, resend, round, &lease_holds)
                     .instrument(span.clone())
                     .await;
                 span.record("outcome", step.name());
@@ -568,18 +587,24 @@ impl Sender {
             let every = (self.ledger.lease() / 3).max(Duration::from_millis(100));
             loop {
                 tokio::time::sleep(every).await;
-                let mine: Vec<(DeliveryId, u64)> = held().iter().map(|(k, v)| (*k, *v)).collect();
+                let mine: Vec<(DeliveryId, u64)> =
+                    held().iter().map(|(k, (epoch, _))| (*k, *epoch)).collect();
                 if mine.is_empty() || !self.config.dedupe {
                     continue;
                 }
+                let sent_at = Instant::now();
                 match self.ledger.renew_batch(&mine, &round.id).await {
                     Ok(answers) => {
-                        let held = held();
-                        let lost = mine
-                            .iter()
-                            .zip(answers)
-                            .filter(|((id, _), ours)| !ours && held.contains_key(id))
-                            .count();
+                        let mut held = held();
+                        let mut lost = 0;
+                        for ((id, _), ours) in mine.iter().zip(answers) {
+                            match held.get_mut(id) {
+                                Some((_, until)) if ours => *until = sent_at + lease,
+                                Some(_) => lost += 1,
+                                None => {}
+                            }
+                        }
+                        drop(held);
                         if lost > 0 {
                             metrics::counter!("herald_lease_renewals_lost_total")
                                 .increment(lost as u64);
@@ -788,12 +813,22 @@ impl Sender {
     /// once, with the same ids, unless this send already was a resend (the
     /// claim was a takeover), or the sender is shutting down (the next
     /// owner resends it).
+    fn lease_ran_out(&self, job: &DeliveryJob) -> Step {
+        metrics::counter!("herald_lease_ran_out_before_send_total").increment(1);
+        tracing::warn!(
+            delivery_id = %job.delivery_id,
+            "the lease may have run out before the request left (the sender stalled): not sent, handed back"
+        );
+        Step::Handback
+    }
+
     async fn attempt(
         &self,
         job: &DeliveryJob,
         epoch: u64,
         resend: bool,
         round: &Round<'_>,
+        lease_holds: &(dyn Fn() -> bool + Sync),
     ) -> Step {
         let has_platform = |c: &herald_providers::Credentials| match job.platform {
             Platform::Ios => c.apns.is_some(),
@@ -827,6 +862,9 @@ impl Sender {
                 reason: format!("the app has no usable {provider} credentials"),
             };
         }
+        if !lease_holds() {
+            return self.lease_ran_out(job);
+        }
         let mut class = self.timed_send(job, &creds).await;
         if let OutcomeClass::Unknown { reason } = &class {
             if job.policy == DeliveryPolicy::AtLeastOnce && !resend {
@@ -845,6 +883,9 @@ impl Sender {
                 if round.shutdown.is_cancelled() {
                     tracing::info!(delivery_id = %job.delivery_id, %reason, "outcome unknown; handed back for the next sender to resend");
                     return Step::Handback;
+                }
+                if !lease_holds() {
+                    return self.lease_ran_out(job);
                 }
                 tracing::info!(delivery_id = %job.delivery_id, %reason, "outcome unknown; resending once");
                 class = self.timed_send(job, &creds).await;
