@@ -716,3 +716,63 @@ async fn a_resent_cancel_event_does_not_cancel_what_later_events_started() {
     .await;
     env.finish().await;
 }
+
+/// Per-user order follows the events' own time, whatever order they are
+/// applied in: an entry event that occurred before a cancel but reaches the
+/// engine after it (the outbox relay, `herald recover`, a cluster's backlog
+/// returning, or an app's offline batch sent late) starts no push.
+#[tokio::test]
+async fn an_entry_event_applied_after_a_later_cancel_starts_no_push() {
+    let clock = TestClock::new(&chrono::Utc::now().to_rfc3339());
+    let (k, v) = clock.setting();
+    let env = TestEnv::start_with("triglate", &[(k, &v)]).await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let api = Api {
+        env: &env,
+        base: gateway.url.clone().expect("url"),
+        app,
+    };
+    let _sender = env.sender().await;
+    let _engine = env.spawn("triggers", &["triggers"], false).await;
+    api.device("dl", "late", &token(8), json!({})).await;
+    api.device("dn", "ontime", &token(9), json!({})).await;
+    let rule = api
+        .rule(
+            json!({"name": "nudge", "entry_event": "signup", "delay_seconds": 600,
+                     "cancel_events": ["purchase"], "notification": {"title": "Need help?"}}),
+        )
+        .await;
+    let now = chrono::Utc::now();
+    let at = |minutes: i64| (now - chrono::Duration::minutes(minutes)).to_rfc3339();
+    api.events(
+        json!({"event_id": "p1", "name": "purchase", "custom_id": "late", "occurred_at": at(1)}),
+    )
+    .await;
+    env.wait_consumed("herald-triggers", "herald.events", LONG)
+        .await;
+    // The signup happened before the purchase and arrives after it; the
+    // other user's signup, after that user's own purchase, is owed.
+    api.events(json!({"events": [
+        {"event_id": "s1", "name": "signup", "custom_id": "late", "occurred_at": at(2)},
+        {"event_id": "s2", "name": "signup", "custom_id": "ontime", "occurred_at": at(0)}
+    ]}))
+    .await;
+    api.wait_timers(&rule, "both signups applied", |t| {
+        t["pending"].as_i64().unwrap_or(0) + t["cancelled"].as_i64().unwrap_or(0) == 2
+    })
+    .await;
+    let t = api.timers(&rule).await;
+    assert_eq!(
+        (t["pending"].clone(), t["cancelled"].clone()),
+        (json!(1), json!(1)),
+        "the late signup started a push its purchase had cancelled: {t}"
+    );
+    clock.set(&(now + chrono::Duration::minutes(11)).to_rfc3339());
+    wait_until("the owed push delivered", LONG, || async {
+        record(&env).await.get(&token(9)).map(Vec::len) == Some(1)
+    })
+    .await;
+    assert!(!record(&env).await.contains_key(&token(8)));
+    env.finish().await;
+}

@@ -423,10 +423,18 @@ impl Store {
             .iter()
             .map(|t| Value::Object(t.attributes.clone()))
             .collect();
+        // A cancel already applied for the rule and user, at or after the
+        // entry's time, leaves the timer cancelled from the start.
         let done = sqlx::query(
-            "INSERT INTO trigger_timers (trigger_id, event_id, app_id, user_key, occurred_at, due_at, attributes)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[],
-                                  $6::timestamptz[], $7::jsonb[])
+            "INSERT INTO trigger_timers (trigger_id, event_id, app_id, user_key, occurred_at, due_at,
+                                         attributes, status, settled_at)
+             SELECT t.trigger_id, t.event_id, t.app_id, t.user_key, t.occurred_at, t.due_at, t.attributes,
+                    CASE WHEN c.cancelled_until >= t.occurred_at THEN 'cancelled' ELSE 'pending' END,
+                    CASE WHEN c.cancelled_until >= t.occurred_at THEN now() END
+             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[],
+                         $6::timestamptz[], $7::jsonb[])
+                  AS t(trigger_id, event_id, app_id, user_key, occurred_at, due_at, attributes)
+             LEFT JOIN trigger_cancels c ON c.trigger_id = t.trigger_id AND c.user_key = t.user_key
              ON CONFLICT (trigger_id, event_id) DO NOTHING",
         )
         .bind(&triggers)
@@ -442,7 +450,9 @@ impl Store {
     }
 
     /// A cancel event: the user's pending timers of the rule, started by an
-    /// event no later than it, will not fire.
+    /// event no later than it, will not fire; and an entry event no later
+    /// than it that is applied after it starts no timer (see
+    /// [`Self::create_timers`]).
     pub async fn cancel_timers(
         &self,
         trigger: Uuid,
@@ -450,7 +460,12 @@ impl Store {
         until: DateTime<Utc>,
     ) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE trigger_timers SET status = 'cancelled', settled_at = now()
+            "WITH mark AS (
+                 INSERT INTO trigger_cancels (trigger_id, user_key, cancelled_until) VALUES ($1, $2, $3)
+                 ON CONFLICT (trigger_id, user_key) DO UPDATE
+                 SET cancelled_until = GREATEST(trigger_cancels.cancelled_until, EXCLUDED.cancelled_until)
+             )
+             UPDATE trigger_timers SET status = 'cancelled', settled_at = now()
              WHERE trigger_id = $1 AND user_key = $2 AND status = 'pending' AND occurred_at <= $3",
         )
         .bind(trigger)
