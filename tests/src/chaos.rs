@@ -8,9 +8,11 @@
 //! delivered exactly once, or accounted for by a documented outcome.
 
 use crate::clusters::{Clusters, KafkaKind};
+use crate::fixture::{deliverable, token};
 use crate::incident::{self, Incident, Settings, AUDIENCE, EVENTS};
 use crate::redis_deployments::{redis_cli, SentinelRedis, SENTINEL_MASTER};
 use crate::HeraldProcess;
+use herald_core::MessageId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -39,6 +41,9 @@ pub struct Summary {
     /// (None: no fault explains it).
     pub doubled: Vec<(String, String, usize, Option<String>)>,
     pub missing: Vec<(String, String)>,
+    /// Deliveries nobody was owed (a cancelled reminder sent, a push to a
+    /// device its message did not name).
+    pub unowed: Vec<(String, String)>,
     /// Each delivery settled `unknown`, with the fault it is put down to.
     pub unknowns: Vec<(String, String, Option<String>)>,
 }
@@ -60,6 +65,7 @@ impl Summary {
 
     pub fn passed(&self) -> bool {
         self.lost == 0
+            && self.unowed.is_empty()
             && self.duplicates == self.allowed
             && self.unknowns.iter().all(|(_, _, cause)| cause.is_some())
     }
@@ -177,7 +183,17 @@ struct Run {
     rng: StdRng,
     event_bursts: Vec<i64>,
     campaign_paused: bool,
+    /// Messages sent `at_most_once`: never twice, whatever the fault.
+    at_most_once: HashSet<String>,
+    /// The reminder rule (entry `cart`, cancelled by `purchase`), and the
+    /// cart bursts sent so far, by first user and tick.
+    reminder: uuid::Uuid,
+    cart_bursts: Vec<(i64, u64)>,
 }
+
+/// The reminder's delay: long enough that a purchase sent with its cart is
+/// applied before it is due, whatever fault delays the events meanwhile.
+const REMINDER_DELAY_S: i64 = 45;
 
 pub async fn run(minutes: f64, seed: u64, kafka: KafkaKind) -> Summary {
     let dir = std::env::temp_dir().join(format!("herald-chaos-{seed}-{}", std::process::id()));
@@ -216,6 +232,19 @@ pub async fn run(minutes: f64, seed: u64, kafka: KafkaKind) -> Summary {
         campaign_rate: 200,
     })
     .await;
+    let (status, rule) = inc
+        .call(
+            "POST",
+            "/v1/triggers",
+            Some(
+                &json!({"name": "reminder", "entry_event": "cart", "cancel_events": ["purchase"],
+                         "delay_seconds": REMINDER_DELAY_S, "delivery_policy": "at_least_once",
+                         "notification": {"title": "Still thinking?"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    let reminder: uuid::Uuid = rule["id"].as_str().expect("id").parse().expect("uuid");
     let second_gateway = inc.env.gateway().await;
     let second_triggers = inc.env.spawn("triggers", &["triggers"], false).await;
     let gateway_urls = vec![
@@ -235,6 +264,9 @@ pub async fn run(minutes: f64, seed: u64, kafka: KafkaKind) -> Summary {
         rng: StdRng::seed_from_u64(seed),
         event_bursts: Vec::new(),
         campaign_paused: false,
+        at_most_once: HashSet::new(),
+        reminder,
+        cart_bursts: Vec::new(),
     };
     println!("chaos: seed {seed}, {minutes} minutes, {kafka:?} Kafka");
     run.inc.launch_campaign().await;
@@ -347,9 +379,18 @@ impl Run {
     /// One tick of traffic: new pushes, resubmissions, sign-up events (some
     /// resent), and the campaign launched, paused, resumed and relaunched.
     async fn traffic(&mut self, tick: u64) {
-        for _ in 0..3 {
-            let (key, body) = self.inc.next_request();
+        for i in 0..3 {
+            let (key, mut body) = self.inc.next_request();
+            // Every third push is sent at most once: an unknown outcome is
+            // recorded, never resent.
+            let most = i == 0;
+            if most {
+                body["delivery_policy"] = json!("at_most_once");
+            }
             let message = self.accept(&key, &body).await;
+            if most {
+                self.at_most_once.insert(message.clone());
+            }
             self.inc.accepted(message, key, body);
         }
         for _ in 0..2 {
@@ -366,6 +407,17 @@ impl Run {
             self.events(first).await;
             self.event_bursts.push(first);
             self.inc.next_event += EVENTS;
+        }
+        if tick % 4 == 2 {
+            let first = 1 + (tick as i64 / 4 * EVENTS) % (AUDIENCE / 2 - EVENTS);
+            self.carts(first, tick).await;
+            self.cart_bursts.push((first, tick));
+        }
+        if tick % 9 == 5 && !self.cart_bursts.is_empty() {
+            // A client resends an earlier cart burst, purchases and all.
+            let n = self.cart_bursts.len();
+            let (first, at) = self.cart_bursts[self.rng.random_range(0..n)];
+            self.carts(first, at).await;
         }
         if tick.is_multiple_of(7) && !self.event_bursts.is_empty() {
             // A client resends an earlier burst: the same event ids.
@@ -409,6 +461,48 @@ impl Run {
             .await;
         assert_eq!(status, 202, "events: {v}");
         self.inc.events_accepted(&users);
+    }
+
+    /// Carts for users `first..first + EVENTS`; the even users buy at once
+    /// (a purchase that occurred after their cart, in the same request), the
+    /// odd ones are owed the reminder on each deliverable device.
+    async fn carts(&mut self, first: i64, tick: u64) {
+        let sdk = self.inc.app.sdk_key.clone();
+        let now = chrono::Utc::now();
+        let mut events = Vec::new();
+        for u in first..first + EVENTS {
+            let user = format!("user-{u}");
+            events.push(
+                json!({"event_id": format!("cart-{u}-{tick}"), "name": "cart",
+                               "custom_id": user,
+                               "occurred_at": (now - chrono::Duration::seconds(1)).to_rfc3339()}),
+            );
+            if u % 2 == 0 {
+                events.push(
+                    json!({"event_id": format!("purchase-{u}-{tick}"), "name": "purchase",
+                                   "custom_id": user, "occurred_at": now.to_rfc3339()}),
+                );
+            }
+        }
+        let (status, v) = self
+            .api_until_answered(
+                "POST",
+                "/v1/events",
+                &sdk,
+                Some(&json!({ "events": events })),
+            )
+            .await;
+        assert_eq!(status, 202, "carts: {v}");
+        for u in (first..first + EVENTS).filter(|u| u % 2 == 1) {
+            let message = MessageId::for_trigger(self.reminder, &format!("cart-{u}-{tick}"))
+                .as_uuid()
+                .to_string();
+            for n in [2 * u, 2 * u + 1] {
+                if n <= AUDIENCE && deliverable(n) {
+                    self.inc.expected.insert((message.clone(), token(n)));
+                }
+            }
+        }
     }
 
     /// A fault whose target is not already faulted.
@@ -707,9 +801,10 @@ impl Run {
                 .iter()
                 .find(|(when, f)| f.may_double() && f.window(at[0], at[1]).contains(when))
                 .map(|(_, f)| f.name());
-            // Policy: at_least_once (all of this traffic) may send twice,
-            // never three times, when a sender died or stalled mid-send.
-            if at.len() == 2 && cause.is_some() {
+            // Policy: at_least_once may send twice, never three times,
+            // when a sender died or stalled mid-send or a provider answered
+            // past the timeout; at_most_once never twice.
+            if at.len() == 2 && cause.is_some() && !self.at_most_once.contains(&key.0) {
                 allowed += 1;
             }
             doubled.push((key.0.clone(), key.1.clone(), at.len(), cause));
@@ -721,8 +816,14 @@ impl Run {
             .filter(|k| !times.contains_key(*k) && !unknown.contains(*k))
             .cloned()
             .collect();
+        let unowed: Vec<(String, String)> = times
+            .keys()
+            .filter(|k| !self.inc.expected.contains(*k))
+            .cloned()
+            .collect();
         Summary {
             seed,
+            unowed,
             accepted: self.inc.expected.len(),
             delivered: times
                 .keys()

@@ -55,6 +55,9 @@ fn main() {
     for (message, token) in summary.missing.iter().take(20) {
         println!("chaos: lost: {message} {token}");
     }
+    for (message, token) in summary.unowed.iter().take(20) {
+        println!("chaos: sent though nobody was owed it: {message} {token}");
+    }
     println!("{}", summary.line());
     if !summary.passed() {
         std::process::exit(1);
