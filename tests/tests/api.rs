@@ -971,3 +971,122 @@ async fn lookups_and_stats_answer_for_the_callers_app_only() {
     assert_eq!(status, 403, "an SDK key reads no statistics");
     env.finish().await;
 }
+
+/// No input gets a 500: a NUL character (PostgreSQL's text cannot hold one)
+/// in any body string or object key, or in a query parameter, and a query
+/// parameter of the wrong type, are refused with an
+/// `application/problem+json` naming the field, and nothing is applied: the
+/// Idempotency-Key of a refused push is still free.
+#[tokio::test]
+async fn a_nul_character_or_a_bad_query_parameter_is_a_problem_naming_the_field() {
+    let env = TestEnv::start("nulchars").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let call = |method: &'static str, path: String, key: String, body: Option<Value>| {
+        let (env, gw) = (&env, gw.clone());
+        async move {
+            let mut r = env
+                .http
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                    format!("{gw}{path}"),
+                )
+                .bearer_auth(key)
+                .header("Idempotency-Key", "\"nul-1\"");
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let resp = r.send().await.expect("call");
+            let status = resp.status().as_u16();
+            let ct = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, ct, v)
+        }
+    };
+    let server = app.server_key.clone();
+    let sdk = app.sdk_key.clone();
+    let push = |title: &str| {
+        json!({"to": {"tokens": [{"platform": "ios", "token": ios_token(1)}]},
+               "notification": {"title": title}})
+    };
+    let cases = [
+        (
+            "POST",
+            "/v1/push".to_string(),
+            server.clone(),
+            Some(push("a\u{0}b")),
+            "notification.title",
+        ),
+        (
+            "POST",
+            "/v1/push".into(),
+            server.clone(),
+            Some(json!({"to": {"custom_ids": ["ok", "u\u{0}"]}, "notification": {"title": "t"}})),
+            "to.custom_ids[1]",
+        ),
+        (
+            "POST",
+            "/v1/events".into(),
+            sdk.clone(),
+            Some(
+                json!({"events": [{"event_id": "e1", "name": "signup", "custom_id": "u",
+                                    "attributes": {"plan": "p\u{0}"}}]}),
+            ),
+            "events[0].attributes.plan",
+        ),
+        (
+            "PUT",
+            "/v1/installations/phone".into(),
+            sdk.clone(),
+            Some(json!({"platform": "ios", "token": ios_token(2), "custom_id": "x\u{0}"})),
+            "custom_id",
+        ),
+        (
+            "GET",
+            "/v1/installations?token=%00".into(),
+            server.clone(),
+            None,
+            "token",
+        ),
+        (
+            "GET",
+            "/v1/installations?custom_id=a%00".into(),
+            server.clone(),
+            None,
+            "custom_id",
+        ),
+        (
+            "GET",
+            "/v1/stats?hours=abc".into(),
+            server.clone(),
+            None,
+            "hours",
+        ),
+        (
+            "GET",
+            "/v1/campaigns?limit=abc".into(),
+            server.clone(),
+            None,
+            "limit",
+        ),
+    ];
+    for (method, path, key, body, field) in cases {
+        let (status, ct, v) = call(method, path.clone(), key, body).await;
+        assert_eq!(status, 400, "{method} {path}: {v}");
+        assert!(
+            ct.starts_with("application/problem+json"),
+            "{method} {path}: {ct}"
+        );
+        assert_eq!(v["field"], field, "{method} {path}: {v}");
+    }
+    // The refused push left nothing behind, not even its key.
+    let (status, _, v) = call("POST", "/v1/push".into(), server, Some(push("ab"))).await;
+    assert_eq!(status, 202, "{v}");
+    env.finish().await;
+}

@@ -24,7 +24,77 @@ pub(crate) fn parse_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, Pro
             return Err(Problem::unsupported_media_type());
         }
     }
-    serde_json::from_slice(body).map_err(|e| Problem::malformed_json(e.to_string()))
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| Problem::malformed_json(e.to_string()))?;
+    refuse_nul(&value, &mut String::new())?;
+    Ok(value)
+}
+
+/// PostgreSQL's text cannot hold U+0000, and no field of Herald's means it:
+/// a string (or an object key) with one is refused, the field named, before
+/// anything is stored.
+fn refuse_nul(value: &Value, path: &mut String) -> Result<(), Problem> {
+    let refused = |path: &str| {
+        let field = if path.is_empty() { "body" } else { path };
+        Problem::invalid_field(field, "must not contain the NUL character (U+0000)")
+    };
+    match value {
+        Value::String(s) if s.contains('\0') => Err(refused(path)),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                refuse_nul(item, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Object(fields) => {
+            for (key, item) in fields {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                if key.contains('\0') {
+                    return Err(refused(path));
+                }
+                refuse_nul(item, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nul_anywhere_is_refused_with_its_field_named() {
+        let cases = [
+            (
+                r#"{"notification": {"title": "a\u0000b"}}"#,
+                "notification.title",
+            ),
+            (
+                r#"{"to": {"custom_ids": ["ok", "x\u0000"]}}"#,
+                "to.custom_ids[1]",
+            ),
+            (r#"{"data": {"k\u0000": "v"}}"#, "data.k\u{0}"),
+            (r#""\u0000""#, "body"),
+        ];
+        for (json, field) in cases {
+            let value: Value = serde_json::from_str(json).expect("json");
+            let p = refuse_nul(&value, &mut String::new()).expect_err(json);
+            assert_eq!(p.field.as_deref(), Some(field), "{json}");
+        }
+        let fine: Value =
+            serde_json::from_str(r#"{"a": ["b", {"c": "d\n"}], "e": 1}"#).expect("json");
+        assert!(refuse_nul(&fine, &mut String::new()).is_ok());
+    }
 }
 
 /// A parsed body into its type; errors name the field at fault.

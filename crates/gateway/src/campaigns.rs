@@ -4,9 +4,10 @@
 use crate::auth::ServerKey;
 use crate::body::{name_filter_node, parse_body};
 use crate::problem::Problem;
+use crate::query::ApiQuery;
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -222,7 +223,7 @@ pub(crate) async fn create(
 pub(crate) async fn list(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<CampaignList>, Problem> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
@@ -482,7 +483,7 @@ pub(crate) async fn upload_ids(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
     Path(id): Path<String>,
-    Query(q): Query<UploadQuery>,
+    ApiQuery(q): ApiQuery<UploadQuery>,
     body: Bytes,
 ) -> Result<Json<ListUploaded>, Problem> {
     let id = parse_campaign_id(&id)?;

@@ -14,6 +14,7 @@ mod lookup;
 mod messages;
 mod problem;
 mod push;
+mod query;
 mod relay;
 pub mod tls;
 mod trace;

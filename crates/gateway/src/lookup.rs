@@ -6,8 +6,9 @@ use crate::api::{DeliveryView, InstallationView};
 use crate::auth::ServerKey;
 use crate::messages::{delivery_view, installation_view};
 use crate::problem::Problem;
+use crate::query::ApiQuery;
 use crate::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use herald_core::DeliveryStatus;
@@ -38,7 +39,7 @@ pub struct InstallationList {
 pub(crate) async fn find_installations(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
-    Query(query): Query<FindQuery>,
+    ApiQuery(query): ApiQuery<FindQuery>,
 ) -> Result<Json<InstallationList>, Problem> {
     let found = match (query.custom_id.as_deref(), query.token.as_deref()) {
         (Some(custom_id), None) if !custom_id.is_empty() => {
@@ -91,7 +92,7 @@ pub(crate) async fn installation_deliveries(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
     Path(install_id): Path<String>,
-    Query(query): Query<LimitQuery>,
+    ApiQuery(query): ApiQuery<LimitQuery>,
 ) -> Result<Json<InstallationDeliveries>, Problem> {
     let limit = query.limit.unwrap_or(20);
     if !(1..=DELIVERIES_MAX).contains(&limit) {
@@ -169,7 +170,7 @@ fn zeroes() -> BTreeMap<String, i64> {
 pub(crate) async fn stats(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
-    Query(query): Query<StatsQuery>,
+    ApiQuery(query): ApiQuery<StatsQuery>,
 ) -> Result<Json<Stats>, Problem> {
     let hours = query.hours.unwrap_or(24);
     if !(1..=STATS_HOURS_MAX).contains(&hours) {

@@ -4,9 +4,10 @@ use crate::api::{DeliveryView, InstallationView, MessageStatus};
 use crate::auth::{AnyKey, ServerKey};
 use crate::body::parse_body;
 use crate::problem::Problem;
+use crate::query::ApiQuery;
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use herald_core::installation::InstallationInput;
@@ -138,7 +139,7 @@ pub(crate) async fn deliveries(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
     Path(id): Path<String>,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<DeliveriesPage>, Problem> {
     let id = parse_message_id(&id)?;
     let limit = q.limit.unwrap_or(100);
