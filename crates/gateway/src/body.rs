@@ -68,6 +68,33 @@ fn refuse_nul(value: &Value, path: &mut String) -> Result<(), Problem> {
     }
 }
 
+/// A parsed body into its type; errors name the field at fault.
+pub(crate) fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        Problem::invalid_field(field, e.inner().to_string())
+    })
+}
+
+/// A filter error comes out of serde as field `audience.filter`, detail
+/// `filter.and[0].op: ...`: name the node itself (`audience.filter.and[0].op`).
+pub(crate) fn name_filter_node(mut p: Problem, filter_field: &str) -> Problem {
+    if p.field.as_deref() == Some(filter_field) {
+        if let Some((path, detail)) = p.detail.split_once(": ") {
+            if let Some(rest) = path.strip_prefix("filter") {
+                p.field = Some(format!("{filter_field}{rest}"));
+                p.detail = detail.to_string();
+            }
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,31 +122,4 @@ mod tests {
             serde_json::from_str(r#"{"a": ["b", {"c": "d\n"}], "e": 1}"#).expect("json");
         assert!(refuse_nul(&fine, &mut String::new()).is_ok());
     }
-}
-
-/// A parsed body into its type; errors name the field at fault.
-pub(crate) fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, Problem> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "body".to_string()
-        } else {
-            path
-        };
-        Problem::invalid_field(field, e.inner().to_string())
-    })
-}
-
-/// A filter error comes out of serde as field `audience.filter`, detail
-/// `filter.and[0].op: ...`: name the node itself (`audience.filter.and[0].op`).
-pub(crate) fn name_filter_node(mut p: Problem, filter_field: &str) -> Problem {
-    if p.field.as_deref() == Some(filter_field) {
-        if let Some((path, detail)) = p.detail.split_once(": ") {
-            if let Some(rest) = path.strip_prefix("filter") {
-                p.field = Some(format!("{filter_field}{rest}"));
-                p.detail = detail.to_string();
-            }
-        }
-    }
-    p
 }
