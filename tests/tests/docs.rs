@@ -52,6 +52,98 @@ async fn the_openapi_document_validates_and_covers_every_route() {
     env.finish().await;
 }
 
+/// Real responses satisfy the document's schemas, as a generated client
+/// checks them: an installation, a campaign and a trigger, each as stored
+/// (their views add the server's fields to the input's).
+#[tokio::test]
+async fn stored_installations_campaigns_and_triggers_satisfy_their_schemas() {
+    let env = TestEnv::start("openapiviews").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let doc: Value = env
+        .http
+        .get(format!("{gw}/v1/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    let call = |method: &'static str, path: &'static str, key: String, body: Value| {
+        let (env, gw) = (&env, gw.clone());
+        async move {
+            let (status, v) = env
+                .api(method, &format!("{gw}{path}"), &key, Some(&body))
+                .await;
+            assert!(
+                (200..300).contains(&status),
+                "{method} {path}: {status} {v}"
+            );
+            v
+        }
+    };
+    let installation = call(
+        "PUT",
+        "/v1/installations/phone",
+        app.sdk_key.clone(),
+        serde_json::json!({"platform": "ios", "token": herald_tests::ios_token(1),
+                           "custom_id": "u1", "locale": "en-GB", "attributes": {"plan": "pro"}}),
+    )
+    .await;
+    let campaign = call(
+        "POST",
+        "/v1/campaigns",
+        app.server_key.clone(),
+        serde_json::json!({"name": "Sale", "notification": {"title": "Sale"}}),
+    )
+    .await;
+    let trigger = call(
+        "POST",
+        "/v1/triggers",
+        app.server_key.clone(),
+        serde_json::json!({"name": "welcome", "entry_event": "signup", "delay_seconds": 60,
+                           "notification": {"title": "Hi"}}),
+    )
+    .await;
+    let cases = serde_json::json!([
+        ["InstallationView", installation],
+        ["CampaignView", campaign],
+        ["TriggerView", trigger],
+    ]);
+    let dir = env.log_dir.clone();
+    std::fs::write(dir.join("openapi.json"), doc.to_string()).expect("write");
+    std::fs::write(dir.join("responses.json"), cases.to_string()).expect("write");
+    let script = r##"
+import json, sys
+from openapi_schema_validator import validate, OAS31Validator
+doc = json.load(open(sys.argv[1]))
+failed = 0
+for name, instance in json.load(open(sys.argv[2])):
+    schema = {"$ref": "#/components/schemas/" + name, "components": doc["components"]}
+    try:
+        validate(instance, schema, cls=OAS31Validator)
+    except Exception as e:
+        failed += 1
+        print(name, "does not validate:", str(e).splitlines()[0])
+sys.exit(1 if failed else 0)
+"##;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(dir.join("openapi.json"))
+        .arg(dir.join("responses.json"))
+        .output()
+        .expect("python3 (the test script installs openapi-spec-validator)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.finish().await;
+}
+
 /// The ```sh blocks of a Markdown file that call curl.
 fn curl_examples(markdown: &str) -> Vec<String> {
     let mut blocks = Vec::new();

@@ -8,6 +8,7 @@ use herald_core::payload::{Localized, Notification, Priority};
 use herald_core::push::{PushRequest, Targets, TokenTarget};
 use herald_core::{DeliveryPolicy, DeliveryStatus, Platform};
 use serde::Serialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -179,6 +180,105 @@ impl Modify for BearerKey {
     }
 }
 
-pub(crate) async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+pub(crate) async fn openapi_json() -> axum::Json<Value> {
+    axum::Json(document())
+}
+
+/// The views of stored things: their input's fields, flattened, and the
+/// fields the server adds.
+const STORED_VIEWS: [&str; 3] = ["InstallationView", "CampaignView", "TriggerView"];
+
+/// The OpenAPI document as served. utoipa writes a view that flattens an
+/// input as `allOf` of the input's schema, which refuses unknown fields
+/// (`additionalProperties: false`, right for a request), and the fields the
+/// server adds: no response could satisfy both, and generated clients
+/// rejected every installation, campaign and trigger. Each such view is
+/// merged into one object schema here.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    for name in STORED_VIEWS {
+        merge_all_of(&mut doc, name);
+    }
+    doc
+}
+
+fn merge_all_of(doc: &mut Value, name: &str) {
+    let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let Some(parts) = schemas
+        .get(name)
+        .and_then(|v| v.get("allOf"))
+        .and_then(Value::as_array)
+        .cloned()
+    else {
+        return;
+    };
+    let mut properties = serde_json::Map::new();
+    let mut required: Vec<Value> = Vec::new();
+    for part in parts {
+        let part = match part.get("$ref").and_then(Value::as_str) {
+            Some(r) => r
+                .strip_prefix("#/components/schemas/")
+                .and_then(|n| schemas.get(n))
+                .cloned()
+                .unwrap_or_default(),
+            None => part,
+        };
+        if let Some(p) = part.get("properties").and_then(Value::as_object) {
+            properties.extend(p.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for r in part
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !required.contains(r) {
+                required.push(r.clone());
+            }
+        }
+    }
+    let mut merged = serde_json::json!({"type": "object", "properties": properties});
+    if !required.is_empty() {
+        merged["required"] = Value::Array(required);
+    }
+    if let Some(d) = schemas
+        .get(name)
+        .and_then(|v| v.get("description"))
+        .cloned()
+    {
+        merged["description"] = d;
+    }
+    schemas.insert(name.to_string(), merged);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_views_are_one_object_with_the_inputs_fields_and_the_servers() {
+        let doc = document();
+        for (name, input_field, server_field) in [
+            ("InstallationView", "platform", "created_at"),
+            ("CampaignView", "name", "progress"),
+            ("TriggerView", "entry_event", "timers"),
+        ] {
+            let view = &doc["components"]["schemas"][name];
+            assert!(view.get("allOf").is_none(), "{name}: {view}");
+            assert!(view.get("additionalProperties").is_none(), "{name}: {view}");
+            assert!(
+                view["properties"].get(input_field).is_some(),
+                "{name}: {view}"
+            );
+            assert!(
+                view["properties"].get(server_field).is_some(),
+                "{name}: {view}"
+            );
+        }
+    }
 }
