@@ -476,6 +476,18 @@ async fn a_declared_loss_raises_the_sequence_and_the_rebuild_lock_survives_a_los
         .expect("declare");
     assert_eq!(ledger.read_seqs().await.expect("seqs")[""], 40);
     assert_eq!(ledger.losses().await.expect("losses"), 2);
+    // A rebuild that read the count before the second loss marks nothing.
+    let floors = Default::default();
+    assert!(!ledger
+        .mark_intact_unless_lost_since(&floors, Some(1))
+        .await
+        .expect("mark"));
+    assert!(!ledger.intact().await.expect("intact"));
+    assert!(ledger
+        .mark_intact_unless_lost_since(&floors, Some(2))
+        .await
+        .expect("mark"));
+    assert!(ledger.intact().await.expect("intact"));
 
     // The lock is taken, but its answer lost: taking it again is ours.
     assert!(ledger

@@ -417,6 +417,21 @@ impl Ledger {
     /// the highest PostgreSQL recorded (`floors`), so that the rebuilt
     /// ledger is not taken for one that went back in time.
     pub async fn mark_intact(&self, floors: &HashMap<String, u64>) -> Result<()> {
+        self.mark_intact_unless_lost_since(floors, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Self::mark_intact`], unless the loss count is no longer `losses`
+    /// (a loss was declared since the rebuild read it): then nothing is
+    /// marked, and false. On one Redis the check and the marker are one
+    /// script; on a cluster (markers in every slot) the check comes just
+    /// before.
+    pub async fn mark_intact_unless_lost_since(
+        &self,
+        floors: &HashMap<String, u64>,
+        losses: Option<u64>,
+    ) -> Result<bool> {
         let raises: Vec<_> = self
             .layout
             .scopes()
@@ -430,26 +445,36 @@ impl Ledger {
             .collect();
         let _: Vec<i64> = self.run(&raises).await?;
         let markers = self.layout.markers();
-        let commands = markers.iter().map(|m| {
-            let mut set = redis::cmd("SET");
-            set.arg(m).arg(&self.owner);
-            set
-        });
         if self.conn.is_cluster() {
-            futures::future::try_join_all(commands.map(|cmd| {
+            if let Some(expected) = losses {
+                if self.losses().await? != expected {
+                    return Ok(false);
+                }
+            }
+            futures::future::try_join_all(markers.iter().map(|m| {
                 let mut conn = self.conn.clone();
-                async move { cmd.query_async::<()>(&mut conn).await }
+                let mut set = redis::cmd("SET");
+                set.arg(m).arg(&self.owner);
+                async move { set.query_async::<()>(&mut conn).await }
             }))
             .await?;
-        } else {
-            let mut pipe = redis::pipe();
-            for cmd in commands {
-                pipe.add_command(cmd).ignore();
-            }
-            let mut conn = self.conn.clone();
-            let _: () = pipe.query_async(&mut conn).await?;
+            return Ok(true);
         }
-        Ok(())
+        let mut conn = self.conn.clone();
+        let marked: i64 = redis::Script::new(
+            "if ARGV[1] ~= '' and tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
+               return 0
+             end
+             for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[2]) end
+             return 1",
+        )
+        .key(self.losses_key())
+        .key(markers)
+        .arg(losses.map(|l| l.to_string()).unwrap_or_default())
+        .arg(&self.owner)
+        .invoke_async(&mut conn)
+        .await?;
+        Ok(marked == 1)
     }
 
     /// Deletes the markers of `scopes`: every claim there now sees the
@@ -461,6 +486,14 @@ impl Ledger {
     /// goes up, and a rebuild that began before it does not mark the ledger
     /// intact ([`Self::losses`]).
     pub async fn declare_lost(&self, scopes: &[(String, u64)]) -> Result<()> {
+        // Counted first: a rebuild that reads the count after this cannot
+        // have read PostgreSQL before the loss, and one that read it before
+        // finds it changed when it would mark.
+        let mut conn = self.conn.clone();
+        redis::cmd("INCR")
+            .arg(self.losses_key())
+            .query_async::<()>(&mut conn)
+            .await?;
         futures::future::try_join_all(scopes.iter().map(|(scope, _)| {
             let mut conn = self.conn.clone();
             let marker = self.layout.scope_marker(scope);
@@ -472,11 +505,6 @@ impl Ledger {
             }
         }))
         .await?;
-        let mut conn = self.conn.clone();
-        redis::cmd("INCR")
-            .arg(self.losses_key())
-            .query_async::<()>(&mut conn)
-            .await?;
         let raises: Vec<_> = scopes
             .iter()
             .map(|(scope, seen)| {

@@ -53,6 +53,11 @@ pub(crate) struct LedgerGuard {
     /// it ended.
     hold: Arc<Mutex<Option<(Instant, u64)>>>,
     holds: Arc<AtomicU64>,
+    /// The loss count (in Redis) that this process's holds have covered: a
+    /// rebuild may mark the ledger intact only for losses held for here.
+    held_for: Arc<AtomicU64>,
+    /// The loss count last read by the ledger watch (u64::MAX: not yet).
+    known_losses: Arc<AtomicU64>,
     hold_done: Arc<tokio::sync::Notify>,
     /// The highest write sequence per scope that this process made, or that
     /// PostgreSQL recorded: Redis showing less lost writes.
@@ -68,6 +73,8 @@ impl LedgerGuard {
             in_loss: Arc::default(),
             hold: Arc::default(),
             holds: Arc::default(),
+            held_for: Arc::default(),
+            known_losses: Arc::new(AtomicU64::new(u64::MAX)),
             hold_done: Arc::default(),
             seen: Arc::default(),
             probes,
@@ -118,6 +125,21 @@ impl LedgerGuard {
         self.in_loss.store(false, Ordering::SeqCst);
     }
 
+    /// The ledger watch read the loss count: one that rose means a loss
+    /// declared by some process (possibly another sender, whose settles
+    /// this one never saw): this process holds too.
+    pub(crate) fn losses_read(&self, ledger: &Ledger, count: u64) {
+        let before = self.known_losses.swap(count, Ordering::SeqCst);
+        if before != u64::MAX && count > before {
+            tracing::warn!(
+                losses = count,
+                "a loss of the Redis ledger was declared: holding fresh claims until PostgreSQL has every outcome"
+            );
+            self.in_loss.store(true, Ordering::SeqCst);
+            self.start_hold(ledger);
+        }
+    }
+
     /// A loss is being handled and no hold is on: the ledger watch looks
     /// for the markers, in case no batch comes before the next loss.
     pub(crate) fn awaiting_markers(&self) -> bool {
@@ -163,7 +185,7 @@ impl LedgerGuard {
             );
             // A first start against an empty history has nothing to wait for.
             if !empty_history(store).await {
-                self.start_hold();
+                self.start_hold(ledger);
             }
         }
         // A rebuild at a time in this process; another process may hold the
@@ -175,7 +197,7 @@ impl LedgerGuard {
         let (ledger, store) = (ledger.clone(), store.clone());
         tokio::spawn(async move {
             guard.hold_done().await;
-            match rebuild(&ledger, &store, horizon_hours).await {
+            match rebuild(&guard, &ledger, &store, horizon_hours).await {
                 Ok(Some(n)) => {
                     tracing::info!(copied = n, "ledger rebuilt from PostgreSQL");
                     guard.marked_intact();
@@ -192,14 +214,19 @@ impl LedgerGuard {
         });
     }
 
-    fn start_hold(&self) {
+    fn start_hold(&self, ledger: &Ledger) {
         let noticed = Instant::now();
         let this = self.holds.fetch_add(1, Ordering::SeqCst) + 1;
         *self.hold.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((noticed + HOLD_MAX, this));
         metrics::counter!("herald_ledger_holds_total").increment(1);
         let guard = self.clone();
+        let ledger = ledger.clone();
         tokio::spawn(async move {
+            // The losses declared so far are what this hold covers: the
+            // outcomes it waits for are those published before the
+            // recorder's marks are read, after this.
+            let covers = ledger.losses().await.ok();
             let drained = tokio::time::timeout(HOLD_MAX, guard.recorder_drained()).await;
             // Every live send renews within a third of a lease.
             let renewed = noticed + guard.lease / 3 + Duration::from_secs(1);
@@ -210,6 +237,9 @@ impl LedgerGuard {
                     ?HOLD_MAX,
                     "the recorder did not catch up on the outcomes published before the ledger was lost: fresh claims are now checked against PostgreSQL as it is, and an outcome it has not recorded yet can be sent again"
                 );
+            }
+            if let Some(covers) = covers {
+                guard.held_for.fetch_max(covers, Ordering::SeqCst);
             }
             {
                 // A later hold (another loss meanwhile) outlives this one.
@@ -292,6 +322,7 @@ async fn empty_history(store: &Store) -> bool {
 /// then writes the marker and raises the write sequences to what
 /// PostgreSQL recorded. None: another process holds the rebuild lock.
 async fn rebuild(
+    guard: &LedgerGuard,
     ledger: &Ledger,
     store: &Store,
     horizon_hours: u64,
@@ -300,6 +331,13 @@ async fn rebuild(
         return Ok(None);
     }
     let losses = ledger.losses().await?;
+    if guard.held_for.load(Ordering::SeqCst) < losses {
+        // A loss another process declared, not held for here yet.
+        guard.start_hold(ledger);
+        return Err(
+            "a declared loss this process has not held for yet; rebuilding after its hold".into(),
+        );
+    }
     let floors = store.ledger_watermarks().await?;
     let since = chrono::Utc::now()
         - chrono::Duration::hours(i64::try_from(horizon_hours).unwrap_or(i64::MAX / 3600));
@@ -320,11 +358,13 @@ async fn rebuild(
     // A loss declared since this rebuild began may have taken writes that
     // PostgreSQL did not have when it was read: that loss's hold comes
     // first, then a rebuild of its own.
-    if ledger.losses().await? != losses {
+    if !ledger
+        .mark_intact_unless_lost_since(&floors, Some(losses))
+        .await?
+    {
         return Err(
             "Redis lost writes again during the rebuild; rebuilding after that loss's hold".into(),
         );
     }
-    ledger.mark_intact(&floors).await?;
     Ok(Some(copied))
 }

@@ -308,6 +308,9 @@ impl Sender {
                 tracing::debug!(error = %e, "reading the ledger's watermarks");
                 continue;
             }
+            if let Ok(losses) = self.ledger.losses().await {
+                self.guard.losses_read(&self.ledger, losses);
+            }
             if self.guard.awaiting_markers() && matches!(self.ledger.intact().await, Ok(true)) {
                 self.guard.marked_intact();
             }
@@ -600,7 +603,11 @@ impl Sender {
                         for ((id, _), ours) in mine.iter().zip(answers) {
                             match held.get_mut(id) {
                                 Some((_, until)) if ours => *until = sent_at + lease,
-                                Some(_) => lost += 1,
+                                Some((_, until)) => {
+                                    // Another owner has it: nothing more goes out.
+                                    *until = sent_at;
+                                    lost += 1;
+                                }
                                 None => {}
                             }
                         }

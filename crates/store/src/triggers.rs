@@ -424,7 +424,12 @@ impl Store {
             .map(|t| Value::Object(t.attributes.clone()))
             .collect();
         // A cancel already applied for the rule and user, at or after the
-        // entry's time, leaves the timer cancelled from the start.
+        // entry's time, leaves the timer cancelled from the start. The
+        // (rule, user) locks keep a cancel applied at the same moment by
+        // another ingest loop (another cluster's backlog) from missing the
+        // timer this inserts, and this insert from missing its cancel.
+        let mut tx = self.pool.begin().await?;
+        lock_rule_users(&mut tx, &triggers, &users).await?;
         let done = sqlx::query(
             "INSERT INTO trigger_timers (trigger_id, event_id, app_id, user_key, occurred_at, due_at,
                                          attributes, status, settled_at)
@@ -444,8 +449,9 @@ impl Store {
         .bind(&occurred)
         .bind(&due)
         .bind(&attrs)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 
@@ -459,9 +465,15 @@ impl Store {
         user_key: &str,
         until: DateTime<Utc>,
     ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        lock_rule_users(&mut tx, &[trigger], &[user_key]).await?;
+        // What is remembered is never later than now: a cancel dated in the
+        // future (a client's clock ahead) cancels what is pending, but does
+        // not keep the user out of the rule until that date.
         let done = sqlx::query(
             "WITH mark AS (
-                 INSERT INTO trigger_cancels (trigger_id, user_key, cancelled_until) VALUES ($1, $2, $3)
+                 INSERT INTO trigger_cancels (trigger_id, user_key, cancelled_until)
+                 VALUES ($1, $2, LEAST($3, now()))
                  ON CONFLICT (trigger_id, user_key) DO UPDATE
                  SET cancelled_until = GREATEST(trigger_cancels.cancelled_until, EXCLUDED.cancelled_until)
              )
@@ -471,8 +483,9 @@ impl Store {
         .bind(trigger)
         .bind(user_key)
         .bind(until)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 
@@ -667,4 +680,24 @@ impl DueTimers {
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// Transaction-scoped locks on (rule, user) pairs, taken in one order so
+/// that two transactions locking overlapping sets cannot deadlock. The
+/// two-key form keeps them apart from Herald's single-key advisory locks.
+async fn lock_rule_users(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    triggers: &[Uuid],
+    users: &[&str],
+) -> Result<()> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('herald:trigger-user'), k)
+         FROM (SELECT DISTINCT hashtext(t::text || '/' || u) AS k
+               FROM UNNEST($1::uuid[], $2::text[]) AS x(t, u) ORDER BY k) keys",
+    )
+    .bind(triggers)
+    .bind(users)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
