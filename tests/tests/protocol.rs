@@ -701,6 +701,126 @@ async fn redis_losing_writes_again_before_the_ledger_is_rebuilt_sends_nothing_tw
     env.finish().await;
 }
 
+/// A sender's `herald_dedupe_hits_total`, from its metrics endpoint.
+async fn dedupe_hits(env: &TestEnv, metrics: &str) -> f64 {
+    let Ok(resp) = env
+        .http
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+    else {
+        return 0.0;
+    };
+    resp.text()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("herald_dedupe_hits_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Deliveries settled in Redis whose outcomes cannot reach Kafka yet (the
+/// cluster is unreachable), and Redis loses those settles: only the sender
+/// knows they were sent. It writes them back while they wait to be
+/// published, and copies of their jobs, arriving through another cluster
+/// at another sender, are not sent again. Found by a chaos run (at_most_once
+/// deliveries sent twice after a Redis failover while Kafka was failing over).
+#[tokio::test]
+async fn settles_lost_by_redis_before_their_outcomes_were_published_are_written_back() {
+    let mut env = TestEnv::start("writeback").await;
+    let redis = PrivateRedis::start(&env.log_dir);
+    let standby =
+        herald_bus::EmbeddedBroker::start(1, &TOPICS, herald_tests::PARTITIONS).expect("standby");
+    for (k, v) in [
+        ("HERALD_REDIS__URL", redis.url()),
+        (
+            "HERALD_KAFKA__CLUSTERS__STANDBY__BOOTSTRAP_SERVERS",
+            standby.bootstrap_servers().to_string(),
+        ),
+        // Producers stay on the primary: the outcomes wait for it.
+        ("HERALD_KAFKA__FAILOVER_AFTER_MS", "600000".into()),
+    ] {
+        env.extra_env.insert(k.into(), v);
+    }
+    one_batch(&mut env);
+    // Sends that take 2 s, well within the request timeout.
+    slow_leases(&mut env);
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let first = env.sender().await;
+    env.set_sim_faults(json!({"latency_ms": 2000})).await;
+    let ids = push_both_policies(&env, &gw, &app.server_key, "wb").await;
+    let jobs: Vec<DeliveryJob> = jobs_published(&env).await;
+    assert_eq!(jobs.len(), 20);
+    wait_until("the twenty at the provider", LONG, || async {
+        env.sim_stats().await["in_flight"] == 20
+    })
+    .await;
+    herald_tests::set_cluster_available(&env.broker, false);
+    let prefix = env.redis_prefix.clone();
+    let settled_in_redis = || {
+        redis.cli(&[
+            "EVAL",
+            "local n = 0
+             for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+               local s = redis.call('HGET', k, 'state')
+               if s == 'delivered' or s == 'unknown' then n = n + 1 end
+             end
+             return n",
+            "0",
+            &format!("{prefix}d:*"),
+        ])
+    };
+    wait_until("the twenty settled in Redis", LONG, || async {
+        settled_in_redis().trim() == "20"
+    })
+    .await;
+    roll_back(&redis, &prefix, "0");
+    wait_until("the settles written back", LONG, || async {
+        first.logged("Redis had lost settles whose outcomes are not published yet")
+    })
+    .await;
+    assert_eq!(settled_in_redis().trim(), "20");
+    let sent = env.sim_stats().await["accepted"].clone();
+
+    // Copies through the standby, to a sender that never saw them: its
+    // first batch of them is found settled, not sent (it re-publishes their
+    // outcomes, which wait for the primary like the first sender's, and
+    // the rest of the copies wait behind them).
+    let metrics = herald_tests::free_address();
+    let _second = env
+        .spawn_with(
+            "sender",
+            &["sender", "--no-recorder"],
+            &[("HERALD_METRICS__LISTEN", metrics.as_str())],
+        )
+        .await;
+    herald_bus::Publisher::new(&herald_config::KafkaConfig {
+        bootstrap_servers: standby.bootstrap_servers().to_string(),
+        ..Default::default()
+    })
+    .expect("publisher")
+    .publish_jobs(&jobs)
+    .await
+    .expect("copies");
+    wait_until("the copies found settled", LONG, || async {
+        dedupe_hits(&env, &metrics).await >= 1.0 || env.sim_stats().await["accepted"] != sent
+    })
+    .await;
+    assert_eq!(
+        env.sim_stats().await["accepted"],
+        sent,
+        "sent again: the lost settles were not written back"
+    );
+
+    herald_tests::set_cluster_available(&env.broker, true);
+    assert_each_delivered_once(&env, &gw, &app.server_key, &ids).await;
+    std::mem::forget(standby);
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn a_redis_that_may_evict_ledger_keys_is_refused() {
     let mut env = TestEnv::start("eviction").await;

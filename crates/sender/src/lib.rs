@@ -556,15 +556,34 @@ impl Sender {
         // failing over takes seconds), leases would run out on deliveries
         // already sent, and a copy of their jobs could send them again.
         let (outcomes_tx, mut outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Settled in Redis, their outcomes not yet in Kafka: were Redis to
+        // lose those settles now, nothing but this round would know that
+        // they were sent (the recorder cannot have them), so the renewals
+        // write them back until they are published.
+        let unpublished: Mutex<HashMap<DeliveryId, (u64, DeliveryStatus)>> = Mutex::default();
+        let unpublished = &unpublished;
+        let unpublished_now = || {
+            unpublished
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
         let settle_all = async {
             while let Some(chunk) = finished.next().await {
                 let ids: Vec<_> = chunk.iter().map(|(job, _, _)| job.delivery_id).collect();
+                let epochs: HashMap<DeliveryId, u64> = chunk
+                    .iter()
+                    .map(|(job, epoch, _)| (job.delivery_id, *epoch))
+                    .collect();
                 let mut h = self.settle(chunk, round).await;
                 let mut held = held();
                 for id in ids {
                     held.remove(&id);
                 }
                 drop(held);
+                unpublished_now().extend(h.outcomes.iter().filter_map(|o| {
+                    let epoch = *epochs.get(&o.delivery_id)?;
+                    Some((o.delivery_id, (epoch, o.status)))
+                }));
                 let _ = outcomes_tx.send(std::mem::take(&mut h.outcomes));
                 handoff.append(h);
             }
@@ -584,6 +603,10 @@ impl Sender {
                         self.publisher.publish_outcomes(&outcomes)
                     })
                     .await;
+                let mut unpublished = unpublished_now();
+                for o in &outcomes {
+                    unpublished.remove(&o.delivery_id);
+                }
             }
         };
         let renew_all = async {
@@ -592,7 +615,45 @@ impl Sender {
                 tokio::time::sleep(every).await;
                 let mine: Vec<(DeliveryId, u64)> =
                     held().iter().map(|(k, (epoch, _))| (*k, *epoch)).collect();
-                if mine.is_empty() || !self.config.dedupe {
+                let settled: Vec<(DeliveryId, u64, Settle)> = unpublished_now()
+                    .iter()
+                    .map(|(id, (epoch, status))| {
+                        let state = status.as_str().to_string();
+                        (*id, *epoch, Settle::Complete { state })
+                    })
+                    .collect();
+                if !self.config.dedupe {
+                    continue;
+                }
+                if !settled.is_empty() {
+                    // Settling again in the same words is the same settle;
+                    // a settle Redis lost is written again.
+                    match self.ledger.complete_batch(&settled).await {
+                        Ok(answers) => {
+                            let mut written = 0;
+                            for mark in answers
+                                .iter()
+                                .filter(|a| a.ours)
+                                .filter_map(|a| a.mark.as_ref())
+                            {
+                                self.guard.saw(&mark.scope, mark.seq);
+                                written += 1;
+                            }
+                            if written > 0 {
+                                metrics::counter!("herald_ledger_settles_written_back_total")
+                                    .increment(written);
+                                tracing::warn!(
+                                    written_back = written,
+                                    "Redis had lost settles whose outcomes are not published yet: written back"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "writing back unpublished settles failed; trying again")
+                        }
+                    }
+                }
+                if mine.is_empty() {
                     continue;
                 }
                 let sent_at = Instant::now();
