@@ -254,112 +254,19 @@ impl Store {
         &self,
         requests: &[(&NewMessage, Option<&IdempotencyRecord>)],
     ) -> Result<Vec<AcceptOutcome>> {
-        let mut outcomes: Vec<Option<AcceptOutcome>> = vec![None; requests.len()];
         let mut tx = self.pool.begin().await?;
-        // Requests with a key, the first of each key only.
-        let mut seen = std::collections::HashSet::new();
-        let mut keyed: Vec<(usize, &IdempotencyRecord)> = Vec::new();
-        for (i, (message, key)) in requests.iter().enumerate() {
-            if let Some(key) = key {
-                if seen.insert((message.app_id, key.key.as_str())) {
-                    keyed.push((i, key));
-                } else {
-                    outcomes[i] = Some(AcceptOutcome::KeyInProgress);
-                }
+        let (outcomes, outbox) = match write_accepts(&mut tx, requests).await {
+            Ok(written) => written,
+            Err(e) => {
+                // Rolled back here, not on drop: a dropped transaction's
+                // rollback waits for its connection's next use, and until then
+                // it holds the batch's key locks, so the same requests written
+                // again one at a time would each find their own key "in
+                // progress" and be answered 409.
+                let _ = tx.rollback().await;
+                return Err(e);
             }
-        }
-        if !keyed.is_empty() {
-            // One lock per key, whatever life of it a request names.
-            let lock_ids: Vec<i64> = keyed
-                .iter()
-                .map(|&(i, key)| {
-                    lock_id(MessageId::for_idempotency_key(
-                        requests[i].0.app_id,
-                        &key.key,
-                    ))
-                })
-                .collect();
-            let locked: Vec<bool> = sqlx::query_scalar(
-                "SELECT pg_try_advisory_xact_lock(u.id)
-                 FROM UNNEST($1::int8[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n",
-            )
-            .bind(&lock_ids)
-            .fetch_all(&mut *tx)
-            .await?;
-            if locked.len() != keyed.len() {
-                return Err(corrupt("advisory locks: one answer per key expected"));
-            }
-            for (&(i, _), locked) in keyed.iter().zip(&locked) {
-                if !locked {
-                    outcomes[i] = Some(AcceptOutcome::KeyInProgress);
-                }
-            }
-            keyed.retain(|&(i, _)| outcomes[i].is_none());
-            let existing = existing_keys(&mut tx, requests, &keyed).await?;
-            let mut expired: Vec<(usize, &IdempotencyRecord)> = Vec::new();
-            for &(i, key) in &keyed {
-                match existing.get(&i) {
-                    None => {}
-                    Some(stored) if stored.expired => expired.push((i, key)),
-                    Some(stored) if stored.fingerprint != key.fingerprint => {
-                        outcomes[i] = Some(AcceptOutcome::KeyMismatch)
-                    }
-                    Some(stored) => {
-                        outcomes[i] = Some(AcceptOutcome::Replay(stored.response.clone()))
-                    }
-                }
-            }
-            // A new key (or a new life of an expired one) must name a new
-            // message: were its message there already, the write would keep
-            // the old one and the request would be answered 202 for nothing.
-            let fresh: Vec<Uuid> = keyed
-                .iter()
-                .filter(|&&(i, _)| outcomes[i].is_none())
-                .map(|&(i, _)| requests[i].0.id.as_uuid())
-                .collect();
-            if !fresh.is_empty() {
-                let taken: std::collections::HashSet<Uuid> =
-                    sqlx::query_scalar("SELECT id FROM messages WHERE id = ANY($1)")
-                        .bind(&fresh)
-                        .fetch_all(&mut *tx)
-                        .await?
-                        .into_iter()
-                        .collect();
-                for &(i, _) in &keyed {
-                    if outcomes[i].is_none() && taken.contains(&requests[i].0.id.as_uuid()) {
-                        outcomes[i] = Some(AcceptOutcome::KeyOutlived);
-                    }
-                }
-                expired.retain(|&(i, _)| outcomes[i].is_none());
-            }
-            if !expired.is_empty() {
-                sqlx::query(
-                    "DELETE FROM idempotency_keys k USING UNNEST($1::uuid[], $2::text[]) AS u(app_id, key)
-                     WHERE k.app_id = u.app_id AND k.key = u.key",
-                )
-                .bind(expired.iter().map(|&(i, _)| requests[i].0.app_id.as_uuid()).collect::<Vec<_>>())
-                .bind(expired.iter().map(|(_, k)| k.key.as_str()).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
-            }
-            let new_keys: Vec<(&NewMessage, &IdempotencyRecord)> = keyed
-                .iter()
-                .filter(|&&(i, _)| outcomes[i].is_none())
-                .map(|&(i, key)| (requests[i].0, key))
-                .collect();
-            insert_keys(&mut tx, &new_keys).await?;
-        }
-        let to_write: Vec<(&NewMessage, Option<&str>)> = requests
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| outcome.is_none())
-            .map(|((message, key), _)| (*message, key.map(|k| k.key.as_str())))
-            .collect();
-        let outbox: std::collections::HashMap<MessageId, i64> = write_messages(&mut tx, &to_write)
-            .await?
-            .into_iter()
-            .map(|(outbox_id, message)| (message, outbox_id))
-            .collect();
+        };
         tx.commit().await?;
         Ok(requests
             .iter()
@@ -833,6 +740,122 @@ struct ExistingKey {
     fingerprint: Vec<u8>,
     response: StoredResponse,
     expired: bool,
+}
+
+/// The body of [`Store::accept_messages`], inside its transaction: what each
+/// request comes to (None: written), and the outbox row of each written message.
+#[allow(clippy::type_complexity)]
+async fn write_accepts(
+    tx: &mut Transaction<'_, Postgres>,
+    requests: &[(&NewMessage, Option<&IdempotencyRecord>)],
+) -> Result<(
+    Vec<Option<AcceptOutcome>>,
+    std::collections::HashMap<MessageId, i64>,
+)> {
+    let mut outcomes: Vec<Option<AcceptOutcome>> = vec![None; requests.len()];
+    // Requests with a key, the first of each key only.
+    let mut seen = std::collections::HashSet::new();
+    let mut keyed: Vec<(usize, &IdempotencyRecord)> = Vec::new();
+    for (i, (message, key)) in requests.iter().enumerate() {
+        if let Some(key) = key {
+            if seen.insert((message.app_id, key.key.as_str())) {
+                keyed.push((i, key));
+            } else {
+                outcomes[i] = Some(AcceptOutcome::KeyInProgress);
+            }
+        }
+    }
+    if !keyed.is_empty() {
+        // One lock per key, whatever life of it a request names.
+        let lock_ids: Vec<i64> = keyed
+            .iter()
+            .map(|&(i, key)| {
+                lock_id(MessageId::for_idempotency_key(
+                    requests[i].0.app_id,
+                    &key.key,
+                ))
+            })
+            .collect();
+        let locked: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock(u.id)
+             FROM UNNEST($1::int8[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n",
+        )
+        .bind(&lock_ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        if locked.len() != keyed.len() {
+            return Err(corrupt("advisory locks: one answer per key expected"));
+        }
+        for (&(i, _), locked) in keyed.iter().zip(&locked) {
+            if !locked {
+                outcomes[i] = Some(AcceptOutcome::KeyInProgress);
+            }
+        }
+        keyed.retain(|&(i, _)| outcomes[i].is_none());
+        let existing = existing_keys(tx, requests, &keyed).await?;
+        let mut expired: Vec<(usize, &IdempotencyRecord)> = Vec::new();
+        for &(i, key) in &keyed {
+            match existing.get(&i) {
+                None => {}
+                Some(stored) if stored.expired => expired.push((i, key)),
+                Some(stored) if stored.fingerprint != key.fingerprint => {
+                    outcomes[i] = Some(AcceptOutcome::KeyMismatch)
+                }
+                Some(stored) => outcomes[i] = Some(AcceptOutcome::Replay(stored.response.clone())),
+            }
+        }
+        // A new key (or a new life of an expired one) must name a new
+        // message: were its message there already, the write would keep
+        // the old one and the request would be answered 202 for nothing.
+        let fresh: Vec<Uuid> = keyed
+            .iter()
+            .filter(|&&(i, _)| outcomes[i].is_none())
+            .map(|&(i, _)| requests[i].0.id.as_uuid())
+            .collect();
+        if !fresh.is_empty() {
+            let taken: std::collections::HashSet<Uuid> =
+                sqlx::query_scalar("SELECT id FROM messages WHERE id = ANY($1)")
+                    .bind(&fresh)
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+            for &(i, _) in &keyed {
+                if outcomes[i].is_none() && taken.contains(&requests[i].0.id.as_uuid()) {
+                    outcomes[i] = Some(AcceptOutcome::KeyOutlived);
+                }
+            }
+            expired.retain(|&(i, _)| outcomes[i].is_none());
+        }
+        if !expired.is_empty() {
+            sqlx::query(
+                "DELETE FROM idempotency_keys k USING UNNEST($1::uuid[], $2::text[]) AS u(app_id, key)
+                 WHERE k.app_id = u.app_id AND k.key = u.key",
+            )
+            .bind(expired.iter().map(|&(i, _)| requests[i].0.app_id.as_uuid()).collect::<Vec<_>>())
+            .bind(expired.iter().map(|(_, k)| k.key.as_str()).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await?;
+        }
+        let new_keys: Vec<(&NewMessage, &IdempotencyRecord)> = keyed
+            .iter()
+            .filter(|&&(i, _)| outcomes[i].is_none())
+            .map(|&(i, key)| (requests[i].0, key))
+            .collect();
+        insert_keys(tx, &new_keys).await?;
+    }
+    let to_write: Vec<(&NewMessage, Option<&str>)> = requests
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| outcome.is_none())
+        .map(|((message, key), _)| (*message, key.map(|k| k.key.as_str())))
+        .collect();
+    let outbox: std::collections::HashMap<MessageId, i64> = write_messages(tx, &to_write)
+        .await?
+        .into_iter()
+        .map(|(outbox_id, message)| (message, outbox_id))
+        .collect();
+    Ok((outcomes, outbox))
 }
 
 /// The stored keys of the keyed requests, by the request's index.
