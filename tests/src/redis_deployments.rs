@@ -151,6 +151,34 @@ impl SentinelRedis {
         .expect("Sentinel names a primary")
     }
 
+    /// The port of the server that is not the primary.
+    pub fn replica_port(&self) -> u16 {
+        let primary = self.primary_port();
+        if primary == self.ports[0] {
+            self.ports[1]
+        } else {
+            self.ports[0]
+        }
+    }
+
+    /// Sends `sig` (`-STOP`, `-CONT`) to the server on `port`. A stopped
+    /// replica stays connected, so its primary counts it online, but it
+    /// acknowledges nothing.
+    pub fn signal(&self, port: u16, sig: &str) {
+        let index = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("one of the set's servers");
+        let pid = self._servers.0[index].id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// Waits until the replica has every write the primary took.
     pub fn wait_replicated(&self) {
         let primary = self.primary_port();

@@ -6,7 +6,9 @@
 
 use herald_core::dedupe::Claim;
 use herald_core::DeliveryId;
-use herald_ledger::{Ledger, RateLimiter, RedisEndpoint, RedisTarget, Settle};
+use herald_ledger::{
+    Ledger, LedgerError, RateLimiter, RedisEndpoint, RedisTarget, Replication, Settle,
+};
 use herald_tests::redis_deployments::{count_keys, ClusterRedis, SentinelRedis, SENTINEL_MASTER};
 use herald_tests::{ios_token, TestEnv};
 use serde_json::json;
@@ -136,6 +138,104 @@ async fn the_ledger_follows_a_sentinel_failover_and_keeps_what_was_settled() {
         500,
         "the writes after the failover went to the new primary"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A failover promotes the replica with what it had received: a claim it
+/// had not, lost while its send is at the provider, lets a copy of the job
+/// claim the delivery afresh and send it twice. So a claim is answered only
+/// once the replica online holds it; a replica that is online but does not
+/// acknowledge (frozen here) stops claims and settles until it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_and_settles_are_answered_only_once_the_replica_holds_them() {
+    let dir = test_dir("sentinel-wait");
+    let set = SentinelRedis::start(&dir);
+    let prefix = prefix();
+    let replication = Replication {
+        acks: 1,
+        timeout: Duration::from_millis(300),
+    };
+    let ledger = Ledger::connect(&sentinel_endpoint(&set), &prefix, "owner-a", LEASE, HORIZON)
+        .await
+        .expect("ledger over Sentinel")
+        .with_replication(replication);
+    let other = Ledger::connect(&sentinel_endpoint(&set), &prefix, "owner-b", LEASE, HORIZON)
+        .await
+        .expect("a second sender's ledger")
+        .with_replication(replication);
+    ledger
+        .mark_intact(&Default::default())
+        .await
+        .expect("marker");
+    let replica = set.replica_port();
+
+    // With the replica well, claims are answered once it holds them.
+    let first = ids(20);
+    let batch = ledger.claim_batch(&first, "round-1").await.expect("claim");
+    assert_eq!(count(&batch.claims, is_claimed), 20);
+    assert_eq!(count_keys(replica, &format!("{prefix}d:*")), 20);
+
+    // Frozen, it is still online for its primary, and holds nothing new:
+    // neither claims nor settles are answered.
+    set.signal(replica, "-STOP");
+    let second = ids(20);
+    let started = std::time::Instant::now();
+    let refused = ledger.claim_batch(&second, "round-2").await;
+    assert!(
+        matches!(
+            refused,
+            Err(LedgerError::NotReplicated {
+                acked: 0,
+                needed: 1
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        started.elapsed() >= replication.timeout,
+        "it waited for the replica"
+    );
+    let settles: Vec<_> = first
+        .iter()
+        .map(|id| {
+            (
+                *id,
+                1,
+                Settle::Complete {
+                    state: "delivered".into(),
+                },
+            )
+        })
+        .collect();
+    let unsettled = ledger.complete_batch(&settles).await;
+    assert!(
+        matches!(unsettled, Err(LedgerError::NotReplicated { .. })),
+        "{unsettled:?}"
+    );
+
+    // Thawed, the same round claims its own deliveries again, and the
+    // settle said again is the same settle.
+    set.signal(replica, "-CONT");
+    let again = ledger
+        .claim_batch(&second, "round-2")
+        .await
+        .expect("claim again");
+    assert_eq!(count(&again.claims, is_claimed), 20, "{:?}", again.claims);
+    let settled = ledger.complete_batch(&settles).await.expect("settle again");
+    assert!(settled.iter().all(|s| s.ours));
+
+    // What the sender was answered, the promoted replica has: the second
+    // batch is another owner's, the first settled.
+    set.failover();
+    let after = claim_retrying(&other, &second).await;
+    assert_eq!(
+        count(&after.claims, |c| matches!(c, Claim::Busy { .. })),
+        20,
+        "{:?}",
+        after.claims
+    );
+    let settled_after = claim_retrying(&other, &first).await;
+    assert_eq!(count(&settled_after.claims, is_delivered), 20);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -143,6 +143,14 @@ pub struct RedisConfig {
     pub mode: RedisMode,
     pub sentinel: RedisSentinelConfig,
     pub cluster: RedisClusterConfig,
+    /// How many replicas must hold a sender's claims and settles before it
+    /// sends on them (Redis `WAIT`), so that a failover keeps them; never
+    /// more than the replicas online. 0: never wait. A cluster's shards are
+    /// not waited for.
+    pub replica_acks: u64,
+    /// How long a batch of claims or settles waits for them before the
+    /// sender tries it again (at most a quarter of `sender.lease_ms`).
+    pub replica_ack_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -569,6 +577,8 @@ impl Default for RedisConfig {
             mode: RedisMode::Standalone,
             sentinel: RedisSentinelConfig::default(),
             cluster: RedisClusterConfig::default(),
+            replica_acks: 1,
+            replica_ack_timeout_ms: 1_000,
         }
     }
 }

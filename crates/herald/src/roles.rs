@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use herald_bus::{BatchConsumer, Publisher};
 use herald_config::Config;
 use herald_gateway::{AppState, OutboxRelay};
-use herald_ledger::Ledger;
+use herald_ledger::{Ledger, Replication};
 use herald_providers::{ProviderSettings, Providers};
 use herald_recorder::Recorder;
 use herald_sender::Sender;
@@ -426,7 +426,17 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
         Duration::from_secs(config.sender.dedupe_horizon_hours * 3600),
     )
     .await
-    .context("connecting the ledger to Redis")?;
+    .context("connecting the ledger to Redis")?
+    .with_replication(Replication {
+        acks: config.redis.replica_acks,
+        // A WAIT holds up everything else on the connection, renewals too.
+        timeout: Duration::from_millis(
+            config
+                .redis
+                .replica_ack_timeout_ms
+                .min(config.sender.lease_ms / 4),
+        ),
+    });
     // An evicted ledger key is a claim forgotten, with nothing to tell it
     // from one never made: refuse a Redis that may evict, and say so in
     // /readyz should it start to.
