@@ -37,15 +37,28 @@ pub struct Summary {
     pub lost: usize,
     pub unknown: usize,
     pub faults: usize,
-    /// Each delivery sent more than once, with the fault it is put down to
-    /// (None: no fault explains it).
-    pub doubled: Vec<(String, String, usize, Option<String>)>,
+    /// Each delivery sent more than once.
+    pub doubled: Vec<Doubled>,
     pub missing: Vec<(String, String)>,
     /// Deliveries nobody was owed (a cancelled reminder sent, a push to a
     /// device its message did not name).
     pub unowed: Vec<(String, String)>,
     /// Each delivery settled `unknown`, with the fault it is put down to.
     pub unknowns: Vec<(String, String, Option<String>)>,
+}
+
+/// A delivery the simulators recorded more than once.
+#[derive(Debug)]
+pub struct Doubled {
+    pub message: String,
+    pub token: String,
+    pub copies: usize,
+    /// The fault it is put down to (None: no fault explains it).
+    pub cause: Option<String>,
+    pub at_most_once: bool,
+    /// Within the policy: `at_least_once`, twice, around a fault that
+    /// explains it.
+    pub allowed: bool,
 }
 
 impl Summary {
@@ -768,9 +781,27 @@ impl Run {
         .collect()
     }
 
+    /// Deliveries their sender says it sent again after a request whose
+    /// outcome it could not know (a timeout, a reset): `at_least_once`
+    /// allows the second copy whatever caused the first to go unanswered
+    /// (on a loaded machine, a request can time out with no fault on).
+    async fn resent_after_unknown(&self) -> HashSet<(String, String)> {
+        sqlx::query_as::<_, (uuid::Uuid, String)>(
+            "SELECT message_id, token FROM deliveries WHERE status = 'delivered' AND starts_with(reason, $1)",
+        )
+        .bind(herald_core::RESENT_AFTER_UNKNOWN)
+        .fetch_all(&self.inc.env.db)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(m, t)| (m.to_string(), t))
+        .collect()
+    }
+
     async fn check(&self, seed: u64) -> Summary {
         let env = &self.inc.env;
         let times = incident::receipts(env).await;
+        let resent = self.resent_after_unknown().await;
         let unknown_at = self.unknown_at().await;
         let unknown: HashSet<(String, String)> = unknown_at.keys().cloned().collect();
         // The fault in the 15 s before an unknown settle that explains it.
@@ -800,14 +831,28 @@ impl Run {
                 .log
                 .iter()
                 .find(|(when, f)| f.may_double() && f.window(at[0], at[1]).contains(when))
-                .map(|(_, f)| f.name());
+                .map(|(_, f)| f.name())
+                .or_else(|| {
+                    resent
+                        .contains(key)
+                        .then(|| "its sender's request went unanswered, and it said so".into())
+                });
             // Policy: at_least_once may send twice, never three times,
             // when a sender died or stalled mid-send or a provider answered
             // past the timeout; at_most_once never twice.
-            if at.len() == 2 && cause.is_some() && !self.at_most_once.contains(&key.0) {
+            let at_most_once = self.at_most_once.contains(&key.0);
+            let within_policy = at.len() == 2 && cause.is_some() && !at_most_once;
+            if within_policy {
                 allowed += 1;
             }
-            doubled.push((key.0.clone(), key.1.clone(), at.len(), cause));
+            doubled.push(Doubled {
+                message: key.0.clone(),
+                token: key.1.clone(),
+                copies: at.len(),
+                cause,
+                at_most_once,
+                allowed: within_policy,
+            });
         }
         let missing: Vec<(String, String)> = self
             .inc

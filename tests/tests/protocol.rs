@@ -1152,6 +1152,52 @@ async fn a_connection_reset_after_the_provider_accepted_is_an_unknown_outcome() 
     env.finish().await;
 }
 
+/// A request that timed out may have reached the device; `at_least_once`
+/// sends it once more, and the delivery's record says so, so that a device
+/// showing it twice is explained by Herald's own record.
+#[tokio::test]
+async fn a_delivery_resent_after_a_timeout_says_so_in_its_record() {
+    let env = TestEnv::start("resent").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let sender = env.sender().await;
+    // The provider has the first request, and never answers it.
+    env.set_sim_faults(json!({"hang_after_accept": true})).await;
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &push_body(vec![one_token("ios", &ios_token(1))], "at_least_once"),
+        )
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until("the first request timed out", LONG, || async {
+        sender.logged("outcome unknown; resending once")
+    })
+    .await;
+    // The resend is answered.
+    env.set_sim_faults(json!({})).await;
+    let s = env
+        .wait_message(&gw, &app.server_key, &id, |s| s["status"] == "completed")
+        .await;
+    assert_eq!(s["counts"]["delivered"], 1, "{s}");
+    let reason = s["deliveries"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(herald_core::RESENT_AFTER_UNKNOWN),
+        "the record says it was sent twice: {s}"
+    );
+    let copies = env
+        .sim_deliveries()
+        .await
+        .into_iter()
+        .filter(|d| d["collapse_id"] == id.as_str())
+        .count();
+    assert_eq!(copies, 2, "the first request and its resend");
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn goaway_mid_stream_loses_and_duplicates_nothing() {
     let env = TestEnv::start("goaway").await;

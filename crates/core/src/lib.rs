@@ -18,6 +18,8 @@ pub mod trigger;
 pub use campaign::{CampaignRef, CampaignStatus};
 pub use ids::{AppId, DeliveryId, MessageId};
 pub use job::{DeadLetter, DeliveryJob, DeliveryPolicy, Platform};
-pub use outcome::{DeliveryOutcome, DeliveryStatus, LedgerMark, OutcomeClass};
+pub use outcome::{
+    DeliveryOutcome, DeliveryStatus, LedgerMark, OutcomeClass, RESENT_AFTER_UNKNOWN,
+};
 pub use payload::{Notification, PayloadError};
 pub use push::{FieldError, PushRequest};

@@ -29,6 +29,11 @@ pub enum OutcomeClass {
     Unknown { reason: String },
 }
 
+/// The reason a `delivered` outcome carries when the first request's outcome
+/// was unknown and the delivery was sent again (`at_least_once`): the device
+/// may have it twice. The reason goes on with the first request's error.
+pub const RESENT_AFTER_UNKNOWN: &str = "resent once after an unknown outcome";
+
 /// The settled state of a delivery, as recorded in PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

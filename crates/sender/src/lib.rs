@@ -17,7 +17,7 @@ use herald_config::SenderConfig;
 use herald_core::dedupe::{action, Claim, ClaimAction};
 use herald_core::{
     DeadLetter, DeliveryId, DeliveryJob, DeliveryOutcome, DeliveryPolicy, DeliveryStatus,
-    OutcomeClass, Platform,
+    OutcomeClass, Platform, RESENT_AFTER_UNKNOWN,
 };
 use herald_ledger::{ClaimBatch, Ledger, Settle, Settled};
 use herald_providers::Providers;
@@ -933,6 +933,7 @@ impl Sender {
         if !lease_holds() {
             return self.lease_ran_out(job);
         }
+        let mut resent_after = None;
         let mut class = self.timed_send(job, &creds).await;
         if let OutcomeClass::Unknown { reason } = &class {
             if job.policy == DeliveryPolicy::AtLeastOnce && !resend {
@@ -956,13 +957,16 @@ impl Sender {
                     return self.lease_ran_out(job);
                 }
                 tracing::info!(delivery_id = %job.delivery_id, %reason, "outcome unknown; resending once");
+                resent_after = Some(reason.clone());
                 class = self.timed_send(job, &creds).await;
             }
         }
         match class {
+            // The record says the device may have it twice: that is what
+            // `at_least_once` allows, and what its sender must be able to see.
             OutcomeClass::Delivered { provider_id } => Step::Settle {
                 status: DeliveryStatus::Delivered,
-                reason: None,
+                reason: resent_after.map(|r| format!("{RESENT_AFTER_UNKNOWN} ({r})")),
                 provider_id,
                 invalid_token: None,
             },

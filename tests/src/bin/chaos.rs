@@ -40,13 +40,18 @@ fn main() {
             std::process::exit(2)
         });
     let summary = runtime.block_on(herald_tests::chaos::run(minutes, seed, kafka));
-    for (message, token, copies, cause) in &summary.doubled {
-        match cause {
-            Some(fault) => println!("chaos: sent {copies} times: {message} {token} ({fault})"),
-            None => {
-                println!("chaos: sent {copies} times: {message} {token} (no fault explains it)")
-            }
-        }
+    for d in &summary.doubled {
+        let cause = d.cause.as_deref().unwrap_or("no fault explains it");
+        let policy = if d.at_most_once {
+            "at_most_once"
+        } else {
+            "at_least_once"
+        };
+        let verdict = if d.allowed { "allowed" } else { "NOT ALLOWED" };
+        println!(
+            "chaos: sent {} times: {} {} ({cause}; {policy}: {verdict})",
+            d.copies, d.message, d.token
+        );
     }
     for (message, token, cause) in &summary.unknowns {
         let cause = cause.as_deref().unwrap_or("no fault explains it");
