@@ -576,6 +576,49 @@ async fn keys_are_created_listed_and_revoked_through_the_api_and_the_cli() {
     env.finish().await;
 }
 
+/// `herald apps create --sim` checks what could fail before it writes: an
+/// app created and then refused its credentials would hold keys whose
+/// secrets were never shown.
+#[tokio::test]
+async fn apps_create_refused_its_credentials_creates_nothing() {
+    let env = TestEnv::start("appscreate").await;
+    let before = env.count_rows("apps").await;
+    let mut cmd = env.command(&["apps", "create", "--name", "nokey", "--sim", env.sim_url()]);
+    cmd.env_remove("HERALD_CREDENTIALS__KEY");
+    let out = cmd.output().await.expect("herald");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("credentials.key"), "{stderr}");
+    assert!(stderr.contains("nothing was created"), "{stderr}");
+    assert_eq!(env.count_rows("apps").await, before, "no app half-made");
+    assert_eq!(env.count_rows("api_keys").await, 0, "no key half-made");
+
+    // A simulator that is not there: refused the same way.
+    let out = env
+        .command(&[
+            "apps",
+            "create",
+            "--name",
+            "nosim",
+            "--sim",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .await
+        .expect("herald");
+    assert!(!out.status.success());
+    assert_eq!(env.count_rows("apps").await, before);
+
+    // With both, the app comes with its credentials.
+    let out = env
+        .run_cli(&["apps", "create", "--name", "sim", "--sim", env.sim_url()])
+        .await;
+    let created: Value = serde_json::from_str(out.trim()).expect("json");
+    assert!(created["server_key"].as_str().is_some());
+    assert_eq!(env.count_rows("provider_credentials").await, 2);
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn a_key_over_its_rate_limit_gets_429_and_other_keys_do_not() {
     let mut env = TestEnv::start("ratelimit").await;

@@ -60,11 +60,26 @@ pub async fn run(config: Config, command: AppsCommand) -> Result<()> {
     let store = preflight::postgres(&config).await?;
     match command {
         AppsCommand::Create { name, sim } => {
+            // Everything that can fail is checked before the app is written:
+            // an app created, then refused its credentials, would leave keys
+            // whose secrets were never shown.
+            let sim_credentials = match sim {
+                Some(sim) => {
+                    if !store.can_seal_credentials() {
+                        bail!(
+                            "{} (set HERALD_CREDENTIALS__KEY); nothing was created",
+                            herald_store::SealError::NoKey
+                        );
+                    }
+                    Some(fetch_sim_credentials(&sim).await?)
+                }
+                None => None,
+            };
             let app = store.create_app(&name).await?;
             let server = store.create_api_key(app, ApiKeyKind::Server).await?;
             let sdk = store.create_api_key(app, ApiKeyKind::Sdk).await?;
-            if let Some(sim) = sim {
-                load_sim_credentials(&store, app, &sim).await?;
+            if let Some(creds) = sim_credentials {
+                put_sim_credentials(&store, app, &creds).await?;
             }
             println!(
                 "{}",
@@ -136,14 +151,23 @@ async fn existing_app(store: &Store, app: &str) -> Result<AppId> {
 }
 
 pub async fn load_sim_credentials(store: &Store, app: AppId, sim: &str) -> Result<()> {
+    let creds = fetch_sim_credentials(sim).await?;
+    put_sim_credentials(store, app, &creds).await
+}
+
+/// The simulator's APNs and FCM credentials (`GET /sim/credentials`).
+async fn fetch_sim_credentials(sim: &str) -> Result<Value> {
     let url = format!("{}/sim/credentials", sim.trim_end_matches('/'));
-    let creds: Value = reqwest::get(&url)
+    reqwest::get(&url)
         .await
         .and_then(|r| r.error_for_status())
         .with_context(|| format!("fetching {url}"))?
         .json()
         .await
-        .with_context(|| format!("reading {url}"))?;
+        .with_context(|| format!("reading {url}"))
+}
+
+async fn put_sim_credentials(store: &Store, app: AppId, creds: &Value) -> Result<()> {
     store.put_credentials(app, "apns", &creds["apns"]).await?;
     store.put_credentials(app, "fcm", &creds["fcm"]).await?;
     Ok(())

@@ -103,6 +103,11 @@ impl Store {
         self
     }
 
+    /// Whether provider credentials can be stored (a key seals them).
+    pub fn can_seal_credentials(&self) -> bool {
+        self.sealer.is_some()
+    }
+
     /// Creates the database named in `url` when it does not exist, by way of
     /// the server's `postgres` database.
     pub async fn ensure_database(url: &str) -> Result<()> {
