@@ -16,6 +16,7 @@ use herald_core::{DeliveryId, DeliveryPolicy, MessageId, Platform, PushRequest};
 use herald_store::{AcceptOutcome, IdempotencyRecord, NewDelivery, NewMessage, StoredResponse};
 use serde_json::Value;
 use std::collections::HashSet;
+use std::time::Duration;
 
 /// Send a push to tokens, installations and users.
 ///
@@ -37,7 +38,7 @@ use std::collections::HashSet;
         (status = 400, description = "A field, the JSON or the Idempotency-Key is malformed", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No key, or an unknown one", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "An SDK key", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The same key is being processed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another request with this key was still being written after 5 s", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The key was used for a different request", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "PostgreSQL is unreachable; nothing was accepted", body = Problem, content_type = "application/problem+json"),
@@ -79,7 +80,14 @@ pub(crate) async fn create(
     // message id; the write says so when the id it was given is an earlier
     // life's. Twice is enough unless other requests keep reusing the key at
     // the same moment, which is "in progress" for this one.
-    for _ in 0..3 {
+    let mut lives = 0;
+    // A request whose key another request (on another writer or gateway) is
+    // writing now waits for that write, then is answered from it: a client
+    // retrying early, or two of its workers sending the same request, get
+    // one answer, not a 409.
+    let waiting_since = std::time::Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
         let outcome = accept_as(
             &state,
             &request,
@@ -91,21 +99,38 @@ pub(crate) async fn create(
         )
         .await?;
         match (outcome, &idempotency_key) {
+            (Accepted::Outlived, Some(_)) if lives >= 2 => {
+                return Err(Problem::idempotency_in_progress())
+            }
             (Accepted::Outlived, Some(k)) => {
+                lives += 1;
                 message_id = state.store.message_id_for_key(app, k).await?;
             }
             (Accepted::Outlived, None) => return Err(Problem::internal()),
+            (Accepted::InProgress, _) => {
+                let left = KEY_IN_PROGRESS_WAIT.saturating_sub(waiting_since.elapsed());
+                if left.is_zero() {
+                    return Err(Problem::idempotency_in_progress());
+                }
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
             (Accepted::Answer(response), _) => return Ok(response),
         }
     }
-    Err(Problem::idempotency_in_progress())
 }
+
+/// How long a request waits for another request with its Idempotency-Key
+/// to be written before it is answered 409.
+const KEY_IN_PROGRESS_WAIT: Duration = Duration::from_secs(5);
 
 /// What one write of a push came to.
 enum Accepted {
     Answer(Response),
     /// The message id was an earlier life's of the key: choose again.
     Outlived,
+    /// Another request with the key is being written.
+    InProgress,
 }
 
 /// Resolves the targets of a push under `message_id` and writes it.
@@ -174,7 +199,7 @@ async fn accept_as(
             Ok(Accepted::Answer(response))
         }
         AcceptOutcome::Replay(stored) => Ok(Accepted::Answer(replay(stored))),
-        AcceptOutcome::KeyInProgress => Err(Problem::idempotency_in_progress()),
+        AcceptOutcome::KeyInProgress => Ok(Accepted::InProgress),
         AcceptOutcome::KeyMismatch => Err(Problem::idempotency_mismatch()),
         AcceptOutcome::KeyOutlived => Ok(Accepted::Outlived),
     }
