@@ -56,6 +56,8 @@ pub struct Doubled {
     /// The fault it is put down to (None: no fault explains it).
     pub cause: Option<String>,
     pub at_most_once: bool,
+    /// When the simulators recorded each copy.
+    pub at: Vec<chrono::DateTime<chrono::Utc>>,
     /// Within the policy: `at_least_once`, twice, around a fault that
     /// explains it.
     pub allowed: bool,
@@ -574,8 +576,13 @@ impl Run {
 
     /// Injects a fault; returns how long it lasts before it is healed.
     async fn inject(&mut self, fault: Fault) -> Duration {
-        println!("chaos: fault: {}", fault.name());
-        self.log.push((chrono::Utc::now(), fault));
+        let now = chrono::Utc::now();
+        println!(
+            "chaos: fault at {}: {}",
+            now.format("%H:%M:%S%.3f"),
+            fault.name()
+        );
+        self.log.push((now, fault));
         match fault {
             Fault::Kill(role) => {
                 if let Some(p) = self.process(role) {
@@ -851,6 +858,7 @@ impl Run {
                 copies: at.len(),
                 cause,
                 at_most_once,
+                at: at.clone(),
                 allowed: within_policy,
             });
         }

@@ -48,9 +48,16 @@ fn main() {
             "at_least_once"
         };
         let verdict = if d.allowed { "allowed" } else { "NOT ALLOWED" };
+        let at: Vec<String> =
+            d.at.iter()
+                .map(|t| t.format("%H:%M:%S%.3f").to_string())
+                .collect();
         println!(
-            "chaos: sent {} times: {} {} ({cause}; {policy}: {verdict})",
-            d.copies, d.message, d.token
+            "chaos: sent {} times: {} {} at {} ({cause}; {policy}: {verdict})",
+            d.copies,
+            d.message,
+            d.token,
+            at.join(", ")
         );
     }
     for (message, token, cause) in &summary.unknowns {
