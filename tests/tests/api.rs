@@ -616,6 +616,125 @@ async fn apps_create_refused_its_credentials_creates_nothing() {
     env.finish().await;
 }
 
+/// A dashboard double-click or a client retry must not make two campaigns
+/// or two triggers: every create honours an Idempotency-Key as a push does
+/// (replay, 409, 422, 400), in the app's one key space.
+#[tokio::test]
+async fn campaigns_and_triggers_created_under_one_key_are_made_once() {
+    let env = TestEnv::start("keyedcreates").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let post = |path: &'static str, key: &'static str, body: Value| {
+        let request = env
+            .http
+            .post(format!("{gw}{path}"))
+            .bearer_auth(&app.server_key)
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move {
+            let r = request.send().await.expect("post");
+            let status = r.status().as_u16();
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            let body: Value = r.json().await.expect("json");
+            (status, replayed, body)
+        }
+    };
+    let campaign = json!({"name": "Sale", "notification": {"title": "Sale"}});
+    let trigger = json!({"name": "welcome", "entry_event": "signup", "delay_seconds": 60,
+                         "notification": {"title": "Hi"}});
+
+    // Ten at once, then once more: one campaign, one answer.
+    let twins: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(post("/v1/campaigns", "\"sale-1\"", campaign.clone())))
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    let mut fresh = 0;
+    for twin in twins {
+        let (status, replayed, body) = twin.await.expect("task");
+        assert_eq!(status, 201, "{body}");
+        ids.insert(body["id"].as_str().expect("id").to_string());
+        fresh += usize::from(!replayed);
+    }
+    assert_eq!((ids.len(), fresh), (1, 1), "one campaign, created once");
+    let (status, replayed, again) = post("/v1/campaigns", "\"sale-1\"", campaign.clone()).await;
+    assert_eq!((status, replayed), (201, true));
+    assert!(ids.contains(again["id"].as_str().expect("id")));
+    assert_eq!(env.count_rows("campaigns").await, 1);
+
+    // The key names that request only.
+    let other = json!({"name": "Other", "notification": {"title": "Sale"}});
+    let (status, _, problem) = post("/v1/campaigns", "\"sale-1\"", other).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["type"], "urn:herald:problem:idempotency-key-reused");
+    let (status, _, problem) = post("/v1/triggers", "\"sale-1\"", trigger.clone()).await;
+    assert_eq!(status, 422, "one key space per app: {problem}");
+    let (status, _, problem) = post("/v1/campaigns", "\"open", campaign.clone()).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "Idempotency-Key");
+    assert_eq!(
+        env.count_rows("campaigns").await,
+        1,
+        "nothing made by a refusal"
+    );
+
+    // Triggers alike.
+    let (status, replayed, first) = post("/v1/triggers", "welcome-1", trigger.clone()).await;
+    assert_eq!((status, replayed), (201, false), "{first}");
+    let (status, replayed, second) = post("/v1/triggers", "welcome-1", trigger.clone()).await;
+    assert_eq!((status, replayed), (201, true));
+    assert_eq!(first, second, "the stored answer, replayed");
+    assert_eq!(env.count_rows("triggers").await, 1);
+
+    // Without a key, each request creates.
+    for _ in 0..2 {
+        let r = env
+            .http
+            .post(format!("{gw}/v1/triggers"))
+            .bearer_auth(&app.server_key)
+            .json(&trigger)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 201);
+    }
+    assert_eq!(env.count_rows("triggers").await, 3);
+
+    // Events are deduplicated by their event ids; a key, if sent, must be
+    // well-formed.
+    let r = env
+        .http
+        .post(format!("{gw}/v1/events"))
+        .bearer_auth(&app.server_key)
+        .header("Idempotency-Key", "\"open")
+        .json(&json!({"event_id": "e-1", "name": "signup", "custom_id": "u-1"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 400);
+    assert_eq!(env.count_rows("events").await, 0);
+    let event = json!({"event_id": "e-1", "name": "signup", "custom_id": "u-1"});
+    let (status, replayed, first) = post("/v1/events", "ev-1", event.clone()).await;
+    assert_eq!((status, replayed), (202, false), "{first}");
+    assert_eq!(first["accepted"], 1);
+    let (status, replayed, again) = post("/v1/events", "ev-1", event).await;
+    assert_eq!((status, replayed), (202, true));
+    assert_eq!(first, again, "the first answer, replayed");
+    let other = json!({"event_id": "e-2", "name": "signup", "custom_id": "u-1"});
+    let (status, _, _) = post("/v1/events", "ev-1", other).await;
+    assert_eq!(status, 422);
+    assert_eq!(env.count_rows("events").await, 1);
+
+    // A key's secret is never stored, so its creation cannot be replayed:
+    // refused, rather than a retry making a second key.
+    let keys_before = env.count_rows("api_keys").await;
+    let (status, _, problem) = post("/v1/keys", "key-1", json!({"kind": "sdk"})).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "Idempotency-Key");
+    assert_eq!(env.count_rows("api_keys").await, keys_before);
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn a_key_over_its_rate_limit_gets_429_and_other_keys_do_not() {
     let mut env = TestEnv::start("ratelimit").await;

@@ -3,12 +3,14 @@
 
 use crate::auth::ServerKey;
 use crate::body::{name_filter_node, parse_body};
+use crate::idempotency;
 use crate::problem::Problem;
 use crate::query::ApiQuery;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use herald_core::audience::{validate_list_id, Audience, AudienceKind};
@@ -118,12 +120,21 @@ fn parse_campaign_id(id: &str) -> Result<Uuid, Problem> {
 }
 
 fn parse_campaign(headers: &HeaderMap, body: &Bytes) -> Result<CampaignInput, Problem> {
-    let (_, input): (_, CampaignInput) =
+    Ok(parse_campaign_body(headers, body)?.1)
+}
+
+/// The campaign, and the JSON it came as (for an Idempotency-Key's
+/// fingerprint).
+fn parse_campaign_body(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(serde_json::Value, CampaignInput), Problem> {
+    let (value, input): (_, CampaignInput) =
         parse_body(headers, body).map_err(|p| name_filter_node(p, "audience.filter"))?;
     input
         .validate()
         .map_err(|e| Problem::invalid_field(e.field, e.detail))?;
-    Ok(input)
+    Ok((value, input))
 }
 
 fn refused(id: Uuid, action: CampaignAction, refusal: CampaignRefusal) -> Problem {
@@ -189,9 +200,16 @@ async fn view(state: &AppState, c: Campaign) -> Result<CampaignView, Problem> {
     operation_id = "create_campaign",
     tag = "campaigns",
     request_body = CampaignInput,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Structured-field string, 1 to 255 printable characters; scoped per app. The same key and body replay the first answer (`Idempotent-Replayed: true`); one key names one request"),
+    ),
     responses(
-        (status = 201, body = CampaignView),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 201, body = CampaignView, headers(("Idempotent-Replayed" = String))),
+        (status = 400, description = "A field, the JSON or the Idempotency-Key is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Replaying a key whose creation was deleted since", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another request with this key was still being written after 5 s", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used for a different request", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn create(
@@ -199,13 +217,34 @@ pub(crate) async fn create(
     ServerKey(key): ServerKey,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<CampaignView>), Problem> {
-    let input = parse_campaign(&headers, &body)?;
-    let campaign = state
+) -> Result<Response, Problem> {
+    let app = key.app_id;
+    let (value, input) = parse_campaign_body(&headers, &body)?;
+    let request_key = idempotency::request_key(
+        &headers,
+        "POST",
+        "/v1/campaigns",
+        &value,
+        state.idempotency_retention,
+    )?;
+    let keyed = state
         .store
-        .create_campaign(key.app_id, Uuid::now_v7(), &input)
+        .create_campaign_keyed(app, Uuid::now_v7(), &input, request_key.as_ref())
         .await?;
-    Ok((StatusCode::CREATED, Json(view(&state, campaign).await?)))
+    idempotency::answer_create(
+        &state.store,
+        app,
+        request_key.as_ref(),
+        keyed,
+        StatusCode::CREATED,
+        async |campaign| view(&state, campaign).await,
+        async |id| {
+            state.store.campaign(app, id).await?.ok_or_else(|| {
+                Problem::not_found(format!("campaign {id}, created with this key, was deleted"))
+            })
+        },
+    )
+    .await
 }
 
 /// The app's campaigns, newest first.

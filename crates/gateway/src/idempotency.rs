@@ -3,8 +3,13 @@
 //! clients send an unquoted UUID.
 
 use crate::problem::Problem;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_core::AppId;
+use herald_store::{Keyed, RequestKey, Store};
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 pub const HEADER: &str = "idempotency-key";
 pub const MAX_LEN: usize = 255;
@@ -81,6 +86,67 @@ pub fn fingerprint(method: &str, path: &str, body: &serde_json::Value) -> Vec<u8
     h.update(b"\n");
     h.update(serde_json::to_vec(body).unwrap_or_default());
     h.finalize().to_vec()
+}
+
+/// The key of a request that creates one thing (a campaign, a trigger), with
+/// its fingerprint; None without the header.
+pub fn request_key(
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+    retention: Duration,
+) -> Result<Option<RequestKey>, Problem> {
+    Ok(key(headers)?.map(|key| RequestKey {
+        key,
+        fingerprint: fingerprint(method, path, body),
+        retention,
+    }))
+}
+
+/// The answer (`status`) to a create under a key (or none). `view` shows
+/// what the request created, or what an earlier request with the key
+/// created (then the answer is marked replayed); the first answer given is
+/// stored for the key's retries.
+pub async fn answer_create<T, V: serde::Serialize>(
+    store: &Store,
+    app: AppId,
+    key: Option<&RequestKey>,
+    keyed: Keyed<T>,
+    status: StatusCode,
+    view: impl AsyncFnOnce(T) -> Result<V, Problem>,
+    earlier: impl AsyncFnOnce(uuid::Uuid) -> Result<T, Problem>,
+) -> Result<Response, Problem> {
+    let (created, replayed) = match keyed {
+        Keyed::Created(thing) => (thing, false),
+        Keyed::Earlier(id) => (earlier(id).await?, true),
+        Keyed::Replay {
+            status: stored,
+            body,
+        } => return Ok(replay(StatusCode::from_u16(stored).unwrap_or(status), body)),
+        Keyed::Mismatch => return Err(Problem::idempotency_mismatch()),
+        Keyed::InProgress => return Err(Problem::idempotency_in_progress()),
+    };
+    let body = serde_json::to_value(view(created).await?).map_err(|_| Problem::internal())?;
+    if let Some(key) = key {
+        store
+            .store_key_answer(app, &key.key, status.as_u16(), &body)
+            .await?;
+    }
+    Ok(if replayed {
+        replay(status, body)
+    } else {
+        (status, Json(body)).into_response()
+    })
+}
+
+fn replay(status: StatusCode, body: serde_json::Value) -> Response {
+    metrics::counter!("herald_idempotent_replays_total").increment(1);
+    let mut response = (status, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
 }
 
 #[cfg(test)]

@@ -76,14 +76,23 @@ pub(crate) async fn list(
 }
 
 /// A new key for the app; its secret is in this answer only.
+///
+/// Not idempotent, and an `Idempotency-Key` is refused (400): replaying the
+/// answer would mean storing the secret. After a lost answer, list the keys
+/// and revoke the one whose secret you never saw.
 #[utoipa::path(post, path = "/v1/keys", operation_id = "create_key", tag = "keys", request_body = NewKey,
-    responses((status = 201, body = CreatedKey), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = CreatedKey), (status = 400, description = "A field or the JSON is malformed, or an Idempotency-Key was sent", body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     ServerKey(key): ServerKey,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedKey>), Problem> {
+    if headers.contains_key(crate::idempotency::HEADER) {
+        return Err(Problem::malformed_idempotency_key(
+            "creating an API key is not idempotent: its secret is shown once and never stored, so an answer cannot be replayed. Send it without the key; after a lost answer, list the keys (GET /v1/keys) and revoke the one whose secret you never saw",
+        ));
+    }
     let (_, new): (Value, NewKey) = parse_body(&headers, &body)?;
     let kind = match new.kind {
         KeyKind::Server => ApiKeyKind::Server,

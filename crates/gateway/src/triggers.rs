@@ -3,17 +3,19 @@
 
 use crate::auth::{AnyKey, ServerKey};
 use crate::body::{from_value, name_filter_node, parse_body, parse_json};
+use crate::idempotency;
 use crate::problem::Problem;
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use herald_core::trigger::{
     EventInput, QuietHours, TimerStatus, TriggerInput, MAX_EVENTS_PER_REQUEST,
 };
-use herald_store::Trigger;
+use herald_store::{Keyed, Trigger};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -66,11 +68,19 @@ fn parse_trigger_id(id: &str) -> Result<Uuid, Problem> {
 }
 
 fn parse_rule(headers: &HeaderMap, body: &Bytes) -> Result<TriggerInput, Problem> {
-    let (_, rule): (_, TriggerInput) =
+    Ok(parse_rule_body(headers, body)?.1)
+}
+
+/// The rule, and the JSON it came as (for an Idempotency-Key's fingerprint).
+fn parse_rule_body(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(serde_json::Value, TriggerInput), Problem> {
+    let (value, rule): (_, TriggerInput) =
         parse_body(headers, body).map_err(|p| name_filter_node(p, "conditions"))?;
     rule.validate()
         .map_err(|e| Problem::invalid_field(e.field, e.detail))?;
-    Ok(rule)
+    Ok((value, rule))
 }
 
 async fn view(state: &AppState, t: Trigger) -> Result<TriggerView, Problem> {
@@ -98,9 +108,15 @@ async fn view(state: &AppState, t: Trigger) -> Result<TriggerView, Problem> {
     operation_id = "post_events",
     tag = "triggers",
     request_body = EventInput,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Optional (event ids already make a resend safe): structured-field string, 1 to 255 printable characters; scoped per app. The same key and body replay the first answer (`Idempotent-Replayed: true`)"),
+    ),
     responses(
-        (status = 202, body = EventsAccepted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 202, body = EventsAccepted, headers(("Idempotent-Replayed" = String))),
+        (status = 400, description = "A field, the JSON or the Idempotency-Key is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another request with this key was still being written after 5 s", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used for a different request", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn post_events(
@@ -108,8 +124,15 @@ pub(crate) async fn post_events(
     AnyKey(key): AnyKey,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<EventsAccepted>), Problem> {
+) -> Result<Response, Problem> {
     let raw = parse_json(&headers, &body)?;
+    let request_key = idempotency::request_key(
+        &headers,
+        "POST",
+        "/v1/events",
+        &raw,
+        state.idempotency_retention,
+    )?;
     let (mut events, prefix) = if raw.get("events").is_some() {
         (from_value::<EventBatch>(&raw)?.events, "events")
     } else {
@@ -133,8 +156,34 @@ pub(crate) async fn post_events(
         })?;
         e.occurred_at.get_or_insert(now);
     }
-    let mut new = state.store.accept_events(key.app_id, &events).await?;
+    let app = key.app_id;
     let total = events.len() as u64;
+    let mut new = match state
+        .store
+        .accept_events_keyed(app, &events, request_key.as_ref())
+        .await?
+    {
+        Keyed::Created(new) => new,
+        // Stored by an earlier request with this key: every event is a
+        // duplicate now, and was published by that request or the relay.
+        keyed => {
+            return idempotency::answer_create(
+                &state.store,
+                app,
+                request_key.as_ref(),
+                keyed,
+                StatusCode::ACCEPTED,
+                async |_| {
+                    Ok(EventsAccepted {
+                        accepted: 0,
+                        duplicates: total,
+                    })
+                },
+                async |_| Ok(Default::default()),
+            )
+            .await;
+        }
+    };
     let accepted = new.len() as u64;
     // Only what this request stored is published. A resent event is already
     // stored, with the time it was first given (or stamped); publishing the
@@ -145,7 +194,6 @@ pub(crate) async fn post_events(
     // Published at once when the broker answers in time; the relay publishes
     // whatever is left.
     let relay = state.relay.clone();
-    let app = key.app_id;
     if !events.is_empty() {
         let publish = tokio::spawn(async move { relay.publish_events_now(app, events).await });
         match tokio::time::timeout(state.publish_wait, publish).await {
@@ -154,13 +202,21 @@ pub(crate) async fn post_events(
         }
     }
     metrics::counter!("herald_events_accepted_total").increment(accepted);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(EventsAccepted {
-            accepted,
-            duplicates: total - accepted,
-        }),
-    ))
+    let answer = EventsAccepted {
+        accepted,
+        duplicates: total - accepted,
+    };
+    match &request_key {
+        Some(k) => {
+            let body = serde_json::to_value(&answer).map_err(|_| Problem::internal())?;
+            state
+                .store
+                .store_key_answer(app, &k.key, StatusCode::ACCEPTED.as_u16(), &body)
+                .await?;
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
+        None => Ok((StatusCode::ACCEPTED, Json(answer)).into_response()),
+    }
 }
 
 /// Creates a rule. Its templates and conditions are checked now.
@@ -170,9 +226,16 @@ pub(crate) async fn post_events(
     operation_id = "create_trigger",
     tag = "triggers",
     request_body = TriggerInput,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Structured-field string, 1 to 255 printable characters; scoped per app. The same key and body replay the first answer (`Idempotent-Replayed: true`); one key names one request"),
+    ),
     responses(
-        (status = 201, body = TriggerView),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 201, body = TriggerView, headers(("Idempotent-Replayed" = String))),
+        (status = 400, description = "A field, the JSON or the Idempotency-Key is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Replaying a key whose creation was deleted since", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another request with this key was still being written after 5 s", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used for a different request", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn create(
@@ -180,13 +243,34 @@ pub(crate) async fn create(
     ServerKey(key): ServerKey,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<TriggerView>), Problem> {
-    let rule = parse_rule(&headers, &body)?;
-    let t = state
+) -> Result<Response, Problem> {
+    let app = key.app_id;
+    let (value, rule) = parse_rule_body(&headers, &body)?;
+    let request_key = idempotency::request_key(
+        &headers,
+        "POST",
+        "/v1/triggers",
+        &value,
+        state.idempotency_retention,
+    )?;
+    let keyed = state
         .store
-        .create_trigger(key.app_id, Uuid::now_v7(), &rule)
+        .create_trigger_keyed(app, Uuid::now_v7(), &rule, request_key.as_ref())
         .await?;
-    Ok((StatusCode::CREATED, Json(view(&state, t).await?)))
+    idempotency::answer_create(
+        &state.store,
+        app,
+        request_key.as_ref(),
+        keyed,
+        StatusCode::CREATED,
+        async |trigger| view(&state, trigger).await,
+        async |id| {
+            state.store.trigger(app, id).await?.ok_or_else(|| {
+                Problem::not_found(format!("trigger {id}, created with this key, was deleted"))
+            })
+        },
+    )
+    .await
 }
 
 /// The app's rules.

@@ -1,7 +1,8 @@
 //! Campaigns: their definition and life cycle, the waves and checkpoints the
 //! scheduler keeps, uploaded audience lists, and progress.
 
-use crate::{Result, Store, StoreError};
+use crate::request_keys::{claim_key, record_key, KeyState};
+use crate::{Keyed, RequestKey, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use herald_core::audience::{AudienceKind, InstallationFacts};
 use herald_core::campaign::{
@@ -190,7 +191,27 @@ impl Store {
         id: Uuid,
         input: &CampaignInput,
     ) -> Result<Campaign> {
+        match self.create_campaign_keyed(app, id, input, None).await? {
+            Keyed::Created(campaign) => Ok(campaign),
+            _ => Err(corrupt("a create without a key was answered from one")),
+        }
+    }
+
+    /// Creates a draft campaign, under an Idempotency-Key when given one.
+    pub async fn create_campaign_keyed(
+        &self,
+        app: AppId,
+        id: Uuid,
+        input: &CampaignInput,
+        key: Option<&RequestKey>,
+    ) -> Result<Keyed<Campaign>> {
         let mut tx = self.pool.begin().await?;
+        if let Some(key) = key {
+            match claim_key(&mut tx, app, key).await? {
+                KeyState::Free => record_key(&mut tx, app, key, id).await?,
+                KeyState::Decided(decision) => return Ok(decision.into()),
+            }
+        }
         sqlx::query(
             "INSERT INTO campaigns (id, app_id, message_id, name, spec, audience_kind, rate_limit_per_second)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -210,6 +231,7 @@ impl Store {
         tx.commit().await?;
         self.campaign(app, id)
             .await?
+            .map(Keyed::Created)
             .ok_or_else(|| corrupt("a campaign vanished right after it was created"))
     }
 

@@ -11,6 +11,7 @@ mod health;
 mod installations;
 mod messages;
 mod operators;
+mod request_keys;
 mod sealing;
 mod stats;
 mod triggers;
@@ -29,6 +30,7 @@ pub use messages::{
     StatusCount, StoredResponse,
 };
 pub use operators::{AppSummary, OperatorLogin, OperatorSession};
+pub use request_keys::{Keyed, RequestKey};
 pub use sealing::{SealError, Sealer};
 pub use stats::{Backlogs, HourlyCount};
 pub use triggers::{DueTimer, DueTimers, NewTimer, StoredEvent, Trigger, UserDevice};

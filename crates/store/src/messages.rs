@@ -128,7 +128,9 @@ pub struct MessageView {
 
 /// Two requests with one key serialise on this lock; the message id is already
 /// a hash of (app, key), so its first 8 bytes make a well-spread lock id.
-fn lock_id(message: MessageId) -> i64 {
+/// The advisory lock of an Idempotency-Key (by its first message id), shared
+/// by every request that names the key.
+pub(crate) fn lock_id(message: MessageId) -> i64 {
     let b = message.as_uuid().into_bytes();
     i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }

@@ -2,7 +2,8 @@
 //! timers, fired in transactions that hold a per-user lock.
 
 use crate::messages::{write_messages, NewMessage};
-use crate::{Result, Store, StoreError};
+use crate::request_keys::{claim_key, record_key, KeyState};
+use crate::{Keyed, RequestKey, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
 use herald_core::trigger::{EventInput, QuietHours, TimerStatus, TriggerInput, UserKey};
 use herald_core::{AppId, Platform};
@@ -144,6 +145,28 @@ impl Store {
         app: AppId,
         events: &[EventInput],
     ) -> Result<std::collections::HashSet<String>> {
+        match self.accept_events_keyed(app, events, None).await? {
+            Keyed::Created(new) => Ok(new),
+            _ => Err(corrupt("events without a key were answered from one")),
+        }
+    }
+
+    /// [`Store::accept_events`] under an Idempotency-Key when given one. The
+    /// key's row names no single thing: an earlier request that did not live
+    /// to store its answer is `Earlier(nil)`.
+    pub async fn accept_events_keyed(
+        &self,
+        app: AppId,
+        events: &[EventInput],
+        key: Option<&RequestKey>,
+    ) -> Result<Keyed<std::collections::HashSet<String>>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = key {
+            match claim_key(&mut tx, app, key).await? {
+                KeyState::Free => record_key(&mut tx, app, key, Uuid::nil()).await?,
+                KeyState::Decided(decision) => return Ok(decision.into()),
+            }
+        }
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
         let users: Vec<String> = events.iter().map(|e| e.user().encode()).collect();
@@ -169,9 +192,10 @@ impl Store {
         .bind(&users)
         .bind(&bodies)
         .bind(&occurred)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(new.into_iter().collect())
+        tx.commit().await?;
+        Ok(Keyed::Created(new.into_iter().collect()))
     }
 
     /// Events not yet acknowledged by Kafka, oldest first; those younger
@@ -281,6 +305,27 @@ impl Store {
         id: Uuid,
         input: &TriggerInput,
     ) -> Result<Trigger> {
+        match self.create_trigger_keyed(app, id, input, None).await? {
+            Keyed::Created(trigger) => Ok(trigger),
+            _ => Err(corrupt("a create without a key was answered from one")),
+        }
+    }
+
+    /// Creates a trigger, under an Idempotency-Key when given one.
+    pub async fn create_trigger_keyed(
+        &self,
+        app: AppId,
+        id: Uuid,
+        input: &TriggerInput,
+        key: Option<&RequestKey>,
+    ) -> Result<Keyed<Trigger>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = key {
+            match claim_key(&mut tx, app, key).await? {
+                KeyState::Free => record_key(&mut tx, app, key, id).await?,
+                KeyState::Decided(decision) => return Ok(decision.into()),
+            }
+        }
         sqlx::query(
             "INSERT INTO triggers (id, app_id, name, entry_event, spec) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -289,10 +334,12 @@ impl Store {
         .bind(&input.name)
         .bind(&input.entry_event)
         .bind(serde_json::to_value(input).map_err(corrupt)?)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.trigger(app, id)
             .await?
+            .map(Keyed::Created)
             .ok_or_else(|| corrupt("a trigger vanished right after it was created"))
     }
 
