@@ -735,6 +735,89 @@ async fn campaigns_and_triggers_created_under_one_key_are_made_once() {
     env.finish().await;
 }
 
+/// Where the standards leave room, what Herald decided (docs/api.md,
+/// "Leniency"): each decision is held here.
+#[tokio::test]
+async fn the_leniency_decisions_hold() {
+    let env = TestEnv::start("leniency").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let raw = |key: Option<&'static str>, content_type: Option<&'static str>, body: String| {
+        let mut request = env
+            .http
+            .post(format!("{gw}/v1/push"))
+            .bearer_auth(&app.server_key)
+            .body(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        if let Some(ct) = content_type {
+            request = request.header("Content-Type", ct);
+        }
+        async move {
+            let r = request.send().await.expect("push");
+            let status = r.status().as_u16();
+            let replayed = r.headers().contains_key("idempotent-replayed");
+            let body: Value = r.json().await.expect("json");
+            (status, replayed, body)
+        }
+    };
+    let token = ios_token(7);
+
+    // A member named twice: refused, named.
+    let twice = format!(
+        r#"{{"to": {{"tokens": [{{"platform": "ios", "token": "{token}"}}]}}, "notification": {{"title": "a", "title": "b"}}}}"#
+    );
+    let (status, _, problem) = raw(None, Some("application/json"), twice).await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`title` appears twice"),
+        "{problem}"
+    );
+
+    // No Content-Type: read as JSON. Another type: 415.
+    let plain = format!(
+        r#"{{"to": {{"tokens": [{{"platform": "ios", "token": "{token}"}}]}}, "notification": {{"title": "t"}}}}"#
+    );
+    let (status, _, body) = raw(Some("\"plain-1\""), None, plain.clone()).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _, problem) = raw(None, Some("text/plain"), plain.clone()).await;
+    assert_eq!(status, 415, "{problem}");
+
+    // An explicit null is the field left out: the same request.
+    let with_null = format!(
+        r#"{{"to": {{"tokens": [{{"platform": "ios", "token": "{token}"}}]}}, "notification": {{"title": "t"}}, "ttl_seconds": null}}"#
+    );
+    let (status, replayed, again) = raw(Some("\"plain-1\""), None, with_null).await;
+    assert_eq!((status, replayed), (202, true), "{again}");
+    assert_eq!(again["message_id"], body["message_id"]);
+
+    // A key that is neither an sf-string nor an sf-token, but printable: taken as it is.
+    let (status, replayed, _) = raw(Some("order 42 / retry"), None, plain.clone()).await;
+    assert_eq!((status, replayed), (202, false));
+    let (status, replayed, _) = raw(Some("order 42 / retry"), None, plain).await;
+    assert_eq!((status, replayed), (202, true));
+
+    // `send_at` in the past: sent at once, and the answer says no time.
+    let past = format!(
+        r#"{{"to": {{"tokens": [{{"platform": "ios", "token": "{token}"}}]}}, "notification": {{"title": "t"}}, "send_at": "2020-01-01T00:00:00Z"}}"#
+    );
+    let (status, _, body) = raw(None, Some("application/json"), past).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body["send_at"].is_null(), "{body}");
+    let scheduled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM messages WHERE send_at IS NOT NULL")
+            .fetch_one(&env.db)
+            .await
+            .expect("count");
+    assert_eq!(scheduled, 0, "not held as scheduled");
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn a_key_over_its_rate_limit_gets_429_and_other_keys_do_not() {
     let mut env = TestEnv::start("ratelimit").await;

@@ -24,10 +24,91 @@ pub(crate) fn parse_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, Pro
             return Err(Problem::unsupported_media_type());
         }
     }
-    let value: Value =
+    let UniqueMembers(value) =
         serde_json::from_slice(body).map_err(|e| Problem::malformed_json(e.to_string()))?;
     refuse_nul(&value, &mut String::new())?;
     Ok(value)
+}
+
+/// JSON whose objects name each member once (RFC 7493, I-JSON): with a name
+/// twice, which one counts is up to the parser, and a request must mean one
+/// thing to Herald and to whoever checks it on the way.
+struct UniqueMembers(Value);
+
+impl<'de> serde::Deserialize<'de> for UniqueMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueVisitor)
+            .map(UniqueMembers)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueMembers(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = serde_json::Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let UniqueMembers(value) = map.next_value()?;
+            if members.contains_key(&name) {
+                return Err(serde::de::Error::custom(format!(
+                    "the member `{name}` appears twice in one object"
+                )));
+            }
+            members.insert(name, value);
+        }
+        Ok(Value::Object(members))
+    }
 }
 
 /// PostgreSQL's text cannot hold U+0000, and no field of Herald's means it:
@@ -98,6 +179,23 @@ pub(crate) fn name_filter_node(mut p: Problem, filter_field: &str) -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn json(text: &str) -> Result<Value, Problem> {
+        parse_json(&HeaderMap::new(), &Bytes::from(text.to_owned()))
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused() {
+        assert!(json(r#"{"title":"a","title":"b"}"#).is_err());
+        assert!(json(r#"{"to":{"tokens":[{"token":"a","token":"b"}]}}"#).is_err());
+        let same_name_apart = json(r#"{"a":{"x":1},"b":{"x":2}}"#).expect("valid");
+        assert_eq!(same_name_apart["b"]["x"], 2);
+        let values = json(r#"[1,-2,2.5,18446744073709551615,null,true,"s",{}]"#).expect("valid");
+        assert_eq!(
+            values,
+            serde_json::json!([1, -2, 2.5, 18446744073709551615u64, null, true, "s", {}])
+        );
+    }
 
     #[test]
     fn a_nul_anywhere_is_refused_with_its_field_named() {

@@ -77,15 +77,32 @@ fn parse_sf_string(inner: &str) -> Result<String, Problem> {
 }
 
 /// The request fingerprint: method, path and the body in canonical form (keys
-/// sorted, no insignificant whitespace), so a re-serialised body still matches.
+/// sorted, no insignificant whitespace, members set to null left out: every
+/// field of a create means the same null or absent), so a re-serialised body
+/// still matches.
 pub fn fingerprint(method: &str, path: &str, body: &serde_json::Value) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(method.as_bytes());
     h.update(b"\n");
     h.update(path.as_bytes());
     h.update(b"\n");
-    h.update(serde_json::to_vec(body).unwrap_or_default());
+    h.update(serde_json::to_vec(&without_nulls(body)).unwrap_or_default());
     h.finalize().to_vec()
+}
+
+fn without_nulls(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(members) => Value::Object(
+            members
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
 }
 
 /// The key of a request that creates one thing (a campaign, a trigger), with
@@ -186,6 +203,21 @@ mod tests {
         assert_ne!(
             fingerprint("POST", "/v1/push", &a),
             fingerprint("POST", "/v1/other", &a)
+        );
+    }
+
+    #[test]
+    fn a_member_set_to_null_is_a_member_left_out() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"a":1,"b":{"c":null}}"#).unwrap();
+        let b: serde_json::Value = serde_json::from_str(r#"{"a":1,"b":{},"d":null}"#).unwrap();
+        assert_eq!(
+            fingerprint("POST", "/v1/push", &a),
+            fingerprint("POST", "/v1/push", &b)
+        );
+        let c: serde_json::Value = serde_json::from_str(r#"{"a":1,"b":{"c":0}}"#).unwrap();
+        assert_ne!(
+            fingerprint("POST", "/v1/push", &a),
+            fingerprint("POST", "/v1/push", &c)
         );
     }
 }
