@@ -30,6 +30,7 @@ pub struct CampaignInput {
     /// Deliveries per second for this campaign; absent: as fast as the app's
     /// limit allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000000)]
     pub rate_limit_per_second: Option<u32>,
     /// Never delivered after this instant.
     #[serde(default, skip_serializing_if = "Option::is_none")]

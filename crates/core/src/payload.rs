@@ -25,6 +25,7 @@ pub struct Notification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sound: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295.0)]
     pub badge: Option<u32>,
     /// Custom key/value pairs. FCM only carries strings, so that is the common type.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -70,6 +71,7 @@ pub struct IosOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sound: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295.0)]
     pub badge: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,

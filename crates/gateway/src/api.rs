@@ -199,7 +199,85 @@ pub fn document() -> Value {
     for name in STORED_VIEWS {
         merge_all_of(&mut doc, name);
     }
+    add_shared_responses(&mut doc);
     doc
+}
+
+/// The operations an SDK key may call; every other one answers it 403.
+const SDK_KEY_OPERATIONS: [(&str, &str); 3] = [
+    ("put", "/v1/installations/{install_id}"),
+    ("delete", "/v1/installations/{install_id}"),
+    ("post", "/v1/events"),
+];
+
+/// The answers the gateway's layers give on every operation (the key check,
+/// the rate limit, the request deadline, PostgreSQL away; the body limit and
+/// JSON parsing where there is a body; parameter parsing where there are
+/// parameters), added where an operation does not state them itself, so a
+/// generated client knows every status it can get.
+fn add_shared_responses(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, operations) in paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let Some(operations) = operations.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in operations.iter_mut() {
+            if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                continue;
+            }
+            let has_body = operation.get("requestBody").is_some();
+            let has_parameters = operation
+                .get("parameters")
+                .and_then(Value::as_array)
+                .is_some_and(|p| !p.is_empty());
+            let sdk_allowed = SDK_KEY_OPERATIONS.contains(&(method.as_str(), path.as_str()));
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| problem_response(description));
+            };
+            if has_body || has_parameters {
+                add("400", "A field, a parameter or the JSON is malformed or out of range; `field` names it");
+            }
+            add("401", "No key, or an unknown or revoked one");
+            if !sdk_allowed {
+                add("403", "An SDK key: this operation takes a server key");
+            }
+            add("408", "The request took longer than the gateway's deadline before its write began; nothing was written");
+            if has_body {
+                add("413", "The body is over the gateway's limit");
+                add("415", "A Content-Type other than JSON");
+            }
+            add(
+                "429",
+                "This key's requests per second are used up (`Retry-After` says when to try again)",
+            );
+            add("503", "PostgreSQL is unreachable; nothing was written");
+            if let Some(limited) = responses.get_mut("429") {
+                limited["headers"] = serde_json::json!({
+                    "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+                });
+            }
+        }
+    }
+}
+
+fn problem_response(description: &str) -> Value {
+    serde_json::json!({
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    })
 }
 
 fn merge_all_of(doc: &mut Value, name: &str) {
@@ -280,5 +358,41 @@ mod tests {
                 "{name}: {view}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod shared_responses {
+    use super::document;
+
+    #[test]
+    fn every_operation_states_what_the_layers_answer() {
+        let doc = document();
+        let op = |method: &str, path: &str| doc["paths"][path][method].clone();
+        let statuses = |method: &str, path: &str| -> Vec<String> {
+            op(method, path)["responses"]
+                .as_object()
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        for status in ["400", "401", "403", "408", "413", "415", "429", "503"] {
+            assert!(
+                statuses("post", "/v1/campaigns").contains(&status.to_string()),
+                "{status}"
+            );
+        }
+        let events = statuses("post", "/v1/events");
+        assert!(
+            !events.contains(&"403".to_string()),
+            "an SDK key may post events"
+        );
+        let list = statuses("get", "/v1/triggers");
+        assert!(!list.contains(&"413".to_string()), "no body, no 413");
+        assert!(
+            !list.contains(&"400".to_string()),
+            "nothing to be malformed"
+        );
+        let id = &op("get", "/v1/campaigns/{campaign_id}")["parameters"][0]["schema"];
+        assert_eq!(id["format"], "uuid", "{id}");
     }
 }

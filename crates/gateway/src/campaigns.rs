@@ -78,10 +78,16 @@ pub struct CampaignList {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// At most 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
-    /// The `next_before` of the previous page.
+    /// The `next_before` of the previous page (an RFC 3339 time, `_`, a
+    /// campaign id).
+    #[param(
+        pattern = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     before: Option<String>,
     /// Only campaigns in this status.
+    #[param(value_type = Option<herald_core::campaign::CampaignStatus>)]
     status: Option<String>,
 }
 
@@ -112,6 +118,7 @@ pub struct ListUploaded {
 #[serde(deny_unknown_fields)]
 pub struct CampaignSettings {
     /// Deliveries per second across every campaign of the app; null: none.
+    #[schema(minimum = 1, maximum = 1000000)]
     pub rate_limit_per_second: Option<u32>,
 }
 
@@ -318,7 +325,7 @@ pub(crate) async fn list(
     path = "/v1/campaigns/{campaign_id}",
     operation_id = "get_campaign",
     tag = "campaigns",
-    params(("campaign_id" = String, Path)),
+    params(("campaign_id" = String, Path, format = Uuid)),
     responses(
         (status = 200, body = CampaignView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -344,7 +351,7 @@ pub(crate) async fn get(
     path = "/v1/campaigns/{campaign_id}",
     operation_id = "update_campaign",
     tag = "campaigns",
-    params(("campaign_id" = String, Path)),
+    params(("campaign_id" = String, Path, format = Uuid)),
     request_body = CampaignInput,
     responses(
         (status = 200, body = CampaignView),
@@ -377,7 +384,7 @@ pub(crate) async fn update(
     path = "/v1/campaigns/{campaign_id}",
     operation_id = "delete_campaign",
     tag = "campaigns",
-    params(("campaign_id" = String, Path)),
+    params(("campaign_id" = String, Path, format = Uuid)),
     responses(
         (status = 204),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -422,7 +429,7 @@ async fn act(
     path = "/v1/campaigns/{campaign_id}/launch",
     operation_id = "launch_campaign",
     tag = "campaigns",
-    params(("campaign_id" = String, Path)),
+    params(("campaign_id" = String, Path, format = Uuid)),
     responses(
         (status = 200, body = CampaignView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -444,7 +451,7 @@ pub(crate) async fn launch(
     path = "/v1/campaigns/{campaign_id}/pause",
     operation_id = "pause_campaign",
     tag = "campaigns",
-    params(("campaign_id" = String, Path)),
+    params(("campaign_id" = String, Path, format = Uuid)),
     responses(
         (status = 200, body = CampaignView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -465,7 +472,7 @@ pub(crate) async fn pause(
     path = "/v1/campaigns/{campaign_id}/resume",
     operation_id = "resume_campaign",
     tag = "campaigns",
-    params(("campaign_id" = String, Path)),
+    params(("campaign_id" = String, Path, format = Uuid)),
     responses(
         (status = 200, body = CampaignView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -486,7 +493,7 @@ pub(crate) async fn resume(
     path = "/v1/campaigns/{campaign_id}/cancel",
     operation_id = "cancel_campaign",
     tag = "campaigns",
-    params(("campaign_id" = String, Path)),
+    params(("campaign_id" = String, Path, format = Uuid)),
     responses(
         (status = 200, body = CampaignView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -509,7 +516,7 @@ pub(crate) async fn cancel(
     path = "/v1/campaigns/{campaign_id}/audience/ids",
     operation_id = "upload_campaign_audience_ids",
     tag = "campaigns",
-    params(("campaign_id" = String, Path), UploadQuery),
+    params(("campaign_id" = String, Path, format = Uuid), UploadQuery),
     request_body(content = String, content_type = "text/plain"),
     responses(
         (status = 200, body = ListUploaded),
@@ -606,7 +613,7 @@ async fn estimate(
     path = "/v1/campaigns/{campaign_id}/estimate",
     operation_id = "estimate_campaign",
     tag = "campaigns",
-    params(("campaign_id" = String, Path)),
+    params(("campaign_id" = String, Path, format = Uuid)),
     responses(
         (status = 200, body = Estimate),
         (status = 404, body = Problem, content_type = "application/problem+json"),

@@ -86,7 +86,7 @@ pub struct InstallationDeliveries {
 /// An installation's latest deliveries, newest first (`limit`: 1 to 100,
 /// default 20).
 #[utoipa::path(get, path = "/v1/installations/{install_id}/deliveries", operation_id = "installation_deliveries", tag = "installations",
-    params(("install_id" = String, Path), ("limit" = Option<i64>, Query)),
+    params(("install_id" = String, Path, min_length = 1, max_length = 128), ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "At most 100 (default 20).")),
     responses((status = 200, body = InstallationDeliveries), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn installation_deliveries(
     State(state): State<AppState>,
@@ -165,7 +165,7 @@ fn zeroes() -> BTreeMap<String, i64> {
 /// The app's deliveries per hour over the last `hours` (1 to 168, default
 /// 24), totals per outcome, and the latest failures.
 #[utoipa::path(get, path = "/v1/stats", operation_id = "stats", tag = "stats",
-    params(("hours" = Option<i64>, Query)),
+    params(("hours" = Option<i64>, Query, minimum = 1, maximum = 168, description = "1 to 168 (default 24).")),
     responses((status = 200, body = Stats), (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub(crate) async fn stats(
     State(state): State<AppState>,

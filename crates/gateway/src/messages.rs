@@ -48,7 +48,7 @@ pub(crate) fn delivery_view(d: &DeliveryRow) -> DeliveryView {
     path = "/v1/messages/{message_id}",
     operation_id = "get_message",
     tag = "messages",
-    params(("message_id" = String, Path, description = "As returned by POST /v1/push")),
+    params(("message_id" = String, Path, format = Uuid, description = "As returned by POST /v1/push")),
     responses(
         (status = 200, body = MessageStatus),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -107,10 +107,13 @@ pub(crate) async fn get(
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
     /// At most 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// The `next_after` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     after: Option<String>,
     /// Only deliveries with this status.
+    #[param(value_type = Option<herald_core::DeliveryStatus>)]
     status: Option<String>,
 }
 
@@ -128,7 +131,7 @@ pub struct DeliveriesPage {
     path = "/v1/messages/{message_id}/deliveries",
     operation_id = "list_deliveries",
     tag = "messages",
-    params(("message_id" = String, Path), PageQuery),
+    params(("message_id" = String, Path, format = Uuid), PageQuery),
     responses(
         (status = 200, body = DeliveriesPage),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -194,7 +197,7 @@ pub(crate) fn installation_view(i: herald_store::Installation) -> InstallationVi
     put,
     path = "/v1/installations/{install_id}",
     tag = "installations",
-    params(("install_id" = String, Path, description = "The app's id for this installation, 1 to 128 characters")),
+    params(("install_id" = String, Path, min_length = 1, max_length = 128, description = "The app's id for this installation, 1 to 128 characters")),
     request_body = InstallationInput,
     responses(
         (status = 200, body = InstallationView),
@@ -224,7 +227,7 @@ pub(crate) async fn put_installation(
     get,
     path = "/v1/installations/{install_id}",
     tag = "installations",
-    params(("install_id" = String, Path)),
+    params(("install_id" = String, Path, min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = InstallationView),
         (status = 403, body = Problem, content_type = "application/problem+json"),
@@ -249,7 +252,7 @@ pub(crate) async fn get_installation(
     delete,
     path = "/v1/installations/{install_id}",
     tag = "installations",
-    params(("install_id" = String, Path)),
+    params(("install_id" = String, Path, min_length = 1, max_length = 128)),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, body = Problem, content_type = "application/problem+json"),

@@ -297,7 +297,7 @@ pub(crate) async fn list(
     path = "/v1/triggers/{trigger_id}",
     operation_id = "get_trigger",
     tag = "triggers",
-    params(("trigger_id" = String, Path)),
+    params(("trigger_id" = String, Path, format = Uuid)),
     responses(
         (status = 200, body = TriggerView),
         (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -324,7 +324,7 @@ pub(crate) async fn get(
     path = "/v1/triggers/{trigger_id}",
     operation_id = "update_trigger",
     tag = "triggers",
-    params(("trigger_id" = String, Path)),
+    params(("trigger_id" = String, Path, format = Uuid)),
     request_body = TriggerInput,
     responses(
         (status = 200, body = TriggerView),
@@ -355,7 +355,7 @@ pub(crate) async fn update(
     path = "/v1/triggers/{trigger_id}",
     operation_id = "delete_trigger",
     tag = "triggers",
-    params(("trigger_id" = String, Path)),
+    params(("trigger_id" = String, Path, format = Uuid)),
     responses(
         (status = 204),
         (status = 404, body = Problem, content_type = "application/problem+json"),

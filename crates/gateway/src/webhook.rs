@@ -14,7 +14,10 @@ use serde_json::Value;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookInput {
-    /// An `https://` (or `http://`) URL that accepts POSTed JSON.
+    /// An absolute `https://` (or `http://`) URL that accepts POSTed JSON.
+    #[schema(
+        pattern = r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,4})?(/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*)?$"
+    )]
     pub url: String,
 }
 
