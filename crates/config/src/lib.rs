@@ -144,10 +144,10 @@ pub struct RedisConfig {
     pub sentinel: RedisSentinelConfig,
     pub cluster: RedisClusterConfig,
     /// How many replicas must hold a sender's claims and settles before it
-    /// sends on them (Redis `WAIT`), so that a failover keeps them; never
-    /// more than the replicas online. 0: never wait. A cluster's shards are
-    /// not waited for.
-    pub replica_acks: u64,
+    /// sends on them (Redis `WAIT`), so that a failover keeps them. Unset:
+    /// 1 with `mode = "sentinel"`, 0 (never wait) otherwise. A cluster's
+    /// shards are not waited for.
+    pub replica_acks: Option<u64>,
     /// How long a batch of claims or settles waits for them before the
     /// sender tries it again (at most a quarter of `sender.lease_ms`).
     pub replica_ack_timeout_ms: u64,
@@ -568,6 +568,17 @@ impl Default for PostgresConfig {
     }
 }
 
+impl RedisConfig {
+    /// `replica_acks`, or what the deployment calls for when unset: a
+    /// Sentinel deployment fails over to a replica, so a write must be on one.
+    pub fn replica_acks(&self) -> u64 {
+        self.replica_acks.unwrap_or(match self.mode {
+            RedisMode::Sentinel => 1,
+            RedisMode::Standalone | RedisMode::Cluster => 0,
+        })
+    }
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
@@ -577,7 +588,7 @@ impl Default for RedisConfig {
             mode: RedisMode::Standalone,
             sentinel: RedisSentinelConfig::default(),
             cluster: RedisClusterConfig::default(),
-            replica_acks: 1,
+            replica_acks: None,
             replica_ack_timeout_ms: 1_000,
         }
     }
@@ -838,6 +849,13 @@ mod tests {
             assert_eq!(c.sender.batch_size, 9);
             assert_eq!(c.redis.prefix, "t1:");
             assert_eq!(c.postgres, PostgresConfig::default());
+            assert_eq!(c.redis.replica_acks(), 0, "one Redis: nothing to wait for");
+            jail.set_env("HERALD_REDIS__MODE", "sentinel");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.redis.replica_acks(), 1, "Sentinel promotes a replica");
+            jail.set_env("HERALD_REDIS__REPLICA_ACKS", "0");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.redis.replica_acks(), 0, "said explicitly");
             Ok(())
         });
     }

@@ -428,7 +428,7 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
     .await
     .context("connecting the ledger to Redis")?
     .with_replication(Replication {
-        acks: config.redis.replica_acks,
+        acks: config.redis.replica_acks(),
         // A WAIT holds up everything else on the connection, renewals too.
         timeout: Duration::from_millis(
             config

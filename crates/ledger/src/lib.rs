@@ -253,10 +253,13 @@ pub enum Settle {
 /// on it (Redis `WAIT`). A Sentinel failover promotes a replica and loses
 /// what it had not received: a claim lost while its send is at the provider
 /// lets a copy of the job claim the delivery afresh and send it again.
+///
+/// The count is a floor, not "as many as are online": a primary whose
+/// replica went away may be the one that is cut off while Sentinel promotes
+/// that replica, and whatever it takes then is lost when it is demoted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replication {
-    /// At most this many, and never more than are online (a primary with no
-    /// replica online has nothing to fail over to). 0: never wait.
+    /// 0: never wait.
     pub acks: u64,
     /// How long one batch of writes waits for them.
     pub timeout: Duration,
@@ -269,16 +272,11 @@ impl Replication {
     };
 }
 
-/// How often the number of replicas online is read again.
-const REPLICAS_REFRESH: Duration = Duration::from_secs(1);
-
 #[derive(Clone)]
 pub struct Ledger {
     conn: RedisConnection,
     layout: KeyLayout,
     replication: Replication,
-    /// Replicas online, and when that was read (None: never).
-    replicas_online: std::sync::Arc<std::sync::Mutex<Option<(u64, std::time::Instant)>>>,
     owner: String,
     lease: Duration,
     horizon: Duration,
@@ -375,7 +373,6 @@ impl Ledger {
             },
             conn,
             replication: Replication::NONE,
-            replicas_online: Default::default(),
             owner: owner.to_string(),
             lease,
             horizon,
@@ -857,17 +854,17 @@ impl Ledger {
         self.query(&pipe).await
     }
 
-    /// [`Self::run`], then `WAIT` on the same connection until the replicas
-    /// online hold these writes (and every earlier one of this connection).
-    /// Short of them, the answers are not given: the writes may be lost by a
-    /// failover, and the caller must not act on them (it runs them again,
-    /// which each script answers the same).
+    /// [`Self::run`], then `WAIT` on the same connection until
+    /// `replication.acks` replicas hold these writes (and every earlier one
+    /// of this connection). Short of them, the answers are not given: the
+    /// writes may be lost by a failover, and the caller must not act on them
+    /// (it runs them again, which each script answers the same).
     async fn run_replicated<T: redis::FromRedisValue>(
         &self,
         invocations: &[ScriptInvocation<'_>],
     ) -> Result<Vec<T>> {
-        let needed = self.replicas_to_wait_for(false).await?;
-        if needed == 0 || invocations.is_empty() {
+        let needed = self.replication.acks;
+        if needed == 0 || self.conn.is_cluster() || invocations.is_empty() {
             return self.run(invocations).await;
         }
         let mut pipe = redis::pipe();
@@ -882,67 +879,15 @@ impl Ledger {
             Some(v) => redis::from_redis_value(v).map_err(RedisError::from)?,
             None => return Err(LedgerError::Protocol("no answer to WAIT".into())),
         };
-        let answers = values
+        if acked < needed {
+            metrics::counter!("herald_ledger_writes_not_replicated_total").increment(1);
+            return Err(LedgerError::NotReplicated { acked, needed });
+        }
+        Ok(values
             .into_iter()
             .map(redis::from_redis_value)
             .collect::<std::result::Result<Vec<T>, _>>()
-            .map_err(RedisError::from)?;
-        if acked >= needed {
-            return Ok(answers);
-        }
-        // Fewer than asked: a replica that went away (then a failover has
-        // one less to choose, and what it may promote has these writes), or
-        // one online that is behind.
-        let needed_now = self.replicas_to_wait_for(true).await?;
-        if acked >= needed_now {
-            metrics::counter!("herald_ledger_writes_past_missing_replicas_total").increment(1);
-            return Ok(answers);
-        }
-        metrics::counter!("herald_ledger_writes_not_replicated_total").increment(1);
-        Err(LedgerError::NotReplicated {
-            acked,
-            needed: needed_now,
-        })
-    }
-
-    /// How many replicas a write waits for: `replication.acks`, but no
-    /// more than are online now (read again each second, or at once when
-    /// `fresh`). Always 0 on a cluster.
-    async fn replicas_to_wait_for(&self, fresh: bool) -> Result<u64> {
-        if self.replication.acks == 0 || self.conn.is_cluster() {
-            return Ok(0);
-        }
-        let cached = *self
-            .replicas_online
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let online = match cached {
-            Some((online, at)) if !fresh && at.elapsed() < REPLICAS_REFRESH => online,
-            _ => {
-                let online = self.read_replicas_online().await?;
-                *self
-                    .replicas_online
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some((online, std::time::Instant::now()));
-                online
-            }
-        };
-        Ok(self.replication.acks.min(online))
-    }
-
-    /// Replicas of this primary that are online (INFO replication: a
-    /// replica still loading its first copy is connected but acknowledges
-    /// nothing).
-    async fn read_replicas_online(&self) -> Result<u64> {
-        let mut conn = self.conn.clone();
-        let info: redis::Value = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut conn)
-            .await?;
-        let mut texts = Vec::new();
-        collect_texts(&info, &mut texts);
-        Ok(texts.iter().map(|t| replicas_online(t)).sum())
+            .map_err(RedisError::from)?)
     }
 
     /// Runs a pipeline of EVALSHAs, loading the scripts once if Redis does not
@@ -988,16 +933,6 @@ fn collect_texts(value: &redis::Value, out: &mut Vec<String>) {
     }
 }
 
-/// The `slaveN:ip=…,state=online,…` lines of an INFO replication text.
-fn replicas_online(info: &str) -> u64 {
-    let online = info
-        .lines()
-        .filter(|l| l.starts_with("slave") && l.contains(':'))
-        .filter(|l| l.split(',').any(|field| field.trim() == "state=online"))
-        .count();
-    u64::try_from(online).unwrap_or(u64::MAX)
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -1014,22 +949,4 @@ fn parse_claim((kind, a, b, state): (String, i64, i64, String)) -> Result<Claim>
         "settled" => Claim::Settled { state },
         other => return Err(LedgerError::Protocol(other.to_string())),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::replicas_online;
-
-    #[test]
-    fn only_replicas_online_are_counted() {
-        let primary = "# Replication\r\nrole:master\r\nconnected_slaves:3\r\n\
-            slave0:ip=10.0.0.2,port=6380,state=online,offset=5180,lag=0\r\n\
-            slave1:ip=10.0.0.3,port=6380,state=wait_bgsave,offset=0,lag=0\r\n\
-            slave2:ip=10.0.0.4,port=6380,state=online,offset=5180,lag=1\r\n\
-            master_failover_state:no-failover\r\n";
-        assert_eq!(replicas_online(primary), 2);
-        let replica = "# Replication\r\nrole:slave\r\nmaster_host:10.0.0.1\r\n\
-            slave_read_only:1\r\nslave_repl_offset:5180\r\nconnected_slaves:0\r\n";
-        assert_eq!(replicas_online(replica), 0);
-    }
 }
