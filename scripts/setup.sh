@@ -86,6 +86,17 @@ ensure_openapi_validator() {
   fi
 }
 
+# The API is fuzzed from its OpenAPI document with schemathesis (PyPI),
+# pinned so that a new release's checks cannot change a run's verdict.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+  if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    herald_log "installing schemathesis $SCHEMATHESIS_VERSION"
+    python3 -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION" 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+}
+
 # The Kubernetes manifests are checked with kubernetes-validate (PyPI), which
 # carries the API schemas (no cluster needed).
 ensure_kubernetes_validate() {
@@ -110,6 +121,7 @@ ensure_all() {
   ensure_packages
   ensure_rust
   ensure_openapi_validator
+  ensure_schemathesis
   ensure_kubernetes_validate
   ensure_postgres
   ensure_redis

@@ -819,6 +819,65 @@ async fn the_leniency_decisions_hold() {
 }
 
 #[tokio::test]
+async fn campaigns_are_listed_newest_first_a_page_at_a_time() {
+    let env = TestEnv::start("campaignpages").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let mut made = Vec::new();
+    for i in 0..5 {
+        let r = env
+            .http
+            .post(format!("{gw}/v1/campaigns"))
+            .bearer_auth(&app.server_key)
+            .json(&json!({"name": format!("c{i}"), "notification": {"title": "t"}}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status(), 201);
+        let c: Value = r.json().await.expect("json");
+        made.push(c["id"].as_str().expect("id").to_string());
+    }
+    made.reverse();
+    let mut listed = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut url = format!("{gw}/v1/campaigns?limit=2");
+        if let Some(b) = &before {
+            url.push_str(&format!("&before={b}"));
+        }
+        let page: Value = env
+            .http
+            .get(url)
+            .bearer_auth(&app.server_key)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        for c in page["campaigns"].as_array().expect("campaigns") {
+            listed.push(c["id"].as_str().expect("id").to_string());
+        }
+        match page["next_before"].as_str() {
+            Some(next) => before = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(listed, made, "newest first, each once");
+    // Any campaign id is a cursor, one deleted since too.
+    let r = env
+        .http
+        .get(format!("{gw}/v1/campaigns?before={}", uuid::Uuid::new_v4()))
+        .bearer_auth(&app.server_key)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(r.status(), 200);
+    env.finish().await;
+}
+
+#[tokio::test]
 async fn a_key_over_its_rate_limit_gets_429_and_other_keys_do_not() {
     let mut env = TestEnv::start("ratelimit").await;
     env.extra_env

@@ -307,3 +307,44 @@ fn every_metric_is_documented() {
         "not in docs/observability.md: {missing:?}"
     );
 }
+
+/// An outsider's API fuzzer (schemathesis, pinned by the test script) run
+/// against a live gateway over every operation, statefully where the
+/// document's links allow: no 5xx, no response outside its schema, no status
+/// or content type the document does not list, no schema-valid request
+/// refused (except where tests/schemathesis.toml names a rule the schema
+/// cannot state). A fixed seed and a bounded number of examples keep it
+/// reproducible and to about half a minute.
+#[tokio::test]
+async fn an_api_fuzzer_finds_nothing_wrong() {
+    let env = TestEnv::start("fuzz").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let out = tokio::process::Command::new("python3")
+        .args(["-m", "schemathesis.cli", "--config-file"])
+        .arg(repo_file("tests/schemathesis.toml"))
+        .args(["run", &format!("{gw}/v1/openapi.json")])
+        .args(["-H", &format!("Authorization: Bearer {}", app.server_key)])
+        .args([
+            "--checks",
+            "all",
+            "--seed",
+            "20261202",
+            "--max-examples",
+            "30",
+        ])
+        .args(["--workers", "1", "--no-color"])
+        .output()
+        .await
+        .expect("python3 (the test script installs schemathesis)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    std::fs::write(env.log_dir.join("schemathesis.txt"), report.as_bytes()).expect("write");
+    assert!(
+        out.status.success(),
+        "the fuzzer found failures:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("passed"), "{report}");
+    env.finish().await;
+}

@@ -18,6 +18,7 @@ pub const MAX_RATE_PER_SECOND: u32 = 1_000_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignInput {
+    #[schema(pattern = r"\S", max_length = 200)]
     pub name: String,
     /// The message; `localizations` holds the per-language versions, the
     /// top-level title and body are the fallback, `ios` and `android` the
@@ -68,7 +69,7 @@ pub enum Schedule {
 impl CampaignInput {
     pub fn validate(&self) -> Result<(), FieldError> {
         let name = self.name.trim();
-        if name.is_empty() || self.name.len() > 200 {
+        if name.is_empty() || self.name.chars().count() > 200 {
             return Err(FieldError::new("name", "1 to 200 characters"));
         }
         self.notification

@@ -24,8 +24,10 @@ pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
 pub struct EventInput {
     /// The app's id for this event: the same id sent again is the same event,
     /// and never fires a rule twice.
+    #[schema(pattern = r"^[\x20-\x7E]{1,128}$")]
     pub event_id: String,
     /// e.g. `cart_abandoned`.
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
     pub name: String,
     /// Who did it: the app's user id (every installation of the user)...
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,10 +164,10 @@ pub enum QuietAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuietHours {
-    #[schema(value_type = String, example = "22:00")]
+    #[schema(value_type = String, example = "22:00", pattern = "^([01]?[0-9]|2[0-3]):[0-5][0-9]$")]
     #[serde(with = "hhmm")]
     pub start: NaiveTime,
-    #[schema(value_type = String, example = "08:00")]
+    #[schema(value_type = String, example = "08:00", pattern = "^([01]?[0-9]|2[0-3]):[0-5][0-9]$")]
     #[serde(with = "hhmm")]
     pub end: NaiveTime,
     pub action: QuietAction,
@@ -225,8 +227,10 @@ impl QuietHours {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerInput {
+    #[schema(pattern = r"\S", max_length = 200)]
     pub name: String,
     /// The event that starts it, e.g. `cart_abandoned`.
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
     pub entry_event: String,
     /// Conditions on the entry event's attributes (`attributes.NAME`), in the
     /// audience filter language.
@@ -310,7 +314,7 @@ fn templated_fields(n: &mut Notification) -> Vec<(String, &mut String)> {
 
 impl TriggerInput {
     pub fn validate(&self) -> Result<(), FieldError> {
-        if self.name.trim().is_empty() || self.name.len() > 200 {
+        if self.name.trim().is_empty() || self.name.chars().count() > 200 {
             return Err(FieldError::new("name", "1 to 200 characters"));
         }
         if !valid_name(&self.entry_event) {

@@ -64,7 +64,17 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
         Ok(Value::from(v))
     }
 
+    /// A number with no fraction is an integer, whatever its spelling
+    /// (`5.0`, `5e0`): JSON Schema says so, and the fields that take whole
+    /// numbers take it.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 {
+            return Ok(Value::from(v as i64));
+        }
+        if v.fract() == 0.0 && v >= 0.0 && v < u64::MAX as f64 {
+            return Ok(Value::from(v as u64));
+        }
         Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
@@ -190,10 +200,22 @@ mod tests {
         assert!(json(r#"{"to":{"tokens":[{"token":"a","token":"b"}]}}"#).is_err());
         let same_name_apart = json(r#"{"a":{"x":1},"b":{"x":2}}"#).expect("valid");
         assert_eq!(same_name_apart["b"]["x"], 2);
-        let values = json(r#"[1,-2,2.5,18446744073709551615,null,true,"s",{}]"#).expect("valid");
+        let values = json(r#"[1,-2,2.5,18446744073709551615,null,true,"s",{},161929.0,-3e2]"#)
+            .expect("valid");
         assert_eq!(
             values,
-            serde_json::json!([1, -2, 2.5, 18446744073709551615u64, null, true, "s", {}])
+            serde_json::json!([
+                1,
+                -2,
+                2.5,
+                18446744073709551615u64,
+                null,
+                true,
+                "s",
+                {},
+                161929,
+                -300
+            ])
         );
     }
 

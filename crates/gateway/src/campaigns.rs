@@ -80,11 +80,8 @@ pub(crate) struct ListQuery {
     /// At most 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
-    /// The `next_before` of the previous page (an RFC 3339 time, `_`, a
-    /// campaign id).
-    #[param(
-        pattern = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    )]
+    /// The `next_before` of the previous page (a campaign id).
+    #[param(value_type = Option<uuid::Uuid>)]
     before: Option<String>,
     /// Only campaigns in this status.
     #[param(value_type = Option<herald_core::campaign::CampaignStatus>)]
@@ -285,14 +282,7 @@ pub(crate) async fn list(
         .before
         .as_deref()
         .map(|b| {
-            let (at, id) = b.split_once('_')?;
-            Some((
-                DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
-                Uuid::from_str(id).ok()?,
-            ))
-        })
-        .map(|p| {
-            p.ok_or_else(|| {
+            Uuid::from_str(b).map_err(|_| {
                 Problem::invalid_field("before", "pass the `next_before` of the previous page")
             })
         })
@@ -307,9 +297,7 @@ pub(crate) async fn list(
         campaigns.push(view(&state, c).await?);
     }
     let next_before = if more {
-        campaigns
-            .last()
-            .map(|c| format!("{}_{}", c.created_at.to_rfc3339(), c.id))
+        campaigns.last().map(|c| c.id.to_string())
     } else {
         None
     };

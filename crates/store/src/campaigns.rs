@@ -258,23 +258,25 @@ impl Store {
     }
 
     /// Newest first, a page at a time (keyset on creation time and id).
+    /// The app's campaigns, newest first: campaign ids are UUIDv7, ordered
+    /// by when they were made, so a page ends at an id and the next starts
+    /// below it (an id deleted since, or any other, still works as a cursor).
     pub async fn campaigns_page(
         &self,
         app: AppId,
-        before: Option<(DateTime<Utc>, Uuid)>,
+        before: Option<Uuid>,
         status_filter: Option<CampaignStatus>,
         limit: i64,
     ) -> Result<Vec<Campaign>> {
         let rows: Vec<CampaignRow> = sqlx::query_as(&format!(
             "SELECT {CAMPAIGN_COLUMNS} FROM campaigns c
              WHERE c.app_id = $1
-               AND ($2::timestamptz IS NULL OR (c.created_at, c.id) < ($2, $3))
-               AND ($4::text IS NULL OR c.status = $4)
-             ORDER BY c.created_at DESC, c.id DESC LIMIT $5"
+               AND ($2::uuid IS NULL OR c.id < $2)
+               AND ($3::text IS NULL OR c.status = $3)
+             ORDER BY c.id DESC LIMIT $4"
         ))
         .bind(app.as_uuid())
-        .bind(before.map(|b| b.0))
-        .bind(before.map(|b| b.1))
+        .bind(before)
         .bind(status_filter.map(|s| s.as_str()))
         .bind(limit)
         .fetch_all(&self.pool)
