@@ -445,6 +445,49 @@ async fn herald_keeps_its_ledger_and_rate_limits_on_a_redis_cluster() {
     env.finish().await;
 }
 
+/// A round claims again only before it has sent anything (its claims were
+/// not answered, or the replicas did not hold them in time): its own claim
+/// whose lease ran out meanwhile is its own again, not a takeover, which an
+/// `at_most_once` delivery would record as "unknown" though it never left.
+#[tokio::test]
+async fn a_round_claiming_again_after_its_lease_ran_out_is_no_takeover() {
+    let dir = test_dir("ledger-own-expired");
+    let redis = herald_tests::PrivateRedis::start(&dir);
+    let endpoint = RedisEndpoint {
+        target: RedisTarget::Standalone { url: redis.url() },
+        ca_cert_pem: None,
+    };
+    let short = Duration::from_millis(200);
+    let ledger = Ledger::connect(&endpoint, &prefix(), "sender-a", short, HORIZON)
+        .await
+        .expect("ledger");
+    let id = ids(2);
+    let first = ledger.claim_batch(&id, "round-1").await.expect("claim");
+    assert_eq!(first.claims, vec![Claim::Claimed { epoch: 1 }; 2]);
+    tokio::time::sleep(short * 2).await;
+    let again = ledger
+        .claim_batch(&id[..1], "round-1")
+        .await
+        .expect("claim");
+    assert_eq!(again.claims, vec![Claim::Claimed { epoch: 1 }], "its own");
+    let other = ledger
+        .claim_batch(&id[1..], "round-2")
+        .await
+        .expect("claim");
+    assert!(
+        matches!(
+            other.claims[0],
+            Claim::TakenOver {
+                epoch: 2,
+                takeovers: 1
+            }
+        ),
+        "another round's is a takeover: {:?}",
+        other.claims
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn a_round_gets_its_own_claims_back_and_a_doubt_outlives_a_release() {
     let dir = test_dir("ledger-rounds");

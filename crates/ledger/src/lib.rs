@@ -47,8 +47,10 @@ pub enum LedgerError {
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 // An owner is one sender round: a round that runs its claims again (the
-// first answer was lost) gets its own live claims back, keeping their epoch
-// and doubt. A released delivery with doubts (`takeovers`) is claimed as a
+// first answer was lost, or Redis's replicas did not hold them in time) gets
+// its own claims back, keeping their epoch and doubt, even once their lease
+// ran out: a round claims again only before it has sent anything, so its
+// own expired claim is no takeover. A released delivery with doubts (`takeovers`) is claimed as a
 // takeover: an earlier attempt may have reached the device.
 const CLAIM: &str = r#"
 local intact = redis.call('EXISTS', KEYS[2])
@@ -82,6 +84,9 @@ if lease_until > now and e[5] == ARGV[1] then
 end
 if lease_until > now then
   return {'busy', lease_until - now, 0, '', intact, seq}
+end
+if e[5] == ARGV[1] then
+  return claimed(tonumber(e[2]), takeovers)
 end
 return claimed(tonumber(e[2]) + 1, takeovers + 1)
 "#;
@@ -275,6 +280,11 @@ impl Replication {
 #[derive(Clone)]
 pub struct Ledger {
     conn: RedisConnection,
+    /// Claims and settles that wait for replicas go on a connection of
+    /// their own: `WAIT` blocks its connection until the replicas answer,
+    /// and renewals queued behind it on the same connection could let
+    /// leases run out while a replica is slow.
+    waited: RedisConnection,
     layout: KeyLayout,
     replication: Replication,
     owner: String,
@@ -366,12 +376,14 @@ impl Ledger {
         horizon: Duration,
     ) -> Result<Self> {
         let conn = RedisConnection::connect(endpoint).await?;
+        let waited = RedisConnection::connect(endpoint).await?;
         Ok(Self {
             layout: KeyLayout {
                 prefix: prefix.to_string(),
                 bucketed: conn.is_cluster(),
             },
             conn,
+            waited,
             replication: Replication::NONE,
             owner: owner.to_string(),
             lease,
@@ -874,7 +886,7 @@ impl Ledger {
         pipe.cmd("WAIT")
             .arg(needed)
             .arg(millis(self.replication.timeout).max(1));
-        let mut values: Vec<redis::Value> = self.query(&pipe).await?;
+        let mut values: Vec<redis::Value> = self.query_on(&self.waited, &pipe).await?;
         let acked: u64 = match values.pop() {
             Some(v) => redis::from_redis_value(v).map_err(RedisError::from)?,
             None => return Err(LedgerError::Protocol("no answer to WAIT".into())),
@@ -894,7 +906,15 @@ impl Ledger {
     /// know them (first use, or after a restart emptied its script cache). A
     /// NOSCRIPT fails every call of the pipeline alike, so the retry is safe.
     async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
-        let mut conn = self.conn.clone();
+        self.query_on(&self.conn, pipe).await
+    }
+
+    async fn query_on<T: redis::FromRedisValue>(
+        &self,
+        conn: &RedisConnection,
+        pipe: &redis::Pipeline,
+    ) -> Result<T> {
+        let mut conn = conn.clone();
         match pipe.query_async(&mut conn).await {
             Ok(v) => Ok(v),
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
