@@ -97,6 +97,17 @@ ensure_schemathesis() {
   fi
 }
 
+# A client generated from the OpenAPI document (openapi-python-client, PyPI,
+# pinned) runs the quick start in a test.
+OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
+ensure_openapi_python_client() {
+  if ! python3 -m pip show openapi-python-client 2>/dev/null | grep -q "^Version: $OPENAPI_PYTHON_CLIENT_VERSION\$"; then
+    herald_log "installing openapi-python-client $OPENAPI_PYTHON_CLIENT_VERSION"
+    python3 -m pip install -q "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION" 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
+  fi
+}
+
 # The Kubernetes manifests are checked with kubernetes-validate (PyPI), which
 # carries the API schemas (no cluster needed).
 ensure_kubernetes_validate() {
@@ -122,6 +133,7 @@ ensure_all() {
   ensure_rust
   ensure_openapi_validator
   ensure_schemathesis
+  ensure_openapi_python_client
   ensure_kubernetes_validate
   ensure_postgres
   ensure_redis
