@@ -15,6 +15,9 @@ pub const APNS_MAX_PAYLOAD_BYTES: usize = 4096;
 /// FCM's documented limit for a message's notification and data.
 pub const FCM_MAX_PAYLOAD_BYTES: usize = 4096;
 
+/// What the device shows. It must show something: a title, a body or data
+/// (a background push, `ios.push_type = background`, shows none), and fit
+/// APNs's and FCM's 4096-byte payloads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Notification {

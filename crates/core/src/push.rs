@@ -28,6 +28,7 @@ pub struct PushRequest {
 /// The furthest ahead a push may be scheduled.
 pub const MAX_SEND_AHEAD_DAYS: i64 = 30;
 
+/// Who gets the push: at least one recipient among the three lists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Targets {

@@ -19,9 +19,13 @@ const TOKEN_MIN_AGE: Duration = Duration::from_secs(20 * 60);
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApnsCredentials {
+    /// Token auth: the Apple team id, 10 letters and digits.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schema(pattern = "^([A-Za-z0-9]{10})?$")]
     pub team_id: String,
+    /// Token auth: the key id, 10 letters and digits.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schema(pattern = "^([A-Za-z0-9]{10})?$")]
     pub key_id: String,
     /// Token auth: the .p8 file's contents (PKCS#8 PEM, P-256).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -31,6 +35,7 @@ pub struct ApnsCredentials {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_pem: Option<String>,
     /// The app's bundle id, sent as `apns-topic`.
+    #[schema(pattern = r"^\S+$")]
     pub topic: String,
 }
 
