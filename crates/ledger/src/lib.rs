@@ -798,7 +798,9 @@ impl Ledger {
         let owner = self.round_owner(round);
         let mut invocation = self.doubt.key(self.key(id));
         invocation.arg(&owner).arg(epoch);
-        let answers: Vec<i64> = self.run(&[invocation]).await?;
+        // Held by a replica before the resend leaves: a doubt a failover
+        // lost would let the next owner resend once more.
+        let answers: Vec<i64> = self.run_replicated(&[invocation]).await?;
         Ok(answers.first() == Some(&1))
     }
 
