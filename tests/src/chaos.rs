@@ -162,17 +162,32 @@ impl Fault {
         }
     }
 
-    /// A fault that can leave a send's outcome unknown: the provider not
-    /// answering within the request timeout (twice, under at_least_once), or
-    /// its sender dying or stalling mid-send.
-    fn may_leave_unknown(&self) -> bool {
-        matches!(
-            self,
-            Fault::ProviderStalled
-                | Fault::ProviderSlow
-                | Fault::Kill(Role::Sender(_))
-                | Fault::Stop(Role::Sender(_))
-        )
+    /// When a fault that landed at `start` and was healed at `healed` can
+    /// leave a send's outcome unknown, if it can: the provider not answering
+    /// within the request timeout while it is slow or stalled (twice, under
+    /// `at_least_once`); a sender dying or stalling mid-send, its claims
+    /// taken over once its lease ran out and a copy of each job came back
+    /// (which waits for Kafka to hand the partition over, so up to a minute
+    /// later); Redis failing over or pausing long enough for live leases to
+    /// run out before their renewals reached the new primary.
+    fn unknown_window(
+        &self,
+        start: chrono::DateTime<chrono::Utc>,
+        healed: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Option<std::ops::RangeInclusive<chrono::DateTime<chrono::Utc>>> {
+        let after = |s: i64| chrono::Duration::seconds(s);
+        match self {
+            Fault::ProviderStalled | Fault::ProviderSlow => {
+                Some(start..=healed.unwrap_or(start) + after(20))
+            }
+            Fault::Kill(Role::Sender(_)) | Fault::Stop(Role::Sender(_)) => {
+                Some(start..=healed.unwrap_or(start).max(start) + after(60))
+            }
+            Fault::RedisFailover | Fault::RedisPaused => {
+                Some(start..=healed.unwrap_or(start).max(start) + after(30))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -195,6 +210,8 @@ struct Run {
     /// (when, fault) for every fault injected, in chrono time to compare
     /// with the simulators' record.
     log: Vec<(chrono::DateTime<chrono::Utc>, Fault)>,
+    /// When each fault of `log` (by index) was healed.
+    healed: HashMap<usize, chrono::DateTime<chrono::Utc>>,
     rng: StdRng,
     event_bursts: Vec<i64>,
     campaign_paused: bool,
@@ -276,6 +293,7 @@ pub async fn run(minutes: f64, seed: u64, kafka: KafkaKind) -> Summary {
         triggers: vec![Some(second_triggers)],
         down: HashSet::new(),
         log: Vec::new(),
+        healed: HashMap::new(),
         rng: StdRng::seed_from_u64(seed),
         event_bursts: Vec::new(),
         campaign_paused: false,
@@ -650,6 +668,12 @@ impl Run {
     }
 
     async fn heal(&mut self, fault: Fault) {
+        if let Some(i) = (0..self.log.len())
+            .rev()
+            .find(|i| self.log[*i].1 == fault && !self.healed.contains_key(i))
+        {
+            self.healed.insert(i, chrono::Utc::now());
+        }
         match fault {
             Fault::Kill(role) | Fault::Term(role) => self.restart(role).await,
             Fault::Stop(role) => {
@@ -818,13 +842,13 @@ impl Run {
                 let cause = self
                     .log
                     .iter()
+                    .enumerate()
                     .rev()
-                    .find(|(when, f)| {
-                        f.may_leave_unknown()
-                            && *when <= *at
-                            && *when >= *at - chrono::Duration::seconds(15)
+                    .find(|(i, (when, f))| {
+                        f.unknown_window(*when, self.healed.get(i).copied())
+                            .is_some_and(|w| w.contains(at))
                     })
-                    .map(|(_, f)| f.name());
+                    .map(|(_, (_, f))| f.name());
                 (m.clone(), t.clone(), cause)
             })
             .collect();
