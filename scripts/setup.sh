@@ -90,7 +90,7 @@ ensure_openapi_validator() {
 # pinned so that a new release's checks cannot change a run's verdict.
 SCHEMATHESIS_VERSION=4.32.5
 ensure_schemathesis() {
-  if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  if [ "$(python3 -m schemathesis.cli --version 2>/dev/null | sed -n 's/.*version //p')" != "$SCHEMATHESIS_VERSION" ]; then
     herald_log "installing schemathesis $SCHEMATHESIS_VERSION"
     python3 -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION" 2>/dev/null \
       || python3 -m pip install -q --break-system-packages "schemathesis==$SCHEMATHESIS_VERSION"
@@ -101,7 +101,9 @@ ensure_schemathesis() {
 # pinned) runs the quick start in a test.
 OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
 ensure_openapi_python_client() {
-  if ! python3 -m pip show openapi-python-client 2>/dev/null | grep -q "^Version: $OPENAPI_PYTHON_CLIENT_VERSION\$"; then
+  # (A command substitution, not `| grep -q`: under pipefail, grep leaving
+  # early would fail the pipe and reinstall every time.)
+  if [ "$(python3 -m pip show openapi-python-client 2>/dev/null | sed -n 's/^Version: //p')" != "$OPENAPI_PYTHON_CLIENT_VERSION" ]; then
     herald_log "installing openapi-python-client $OPENAPI_PYTHON_CLIENT_VERSION"
     python3 -m pip install -q "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION" 2>/dev/null \
       || python3 -m pip install -q --break-system-packages "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
