@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 /// `HERALD_*` variable of the benchmark's own environment (to compare
 /// settings run by run: `HERALD_SENDER__BATCH_SIZE=100 herald-bench ...`).
 pub(crate) async fn start_env(name: &str, settings: &[(&str, &str)]) -> TestEnv {
+    // Not the database: each scenario has its own (scripts/setup.sh exports
+    // HERALD_POSTGRES__URL for `herald dev`, and applied here it sent the
+    // processes to that one while the bench seeded its own).
     let overrides: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("HERALD_"))
+        .filter(|(k, _)| k.starts_with("HERALD_") && k != "HERALD_POSTGRES__URL")
         .collect();
     for (k, v) in &overrides {
         eprintln!("setting from the environment: {k}={v}");
