@@ -110,6 +110,48 @@ ensure_openapi_python_client() {
   fi
 }
 
+# Node.js and npm (Debian's), for the JavaScript clients the tests and the
+# benchmarks drive.
+ensure_node() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    herald_log "installing nodejs and npm"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+  fi
+}
+
+# A Python virtual environment at $1 (for clients whose dependencies stay out
+# of the system Python).
+ensure_venv() {
+  [ -x "$1/bin/python" ] && return 0
+  python3 -m venv "$1" 2>/dev/null || {
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$1"
+  }
+}
+
+# The third-party clients the simulator's conformance tests drive
+# (tests/tests/conformance.rs), pinned: @parse/node-apn (npm) and Google's
+# Firebase Admin SDK for Python (PyPI), under target/conformance. Only the
+# test script needs them.
+NODE_APN_VERSION=8.1.0
+FIREBASE_ADMIN_VERSION=7.7.0
+ensure_conformance_clients() {
+  local dir=${HERALD_CONFORMANCE_DIR:-${CARGO_TARGET_DIR:-target}/conformance}
+  ensure_node
+  if [ "$(cd "$dir/node" 2>/dev/null && node -p "require('@parse/node-apn/package.json').version" 2>/dev/null)" != "$NODE_APN_VERSION" ]; then
+    herald_log "installing @parse/node-apn $NODE_APN_VERSION in $dir/node"
+    mkdir -p "$dir/node"
+    npm install --silent --no-audit --no-fund --prefix "$dir/node" "@parse/node-apn@$NODE_APN_VERSION"
+  fi
+  if [ "$("$dir/venv/bin/python" -c 'import firebase_admin; print(firebase_admin.__version__)' 2>/dev/null)" != "$FIREBASE_ADMIN_VERSION" ]; then
+    herald_log "installing firebase-admin $FIREBASE_ADMIN_VERSION in $dir/venv"
+    ensure_venv "$dir/venv"
+    "$dir/venv/bin/pip" install -q "firebase-admin==$FIREBASE_ADMIN_VERSION"
+  fi
+}
+
 # The Kubernetes manifests are checked with kubernetes-validate (PyPI), which
 # carries the API schemas (no cluster needed).
 ensure_kubernetes_validate() {

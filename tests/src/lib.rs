@@ -64,6 +64,19 @@ pub fn free_address() -> String {
     probe.local_addr().expect("addr").to_string()
 }
 
+/// Cargo's target directory (where test logs and installed test clients go).
+pub fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            herald_bin()
+                .parent()
+                .and_then(|p| p.parent())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("target"))
+        })
+}
+
 pub fn herald_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TEST_HERALD_BIN") {
         return PathBuf::from(p);
@@ -286,15 +299,7 @@ impl TestEnv {
         let broker = EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("embedded broker");
         let db_name = format!("herald_t_{}_{}", name, &run[..12]);
         let db_url = format!("{}/{}", postgres_base(), db_name);
-        let log_dir = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                herald_bin()
-                    .parent()
-                    .and_then(|p| p.parent())
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("target"))
-            })
+        let log_dir = target_dir()
             .join("test-logs")
             .join(format!("{name}-{}", &run[..8]));
         std::fs::create_dir_all(&log_dir).expect("log dir");
@@ -408,50 +413,11 @@ impl TestEnv {
         let log_path = self
             .log_dir
             .join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
-        let log = std::fs::File::create(&log_path).expect("log file");
         let mut command = self.command(args);
         command.envs(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawning herald");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut url = None;
-        let mut tls_url = None;
-        if listens {
-            let prefix = format!("listening {} ", args[0]);
-            let tls_prefix = format!("listening {}-tls ", args[0]);
-            let found = tokio::time::timeout(Duration::from_secs(30), async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(u) = line.strip_prefix(&tls_prefix) {
-                        tls_url = Some(u.to_string());
-                    } else if let Some(u) = line.strip_prefix(&prefix) {
-                        return Some(u.to_string());
-                    }
-                }
-                None
-            })
-            .await;
-            url = match found {
-                Ok(Some(u)) => Some(u),
-                _ => panic!("{name} did not start; see {}", self.log_dir.display()),
-            };
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        HeraldProcess {
-            name: name.to_string(),
-            child,
-            url,
-            tls_url,
-            log: log_path,
-        }
+        spawn_herald(command, name, args, listens, log_path).await
     }
 
-    /// Runs a one-shot command to completion and returns its stdout.
     /// Runs a command that may fail: its exit status, stdout and stderr.
     pub async fn run_cli_unchecked(&self, args: &[&str]) -> std::process::Output {
         self.command(args).output().await.expect("running herald")
@@ -849,4 +815,74 @@ fn caught_up(bootstrap: &str, group: &str, topic: &str) -> bool {
             _ => high == 0,
         }
     })
+}
+
+/// Starts `herald` as `command` says, logging to `log_path`; with `listens`,
+/// waits for the address it prints.
+async fn spawn_herald(
+    mut command: Command,
+    name: &str,
+    args: &[&str],
+    listens: bool,
+    log_path: PathBuf,
+) -> HeraldProcess {
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning herald");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut url = None;
+    let mut tls_url = None;
+    if listens {
+        let prefix = format!("listening {} ", args[0]);
+        let tls_prefix = format!("listening {}-tls ", args[0]);
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(u) = line.strip_prefix(&tls_prefix) {
+                    tls_url = Some(u.to_string());
+                } else if let Some(u) = line.strip_prefix(&prefix) {
+                    return Some(u.to_string());
+                }
+            }
+            None
+        })
+        .await;
+        url = match found {
+            Ok(Some(u)) => Some(u),
+            _ => panic!("{name} did not start; see {}", log_path.display()),
+        };
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    HeraldProcess {
+        name: name.to_string(),
+        child,
+        url,
+        tls_url,
+        log: log_path,
+    }
+}
+
+/// `herald sim` on its own (no broker, no database), for tests of the
+/// simulator itself, logging under `log_dir`.
+pub async fn start_simulator(log_dir: &std::path::Path) -> HeraldProcess {
+    let mut command = Command::new(herald_bin());
+    command.arg("sim");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HERALD_") {
+            command.env_remove(k);
+        }
+    }
+    command.envs([
+        ("HERALD_SIM__LISTEN", "127.0.0.1:0"),
+        ("HERALD_SIM__TLS_LISTEN", "127.0.0.1:0"),
+        ("HERALD_LOG", "info"),
+    ]);
+    std::fs::create_dir_all(log_dir).expect("log directory");
+    let log = log_dir.join(format!("sim-{}.log", uuid::Uuid::new_v4().simple()));
+    spawn_herald(command, "sim", &["sim"], true, log).await
 }

@@ -90,7 +90,7 @@ pub async fn run(mut config: Config) -> Result<()> {
 
     eprintln!(
         "\nHerald is running (dev mode: embedded broker, APNs/FCM simulators).\n\
-         \n  API            http://{gateway}\n  dashboard      http://{gateway}/dashboard   ({DEV_OPERATOR_EMAIL} / {DEV_OPERATOR_PASSWORD}, dev only)\n  simulators     {sim_url}   (record: {sim_url}/sim/deliveries)\n  demo app       {app}\n  server key     {DEV_SERVER_KEY}   (dev only)\n\
+         \n  API            http://{gateway}\n  dashboard      http://{gateway}/dashboard   ({DEV_OPERATOR_EMAIL} / {DEV_OPERATOR_PASSWORD}, dev only)\n  simulators     {sim_url}   (record: {sim_url}/sim/deliveries)\n  your clients   {sim_url}/sim/apns-key.p8, /sim/service-account.json, /sim/tls-certificate   (docs/simulators.md)\n  demo app       {app}\n  server key     {DEV_SERVER_KEY}   (dev only)\n\
          \nSend a push:\n\n  curl -s http://{gateway}/v1/push \\\n    -H 'Authorization: Bearer {DEV_SERVER_KEY}' \\\n    -H 'Content-Type: application/json' \\\n    -H 'Idempotency-Key: \"my-first-push\"' \\\n    -d '{{\"to\":{{\"tokens\":[{{\"platform\":\"ios\",\"token\":\"a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90\"}}]}},\"notification\":{{\"title\":\"Hello\",\"body\":\"from Herald\"}}}}'\n\
          \nThen see it arrive:  curl -s {sim_url}/sim/deliveries\n"
     );

@@ -1,45 +1,75 @@
 //! The APNs provider API: `POST /3/device/{token}` over HTTP/2.
 
+use crate::errors;
 use crate::state::{SimState, Verdict, APNS_KEY_ID, APNS_TEAM_ID, APNS_TOPIC};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Version};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
+use herald_core::payload::ApnsPushType;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use std::sync::Arc;
 use uuid::Uuid;
 
-const MAX_PAYLOAD: usize = 4096;
-const MAX_VOIP_PAYLOAD: usize = 5120;
 /// Apple rejects provider tokens older than one hour.
 const TOKEN_MAX_AGE_SECS: i64 = 3600;
-const PUSH_TYPES: [&str; 9] = [
-    "alert",
-    "background",
-    "location",
-    "voip",
-    "complication",
-    "fileprovider",
-    "mdm",
-    "liveactivity",
-    "pushtotalk",
+/// Request headers Apple refuses to see twice (`DuplicateHeaders`).
+const SINGLE_HEADERS: [&str; 7] = [
+    "authorization",
+    "apns-id",
+    "apns-topic",
+    "apns-push-type",
+    "apns-priority",
+    "apns-expiration",
+    "apns-collapse-id",
 ];
 
-fn error(status: StatusCode, reason: &str, apns_id: &str) -> Response {
+/// An APNs error answer. Apple always names the request in `apns-id`: the one
+/// the request gave, or a UUID of its own.
+fn error(status: StatusCode, reason: &str, apns_id: &str, retry_after: Option<u64>) -> Response {
     let mut body = serde_json::json!({ "reason": reason });
     if status == StatusCode::GONE {
         body["timestamp"] = serde_json::json!(chrono::Utc::now().timestamp_millis());
     }
-    (status, [("apns-id", apns_id.to_string())], axum::Json(body)).into_response()
+    let mut response =
+        (status, [("apns-id", apns_id.to_string())], axum::Json(body)).into_response();
+    if let Some(secs) = retry_after.filter(|_| errors::may_retry_after(status.as_u16())) {
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from(secs));
+    }
+    response
 }
 
-pub(crate) async fn method_not_allowed() -> Response {
-    error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "")
+/// The request's `apns-id` when it is a UUID, else a new one.
+fn answer_id(headers: &HeaderMap) -> String {
+    headers
+        .get("apns-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| Uuid::parse_str(id).is_ok())
+        .map_or_else(|| Uuid::new_v4().to_string(), str::to_string)
 }
 
-pub(crate) async fn bad_path() -> Response {
-    error(StatusCode::NOT_FOUND, "BadPath", "")
+pub(crate) async fn method_not_allowed(headers: HeaderMap) -> Response {
+    let id = answer_id(&headers);
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        &id,
+        None,
+    )
+}
+
+pub(crate) async fn bad_path(headers: HeaderMap) -> Response {
+    let id = answer_id(&headers);
+    error(StatusCode::NOT_FOUND, "BadPath", &id, None)
+}
+
+/// `POST /3/device/` with nothing after it.
+pub(crate) async fn missing_device_token(headers: HeaderMap) -> Response {
+    let id = answer_id(&headers);
+    error(StatusCode::BAD_REQUEST, "MissingDeviceToken", &id, None)
 }
 
 #[derive(Deserialize)]
@@ -65,24 +95,29 @@ pub(crate) async fn send(
     }
     let _in_flight = conn.as_ref().map(|c| c.0.enter());
     state.count_request(conn.as_ref().map(|c| c.0.as_ref()));
-    if let Verdict::Fail(status) = state.before_judging().await {
-        let reason = match status {
-            429 => "TooManyRequests",
-            500 => "InternalServerError",
-            _ => "ServiceUnavailable",
-        };
+    let apns_id = answer_id(&headers);
+    let retry_after = state.faults().retry_after_secs;
+    let reject = |status, reason: &str| error(status, reason, &apns_id, retry_after);
+    if let Verdict::Fail(faults) = state.before_judging().await {
+        let status = faults.fail_status.unwrap_or(503);
+        let reason = faults
+            .apns_reason
+            .as_deref()
+            .unwrap_or_else(|| errors::apns_reason_for(status));
+        let status = errors::apns_status(reason).unwrap_or(status);
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return error(status, reason, "");
+        return error(status, reason, &apns_id, faults.retry_after_secs);
+    }
+    if SINGLE_HEADERS
+        .iter()
+        .any(|name| headers.get_all(*name).iter().count() > 1)
+    {
+        return reject(StatusCode::BAD_REQUEST, "DuplicateHeaders");
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let apns_id = match header("apns-id") {
-        Some(id) => match Uuid::parse_str(id) {
-            Ok(_) => id.to_string(),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "BadMessageId", ""),
-        },
-        None => Uuid::new_v4().to_string(),
-    };
-    let reject = |status, reason: &str| error(status, reason, &apns_id);
+    if header("apns-id").is_some_and(|id| Uuid::parse_str(id).is_err()) {
+        return reject(StatusCode::BAD_REQUEST, "BadMessageId");
+    }
 
     // Authentication first, as Apple does: a provider token, or a client
     // certificate verified in the TLS handshake.
@@ -92,8 +127,15 @@ pub(crate) async fn send(
             let Some(jwt) = auth.strip_prefix("bearer ") else {
                 return reject(StatusCode::FORBIDDEN, "InvalidProviderToken");
             };
-            if let Err(reason) = verify_provider_token(&state, jwt) {
-                return reject(StatusCode::FORBIDDEN, reason);
+            let iat = match verify_provider_token(&state, jwt) {
+                Ok(iat) => iat,
+                Err(reason) => return reject(StatusCode::FORBIDDEN, reason),
+            };
+            if conn
+                .as_ref()
+                .is_some_and(|c| !c.0.take_provider_token(jwt, iat))
+            {
+                return reject(StatusCode::TOO_MANY_REQUESTS, "TooManyProviderTokenUpdates");
             }
         }
         None if certificate => {}
@@ -103,29 +145,46 @@ pub(crate) async fn send(
     if token.len() < 16 || token.len() > 200 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return reject(StatusCode::BAD_REQUEST, "BadDeviceToken");
     }
-    let Some(topic) = header("apns-topic") else {
-        return reject(StatusCode::BAD_REQUEST, "MissingTopic");
+    // A certificate names its app's topic (its subject's UID): Apple takes
+    // that one when a request with certificate auth gives none.
+    let topic = match header("apns-topic") {
+        Some(topic) => topic,
+        None if certificate && header("authorization").is_none() => APNS_TOPIC,
+        None => return reject(StatusCode::BAD_REQUEST, "MissingTopic"),
     };
     let push_type = header("apns-push-type").unwrap_or("alert");
-    if !PUSH_TYPES.contains(&push_type) {
+    let Ok(kind) = serde_json::from_value::<ApnsPushType>(serde_json::json!(push_type)) else {
         return reject(StatusCode::BAD_REQUEST, "InvalidPushType");
-    }
-    let base_topic = [
-        ".voip-ptt",
-        ".voip",
-        ".complication",
-        ".pushkit.fileprovider",
-        ".location-query",
-        ".push-type.liveactivity",
+    };
+    let suffixes = [
+        ApnsPushType::Voip,
+        ApnsPushType::Pushtotalk,
+        ApnsPushType::Complication,
+        ApnsPushType::Fileprovider,
+        ApnsPushType::Location,
+        ApnsPushType::Liveactivity,
     ]
-    .iter()
-    .find_map(|suffix| topic.strip_suffix(suffix))
-    .unwrap_or(topic);
+    .map(|t| t.topic_suffix());
+    let base_topic = suffixes
+        .iter()
+        .find_map(|suffix| topic.strip_suffix(suffix))
+        .unwrap_or(topic);
     if base_topic != APNS_TOPIC {
         return reject(StatusCode::BAD_REQUEST, "TopicDisallowed");
     }
+    // A VoIP, complication, file-provider, location, Live Activity or
+    // push-to-talk token belongs to the topic with that type's suffix (and
+    // only those do): sent elsewhere, Apple answers that the token is not
+    // for that topic.
+    if topic.len() != base_topic.len() + kind.topic_suffix().len()
+        || !topic.ends_with(kind.topic_suffix())
+    {
+        return reject(StatusCode::BAD_REQUEST, "DeviceTokenNotForTopic");
+    }
     let priority = header("apns-priority").unwrap_or("10");
-    if !["1", "5", "10"].contains(&priority) || (push_type == "background" && priority != "5") {
+    if !["1", "5", "10"].contains(&priority)
+        || (kind == ApnsPushType::Background && priority != "5")
+    {
         return reject(StatusCode::BAD_REQUEST, "BadPriority");
     }
     if let Some(exp) = header("apns-expiration") {
@@ -140,12 +199,7 @@ pub(crate) async fn send(
     if body.is_empty() {
         return reject(StatusCode::BAD_REQUEST, "PayloadEmpty");
     }
-    let limit = if push_type == "voip" {
-        MAX_VOIP_PAYLOAD
-    } else {
-        MAX_PAYLOAD
-    };
-    if body.len() > limit {
+    if body.len() > kind.max_payload() {
         return reject(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge");
     }
     let payload: serde_json::Value = match serde_json::from_slice(&body) {
@@ -163,7 +217,8 @@ pub(crate) async fn send(
     (StatusCode::OK, [("apns-id", apns_id)]).into_response()
 }
 
-fn verify_provider_token(state: &SimState, jwt: &str) -> Result<(), &'static str> {
+/// Checks a provider token and returns its `iat`.
+fn verify_provider_token(state: &SimState, jwt: &str) -> Result<i64, &'static str> {
     let header = jsonwebtoken::decode_header(jwt).map_err(|_| "InvalidProviderToken")?;
     if header.alg != Algorithm::ES256 || header.kid.as_deref() != Some(APNS_KEY_ID) {
         return Err("InvalidProviderToken");
@@ -180,7 +235,7 @@ fn verify_provider_token(state: &SimState, jwt: &str) -> Result<(), &'static str
     if age > TOKEN_MAX_AGE_SECS {
         return Err("ExpiredProviderToken");
     }
-    Ok(())
+    Ok(data.claims.iat)
 }
 
 /// Faults by token prefix (tokens are hex, so the prefixes are too).

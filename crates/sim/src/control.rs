@@ -14,6 +14,30 @@ pub(crate) async fn credentials(State(state): State<Arc<SimState>>) -> Response 
     Json(state.credentials.clone()).into_response()
 }
 
+/// The FCM service-account key file, as Google's libraries load it
+/// (`GOOGLE_APPLICATION_CREDENTIALS`, `credentials.Certificate`).
+pub(crate) async fn service_account(State(state): State<Arc<SimState>>) -> Response {
+    Json(state.credentials.fcm["service_account"].clone()).into_response()
+}
+
+/// The APNs signing key, as the `.p8` file Apple hands out.
+pub(crate) async fn apns_key(State(state): State<Arc<SimState>>) -> Response {
+    let pem = state.credentials.apns["private_key_pem"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ([("content-type", "application/x-pem-file")], pem).into_response()
+}
+
+/// The APNs client certificate and its key, in one PEM file.
+pub(crate) async fn apns_client_certificate(State(state): State<Arc<SimState>>) -> Response {
+    let pem = state.credentials.apns_certificate["certificate_pem"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ([("content-type", "application/x-pem-file")], pem).into_response()
+}
+
 #[derive(Deserialize)]
 pub(crate) struct DeliveryFilter {
     token: Option<String>,
@@ -59,6 +83,19 @@ pub(crate) async fn set_faults(
     State(state): State<Arc<SimState>>,
     Json(faults): Json<Faults>,
 ) -> Response {
+    if let Err(detail) = faults.check() {
+        return (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "application/problem+json")],
+            Json(json!({
+                "type": "about:blank",
+                "title": "Unknown fault",
+                "status": 400,
+                "detail": detail,
+            })),
+        )
+            .into_response();
+    }
     state.set_faults(faults.clone());
     Json(faults).into_response()
 }

@@ -7,7 +7,9 @@
 
 mod apns;
 mod control;
+mod errors;
 mod fcm;
+mod message;
 mod serve;
 mod state;
 
@@ -111,9 +113,19 @@ fn router(state: Arc<SimState>, tls_certificate: String) -> Router {
             "/3/device/{token}",
             post(apns::send).fallback(apns::method_not_allowed),
         )
+        .route(
+            "/3/device/",
+            post(apns::missing_device_token).fallback(apns::method_not_allowed),
+        )
         .route("/v1/projects/{project}/{verb}", post(fcm::send))
         .route("/token", post(fcm::token))
         .route("/sim/credentials", get(control::credentials))
+        .route("/sim/service-account.json", get(control::service_account))
+        .route("/sim/apns-key.p8", get(control::apns_key))
+        .route(
+            "/sim/apns-client.pem",
+            get(control::apns_client_certificate),
+        )
         .route("/sim/deliveries", get(control::deliveries))
         .route("/sim/stats", get(control::stats))
         .route(

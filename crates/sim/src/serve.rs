@@ -78,9 +78,33 @@ pub(crate) struct ConnectionControl {
     /// The TLS client presented a certificate signed by the simulator's CA
     /// (APNs certificate auth).
     pub client_certificate: bool,
+    /// The APNs provider token last accepted on this connection, and its `iat`.
+    provider_token: std::sync::Mutex<Option<(String, i64)>>,
 }
 
+/// Apple: refresh a provider token no more often than every 20 minutes.
+const MIN_TOKEN_REFRESH_SECS: i64 = 20 * 60;
+
 impl ConnectionControl {
+    /// Takes the provider token a request carries, unless it replaces the
+    /// connection's token less than 20 minutes (by `iat`) after the one before
+    /// (Apple's `TooManyProviderTokenUpdates`). A client signing a token per
+    /// request fails here as it would on Apple.
+    pub fn take_provider_token(&self, jwt: &str, iat: i64) -> bool {
+        let mut current = self
+            .provider_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match current.as_ref() {
+            Some((token, _)) if token == jwt => true,
+            Some((_, before)) if iat - before < MIN_TOKEN_REFRESH_SECS => false,
+            _ => {
+                *current = Some((jwt.to_string(), iat));
+                true
+            }
+        }
+    }
+
     /// Counts a provider request in flight on this connection until dropped.
     pub fn enter(&self) -> InFlight<'_> {
         use std::sync::atomic::Ordering;

@@ -62,18 +62,57 @@ pub struct Faults {
     pub fail_first: u64,
     /// 429, 500 or 503 (default 503).
     pub fail_status: Option<u16>,
+    /// With `fail_first`: the APNs reason failed APNs requests get, with the
+    /// status Apple answers it with (any documented reason).
+    pub apns_reason: Option<String>,
+    /// With `fail_first`: the FCM error code failed FCM requests get, with
+    /// Google's status for it (any documented code).
+    pub fcm_error: Option<String>,
+    /// Send `Retry-After: N` (seconds) with every 429 and 503 answer, injected
+    /// or chosen by token prefix.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl Faults {
     fn holding(&self) -> bool {
         self.stall || self.stall_after.is_some()
     }
+
+    /// Refuses names neither provider documents, so a typo is not a fault
+    /// that silently never fires.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(status) = self.fail_status {
+            if ![429, 500, 503].contains(&status) {
+                return Err(format!("fail_status must be 429, 500 or 503, not {status}"));
+            }
+        }
+        if let Some(reason) = &self.apns_reason {
+            if crate::errors::apns_status(reason).is_none() {
+                let known: Vec<_> = crate::errors::APNS_REASONS.iter().map(|r| r.0).collect();
+                return Err(format!(
+                    "apns_reason {reason:?} is not an APNs reason; one of {}",
+                    known.join(", ")
+                ));
+            }
+        }
+        if let Some(code) = &self.fcm_error {
+            if crate::errors::fcm_status(code).is_none() {
+                let known: Vec<_> = crate::errors::FCM_ERRORS.iter().map(|e| e.0).collect();
+                return Err(format!(
+                    "fcm_error {code:?} is not an FCM error code; one of {}",
+                    known.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What to do with a provider request, decided before it is judged.
 pub(crate) enum Verdict {
     Judge,
-    Fail(u16),
+    /// Fail it as these faults say (`fail_status`, `apns_reason`, `fcm_error`).
+    Fail(Faults),
 }
 
 pub(crate) const APNS_TEAM_ID: &str = "HERALDSIM1";
@@ -128,6 +167,10 @@ impl SimState {
         let fcm_key = DecodingKey::from_rsa_pem(fcm.public_key_pem().as_bytes())
             .map_err(|e| rcgen::Error::PemError(e.to_string()))?;
         let (client_ca_der, client_cert_pem) = client_certificate()?;
+        let private_key_id = {
+            use sha2::{Digest, Sha256};
+            hex::encode(&Sha256::digest(fcm.public_key_pem().as_bytes())[..20])
+        };
         let credentials = SimCredentials {
             apns: serde_json::json!({
                 "team_id": APNS_TEAM_ID,
@@ -141,11 +184,23 @@ impl SimState {
             }),
             fcm: serde_json::json!({
                 "project_id": FCM_PROJECT,
+                // Every field of the key file Google issues: the official
+                // SDKs refuse a file without `type`.
                 "service_account": {
-                    "client_email": FCM_CLIENT_EMAIL,
-                    "private_key": fcm.serialize_pem(),
-                    "token_uri": token_uri,
+                    "type": "service_account",
                     "project_id": FCM_PROJECT,
+                    "private_key_id": private_key_id,
+                    "private_key": fcm.serialize_pem(),
+                    "client_email": FCM_CLIENT_EMAIL,
+                    "client_id": "100000000000000000001",
+                    "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+                    "token_uri": token_uri,
+                    "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+                    "client_x509_cert_url": format!(
+                        "https://www.googleapis.com/robot/v1/metadata/x509/{}",
+                        FCM_CLIENT_EMAIL.replace('@', "%40")
+                    ),
+                    "universe_domain": "googleapis.com",
                 },
             }),
         };
@@ -307,12 +362,9 @@ impl SimState {
             let _guard = StallGuard(&self.stalled);
             let _ = rx.wait_for(|f| !f.holding()).await;
         }
-        let (fail_first, status) = {
-            let f = rx.borrow();
-            (f.fail_first, f.fail_status.unwrap_or(503))
-        };
-        if fail_first > 0 && self.failed.fetch_add(1, Ordering::SeqCst) < fail_first {
-            return Verdict::Fail(status);
+        let faults = rx.borrow().clone();
+        if faults.fail_first > 0 && self.failed.fetch_add(1, Ordering::SeqCst) < faults.fail_first {
+            return Verdict::Fail(faults);
         }
         Verdict::Judge
     }
@@ -345,6 +397,12 @@ fn client_certificate() -> Result<(Vec<u8>, String), rcgen::Error> {
     params.distinguished_name.push(
         DnType::CommonName,
         format!("Apple Push Services: {APNS_TOPIC}"),
+    );
+    // Apple's certificates carry the topic as the subject's UID (OID
+    // 0.9.2342.19200300.100.1.1); clients derive their default topic from it.
+    params.distinguished_name.push(
+        DnType::CustomDnType(vec![0, 9, 2342, 19200300, 100, 1, 1]),
+        APNS_TOPIC,
     );
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &issuer)?;
