@@ -146,19 +146,24 @@ impl Fault {
         )
     }
 
-    /// When this fault must have landed to explain a delivery received at
-    /// `first` and again at `second`: a sender dying or stalling after the
-    /// provider had the first; a provider fault around the first.
-    fn window(
+    /// Whether this fault, landed at `start` and healed at `healed`, explains
+    /// a delivery received at `first` and again at `second`: a sender dying
+    /// or stalling after the provider had the first; a provider slow or
+    /// stalled when it took the first (a stalled request is recorded when
+    /// the stall is lifted, however long it lasted), or answering it past
+    /// the request timeout just after.
+    fn explains_double(
         &self,
+        start: chrono::DateTime<chrono::Utc>,
+        healed: Option<chrono::DateTime<chrono::Utc>>,
         first: chrono::DateTime<chrono::Utc>,
         second: chrono::DateTime<chrono::Utc>,
-    ) -> std::ops::RangeInclusive<chrono::DateTime<chrono::Utc>> {
+    ) -> bool {
         match self {
-            Fault::ProviderSlow | Fault::ProviderStalled => {
-                first - chrono::Duration::seconds(15)..=first
-            }
-            _ => first - chrono::Duration::milliseconds(200)..=second,
+            Fault::ProviderSlow | Fault::ProviderStalled => self
+                .unknown_window(start, healed)
+                .is_some_and(|w| w.contains(&first)),
+            _ => (first - chrono::Duration::milliseconds(200)..=second).contains(&start),
         }
     }
 
@@ -861,8 +866,12 @@ impl Run {
             let cause = self
                 .log
                 .iter()
-                .find(|(when, f)| f.may_double() && f.window(at[0], at[1]).contains(when))
-                .map(|(_, f)| f.name())
+                .enumerate()
+                .find(|(i, (when, f))| {
+                    f.may_double()
+                        && f.explains_double(*when, self.healed.get(i).copied(), at[0], at[1])
+                })
+                .map(|(_, (_, f))| f.name())
                 .or_else(|| {
                     resent
                         .contains(key)

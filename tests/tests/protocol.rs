@@ -115,6 +115,12 @@ async fn a_sender_killed_between_the_providers_answer_and_settling() {
         copies[0]["provider_id"], copies[1]["provider_id"],
         "same apns-id"
     );
+    // Its record says the device may have it twice.
+    let reason = s["deliveries"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(herald_core::RESENT_AFTER_UNKNOWN),
+        "the takeover's send is recorded as a resend: {s}"
+    );
 
     // at_most_once: recorded unknown, never resent.
     assert_unknown_and_sent_once(&env, &gw, &app.server_key, &most).await;

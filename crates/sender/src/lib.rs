@@ -168,6 +168,9 @@ impl Handoff {
     }
 }
 
+/// Why a takeover's delivered send is recorded as a resend.
+const TAKEN_OVER: &str = "taken over from an owner that left no outcome";
+
 /// How often the ledger's write sequences are compared with PostgreSQL's.
 const LEDGER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -933,7 +936,9 @@ impl Sender {
         if !lease_holds() {
             return self.lease_ran_out(job);
         }
-        let mut resent_after = None;
+        // A takeover's send may be the device's second copy: the owner before
+        // us left no outcome. Its record says so, as an immediate resend's does.
+        let mut resent_after = resend.then(|| TAKEN_OVER.to_string());
         let mut class = self.timed_send(job, &creds).await;
         if let OutcomeClass::Unknown { reason } = &class {
             if job.policy == DeliveryPolicy::AtLeastOnce && !resend {
