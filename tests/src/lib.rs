@@ -59,9 +59,26 @@ where
 }
 
 /// A loopback address no one listens on (for a child's `*.listen` setting).
+///
+/// The port is free when chosen, and the child binds it later. It is chosen
+/// below the kernel's ephemeral range, which every `:0` bind and outgoing
+/// connection draws from: a port from that range could be handed to someone
+/// else in between (a CI run lost a trigger engine to "Address already in
+/// use" on its metrics port).
 pub fn free_address() -> String {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    probe.local_addr().expect("addr").to_string()
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_low / 2);
+    for _ in 0..1000 {
+        let port = rand::rng().random_range(low..ephemeral_low);
+        if let Ok(probe) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return probe.local_addr().expect("addr").to_string();
+        }
+    }
+    panic!("no free port below the ephemeral range ({low}..{ephemeral_low})")
 }
 
 /// Cargo's target directory (where test logs and installed test clients go).
@@ -621,6 +638,22 @@ impl TestEnv {
         wait_consumed_on(self.broker.bootstrap_servers(), group, topic, timeout).await;
     }
 
+    /// Waits until `topic` holds at least `count` records (all partitions).
+    pub async fn wait_records(&self, topic: &str, count: i64, timeout: Duration) {
+        let bootstrap = self.broker.bootstrap_servers().to_string();
+        let what = format!("{count} records on {topic}");
+        wait_until(&what, timeout, || {
+            let (bootstrap, topic) = (bootstrap.clone(), topic.to_string());
+            async move {
+                tokio::task::spawn_blocking(move || records_on(&bootstrap, &topic))
+                    .await
+                    .unwrap_or(0)
+                    >= count
+            }
+        })
+        .await;
+    }
+
     /// A test's API call: POST /v1/push, returning the status and JSON body.
     pub async fn push(
         &self,
@@ -778,6 +811,33 @@ pub fn ios_token(n: usize) -> String {
 
 pub fn android_token(n: usize) -> String {
     format!("fcm-device-{n:04}")
+}
+
+/// How many records `topic` holds: the sum of its partitions' high
+/// watermarks (0 when the cluster does not answer).
+fn records_on(bootstrap: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::ClientConfig;
+    let timeout = Duration::from_secs(5);
+    let Ok(consumer) = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create::<BaseConsumer>()
+    else {
+        return 0;
+    };
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), timeout) else {
+        return 0;
+    };
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .map_or(0, |(_, high)| high)
+        })
+        .sum()
 }
 
 fn caught_up(bootstrap: &str, group: &str, topic: &str) -> bool {

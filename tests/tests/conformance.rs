@@ -680,6 +680,35 @@ async fn apns_refuses_the_requests_apple_refuses() {
         .apns(&client, &device, voip(&format!("{TOPIC}.voip")), ALERT)
         .await;
     assert_eq!(reason(answer), (200, String::new()));
+    // Without apns-push-type, the topic's suffix says what the push is.
+    let untyped = |topic: &str| {
+        let mut h = alert_headers(&sim);
+        h.retain(|(name, _)| !name.starts_with("apns-"));
+        h.push(("apns-topic", topic.to_string()));
+        headers(&h)
+    };
+    for topic in [TOPIC.to_string(), format!("{TOPIC}.voip")] {
+        let answer = sim.apns(&client, &device, untyped(&topic), ALERT).await;
+        assert_eq!(reason(answer), (200, String::new()), "{topic}");
+    }
+
+    // apns-id in Apple's 8-4-4-4-12 form only.
+    let mut simple_id = alert_headers(&sim);
+    simple_id.push(("apns-id", uuid::Uuid::new_v4().simple().to_string()));
+    let answer = sim.apns(&client, &device, headers(&simple_id), ALERT).await;
+    assert_eq!(reason(answer), (400, "BadMessageId".into()));
+    // A header that is there but unreadable is a bad value, not a missing one.
+    let mut garbled = headers(&alert_headers(&sim));
+    garbled.insert("apns-priority", HeaderValue::from_bytes(b"\xff10").unwrap());
+    let answer = sim.apns(&client, &device, garbled, ALERT).await;
+    assert_eq!(reason(answer), (400, "BadPriority".into()));
+    // An auth scheme's name is case-insensitive.
+    let mut capitalised = alert_headers(&sim);
+    capitalised[0].1 = format!("Bearer {}", sim.token);
+    let answer = sim
+        .apns(&client, &device, headers(&capitalised), ALERT)
+        .await;
+    assert_eq!(reason(answer), (200, String::new()));
 
     // The client certificate names its topic as Apple's do (subject UID),
     // which lets certificate auth go without apns-topic (the node-apn test
@@ -769,6 +798,12 @@ async fn the_token_endpoint_takes_what_google_takes_and_refuses_the_rest() {
             400,
             "invalid_scope",
         ),
+        (
+            "no scope",
+            json!({"iss": account["client_email"], "aud": google, "iat": now, "exp": now + 600}),
+            400,
+            "invalid_scope",
+        ),
     ] {
         let answer = sim.grant(c).await;
         assert_eq!(answer.status(), status, "{what}");
@@ -777,6 +812,11 @@ async fn the_token_endpoint_takes_what_google_takes_and_refuses_the_rest() {
             assert!(body["access_token"].is_string(), "{what}: {body}");
         } else {
             assert_eq!(body["error"], error, "{what}: {body}");
+        }
+        // Lifetime refusals say so in Google's words, not "bad signature".
+        if ["a lifetime over an hour", "iat in the future", "expired"].contains(&what) {
+            let says = body["error_description"].as_str().unwrap_or_default();
+            assert!(says.contains("short-lived token"), "{what}: {body}");
         }
     }
 }
@@ -880,6 +920,19 @@ async fn fcm_refuses_what_google_refuses_and_takes_what_it_takes() {
             .await
             .len(),
         1
+    );
+    // A Firebase installation id is a target too (the Admin SDKs send `fid`).
+    let (status, _, body) = sim
+        .fcm(
+            &token,
+            json!({"message": {"fid": "fid-1", "notification": {"title": "t"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sim.deliveries_to("fid:fid-1").await.len(), 1);
+    refused(
+        sim.fcm(&token, json!({"message": {"fid": "fid-1", "token": "a"}}))
+            .await,
     );
     // Both JSON spellings of a field are Google's.
     let (status, _, body) = sim

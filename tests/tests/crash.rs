@@ -17,7 +17,6 @@ async fn a_sender_killed_mid_batch_and_restarted_loses_and_duplicates_nothing() 
     let app = env.create_app().await;
     let gateway = env.gateway().await;
     let gw = gateway.url.clone().expect("gateway url");
-    let mut first_sender = env.sender().await;
 
     // The providers accept 15 requests, then hold the rest unanswered: the
     // sender is caught with part of its batch delivered and part in flight.
@@ -48,6 +47,13 @@ async fn a_sender_killed_mid_batch_and_restarted_loses_and_duplicates_nothing() 
         .await
         .expect("json");
     let message_id = resp["message_id"].as_str().expect("message_id").to_string();
+    // The sender starts once every job is on Kafka, so that its first batch
+    // holds all 40. Started before, it can take the jobs in two batches, and
+    // the second waits until the first's held sends time out (a CI run
+    // saw 19, then 21 twenty seconds later): the 25 are never held at once.
+    env.wait_records("herald.deliveries", TOTAL as i64, Duration::from_secs(30))
+        .await;
+    let mut first_sender = env.sender().await;
 
     // Wait until the first 15 are settled all the way to PostgreSQL and the
     // other 25 are held at the provider: no send is between "accepted by the

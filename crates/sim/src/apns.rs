@@ -14,15 +14,16 @@ use uuid::Uuid;
 
 /// Apple rejects provider tokens older than one hour.
 const TOKEN_MAX_AGE_SECS: i64 = 3600;
-/// Request headers Apple refuses to see twice (`DuplicateHeaders`).
-const SINGLE_HEADERS: [&str; 7] = [
-    "authorization",
-    "apns-id",
-    "apns-topic",
-    "apns-push-type",
-    "apns-priority",
-    "apns-expiration",
-    "apns-collapse-id",
+/// Request headers Apple refuses to see twice (`DuplicateHeaders`), and the
+/// reason a value of each that is not readable text gets.
+const SINGLE_HEADERS: [(&str, &str); 7] = [
+    ("authorization", "InvalidProviderToken"),
+    ("apns-id", "BadMessageId"),
+    ("apns-topic", "BadTopic"),
+    ("apns-push-type", "InvalidPushType"),
+    ("apns-priority", "BadPriority"),
+    ("apns-expiration", "BadExpirationDate"),
+    ("apns-collapse-id", "BadCollapseId"),
 ];
 
 /// An APNs error answer. Apple always names the request in `apns-id`: the one
@@ -42,13 +43,33 @@ fn error(status: StatusCode, reason: &str, apns_id: &str, retry_after: Option<u6
     response
 }
 
+/// Apple's form of a UUID: 8-4-4-4-12 hexadecimal digits, nothing else.
+fn is_uuid(id: &str) -> bool {
+    id.len() == 36 && Uuid::parse_str(id).is_ok()
+}
+
 /// The request's `apns-id` when it is a UUID, else a new one.
 fn answer_id(headers: &HeaderMap) -> String {
     headers
         .get("apns-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|id| Uuid::parse_str(id).is_ok())
+        .filter(|id| is_uuid(id))
         .map_or_else(|| Uuid::new_v4().to_string(), str::to_string)
+}
+
+/// The push type a topic's suffix stands for, when a request names none.
+fn push_type_of(topic: &str) -> ApnsPushType {
+    [
+        ApnsPushType::Pushtotalk,
+        ApnsPushType::Voip,
+        ApnsPushType::Complication,
+        ApnsPushType::Fileprovider,
+        ApnsPushType::Location,
+        ApnsPushType::Liveactivity,
+    ]
+    .into_iter()
+    .find(|t| topic.ends_with(t.topic_suffix()))
+    .unwrap_or(ApnsPushType::Alert)
 }
 
 pub(crate) async fn method_not_allowed(headers: HeaderMap) -> Response {
@@ -110,21 +131,35 @@ pub(crate) async fn send(
     }
     if SINGLE_HEADERS
         .iter()
-        .any(|name| headers.get_all(*name).iter().count() > 1)
+        .any(|(name, _)| headers.get_all(*name).iter().count() > 1)
     {
         return reject(StatusCode::BAD_REQUEST, "DuplicateHeaders");
     }
+    // A header that is there but unreadable is a bad value, not a missing one.
+    if let Some((_, reason)) = SINGLE_HEADERS
+        .iter()
+        .find(|(name, _)| headers.get(*name).is_some_and(|v| v.to_str().is_err()))
+    {
+        let status = errors::apns_status(reason).unwrap_or(400);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        return reject(status, reason);
+    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if header("apns-id").is_some_and(|id| Uuid::parse_str(id).is_err()) {
+    if header("apns-id").is_some_and(|id| !is_uuid(id)) {
         return reject(StatusCode::BAD_REQUEST, "BadMessageId");
     }
 
-    // Authentication first, as Apple does: a provider token, or a client
-    // certificate verified in the TLS handshake.
+    // Then authentication: a provider token, or a client certificate
+    // verified in the TLS handshake.
     let certificate = conn.as_ref().is_some_and(|c| c.0.client_certificate);
     match header("authorization") {
         Some(auth) => {
-            let Some(jwt) = auth.strip_prefix("bearer ") else {
+            // An auth scheme's name is case-insensitive (RFC 9110).
+            let jwt = auth
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, jwt)| jwt.trim());
+            let Some(jwt) = jwt else {
                 return reject(StatusCode::FORBIDDEN, "InvalidProviderToken");
             };
             let iat = match verify_provider_token(&state, jwt) {
@@ -152,9 +187,16 @@ pub(crate) async fn send(
         None if certificate && header("authorization").is_none() => APNS_TOPIC,
         None => return reject(StatusCode::BAD_REQUEST, "MissingTopic"),
     };
-    let push_type = header("apns-push-type").unwrap_or("alert");
-    let Ok(kind) = serde_json::from_value::<ApnsPushType>(serde_json::json!(push_type)) else {
-        return reject(StatusCode::BAD_REQUEST, "InvalidPushType");
+    // Apple requires apns-push-type only for watchOS; without it, the topic's
+    // suffix says what the push is.
+    let kind = match header("apns-push-type") {
+        None => push_type_of(topic),
+        Some(push_type) => {
+            match serde_json::from_value::<ApnsPushType>(serde_json::json!(push_type)) {
+                Ok(kind) => kind,
+                Err(_) => return reject(StatusCode::BAD_REQUEST, "InvalidPushType"),
+            }
+        }
     };
     let suffixes = [
         ApnsPushType::Voip,

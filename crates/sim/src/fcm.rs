@@ -87,7 +87,9 @@ pub(crate) async fn send(
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     if !bearer.is_some_and(|t| state.access_token_valid(t)) {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -212,7 +214,8 @@ fn token_fault_message(code: &str) -> &'static str {
 #[derive(Deserialize)]
 struct Assertion {
     iss: String,
-    scope: String,
+    #[serde(default)]
+    scope: Option<String>,
     iat: i64,
     exp: i64,
 }
@@ -229,6 +232,9 @@ const SCOPES: [&str; 2] = [
 /// Google's limit on an assertion's lifetime, and the clock skew it forgives.
 const MAX_ASSERTION_LIFETIME_SECS: i64 = 3600;
 const CLOCK_SKEW_SECS: i64 = 60;
+/// Google's answer to an assertion outside its lifetime rules.
+const SHORT_LIVED: &str = "Invalid JWT: Token must be a short-lived token (60 minutes) and in a \
+                           reasonable timeframe. Check your iat and exp values in the JWT claim.";
 
 /// OAuth2 JWT-bearer grant (RFC 7523, as Google's token endpoint takes it):
 /// the assertion's RS256 signature against the service account's public key,
@@ -257,7 +263,23 @@ pub(crate) async fn token(State(state): State<Arc<SimState>>, body: Bytes) -> Re
     validation.leeway = CLOCK_SKEW_SECS as u64;
     let claims = match jsonwebtoken::decode::<Assertion>(assertion, &state.fcm_key, &validation) {
         Ok(d) => d.claims,
-        Err(e) => return invalid("invalid_grant", &format!("Invalid JWT Signature: {e}")),
+        Err(e) => {
+            use jsonwebtoken::errors::ErrorKind;
+            let why = match e.kind() {
+                ErrorKind::ExpiredSignature => SHORT_LIVED.to_string(),
+                ErrorKind::InvalidAudience => {
+                    format!("Invalid JWT: the audience is not {GOOGLE_TOKEN_AUDIENCE}")
+                }
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    format!("Invalid JWT: the claim {claim} is missing")
+                }
+                ErrorKind::Json(_) => {
+                    "Invalid JWT: its claims need iss, aud, iat and exp".to_string()
+                }
+                _ => format!("Invalid JWT Signature: {e}"),
+            };
+            return invalid("invalid_grant", &why);
+        }
     };
     if claims.iss != FCM_CLIENT_EMAIL {
         return invalid(
@@ -267,13 +289,10 @@ pub(crate) async fn token(State(state): State<Arc<SimState>>, body: Bytes) -> Re
     }
     let now = chrono::Utc::now().timestamp();
     if claims.exp - claims.iat > MAX_ASSERTION_LIFETIME_SECS || claims.iat > now + CLOCK_SKEW_SECS {
-        return invalid(
-            "invalid_grant",
-            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable \
-             timeframe. Check your iat and exp values in the JWT claim.",
-        );
+        return invalid("invalid_grant", SHORT_LIVED);
     }
-    if !claims.scope.split(' ').any(|s| SCOPES.contains(&s)) {
+    let scope = claims.scope.as_deref().unwrap_or_default();
+    if !scope.split(' ').any(|s| SCOPES.contains(&s)) {
         return invalid(
             "invalid_scope",
             "The assertion's scope gives no access to FCM (firebase.messaging or cloud-platform)",

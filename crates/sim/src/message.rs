@@ -10,6 +10,8 @@ pub(crate) enum Target {
     Token(String),
     Topic(String),
     Condition(String),
+    /// A Firebase installation id.
+    Fid(String),
 }
 
 impl Target {
@@ -20,6 +22,7 @@ impl Target {
             Target::Token(token) => token.clone(),
             Target::Topic(topic) => format!("/topics/{topic}"),
             Target::Condition(condition) => format!("condition:{condition}"),
+            Target::Fid(fid) => format!("fid:{fid}"),
         }
     }
 }
@@ -63,6 +66,7 @@ const MESSAGE: &[(&str, Shape)] = &[
     ("token", Shape::Any),
     ("topic", Shape::Any),
     ("condition", Shape::Any),
+    ("fid", Shape::Any),
 ];
 
 const NOTIFICATION: &[(&str, Shape)] = &[
@@ -244,13 +248,15 @@ fn check_fields(value: &Value, at: &str, fields: &[(&str, Shape)]) -> Result<(),
 }
 
 fn target(message: &Value) -> Result<Target, Refusal> {
-    let set: Vec<&str> = ["token", "topic", "condition"]
+    let set: Vec<&str> = ["token", "topic", "condition", "fid"]
         .into_iter()
         .filter(|t| field(message, t).is_some())
         .collect();
     let [which] = set.as_slice() else {
         return Err(Refusal::Invalid(
-            "Exactly one of message.token, message.topic or message.condition must be set".into(),
+            "Exactly one of message.token, message.topic, message.condition or message.fid must \
+             be set"
+                .into(),
         ));
     };
     let Some(value) = field(message, which).and_then(Value::as_str) else {
@@ -263,6 +269,10 @@ fn target(message: &Value) -> Result<Target, Refusal> {
             "The registration token is not a valid FCM registration token".into(),
         )),
         "token" => Ok(Target::Token(value.to_string())),
+        "fid" if value.is_empty() => Err(Refusal::Invalid(
+            "The Firebase installation id is not valid".into(),
+        )),
+        "fid" => Ok(Target::Fid(value.to_string())),
         "topic" => {
             let name = value.strip_prefix("/topics/").unwrap_or(value);
             let valid = !name.is_empty()
@@ -393,6 +403,27 @@ mod tests {
             let body = json!({"message": {"token": "t", "android": android}});
             assert_eq!(check(&body).is_ok(), accepted, "{body}");
         }
+    }
+
+    #[test]
+    fn every_message_herald_sends_is_taken() {
+        use herald_core::payload::Notification;
+        let notification: Notification = serde_json::from_value(json!({
+            "title": "t", "body": "b", "sound": "default", "badge": 3,
+            "data": {"k": "v"}, "priority": "normal", "collapse_key": "c",
+            "android": {"title": "at", "body": "ab", "channel_id": "news", "icon": "i",
+                "color": "#112233", "sound": "s", "tag": "tag", "click_action": "open",
+                "image": "https://example.com/i.png"},
+        }))
+        .expect("a notification with every Android option");
+        let message_id = herald_core::MessageId::new_random();
+        for ttl in [None, Some(0), Some(3600)] {
+            let body = notification.fcm_message("token-1", message_id, ttl);
+            assert!(check(&body).is_ok(), "{body}");
+        }
+        let silent: Notification = serde_json::from_value(json!({"data": {"k": "v"}})).unwrap();
+        let body = silent.fcm_message("token-1", message_id, None);
+        assert!(check(&body).is_ok(), "{body}");
     }
 
     #[test]
