@@ -137,7 +137,14 @@ mod tests {
         }
         assert!(health.failing_for(Duration::ZERO).is_none());
         health.failed(&"away again");
+        // Another test's `failing_for` can hold the loop for an instant
+        // (it upgrades every registered loop): wait until it is gone.
+        let weak = Arc::downgrade(&health);
         drop(health);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while weak.strong_count() > 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
         assert!(!failing_for(Duration::ZERO)
             .iter()
             .any(|d| d.contains("retrying loop")));
