@@ -1,9 +1,10 @@
-//! One app's key never reaches another app's data; oversize, slow and
-//! malformed requests are cut off with problem+json, and write nothing.
+//! One app's key never reaches another app's data; a revoked key stops
+//! working everywhere within a second; oversize, slow and malformed requests
+//! are cut off with problem+json, and write nothing.
 
-use herald_tests::{ios_token, wait_until, TestEnv};
+use herald_tests::{free_address, ios_token, wait_until, HeraldProcess, TestEnv};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -541,5 +542,158 @@ async fn the_gateway_speaks_tls_when_given_a_certificate() {
         .expect("herald");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("gateway.tls_key_path"));
+    env.finish().await;
+}
+
+/// A gateway with a metrics endpoint, and that endpoint.
+async fn gateway_with_metrics(env: &TestEnv) -> (HeraldProcess, String, String) {
+    let ops = free_address();
+    let gateway = env.gateway_with(&[("HERALD_METRICS__LISTEN", &ops)]).await;
+    let url = gateway.url.clone().expect("url");
+    (gateway, url, format!("http://{ops}/metrics"))
+}
+
+async fn counter(env: &TestEnv, metrics: &str, name: &str) -> f64 {
+    let text = env
+        .http
+        .get(metrics)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The status a gateway answers a request made with this key.
+async fn status_with(env: &TestEnv, gateway: &str, secret: &str) -> u16 {
+    env.http
+        .get(format!("{gateway}/v1/keys"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
+/// A new server key, used on every gateway until each answers it from its
+/// cache (so that what follows tests the cache, not a lookup).
+async fn cached_key(env: &TestEnv, app_key: &str, gateways: &[(&str, &str)]) -> (String, String) {
+    let created: Value = env
+        .http
+        .post(format!("{}/v1/keys", gateways[0].0))
+        .bearer_auth(app_key)
+        .json(&json!({"kind": "server"}))
+        .send()
+        .await
+        .expect("create key")
+        .json()
+        .await
+        .expect("json");
+    let secret = created["secret"].as_str().expect("secret").to_string();
+    for (gateway, metrics) in gateways {
+        let hits = counter(env, metrics, "herald_api_key_cache_hits_total").await;
+        wait_until(
+            "the key answered from the cache",
+            Duration::from_secs(10),
+            || async {
+                assert_eq!(status_with(env, gateway, &secret).await, 200);
+                counter(env, metrics, "herald_api_key_cache_hits_total").await > hits
+            },
+        )
+        .await;
+    }
+    (created["id"].as_str().expect("id").to_string(), secret)
+}
+
+/// Polls every gateway until each refuses the key; returns the longest wait.
+async fn refused_everywhere(env: &TestEnv, gateways: &[(&str, &str)], secret: &str) -> Duration {
+    let revoked = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for (gateway, _) in gateways {
+        loop {
+            let status = status_with(env, gateway, secret).await;
+            if status == 401 {
+                slowest = slowest.max(revoked.elapsed());
+                break;
+            }
+            assert_eq!(status, 200);
+            assert!(
+                revoked.elapsed() < Duration::from_secs(5),
+                "{gateway} still takes a revoked key"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    slowest
+}
+
+/// Gateways keep the keys they have seen in memory; a key revoked through
+/// the API, by hand in PostgreSQL, or while a gateway's announcements
+/// connection is cut, is refused by every gateway within a second.
+#[tokio::test]
+async fn a_revoked_key_stops_working_within_a_second_on_every_gateway() {
+    let env = TestEnv::start("keycache").await;
+    let app = env.create_app().await;
+    let (_a, a, a_metrics) = gateway_with_metrics(&env).await;
+    let (_b, b, b_metrics) = gateway_with_metrics(&env).await;
+    let gateways = [
+        (a.as_str(), a_metrics.as_str()),
+        (b.as_str(), b_metrics.as_str()),
+    ];
+
+    // Revoked through gateway A's API: A refuses it at once.
+    let (id, secret) = cached_key(&env, &app.server_key, &gateways).await;
+    let r = env
+        .http
+        .delete(format!("{a}/v1/keys/{id}"))
+        .bearer_auth(&app.server_key)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        status_with(&env, &a, &secret).await,
+        401,
+        "at once where revoked"
+    );
+    let waited = refused_everywhere(&env, &gateways, &secret).await;
+    assert!(waited < Duration::from_secs(1), "took {waited:?}");
+
+    // Revoked by an operator in SQL: announced by the table's trigger.
+    let (id, secret) = cached_key(&env, &app.server_key, &gateways).await;
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&env.db)
+        .await
+        .expect("revoke in SQL");
+    let waited = refused_everywhere(&env, &gateways, &secret).await;
+    assert!(waited < Duration::from_secs(1), "took {waited:?}");
+
+    // The announcements connections cut, and a key deleted at once: no
+    // gateway may trust what it cached while it could not hear.
+    let (id, secret) = cached_key(&env, &app.server_key, &gateways).await;
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&env.db)
+    .await
+    .expect("cutting the listeners");
+    assert_eq!(cut, 2, "one announcements connection per gateway");
+    sqlx::query("DELETE FROM api_keys WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&env.db)
+        .await
+        .expect("delete in SQL");
+    let waited = refused_everywhere(&env, &gateways, &secret).await;
+    assert!(waited < Duration::from_secs(1), "took {waited:?}");
+
+    // And the caches come back once the gateways listen again.
+    cached_key(&env, &app.server_key, &gateways).await;
     env.finish().await;
 }

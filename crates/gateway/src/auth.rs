@@ -36,7 +36,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthenticatedKe
             Problem::unauthorized("the Authorization header must be `Bearer <API key>`")
         })?;
     let key = state
-        .store
+        .keys
         .authenticate(secret)
         .await?
         .ok_or_else(|| Problem::unauthorized("this API key is unknown or revoked"))?;

@@ -121,6 +121,7 @@ pub(crate) async fn revoke(
     let id = Uuid::parse_str(&key_id)
         .map_err(|_| Problem::invalid_field("key_id", "a key id is a UUID"))?;
     if state.store.revoke_api_key(key.app_id, id).await? {
+        state.keys.forget_key(id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::not_found(format!("no live key {id} in this app")))

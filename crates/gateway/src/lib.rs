@@ -9,6 +9,7 @@ mod campaigns;
 mod credentials;
 mod deadline;
 mod idempotency;
+mod key_cache;
 mod keys;
 mod lookup;
 mod messages;
@@ -29,12 +30,15 @@ pub use relay::OutboxRelay;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use herald_store::Store;
+pub use key_cache::KeyCache;
 use std::time::Duration;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// API keys seen, dropped as soon as PostgreSQL announces a change.
+    pub keys: KeyCache,
     pub relay: OutboxRelay,
     /// Writes and publishes push requests, a batch at a time.
     pub acceptor: Acceptor,

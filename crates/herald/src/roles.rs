@@ -306,6 +306,13 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
         broker_down: Arc::default(),
     };
     let store_for_dashboard = store.clone();
+    let keys = herald_gateway::KeyCache::new(store.clone());
+    let shutdown = roles.shutdown.clone();
+    let listening = keys.clone();
+    roles.tasks.spawn(async move {
+        listening.run(shutdown).await;
+        Ok(())
+    });
     let acceptor = herald_gateway::Acceptor::spawn(
         store.clone(),
         relay.clone(),
@@ -317,6 +324,7 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
     );
     let state = AppState {
         store,
+        keys,
         relay: relay.clone(),
         acceptor,
         idempotency_retention: Duration::from_secs(

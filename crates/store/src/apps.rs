@@ -68,7 +68,8 @@ fn seal_context(app: AppId, provider: &str) -> String {
     format!("{app}:{provider}")
 }
 
-fn key_hash(secret: &str) -> Vec<u8> {
+/// What is stored of a key's secret, and what key caches index by.
+pub fn api_key_digest(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
@@ -105,7 +106,7 @@ impl Store {
         .bind(id)
         .bind(app.as_uuid())
         .bind(kind.as_str())
-        .bind(key_hash(&secret))
+        .bind(api_key_digest(&secret))
         .bind(&secret[..secret.len().min(14)])
         .execute(&self.pool)
         .await?;
@@ -122,7 +123,7 @@ impl Store {
         .bind(Uuid::now_v7())
         .bind(app.as_uuid())
         .bind(kind.as_str())
-        .bind(key_hash(secret))
+        .bind(api_key_digest(secret))
         .bind(&secret[..secret.len().min(14)])
         .execute(&self.pool)
         .await?;
@@ -142,10 +143,15 @@ impl Store {
     /// Looks a secret up by its hash: the comparison happens on a digest, so
     /// response timing says nothing about the secret.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<AuthenticatedKey>> {
+        self.authenticate_digest(&api_key_digest(secret)).await
+    }
+
+    /// As [`Store::authenticate`], given the secret's [`api_key_digest`].
+    pub async fn authenticate_digest(&self, digest: &[u8]) -> Result<Option<AuthenticatedKey>> {
         let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(
             "SELECT id, app_id, kind FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
-        .bind(key_hash(secret))
+        .bind(digest)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|(key_id, app, kind)| {

@@ -9,6 +9,7 @@ mod campaigns;
 mod failover;
 mod health;
 mod installations;
+mod key_changes;
 mod messages;
 mod operators;
 mod request_keys;
@@ -17,7 +18,9 @@ mod stats;
 mod triggers;
 mod webhooks;
 
-pub use apps::{ApiKeyInfo, ApiKeyKind, AppCredentials, AuthenticatedKey, NewApiKey};
+pub use apps::{
+    api_key_digest, ApiKeyInfo, ApiKeyKind, AppCredentials, AuthenticatedKey, NewApiKey,
+};
 pub use campaigns::{
     AudienceCandidate, AudienceList, AudienceScope, Campaign, CampaignLock, CampaignProgress,
     CampaignRefusal, CampaignState, Wave,
@@ -25,6 +28,7 @@ pub use campaigns::{
 pub use failover::{Chooser, ClusterSwitch};
 pub use health::ProcessHealth;
 pub use installations::{Installation, ResolvedTarget};
+pub use key_changes::{ApiKeyChange, ApiKeyListener, ApiKeyPinger};
 pub use messages::{
     AcceptOutcome, DeliveryRow, IdempotencyRecord, MessageView, NewDelivery, NewMessage,
     StatusCount, StoredResponse,
