@@ -46,16 +46,45 @@ pub struct Credentials {
     pub fcm: Option<FcmCredentials>,
 }
 
-/// A few long-lived HTTP/2 connections per provider host (Apple treats rapid
-/// connect/disconnect as abuse), each multiplexing many streams; provider
-/// tokens are cached and reused, as Apple and Google require.
+/// Which connections a send may share. Apple allows one team per
+/// connection under token auth (tokens of another team or key on it count
+/// as provider token updates, and draw `TooManyProviderTokenUpdates`), and a
+/// certificate is bound to its TLS connection; Google takes any OAuth token
+/// on any connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PoolKey {
+    /// FCM, every app.
+    Shared,
+    /// APNs token auth: (team id, key id).
+    ApnsSigningKey(String, String),
+    /// APNs certificate auth: the certificate's SHA-256.
+    ApnsCertificate(Vec<u8>),
+}
+
+impl PoolKey {
+    fn of(platform: Platform, apns: Option<&ApnsCredentials>) -> Self {
+        use sha2::Digest;
+        match (platform, apns) {
+            (Platform::Ios, Some(c)) => match &c.certificate_pem {
+                Some(pem) => Self::ApnsCertificate(sha2::Sha256::digest(pem.as_bytes()).to_vec()),
+                None => Self::ApnsSigningKey(c.team_id.clone(), c.key_id.clone()),
+            },
+            _ => Self::Shared,
+        }
+    }
+}
+
+/// A few long-lived HTTP/2 connections per provider host and pool (Apple
+/// treats rapid connect/disconnect as abuse), each multiplexing many
+/// streams; provider tokens are cached and reused, as Apple and Google
+/// require.
 #[derive(Clone)]
 pub struct Providers {
-    /// One client per connection: reqwest keeps one HTTP/2 connection per host.
-    http: Vec<reqwest::Client>,
-    /// Apps on APNs certificate auth: a client (TLS identity) per certificate.
-    cert_clients:
-        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, reqwest::Client>>>,
+    /// One client per connection (reqwest keeps one HTTP/2 connection per
+    /// host), `connections` of them per pool, made when a pool is first used.
+    pools: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<PoolKey, std::sync::Arc<[reqwest::Client]>>>,
+    >,
     settings: ProviderSettings,
     apns_tokens: ApnsTokenCache,
     fcm_tokens: FcmTokenCache,
@@ -63,37 +92,57 @@ pub struct Providers {
 
 impl Providers {
     pub fn new(settings: ProviderSettings) -> Result<Self, ProviderError> {
-        let http = (0..settings.connections.max(1))
-            .map(|_| build_client(&settings, None))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            http,
-            cert_clients: Default::default(),
+        let providers = Self {
+            pools: Default::default(),
             settings,
             apns_tokens: ApnsTokenCache::default(),
             fcm_tokens: FcmTokenCache::default(),
-        })
+        };
+        // A bad CA file or TLS setting shows at start, not at the first send.
+        providers.pool(&PoolKey::Shared, None)?;
+        Ok(providers)
     }
 
-    /// The client holding an app's APNs client certificate, made once.
-    fn cert_client(&self, pem: &str) -> Result<reqwest::Client, ProviderError> {
-        use sha2::Digest;
-        let id = sha2::Sha256::digest(pem.as_bytes()).to_vec();
-        let mut clients = self.cert_clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&id) {
-            return Ok(c.clone());
+    /// The connections of a pool, made once.
+    fn pool(
+        &self,
+        key: &PoolKey,
+        certificate_pem: Option<&str>,
+    ) -> Result<std::sync::Arc<[reqwest::Client]>, ProviderError> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = pools.get(key) {
+            return Ok(pool.clone());
         }
-        let identity = reqwest::Identity::from_pem(pem.as_bytes())?;
-        let client = build_client(&self.settings, Some(identity))?;
-        clients.insert(id, client.clone());
-        Ok(client)
+        let pool: std::sync::Arc<[reqwest::Client]> = match certificate_pem {
+            // One identity, one TLS connection.
+            Some(pem) => {
+                let identity = reqwest::Identity::from_pem(pem.as_bytes())?;
+                vec![build_client(&self.settings, Some(identity))?].into()
+            }
+            None => (0..self.settings.connections.max(1))
+                .map(|_| build_client(&self.settings, None))
+                .collect::<Result<Vec<_>, _>>()?
+                .into(),
+        };
+        pools.insert(key.clone(), pool.clone());
+        Ok(pool)
     }
 
-    /// Spreads deliveries over the connections; a resend of one delivery
-    /// takes the same connection.
-    fn client(&self, job: &DeliveryJob) -> &reqwest::Client {
-        let i = (job.delivery_id.as_uuid().as_u128() % self.http.len() as u128) as usize;
-        &self.http[i]
+    /// The connection for a delivery: spread over its pool, and a resend of
+    /// one delivery takes the same connection.
+    fn client(
+        &self,
+        job: &DeliveryJob,
+        apns: Option<&ApnsCredentials>,
+    ) -> Result<reqwest::Client, ProviderError> {
+        let key = PoolKey::of(job.platform, apns);
+        let certificate = apns.and_then(|c| c.certificate_pem.as_deref());
+        let certificate = matches!(key, PoolKey::ApnsCertificate(_))
+            .then_some(certificate)
+            .flatten();
+        let pool = self.pool(&key, certificate)?;
+        let i = (job.delivery_id.as_uuid().as_u128() % pool.len() as u128) as usize;
+        Ok(pool[i].clone())
     }
 
     /// Sends one delivery and classifies the answer.
@@ -106,18 +155,16 @@ impl Providers {
                     } else {
                         &self.settings.apns_url
                     };
-                    let client = match &c.certificate_pem {
-                        Some(pem) => match self.cert_client(pem) {
-                            Ok(client) => client,
-                            Err(e) => {
-                                return OutcomeClass::Rejected {
-                                    reason: format!("APNs certificate unusable: {e}"),
-                                    invalid_token: false,
-                                    invalid_since: None,
-                                }
+                    let client = match self.client(job, Some(c)) {
+                        Ok(client) => client,
+                        Err(e) if c.certificate_pem.is_some() => {
+                            return OutcomeClass::Rejected {
+                                reason: format!("APNs certificate unusable: {e}"),
+                                invalid_token: false,
+                                invalid_since: None,
                             }
-                        },
-                        None => self.client(job).clone(),
+                        }
+                        Err(e) => return unconnected("APNs", &e),
                     };
                     apns::send(&client, base, &self.apns_tokens, c, job).await
                 }
@@ -125,18 +172,20 @@ impl Providers {
             },
             Platform::Android => match &creds.fcm {
                 Some(c) => {
-                    fcm::send(
-                        self.client(job),
-                        &self.settings.fcm_url,
-                        &self.fcm_tokens,
-                        c,
-                        job,
-                    )
-                    .await
+                    let client = match self.client(job, None) {
+                        Ok(client) => client,
+                        Err(e) => return unconnected("FCM", &e),
+                    };
+                    fcm::send(&client, &self.settings.fcm_url, &self.fcm_tokens, c, job).await
                 }
                 None => missing_credentials("FCM"),
             },
         }
+    }
+
+    /// How many connection pools are open (for tests and metrics).
+    pub fn pools(&self) -> usize {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -157,6 +206,14 @@ fn build_client(
         builder = builder.identity(identity);
     }
     Ok(builder.build()?)
+}
+
+/// No connection could be made ready: nothing was sent.
+fn unconnected(provider: &str, e: &ProviderError) -> OutcomeClass {
+    OutcomeClass::Retry {
+        reason: format!("{provider} connection not made: {e}"),
+        retry_after: None,
+    }
 }
 
 fn missing_credentials(provider: &str) -> OutcomeClass {
@@ -210,6 +267,94 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn apns(team_id: &str, key_id: &str, certificate_pem: Option<&str>) -> ApnsCredentials {
+        ApnsCredentials {
+            team_id: team_id.into(),
+            key_id: key_id.into(),
+            private_key_pem: String::new(),
+            certificate_pem: certificate_pem.map(str::to_string),
+            topic: "com.example.app".into(),
+        }
+    }
+
+    #[test]
+    fn apns_connections_are_never_shared_between_teams_keys_or_certificates() {
+        let a = apns("TEAMAAAAAA", "KEYAAAAAAA", None);
+        let key = |platform, c: Option<&ApnsCredentials>| PoolKey::of(platform, c);
+        assert_eq!(
+            key(Platform::Ios, Some(&a)),
+            key(Platform::Ios, Some(&apns("TEAMAAAAAA", "KEYAAAAAAA", None))),
+            "two apps of one team and key share their connections"
+        );
+        for other in [
+            apns("TEAMBBBBBB", "KEYAAAAAAA", None),
+            apns("TEAMAAAAAA", "KEYBBBBBBB", None),
+            apns("", "", Some("cert one")),
+        ] {
+            assert_ne!(
+                key(Platform::Ios, Some(&a)),
+                key(Platform::Ios, Some(&other))
+            );
+        }
+        assert_ne!(
+            key(Platform::Ios, Some(&apns("", "", Some("cert one")))),
+            key(Platform::Ios, Some(&apns("", "", Some("cert two"))))
+        );
+        assert_eq!(key(Platform::Android, None), PoolKey::Shared);
+        assert_ne!(key(Platform::Ios, Some(&a)), PoolKey::Shared, "never FCM's");
+    }
+
+    #[test]
+    fn each_signing_key_gets_its_own_pool_of_connections() {
+        let providers = Providers::new(ProviderSettings {
+            apns_url: "http://127.0.0.1:1".into(),
+            apns_sandbox_url: "http://127.0.0.1:1".into(),
+            fcm_url: "http://127.0.0.1:1".into(),
+            ca_cert_pem: None,
+            request_timeout: Duration::from_secs(1),
+            connections: 3,
+        })
+        .expect("providers");
+        assert_eq!(providers.pools(), 1, "FCM's, made at start");
+        let job = |platform| {
+            use herald_core::ids::DeliveryTarget;
+            use herald_core::{AppId, DeliveryId, DeliveryPolicy, MessageId};
+            let message_id = MessageId::new_random();
+            DeliveryJob {
+                delivery_id: DeliveryId::derive(message_id, DeliveryTarget::Token("t")),
+                message_id,
+                app_id: AppId::new_random(),
+                platform,
+                token: "t".into(),
+                install_id: None,
+                notification: serde_json::from_value(serde_json::json!({"title": "t"}))
+                    .expect("notification"),
+                policy: DeliveryPolicy::AtLeastOnce,
+                expires_at: None,
+                locale: None,
+                apns_sandbox: false,
+                attempt: 0,
+                not_before: None,
+                campaign: None,
+                trace_parent: None,
+            }
+        };
+        let a = apns("TEAMAAAAAA", "KEYAAAAAAA", None);
+        let b = apns("TEAMBBBBBB", "KEYAAAAAAA", None);
+        providers.client(&job(Platform::Ios), Some(&a)).expect("a");
+        providers
+            .client(&job(Platform::Ios), Some(&a))
+            .expect("a again");
+        assert_eq!(providers.pools(), 2);
+        providers.client(&job(Platform::Ios), Some(&b)).expect("b");
+        providers
+            .client(&job(Platform::Android), None)
+            .expect("fcm");
+        assert_eq!(providers.pools(), 3);
+        let pools = providers.pools.lock().expect("pools");
+        assert!(pools.values().all(|p| p.len() == 3));
+    }
 
     #[test]
     fn error_text_carries_every_cause() {
