@@ -555,6 +555,19 @@ pub struct SimConfig {
     pub tls_listen: String,
     /// SETTINGS_MAX_CONCURRENT_STREAMS per connection (APNs: about 1000).
     pub max_concurrent_streams: u32,
+    /// What is kept of each accepted delivery.
+    pub record: SimRecord,
+}
+
+/// `full`: every delivery with its payload (the default; tests assert on
+/// it). `counts`: counts, duplicates and a sample of 1,000 deliveries plus
+/// 1,000 duplicates, so memory stays flat at benchmark volumes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SimRecord {
+    #[default]
+    Full,
+    Counts,
 }
 
 impl Default for PostgresConfig {
@@ -726,6 +739,7 @@ impl Default for SimConfig {
             listen: "127.0.0.1:8090".into(),
             tls_listen: "127.0.0.1:8443".into(),
             max_concurrent_streams: 1000,
+            record: SimRecord::Full,
         }
     }
 }

@@ -657,6 +657,10 @@ pub async fn start_sim(config: &Config) -> Result<Simulator> {
         &config.sim.listen,
         &config.sim.tls_listen,
         config.sim.max_concurrent_streams,
+        match config.sim.record {
+            herald_config::SimRecord::Full => herald_sim::RecordMode::Full,
+            herald_config::SimRecord::Counts => herald_sim::RecordMode::Counts,
+        },
     )
     .await
     .context("starting the simulators")?;

@@ -57,15 +57,20 @@ pub(crate) async fn deliveries(
     Json(list).into_response()
 }
 
-/// Counts for quick checks: accepted per provider, and how many (token,
-/// collapse id) pairs were delivered more than once.
+/// Counts for quick checks: accepted per provider, how many deliveries
+/// repeated a (token, collapse id) pair, and how many are kept whole (all of
+/// them, or the sample of `record: counts`).
 pub(crate) async fn stats(State(state): State<Arc<SimState>>) -> Response {
     let tally = state.tally();
     Json(json!({
+        "record": tally.mode,
         "accepted": tally.accepted,
         "apns": tally.apns,
         "fcm": tally.fcm,
         "duplicates": tally.duplicates,
+        "kept": tally.kept,
+        "first_received_at": tally.first_received_at,
+        "last_received_at": tally.last_received_at,
         "stalled": state.stalled.load(Ordering::SeqCst),
         "connections": crate::serve::CONNECTIONS.load(Ordering::Relaxed),
         "goaways": crate::serve::GOAWAYS.load(Ordering::Relaxed),

@@ -13,7 +13,7 @@ mod message;
 mod serve;
 mod state;
 
-pub use state::{Faults, RecordedDelivery, SimCredentials};
+pub use state::{Faults, RecordMode, RecordedDelivery, SimCredentials};
 
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -51,6 +51,7 @@ impl Simulator {
         listen: &str,
         tls_listen: &str,
         max_concurrent_streams: u32,
+        record: RecordMode,
     ) -> Result<Self, SimError> {
         let h2c = bind(listen).await?;
         let h2c_addr = h2c.local_addr().map_err(|source| SimError::Bind {
@@ -58,7 +59,7 @@ impl Simulator {
             source,
         })?;
         let token_uri = format!("http://{h2c_addr}/token");
-        let state = Arc::new(SimState::new(token_uri)?);
+        let state = Arc::new(SimState::new(token_uri, record)?);
         let cert =
             rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
         let ca_pem = cert.cert.pem();

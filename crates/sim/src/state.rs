@@ -121,23 +121,86 @@ pub(crate) const APNS_TOPIC: &str = "dev.herald.demo";
 pub(crate) const FCM_PROJECT: &str = "herald-sim";
 pub(crate) const FCM_CLIENT_EMAIL: &str = "sender@herald-sim.iam.gserviceaccount.com";
 
-/// Every accepted delivery, and the counts kept as they arrive.
+/// What the simulator keeps of each accepted delivery.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordMode {
+    /// Every delivery with its payload: the ground truth of tests.
+    #[default]
+    Full,
+    /// Counts, duplicates and a bounded sample, for benchmarks: no payload is
+    /// kept past the sample, so memory grows only by a 16-byte digest per
+    /// distinct (token, collapse id).
+    Counts,
+}
+
+/// How many deliveries a counting record keeps whole: the first ones, and as
+/// many again of the duplicates.
+pub(crate) const SAMPLE: usize = 1_000;
+
+/// The accepted deliveries (all of them, or a sample), and the counts kept
+/// as they arrive.
 #[derive(Default)]
 struct Record {
+    mode: RecordMode,
+    accepted: u64,
     deliveries: Vec<RecordedDelivery>,
+    sampled_duplicates: usize,
     per_provider: HashMap<String, u64>,
-    /// Deliveries per (token, collapse id).
-    seen: HashMap<(String, Option<String>), u64>,
+    /// Deliveries per (token, collapse id), by a digest of the pair.
+    seen: HashMap<[u8; 16], u32>,
     /// Deliveries of a (token, collapse id) pair after its first.
     duplicates: u64,
+    first_received_at: Option<DateTime<Utc>>,
+    last_received_at: Option<DateTime<Utc>>,
+}
+
+impl Record {
+    fn new(mode: RecordMode) -> Self {
+        Self {
+            mode,
+            ..Self::default()
+        }
+    }
+
+    /// Whether a delivery is kept whole.
+    fn keeps(&self, duplicate: bool) -> bool {
+        match self.mode {
+            RecordMode::Full => true,
+            RecordMode::Counts if duplicate => self.sampled_duplicates < SAMPLE,
+            RecordMode::Counts => self.deliveries.len() - self.sampled_duplicates < SAMPLE,
+        }
+    }
+}
+
+fn pair_digest(token: &str, collapse_id: Option<&str>) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(token.as_bytes());
+    // A separator no token contains, and a mark for "no collapse id" that no
+    // collapse id can be.
+    match collapse_id {
+        Some(c) => {
+            hasher.update([0u8, 1]);
+            hasher.update(c.as_bytes());
+        }
+        None => hasher.update([0u8, 0]),
+    }
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&hasher.finalize()[..16]);
+    digest
 }
 
 /// Counts over the record.
 pub(crate) struct Tally {
+    pub mode: RecordMode,
     pub accepted: u64,
     pub apns: u64,
     pub fcm: u64,
     pub duplicates: u64,
+    pub kept: usize,
+    pub first_received_at: Option<DateTime<Utc>>,
+    pub last_received_at: Option<DateTime<Utc>>,
 }
 
 pub(crate) struct SimState {
@@ -159,7 +222,7 @@ pub(crate) struct SimState {
 }
 
 impl SimState {
-    pub fn new(token_uri: String) -> Result<Self, SimError> {
+    pub fn new(token_uri: String, mode: RecordMode) -> Result<Self, SimError> {
         let apns = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let fcm = KeyPair::generate_for(&PKCS_RSA_SHA256)?;
         let apns_key = DecodingKey::from_ec_pem(apns.public_key_pem().as_bytes())
@@ -211,7 +274,7 @@ impl SimState {
             token_uri,
             client_ca_der,
             access_tokens: Mutex::new(HashMap::new()),
-            deliveries: Mutex::new(Record::default()),
+            deliveries: Mutex::new(Record::new(mode)),
             faults: watch::Sender::new(Faults::default()),
             stalled: std::sync::atomic::AtomicU64::new(0),
             admitted: std::sync::atomic::AtomicU64::new(0),
@@ -229,16 +292,27 @@ impl SimState {
         body: &[u8],
     ) {
         use sha2::{Digest, Sha256};
+        let now = Utc::now();
         let mut record = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = record.deliveries.len() as u64 + 1;
+        record.accepted += 1;
+        let seq = record.accepted;
         *record.per_provider.entry(provider.to_string()).or_default() += 1;
         let times = record
             .seen
-            .entry((token.to_string(), collapse_id.clone()))
+            .entry(pair_digest(token, collapse_id.as_deref()))
             .or_default();
         *times += 1;
-        if *times > 1 {
+        let duplicate = *times > 1;
+        if duplicate {
             record.duplicates += 1;
+        }
+        record.first_received_at.get_or_insert(now);
+        record.last_received_at = Some(now);
+        if !record.keeps(duplicate) {
+            return;
+        }
+        if duplicate && record.mode == RecordMode::Counts {
+            record.sampled_duplicates += 1;
         }
         record.deliveries.push(RecordedDelivery {
             seq,
@@ -248,7 +322,7 @@ impl SimState {
             collapse_id,
             payload_sha256: hex::encode(Sha256::digest(body)),
             payload,
-            received_at: Utc::now(),
+            received_at: now,
         });
     }
 
@@ -265,15 +339,20 @@ impl SimState {
     pub fn tally(&self) -> Tally {
         let record = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
         Tally {
-            accepted: record.deliveries.len() as u64,
+            mode: record.mode,
+            accepted: record.accepted,
             apns: record.per_provider.get("apns").copied().unwrap_or(0),
             fcm: record.per_provider.get("fcm").copied().unwrap_or(0),
             duplicates: record.duplicates,
+            kept: record.deliveries.len(),
+            first_received_at: record.first_received_at,
+            last_received_at: record.last_received_at,
         }
     }
 
     pub fn clear(&self) {
-        *self.deliveries.lock().unwrap_or_else(|p| p.into_inner()) = Record::default();
+        let mut record = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        *record = Record::new(record.mode);
     }
 
     pub fn issue_access_token(&self, lifetime: Duration) -> String {
@@ -410,4 +489,75 @@ fn client_certificate() -> Result<(Vec<u8>, String), rcgen::Error> {
         ca_cert.der().to_vec(),
         format!("{}{}", cert.pem(), key.serialize_pem()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(state: &SimState, token: &str, collapse_id: Option<&str>) {
+        state.record(
+            "fcm",
+            token,
+            "projects/p/messages/1".into(),
+            collapse_id.map(str::to_string),
+            serde_json::json!({"title": "t"}),
+            b"{}",
+        );
+    }
+
+    #[test]
+    fn a_counting_record_counts_everything_and_keeps_a_bounded_sample() {
+        let state =
+            SimState::new("http://127.0.0.1:1/token".into(), RecordMode::Counts).expect("state");
+        let devices = 3 * SAMPLE;
+        for round in 0..2 {
+            for d in 0..devices {
+                // The second round repeats every pair once.
+                deliver(&state, &format!("token-{d}"), Some("m1"));
+            }
+            assert_eq!(state.tally().accepted, ((round + 1) * devices) as u64);
+        }
+        // Same token, another collapse id, or none: not duplicates.
+        deliver(&state, "token-0", Some("m2"));
+        deliver(&state, "token-0", None);
+        let tally = state.tally();
+        assert_eq!(tally.accepted, 2 * devices as u64 + 2);
+        assert_eq!(tally.fcm, tally.accepted);
+        assert_eq!(tally.duplicates, devices as u64);
+        assert_eq!(
+            tally.kept,
+            2 * SAMPLE,
+            "the first ones and as many duplicates"
+        );
+        let kept = state.deliveries();
+        assert_eq!(kept.len(), 2 * SAMPLE);
+        assert_eq!(kept[0].seq, 1);
+        assert_eq!(
+            kept[SAMPLE].seq,
+            devices as u64 + 1,
+            "the sample goes on with the first duplicate"
+        );
+        assert!(tally.first_received_at <= tally.last_received_at);
+        state.clear();
+        assert_eq!(state.tally().accepted, 0);
+        assert_eq!(
+            state.tally().mode,
+            RecordMode::Counts,
+            "a reset keeps the mode"
+        );
+    }
+
+    #[test]
+    fn a_full_record_keeps_every_delivery() {
+        let state =
+            SimState::new("http://127.0.0.1:1/token".into(), RecordMode::Full).expect("state");
+        for d in 0..(SAMPLE + 10) {
+            deliver(&state, &format!("token-{}", d % 7), None);
+        }
+        let tally = state.tally();
+        assert_eq!(tally.kept, SAMPLE + 10);
+        assert_eq!(tally.duplicates, (SAMPLE + 10 - 7) as u64);
+        assert_eq!(state.deliveries().len(), SAMPLE + 10);
+    }
 }
