@@ -684,13 +684,24 @@ impl DueTimers {
         Ok(())
     }
 
-    pub async fn postpone(&mut self, timer: &DueTimer, until: DateTime<Utc>) -> Result<()> {
+    /// Moves timers (out of quiet hours) to later, in one statement.
+    pub async fn postpone(&mut self, postponed: &[(&DueTimer, DateTime<Utc>)]) -> Result<()> {
+        if postponed.is_empty() {
+            return Ok(());
+        }
         sqlx::query(
-            "UPDATE trigger_timers SET due_at = $3 WHERE trigger_id = $1 AND event_id = $2",
+            "UPDATE trigger_timers t SET due_at = u.due_at
+             FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(trigger_id, event_id, due_at)
+             WHERE t.trigger_id = u.trigger_id AND t.event_id = u.event_id",
         )
-        .bind(timer.trigger_id)
-        .bind(&timer.event_id)
-        .bind(until)
+        .bind(postponed.iter().map(|(t, _)| t.trigger_id).collect::<Vec<_>>())
+        .bind(
+            postponed
+                .iter()
+                .map(|(t, _)| t.event_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(postponed.iter().map(|(_, until)| *until).collect::<Vec<_>>())
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -268,6 +268,7 @@ impl TriggerEngine {
         let devices = batch.devices(&timers).await?;
         let mut settled: Vec<(&DueTimer, TimerStatus)> = Vec::new();
         let mut fired: Vec<(&DueTimer, NewMessage)> = Vec::new();
+        let mut postponed: Vec<(&DueTimer, chrono::DateTime<chrono::Utc>)> = Vec::new();
         // Pushes of a capped rule fired earlier in this same transaction.
         let mut fired_here: HashMap<(uuid::Uuid, &str), i64> = HashMap::new();
         for timer in &timers {
@@ -298,8 +299,7 @@ impl TriggerEngine {
                 .find(|d| *d != QuietDecision::Send);
             match quiet {
                 Some(QuietDecision::PostponeUntil(until)) => {
-                    batch.postpone(timer, until).await?;
-                    metrics::counter!("herald_trigger_timers_postponed_total").increment(1);
+                    postponed.push((timer, until));
                     continue;
                 }
                 Some(_) => {
@@ -353,8 +353,11 @@ impl TriggerEngine {
             fired.push((timer, message));
         }
         batch.settle(&settled, now).await?;
+        batch.postpone(&postponed).await?;
         let written = batch.fire(&fired, now).await?;
         batch.commit().await?;
+        metrics::counter!("herald_trigger_timers_postponed_total")
+            .increment(postponed.len() as u64);
         for (_, status) in &settled {
             metrics::counter!("herald_trigger_timers_settled_total", "status" => status.as_str())
                 .increment(1);
