@@ -5,6 +5,7 @@
 //! as configured for the tests), runs a fixed amount of work, and prints a
 //! table. Run it from a release build: `./scripts/bench campaign`.
 
+mod all;
 mod ceiling;
 mod peers;
 mod procstat;
@@ -45,6 +46,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Everything, against one ceiling: h2load's rate at the simulator, then
+    /// every scenario, and one table of each headline as a ratio to it.
+    All {
+        #[arg(long, default_value_t = 1_000_000)]
+        installations: i64,
+        /// Users of the triggers scenario.
+        #[arg(long, default_value_t = 100_000)]
+        users: i64,
+    },
     /// Fan-out: an app with N installations, one campaign to all of them,
     /// timed from launch to every device's outcome recorded.
     Campaign {
@@ -117,21 +127,30 @@ async fn main() -> Result<()> {
         Scenario::Campaign {
             installations,
             senders,
-        } => campaign(installations, senders).await,
-        Scenario::Triggers { users, engines } => triggers(users, engines).await,
-        Scenario::Dedupe { jobs } => sender::dedupe(jobs).await,
+        } => campaign(installations, senders).await.map(|_| ()),
+        Scenario::Triggers { users, engines } => triggers(users, engines).await.map(|_| ()),
+        Scenario::Dedupe { jobs } => sender::dedupe(jobs).await.map(|_| ()),
+        Scenario::All {
+            installations,
+            users,
+        } => {
+            all::run(all::Settings {
+                installations,
+                users,
+            })
+            .await
+        }
         Scenario::Peers {
             notifications,
             connections,
             in_flight,
-        } => {
-            peers::run(peers::Settings {
-                notifications,
-                connections,
-                in_flight,
-            })
-            .await
-        }
+        } => peers::run(peers::Settings {
+            notifications,
+            connections,
+            in_flight,
+        })
+        .await
+        .map(|_| ()),
         Scenario::Ceiling {
             requests,
             clients,
@@ -185,7 +204,16 @@ async fn warm_up(env: &TestEnv, base: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
-async fn campaign(installations: i64, senders: usize) -> Result<()> {
+/// A scenario's headline rate, for the ratios of `all`.
+pub(crate) struct Measured {
+    pub per_second: f64,
+    pub duplicates: u64,
+    pub lost: u64,
+    pub sender_peak_rss_mb: f64,
+    pub sim_peak_rss_mb: f64,
+}
+
+async fn campaign(installations: i64, senders: usize) -> Result<Measured> {
     if installations <= 0 || senders == 0 {
         bail!("--installations and --senders must be positive");
     }
@@ -193,6 +221,8 @@ async fn campaign(installations: i64, senders: usize) -> Result<()> {
         "bench",
         &[
             ("HERALD_LOG", "warn"),
+            // Memory flat at a million deliveries; counts stay exact.
+            ("HERALD_SIM__RECORD", "counts"),
             ("HERALD_POSTGRES__MAX_CONNECTIONS", "16"),
             ("HERALD_SENDER__BATCH_SIZE", "5000"),
             ("HERALD_SENDER__CONCURRENCY", "1024"),
@@ -320,18 +350,26 @@ async fn campaign(installations: i64, senders: usize) -> Result<()> {
     println!("| duplicates at the simulators | {} |", stats["duplicates"]);
     let shown: Vec<&HeraldProcess> = procs.iter().collect();
     procstat::print_processes(&shown, &before, &after, delivered.max(0) as u64);
-    if let Some(sim) = &env.sim {
+    let sim_peak_rss_mb = env.sim.as_ref().map_or(0.0, |sim| {
         let s = ProcStat::of(sim);
         println!(
             "| sim (APNs + FCM) | {:.1} | | {:.0} |",
             s.cpu_seconds, s.peak_rss_mb
         );
-    }
+        s.peak_rss_mb
+    });
     env.finish().await;
-    Ok(())
+    let accepted = stats["accepted"].as_u64().unwrap_or(0).saturating_sub(1);
+    Ok(Measured {
+        per_second: delivered as f64 / total.as_secs_f64(),
+        duplicates: stats["duplicates"].as_u64().unwrap_or(0),
+        lost: (installations as u64).saturating_sub(accepted),
+        sender_peak_rss_mb: after[0].peak_rss_mb,
+        sim_peak_rss_mb,
+    })
 }
 
-async fn triggers(users: i64, engines: usize) -> Result<()> {
+async fn triggers(users: i64, engines: usize) -> Result<Measured> {
     if users <= 0 || engines == 0 {
         bail!("--users and --engines must be positive");
     }
@@ -339,6 +377,8 @@ async fn triggers(users: i64, engines: usize) -> Result<()> {
         "benchtrig",
         &[
             ("HERALD_LOG", "warn"),
+            // Memory flat at a million deliveries; counts stay exact.
+            ("HERALD_SIM__RECORD", "counts"),
             ("HERALD_POSTGRES__MAX_CONNECTIONS", "16"),
             ("HERALD_SENDER__BATCH_SIZE", "5000"),
             ("HERALD_SENDER__CONCURRENCY", "1024"),
@@ -459,6 +499,33 @@ async fn triggers(users: i64, engines: usize) -> Result<()> {
             a.peak_rss_mb
         );
     }
+    // Every fired timer's push at the simulator, for the duplicates and
+    // losses of `all` (fired means written, not yet delivered).
+    let waiting = Instant::now();
+    let stats = loop {
+        let stats = env.sim_stats().await;
+        if stats["accepted"].as_i64().unwrap_or(0) >= users
+            || waiting.elapsed() > Duration::from_secs(600)
+        {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let accepted = stats["accepted"].as_u64().unwrap_or(0);
+    println!(
+        "| fired pushes accepted by the simulators / duplicates | {accepted} / {} |",
+        stats["duplicates"]
+    );
+    let sim_peak_rss_mb = env
+        .sim
+        .as_ref()
+        .map_or(0.0, |sim| ProcStat::of(sim).peak_rss_mb);
     env.finish().await;
-    Ok(())
+    Ok(Measured {
+        per_second: users as f64 / (last - first).max(0.001),
+        duplicates: stats["duplicates"].as_u64().unwrap_or(0),
+        lost: (users as u64).saturating_sub(accepted),
+        sender_peak_rss_mb: after[0].peak_rss_mb,
+        sim_peak_rss_mb,
+    })
 }

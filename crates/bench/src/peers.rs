@@ -82,7 +82,14 @@ async fn run_peer(
     })
 }
 
-pub async fn run(s: Settings) -> Result<()> {
+/// Herald's sender against @parse/node-apn, for the ratios of `all`.
+pub struct Summary {
+    pub sender: crate::sender::SenderRun,
+    pub node_apn_per_second: f64,
+    pub node_apn_cpu_per_1000: f64,
+}
+
+pub async fn run(s: Settings) -> Result<Summary> {
     let peers = peers_dir();
     let python = peers.join("venv/bin/python");
     let node_modules = peers.join("node/node_modules");
@@ -193,5 +200,9 @@ pub async fn run(s: Settings) -> Result<()> {
         end_to_end.deliveries_per_second / aioapns.per_second,
         end_to_end.deliveries_per_second / node_apn.per_second
     );
-    Ok(())
+    Ok(Summary {
+        sender,
+        node_apn_per_second: node_apn.per_second,
+        node_apn_cpu_per_1000: node_apn.cpu_per_1000,
+    })
 }

@@ -144,8 +144,14 @@ pub async fn run_once(count: usize, dedupe: bool) -> Result<SenderRun> {
     })
 }
 
+/// What the ledger costs the sender: CPU and wall time, as fractions.
+pub struct DedupeOverhead {
+    pub cpu: f64,
+    pub time: f64,
+}
+
 /// The same sender run with the ledger and without it.
-pub async fn dedupe(count: usize) -> Result<()> {
+pub async fn dedupe(count: usize) -> Result<DedupeOverhead> {
     let on = run_once(count, true).await?;
     let off = run_once(count, false).await?;
     println!(
@@ -170,9 +176,13 @@ pub async fn dedupe(count: usize) -> Result<()> {
         "\n| dedupe overhead (time on / time off − 1) | {:.1} % |",
         100.0 * (on.seconds / off.seconds - 1.0)
     );
+    let overhead = DedupeOverhead {
+        cpu: on.cpu_seconds / off.cpu_seconds.max(1e-9) - 1.0,
+        time: on.seconds / off.seconds - 1.0,
+    };
     println!(
         "| CPU overhead (CPU on / CPU off − 1) | {:.1} % |",
-        100.0 * (on.cpu_seconds / off.cpu_seconds.max(1e-9) - 1.0)
+        100.0 * overhead.cpu
     );
-    Ok(())
+    Ok(overhead)
 }

@@ -44,6 +44,13 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 /// The headline figure, for comparisons made in the same run.
 pub struct Summary {
     pub deliveries_per_second: f64,
+    pub requests_per_second: f64,
+    /// 202 latency.
+    pub p99_ms: f64,
+    pub duplicates: u64,
+    /// Deliveries owed that the simulators never accepted.
+    pub lost: u64,
+    pub sender_peak_rss_mb: f64,
 }
 
 pub async fn run(s: Settings) -> Result<Summary> {
@@ -220,9 +227,15 @@ pub async fn run(s: Settings) -> Result<Summary> {
     );
     println!("| extra deliveries (must be 0) | {} |", stats["duplicates"]);
     crate::procstat::print_processes(&procs, &before, &after, owed);
+    let sender_peak_rss_mb = after[1].peak_rss_mb;
     drop(procs);
     env.finish().await;
     Ok(Summary {
         deliveries_per_second: owed as f64 / delivered_in.as_secs_f64(),
+        requests_per_second: results.len() as f64 / sending.as_secs_f64(),
+        p99_ms: percentile(&latencies, 0.99),
+        duplicates: stats["duplicates"].as_u64().unwrap_or(0),
+        lost: owed.saturating_sub(stats["accepted"].as_u64().unwrap_or(0).saturating_sub(1)),
+        sender_peak_rss_mb,
     })
 }
