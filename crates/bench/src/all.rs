@@ -53,7 +53,15 @@ pub async fn run(s: Settings) -> Result<()> {
         copies: 1,
     })
     .await?;
-    let triggers = crate::triggers(s.users, 1).await?;
+    // On the embedded broker a large burst of events can outgrow what it
+    // keeps; the rest of the table is still worth having.
+    let triggers = match crate::triggers(s.users, 1).await {
+        Ok(measured) => Some(measured),
+        Err(e) => {
+            eprintln!("the triggers scenario gave no figure: {e:#}");
+            None
+        }
+    };
     let peers = crate::peers::run(crate::peers::Settings {
         notifications: 50_000,
         connections: 4,
@@ -84,13 +92,18 @@ pub async fn run(s: Settings) -> Result<()> {
             ceiling,
             0.25,
         ),
-        Row::of_ceiling(
-            format!("trigger timers fired, {} users due together", s.users),
-            triggers.per_second,
-            ceiling,
-            0.30,
-        ),
     ];
+    let triggers_measure = format!("trigger timers fired, {} users due together", s.users);
+    rows.push(match &triggers {
+        Some(t) => Row::of_ceiling(triggers_measure, t.per_second, ceiling, 0.30),
+        None => Row {
+            measure: triggers_measure,
+            value: "no figure (see above)".into(),
+            ratio: None,
+            target: "≥ 0.30".into(),
+            met: None,
+        },
+    });
     let speed = peers.sender.per_second / peers.node_apn_per_second;
     let cpu = (peers.sender.cpu_seconds * 1000.0 / peers.sender.jobs as f64)
         / peers.node_apn_cpu_per_1000.max(1e-9);
@@ -119,7 +132,7 @@ pub async fn run(s: Settings) -> Result<()> {
         end_to_end.sender_peak_rss_mb,
         campaign.sender_peak_rss_mb,
         single.sender_peak_rss_mb,
-        triggers.sender_peak_rss_mb,
+        triggers.as_ref().map_or(0.0, |t| t.sender_peak_rss_mb),
         peers.sender.peak_rss_mb,
     ]
     .into_iter()
@@ -142,9 +155,10 @@ pub async fn run(s: Settings) -> Result<()> {
     let duplicates = end_to_end.duplicates
         + campaign.duplicates
         + single.duplicates
-        + triggers.duplicates
+        + triggers.as_ref().map_or(0, |t| t.duplicates)
         + peers.sender.duplicates;
-    let lost = end_to_end.lost + campaign.lost + single.lost + triggers.lost;
+    let lost =
+        end_to_end.lost + campaign.lost + single.lost + triggers.as_ref().map_or(0, |t| t.lost);
     rows.push(Row {
         measure: "duplicates / losses, every scenario".into(),
         value: format!("{duplicates} / {lost}"),

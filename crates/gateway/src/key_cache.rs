@@ -122,6 +122,12 @@ impl KeyCache {
                 inner.generation += 1;
             }
             ApiKeyChange::Ping(nonce) if nonce == self.nonce => {
+                if inner.trusted_until.is_none() {
+                    // The first ping of a new listener: a lookup that read
+                    // PostgreSQL before it listened may have read a key
+                    // revoked unheard, and must not be kept.
+                    inner.generation += 1;
+                }
                 inner.trusted_until = Some(Instant::now() + TRUST_FOR);
             }
             ApiKeyChange::Ping(_) => {}
