@@ -136,10 +136,10 @@ impl Providers {
         apns: Option<&ApnsCredentials>,
     ) -> Result<reqwest::Client, ProviderError> {
         let key = PoolKey::of(job.platform, apns);
-        let certificate = apns.and_then(|c| c.certificate_pem.as_deref());
-        let certificate = matches!(key, PoolKey::ApnsCertificate(_))
-            .then_some(certificate)
-            .flatten();
+        let certificate = match key {
+            PoolKey::ApnsCertificate(_) => apns.and_then(|c| c.certificate_pem.as_deref()),
+            _ => None,
+        };
         let pool = self.pool(&key, certificate)?;
         let i = (job.delivery_id.as_uuid().as_u128() % pool.len() as u128) as usize;
         Ok(pool[i].clone())
@@ -183,8 +183,8 @@ impl Providers {
         }
     }
 
-    /// How many connection pools are open (for tests and metrics).
-    pub fn pools(&self) -> usize {
+    #[cfg(test)]
+    fn pools(&self) -> usize {
         self.pools.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
