@@ -760,7 +760,7 @@ impl Run {
         let env = &self.inc.env;
         loop {
             let pending: i64 = sqlx::query_scalar(
-                "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending')
+                "SELECT (SELECT count(*) FROM delivery_status WHERE status = 'pending')
                       + (SELECT count(*) FROM trigger_timers WHERE status = 'pending')",
             )
             .fetch_one(&env.db)
@@ -789,7 +789,7 @@ impl Run {
     /// this checker).
     async fn failed(&self) -> HashSet<(String, String)> {
         sqlx::query_as::<_, (uuid::Uuid, String)>(
-            "SELECT message_id, token FROM deliveries WHERE status = 'failed'",
+            "SELECT message_id, token FROM delivery_status WHERE status = 'failed'",
         )
         .fetch_all(&self.inc.env.db)
         .await
@@ -807,7 +807,7 @@ impl Run {
     /// Deliveries settled `unknown`, with when.
     async fn unknown_at(&self) -> HashMap<(String, String), chrono::DateTime<chrono::Utc>> {
         sqlx::query_as::<_, (uuid::Uuid, String, chrono::DateTime<chrono::Utc>)>(
-            "SELECT message_id, token, settled_at FROM deliveries WHERE status = 'unknown'",
+            "SELECT message_id, token, settled_at FROM delivery_status WHERE status = 'unknown'",
         )
         .fetch_all(&self.inc.env.db)
         .await
@@ -823,7 +823,7 @@ impl Run {
     /// (on a loaded machine, a request can time out with no fault on).
     async fn resent_after_unknown(&self) -> HashSet<(String, String)> {
         sqlx::query_as::<_, (uuid::Uuid, String)>(
-            "SELECT message_id, token FROM deliveries WHERE status = 'delivered' AND starts_with(reason, $1)",
+            "SELECT message_id, token FROM delivery_status WHERE status = 'delivered' AND starts_with(reason, $1)",
         )
         .bind(herald_core::RESENT_AFTER_UNKNOWN)
         .fetch_all(&self.inc.env.db)

@@ -475,7 +475,7 @@ impl Incident {
         let env = &self.env;
         wait_until("no pending delivery or timer", LONG, || async {
             let pending: i64 = sqlx::query_scalar(
-                "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending')
+                "SELECT (SELECT count(*) FROM delivery_status WHERE status = 'pending')
                       + (SELECT count(*) FROM trigger_timers WHERE status = 'pending')",
             )
             .fetch_one(&env.db)

@@ -722,10 +722,15 @@ impl TestEnv {
         }
     }
 
-    /// Asserts that no push was stored: no message, delivery, outbox row or
+    /// Asserts that no push was stored: no message, outcome, outbox row or
     /// Idempotency-Key.
     pub async fn assert_nothing_accepted(&self) {
-        for table in ["messages", "deliveries", "outbox", "idempotency_keys"] {
+        for table in [
+            "messages",
+            "delivery_outcomes",
+            "outbox",
+            "idempotency_keys",
+        ] {
             assert_eq!(self.count_rows(table).await, 0, "{table} was written");
         }
     }

@@ -978,7 +978,7 @@ async fn expired_idempotency_keys_are_purged() {
     assert_eq!(status, 202);
     assert_ne!(again["message_id"], first["message_id"]);
     assert_eq!(env.count_rows("messages").await, 2);
-    assert_eq!(env.count_rows("deliveries").await, 2);
+    assert_eq!(env.count_rows("delivery_status").await, 2);
     env.finish().await;
 }
 

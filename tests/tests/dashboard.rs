@@ -248,7 +248,7 @@ async fn an_operator_runs_a_campaign_and_a_trigger_from_the_browser() {
     wait_until("the trigger's outcomes recorded", LONG, || async {
         count(
             &env,
-            "SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message_id
+            "SELECT count(*) FROM delivery_status d JOIN messages m ON m.id = d.message_id
                       WHERE m.kind = 'trigger' AND d.status = 'delivered'",
         )
         .await

@@ -91,7 +91,7 @@ async fn a_push_to_six_devices_resubmitted_five_times_is_delivered_once_each() {
         "duplicates: {per_token:?}"
     );
     assert_eq!(env.count_rows("messages").await, 2);
-    assert_eq!(env.count_rows("deliveries").await, 7);
+    assert_eq!(env.count_rows("delivery_status").await, 7);
 
     // The recorder has written every outcome back to PostgreSQL.
     wait_until("the message status shows 6 delivered", SETTLE, || async {
@@ -645,5 +645,101 @@ async fn a_push_kafka_can_never_take_fails_alone_and_holds_back_nothing() {
             .expect("outbox");
     assert_eq!(unpublished, 0);
     assert!(gateway.logged("an accepted push can never be published"));
+    env.finish().await;
+}
+
+/// The outcome log keeps days ready ahead; a day past retention goes whole,
+/// with the messages whose outcomes it held, and a push still waiting for its
+/// `send_at` stays. A replayed outcome is not appended again.
+#[tokio::test]
+async fn outcomes_past_retention_go_with_their_messages() {
+    let env = TestEnv::start("retention").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let _sender = env.sender().await;
+    let gw = gateway.url.clone().expect("gateway url");
+    let to = |i| json!({"tokens": [{"platform": "ios", "token": ios_token(i)}]});
+    let (status, sent) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &json!({"to": to(1), "notification": {"title": "now"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{sent}");
+    let sent = sent["message_id"].as_str().expect("id").to_string();
+    let later = (chrono::Utc::now() + chrono::Duration::days(29)).to_rfc3339();
+    let (status, waiting) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &json!({"to": to(2), "notification": {"title": "later"}, "send_at": later}),
+        )
+        .await;
+    assert_eq!(status, 202, "{waiting}");
+    let waiting = waiting["message_id"].as_str().expect("id").to_string();
+    wait_until("the push is delivered and recorded", SETTLE, || async {
+        env.message(&gw, &app.server_key, &sent).await["counts"]["delivered"] == 1
+    })
+    .await;
+
+    let store = herald_store::Store::connect(&env.db_url, 2)
+        .await
+        .expect("store");
+    let outcome: herald_core::DeliveryOutcome = {
+        let (message_id, delivery_id, token): (uuid::Uuid, uuid::Uuid, String) =
+            sqlx::query_as("SELECT message_id, delivery_id, token FROM delivery_outcomes")
+                .fetch_one(&env.db)
+                .await
+                .expect("the outcome");
+        serde_json::from_value(json!({
+            "delivery_id": delivery_id, "message_id": message_id, "app_id": app.id,
+            "platform": "ios", "status": "delivered", "token": token,
+            "attempts": 1, "at": chrono::Utc::now(),
+        }))
+        .expect("an outcome")
+    };
+    store
+        .record_outcomes(&[outcome.clone(), outcome])
+        .await
+        .expect("replayed");
+    assert_eq!(env.count_rows("delivery_outcomes").await, 1);
+
+    // Forty days on, with thirty days of retention.
+    let now = chrono::Utc::now() + chrono::Duration::days(40);
+    let upkeep = store.keep_outcome_log(now, 14, 30).await.expect("upkeep");
+    assert_eq!(upkeep.partitions_created.len(), 15, "{upkeep:?}");
+    let today = chrono::Utc::now().format("%Y%m%d").to_string();
+    assert!(
+        upkeep
+            .partitions_dropped
+            .contains(&format!("delivery_outcomes_p{today}")),
+        "{upkeep:?}"
+    );
+    assert!(
+        upkeep
+            .partitions_dropped
+            .contains(&format!("delivery_outcomes_before_{today}")),
+        "{upkeep:?}"
+    );
+    assert_eq!(upkeep.messages_deleted, 1, "{upkeep:?}");
+    assert_eq!(env.count_rows("delivery_outcomes").await, 0);
+    let gone = env
+        .http
+        .get(format!("{gw}/v1/messages/{sent}"))
+        .bearer_auth(&app.server_key)
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(gone.status(), 404);
+    let kept = env.message(&gw, &app.server_key, &waiting).await;
+    assert_eq!(kept["counts"]["pending"], 1, "{kept}");
+    // Done once, there is nothing left to do.
+    assert_eq!(
+        store.keep_outcome_log(now, 14, 30).await.expect("again"),
+        herald_store::OutcomeLogUpkeep::default()
+    );
     env.finish().await;
 }

@@ -527,6 +527,10 @@ pub struct RecorderConfig {
     pub webhook_retry_base_ms: u64,
     /// How often the webhook dispatcher looks for due events.
     pub webhook_poll_ms: u64,
+    /// Days a delivery's outcome (and a message that named its devices) is
+    /// kept. Never shorter than the dedupe horizon: rebuilding a lost Redis
+    /// ledger reads the outcomes of that horizon.
+    pub outcome_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -717,6 +721,7 @@ impl Default for RecorderConfig {
             webhook_max_attempts: 10,
             webhook_retry_base_ms: 1_000,
             webhook_poll_ms: 500,
+            outcome_retention_days: 30,
         }
     }
 }
@@ -781,6 +786,11 @@ impl Config {
             .sender
             .dedupe_horizon_hours
             .max(self.gateway.idempotency_retention_hours);
+        let horizon_days = self.sender.dedupe_horizon_hours.div_ceil(24) + 1;
+        self.recorder.outcome_retention_days = self
+            .recorder
+            .outcome_retention_days
+            .max(u32::try_from(horizon_days).unwrap_or(u32::MAX));
         self
     }
 }
@@ -928,6 +938,21 @@ mod tests {
             jail.set_env("HERALD_SENDER__DEDUPE_HORIZON_HOURS", "1");
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.sender.dedupe_horizon_hours, 24 * 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn outcomes_are_kept_past_the_dedupe_horizon() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("HERALD_RECORDER__OUTCOME_RETENTION_DAYS", "2");
+            jail.set_env("HERALD_SENDER__DEDUPE_HORIZON_HOURS", "240");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.recorder.outcome_retention_days, 11);
+            jail.set_env("HERALD_RECORDER__OUTCOME_RETENTION_DAYS", "90");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.recorder.outcome_retention_days, 90);
             Ok(())
         });
     }

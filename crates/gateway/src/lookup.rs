@@ -141,7 +141,8 @@ pub struct Stats {
     pub hours: Vec<HourStats>,
     /// Per status over the whole window.
     pub totals: BTreeMap<String, i64>,
-    /// Deliveries waiting for an outcome now.
+    /// Deliveries of the messages accepted in the window that are waiting
+    /// for an outcome now.
     pub pending: i64,
     /// The latest deliveries in the window that ended other than delivered.
     pub recent_failures: Vec<DeliveryView>,
@@ -199,7 +200,10 @@ pub(crate) async fn stats(
             .entry(status)
             .or_default() += c.count;
     }
-    let pending = state.store.pending_delivery_count(key.app_id).await?;
+    let pending = state
+        .store
+        .pending_delivery_count(key.app_id, since)
+        .await?;
     let failures = state
         .store
         .recent_failures(key.app_id, since, FAILURES_LISTED)

@@ -636,6 +636,15 @@ pub fn start_recorder(roles: &mut Roles, config: &Config, store: Store) -> Resul
                 .with_context(|| format!("recorder on cluster {}", cluster.name))
         });
     }
+    let keeper = herald_recorder::OutcomeLogKeeper {
+        store: recorder_store.clone(),
+        config: config.recorder.clone(),
+    };
+    let shutdown = roles.shutdown.clone();
+    roles.tasks.spawn(async move {
+        keeper.run(shutdown).await;
+        Ok(())
+    });
     let dispatcher = herald_recorder::WebhookDispatcher {
         store: recorder_store,
         http: reqwest::Client::builder()

@@ -70,3 +70,54 @@ impl Recorder {
         Ok(())
     }
 }
+
+/// Keeps the outcome log's partitions ready ahead of time and drops what has
+/// passed the retention, once at start and then every hour. Several recorders
+/// may run it: they take turns on a lock.
+pub struct OutcomeLogKeeper {
+    pub store: Store,
+    pub config: RecorderConfig,
+}
+
+/// Partitions kept ready ahead of today: a recorder down for a week still
+/// finds the days it writes into.
+const PARTITION_DAYS_AHEAD: u32 = 14;
+
+impl OutcomeLogKeeper {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let health = herald_telemetry::health::register("the outcome log's upkeep".to_string());
+        loop {
+            let every = match self
+                .store
+                .keep_outcome_log(
+                    chrono::Utc::now(),
+                    PARTITION_DAYS_AHEAD,
+                    self.config.outcome_retention_days,
+                )
+                .await
+            {
+                Ok(upkeep) => {
+                    health.ok();
+                    if upkeep != herald_store::OutcomeLogUpkeep::default() {
+                        tracing::info!(
+                            created = ?upkeep.partitions_created,
+                            dropped = ?upkeep.partitions_dropped,
+                            messages_deleted = upkeep.messages_deleted,
+                            "outcome log kept"
+                        );
+                    }
+                    Duration::from_secs(3600)
+                }
+                Err(e) => {
+                    health.failed(&e);
+                    tracing::warn!(error = %e, "keeping the outcome log failed; trying again in a minute");
+                    Duration::from_secs(60)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@ use herald_bus::Publisher;
 use herald_config::{Clock, SchedulerConfig};
 use herald_core::campaign::{rate_slice, CampaignRef, CampaignStatus, WaveZone};
 use herald_core::ids::DeliveryTarget;
-use herald_core::{DeliveryId, DeliveryJob};
+use herald_core::{DeliveryId, DeliveryJob, MessageId};
 use herald_ledger::RateLimiter;
 use herald_store::{AudienceList, AudienceScope, Campaign, Store, Wave};
 use std::collections::{HashMap, HashSet};
@@ -210,12 +210,15 @@ impl Scheduler {
             // A device whose delivery is settled (a resume, a relaunch, a
             // recovery) is counted as produced but not handed out again.
             let produced = matching.len() as i64;
-            let ids: Vec<DeliveryId> = matching
+            let ids: Vec<(MessageId, DeliveryId)> = matching
                 .iter()
                 .map(|c| {
-                    DeliveryId::derive(
+                    (
                         campaign.message_id,
-                        DeliveryTarget::Installation(&c.install_id),
+                        DeliveryId::derive(
+                            campaign.message_id,
+                            DeliveryTarget::Installation(&c.install_id),
+                        ),
                     )
                 })
                 .collect();
@@ -229,8 +232,8 @@ impl Scheduler {
             let jobs: Vec<DeliveryJob> = matching
                 .into_iter()
                 .zip(ids)
-                .filter(|(_, id)| !settled.contains(id))
-                .map(|(c, delivery_id)| DeliveryJob {
+                .filter(|(_, (_, id))| !settled.contains(id))
+                .map(|(c, (_, delivery_id))| DeliveryJob {
                     delivery_id,
                     message_id: campaign.message_id,
                     app_id: campaign.app_id,

@@ -345,12 +345,12 @@ async fn rebuild(
     let mut copied = 0;
     loop {
         let page = store.settled_page(since, after, PAGE).await?;
-        let Some(&(last, _)) = page.last() else {
+        let Some(&(last_message, last, _)) = page.last() else {
             break;
         };
-        let states: Vec<_> = page.iter().map(|(id, s)| (*id, s.as_str())).collect();
+        let states: Vec<_> = page.iter().map(|(_, id, s)| (*id, s.as_str())).collect();
         copied += ledger.seed_settled(&states).await?;
-        after = Some(last);
+        after = Some((last_message, last));
         if !ledger.extend_rebuild_lock(REBUILD_LOCK).await? {
             return Err("the rebuild lock ran out; another process rebuilds".into());
         }

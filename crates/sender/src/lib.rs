@@ -729,7 +729,7 @@ impl Sender {
             .iter()
             .zip(claims.iter())
             .filter(|(_, c)| matches!(c, Claim::Claimed { .. } | Claim::TakenOver { .. }))
-            .map(|(j, _)| j.delivery_id)
+            .map(|(j, _)| (j.message_id, j.delivery_id))
             .collect();
         let settled = self.store.settled_statuses(&claimed).await?;
         let by_id: HashMap<_, _> = settled.into_iter().collect();

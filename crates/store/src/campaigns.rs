@@ -670,7 +670,7 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         let counts: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT platform, status, count(*) FROM deliveries WHERE message_id = $1
+            "SELECT platform, status, count(*) FROM delivery_status WHERE message_id = $1
              GROUP BY platform, status ORDER BY platform, status",
         )
         .bind(campaign.message_id.as_uuid())

@@ -1,5 +1,6 @@
 //! PostgreSQL, Herald's system of record: apps and keys, installations,
-//! messages with their per-device deliveries, idempotency keys and the outbox.
+//! messages with the devices they name, the log of delivery outcomes,
+//! idempotency keys and the outbox.
 //!
 //! Queries are built at run time (no compile-time database needed); the schema
 //! lives in `migrations/` and is applied by [`Store::migrate`].
@@ -12,6 +13,7 @@ mod installations;
 mod key_changes;
 mod messages;
 mod operators;
+mod outcome_log;
 mod request_keys;
 mod sealing;
 mod stats;
@@ -34,6 +36,7 @@ pub use messages::{
     StatusCount, StoredResponse,
 };
 pub use operators::{AppSummary, OperatorLogin, OperatorSession};
+pub use outcome_log::OutcomeLogUpkeep;
 pub use request_keys::{Keyed, RequestKey};
 pub use sealing::{SealError, Sealer};
 pub use stats::{Backlogs, HourlyCount};

@@ -204,8 +204,37 @@ pub(crate) struct DeliveryDbRow {
     settled_at: Option<DateTime<Utc>>,
 }
 
-const JOB_COLUMNS: &str = "d.id, d.message_id, d.app_id, d.platform, d.token, d.install_id, \
+const JOB_COLUMNS: &str = "d.id, m.id AS message_id, m.app_id, d.platform, d.token, d.install_id, \
                            m.notification, m.policy, m.expires_at, d.locale, d.apns_sandbox";
+
+/// The log's partitions an outcome (`o`) of message `m` can be in: it was
+/// recorded after the message was accepted, and not after tomorrow. With a
+/// subquery PostgreSQL keeps as one (`OFFSET 0`), the partitions outside are
+/// skipped as each message comes, not probed for every outcome.
+macro_rules! outcome_of_m {
+    () => {
+        "o.message_id = m.id AND o.recorded_at >= m.created_at \
+         AND o.recorded_at < now() + interval '1 day'"
+    };
+}
+pub(crate) use outcome_of_m;
+
+/// The named recipients (`d`) of messages (`m`) that have no outcome yet; a
+/// query adds its own conditions after it.
+const PENDING_RECIPIENTS: &str = concat!(
+    "FROM messages m
+     CROSS JOIN LATERAL jsonb_to_recordset(m.recipients)
+          AS d(id uuid, platform text, token text, install_id text, locale text, apns_sandbox bool)
+     WHERE m.recipients IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM delivery_outcomes o
+                       WHERE ",
+    outcome_of_m!(),
+    " AND o.delivery_id = d.id OFFSET 0)"
+);
+
+/// The columns of [`DeliveryDbRow`] from the `delivery_status` view.
+pub(crate) const DELIVERY_COLUMNS: &str =
+    "id, message_id, platform, token, install_id, status, reason, provider_id, attempts, settled_at";
 
 impl Store {
     /// The stored answer for an Idempotency-Key, if it is still retained.
@@ -366,10 +395,12 @@ impl Store {
             .bind(outbox_id)
             .execute(&mut *tx)
             .await?;
-        let failed = sqlx::query(
-            "UPDATE deliveries SET status = 'failed', reason = $2, settled_at = now()
-             WHERE message_id = $1 AND status = 'pending'",
-        )
+        let failed = sqlx::query(&format!(
+            "INSERT INTO delivery_outcomes (message_id, delivery_id, app_id, platform, token,
+                                            install_id, status, reason, attempts, settled_at)
+             SELECT m.id, d.id, m.app_id, d.platform, d.token, d.install_id, 'failed', $2, 0, now()
+             {PENDING_RECIPIENTS} AND m.id = $1"
+        ))
         .bind(message.as_uuid())
         .bind(reason)
         .execute(&mut *tx)
@@ -383,8 +414,7 @@ impl Store {
     pub async fn pending_jobs_for(&self, messages: &[MessageId]) -> Result<Vec<DeliveryJob>> {
         let ids: Vec<Uuid> = messages.iter().map(|m| m.as_uuid()).collect();
         let rows: Vec<JobRow> = sqlx::query_as(&format!(
-            "SELECT {JOB_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
-             WHERE d.message_id = ANY($1) AND d.status = 'pending'"
+            "SELECT {JOB_COLUMNS} {PENDING_RECIPIENTS} AND m.id = ANY($1)"
         ))
         .bind(&ids)
         .fetch_all(&self.pool)
@@ -393,8 +423,9 @@ impl Store {
     }
 
     /// Every unsettled delivery that is due, a page at a time by keyset
-    /// (created_at, id): what recovery republishes. A push for later stays
-    /// out: its outbox row is published at its `send_at`, not before.
+    /// (the message's created_at, the delivery's id): what recovery
+    /// republishes. A push for later stays out: its outbox row is published
+    /// at its `send_at`, not before.
     pub async fn pending_jobs_page(
         &self,
         since: Option<DateTime<Utc>>,
@@ -406,27 +437,26 @@ impl Store {
             None => (since, Some(Uuid::nil())),
         };
         let rows: Vec<PendingJobRow> = sqlx::query_as(&format!(
-                "SELECT d.created_at, {JOB_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id
-                 WHERE d.status = 'pending'
+            "SELECT m.created_at, {JOB_COLUMNS} {PENDING_RECIPIENTS}
                    AND (m.send_at IS NULL OR m.send_at <= now())
-                   AND ($1::timestamptz IS NULL OR (d.created_at, d.id) > ($1, $2))
-                 ORDER BY d.created_at, d.id LIMIT $3"
-            ))
-            .bind(after_at)
-            .bind(after_id)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+                   AND ($1::timestamptz IS NULL OR m.created_at >= $1)
+                   AND ($1::timestamptz IS NULL OR (m.created_at, d.id) > ($1, $2))
+                 ORDER BY m.created_at, d.id LIMIT $3"
+        ))
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
             .map(|r| Ok((r.created_at, job_from_row(r.job)?)))
             .collect()
     }
 
-    /// Stores a batch of outcomes. The first outcome of a delivery wins, so a
-    /// replayed outcome event changes nothing; the one exception is `failed`,
-    /// which a replayed dead letter may turn into a real outcome. A delivery
-    /// with no row yet (a campaign's: rows are not written ahead for millions
-    /// of devices) gets its row here. Invalid tokens are pruned.
+    /// Appends a batch of outcomes to the log, in key order. The first outcome
+    /// of a delivery wins, so a replayed outcome event is not appended again;
+    /// the one exception is `failed`, which a replayed dead letter may follow
+    /// with a real outcome. Invalid tokens are pruned.
     pub async fn record_outcomes(&self, outcomes: &[DeliveryOutcome]) -> Result<()> {
         if outcomes.is_empty() {
             return Ok(());
@@ -469,35 +499,41 @@ impl Store {
             outcomes.iter().map(|o| o.install_id.as_deref()).collect();
         // Only outcomes recorded now (not replays) go to the apps' webhooks,
         // one event per app and batch.
-        sqlx::query(
-            "WITH recorded AS (
-                INSERT INTO deliveries AS d (id, message_id, app_id, platform, token, install_id,
-                                             status, reason, provider_id, attempts, settled_at)
-                SELECT u.id, u.message_id, u.app_id, u.platform, u.token, u.install_id,
-                       u.status, u.reason, u.provider_id, u.attempts, u.at
-                FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::timestamptz[],
-                            $7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::text[])
+        sqlx::query(concat!(
+            "WITH u AS (
+                SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[],
+                                     $6::timestamptz[], $7::uuid[], $8::uuid[], $9::text[],
+                                     $10::text[], $11::text[])
                      AS u(id, status, reason, provider_id, attempts, at,
                           message_id, app_id, platform, token, install_id)
+             ), recorded AS (
+                INSERT INTO delivery_outcomes (message_id, delivery_id, app_id, platform, token,
+                                               install_id, status, reason, provider_id, attempts,
+                                               settled_at)
+                SELECT u.message_id, u.id, u.app_id, u.platform, u.token, u.install_id,
+                       u.status, u.reason, u.provider_id, u.attempts, u.at
                 -- The message may be gone (its app deleted): nothing to record.
-                WHERE EXISTS (SELECT 1 FROM messages m WHERE m.id = u.message_id)
-                ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason,
-                       provider_id = EXCLUDED.provider_id, attempts = EXCLUDED.attempts,
-                       settled_at = EXCLUDED.settled_at
-                WHERE d.status = 'pending' OR (d.status = 'failed' AND EXCLUDED.status <> 'failed')
-                RETURNING d.*
+                FROM u JOIN messages m ON m.id = u.message_id
+                WHERE NOT EXISTS (SELECT 1 FROM delivery_outcomes o
+                                  WHERE ",
+            outcome_of_m!(),
+            " AND o.delivery_id = u.id
+                                    AND (o.status <> 'failed' OR u.status = 'failed') OFFSET 0)
+                ORDER BY u.message_id, u.id
+                RETURNING *
              )
              INSERT INTO webhook_events (app_id, payload)
              SELECT r.app_id, jsonb_build_object('type', 'deliveries.settled', 'deliveries',
                         jsonb_agg(jsonb_build_object(
-                            'delivery_id', r.id, 'message_id', r.message_id, 'platform', r.platform,
-                            'token', r.token, 'install_id', r.install_id, 'status', r.status,
-                            'reason', r.reason, 'provider_id', r.provider_id,
-                            'attempts', r.attempts, 'settled_at', r.settled_at) ORDER BY r.id))
+                            'delivery_id', r.delivery_id, 'message_id', r.message_id,
+                            'platform', r.platform, 'token', r.token, 'install_id', r.install_id,
+                            'status', r.status, 'reason', r.reason, 'provider_id', r.provider_id,
+                            'attempts', r.attempts, 'settled_at', r.settled_at)
+                        ORDER BY r.delivery_id))
              FROM recorded r JOIN apps a ON a.id = r.app_id
              WHERE a.webhook_url IS NOT NULL
-             GROUP BY r.app_id",
-        )
+             GROUP BY r.app_id"
+        ))
         .bind(&ids)
         .bind(&statuses)
         .bind(&reasons)
@@ -543,16 +579,26 @@ impl Store {
         Ok(())
     }
 
-    /// The settled deliveries among `ids`: the dedupe fallback while the
-    /// Redis ledger is being rebuilt.
+    /// The settled deliveries among `deliveries` (each with its message):
+    /// the dedupe fallback while the Redis ledger is being rebuilt.
     pub async fn settled_statuses(
         &self,
-        ids: &[DeliveryId],
+        deliveries: &[(MessageId, DeliveryId)],
     ) -> Result<Vec<(DeliveryId, DeliveryStatus)>> {
-        let ids: Vec<Uuid> = ids.iter().map(|d| d.as_uuid()).collect();
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, status FROM deliveries WHERE id = ANY($1) AND status <> 'pending'",
-        )
+        let messages: Vec<Uuid> = deliveries.iter().map(|(m, _)| m.as_uuid()).collect();
+        let ids: Vec<Uuid> = deliveries.iter().map(|(_, d)| d.as_uuid()).collect();
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(concat!(
+            "SELECT u.id, s.status
+                 FROM UNNEST($1::uuid[], $2::uuid[]) AS u(message_id, id)
+                 JOIN messages m ON m.id = u.message_id
+                 CROSS JOIN LATERAL (
+                     SELECT o.status FROM delivery_outcomes o
+                     WHERE ",
+            outcome_of_m!(),
+            " AND o.delivery_id = u.id
+                     ORDER BY (o.status = 'failed'), o.recorded_at LIMIT 1) s"
+        ))
+        .bind(&messages)
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
@@ -561,27 +607,34 @@ impl Store {
             .collect()
     }
 
-    /// Deliveries settled since `since`, a page at a time by id: what
-    /// rebuilding the Redis ledger copies. Paging by id, not by the sender's
-    /// `settled_at`, misses no outcome recorded late with an earlier time.
+    /// Deliveries whose outcome was recorded since `since`, a page at a time
+    /// by (message, delivery): what rebuilding the Redis ledger copies.
+    /// Paging by the record's key, not by the sender's `settled_at`, misses
+    /// no outcome recorded late with an earlier time.
     pub async fn settled_page(
         &self,
         since: DateTime<Utc>,
-        after: Option<DeliveryId>,
+        after: Option<(MessageId, DeliveryId)>,
         limit: i64,
-    ) -> Result<Vec<(DeliveryId, DeliveryStatus)>> {
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, status FROM deliveries
-             WHERE status <> 'pending' AND settled_at >= $1 AND id > $2
-             ORDER BY id LIMIT $3",
+    ) -> Result<Vec<(MessageId, DeliveryId, DeliveryStatus)>> {
+        let (after_message, after_id) = after.map_or((Uuid::nil(), Uuid::nil()), |(m, d)| {
+            (m.as_uuid(), d.as_uuid())
+        });
+        let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT DISTINCT ON (message_id, delivery_id) message_id, delivery_id, status
+             FROM delivery_outcomes
+             WHERE recorded_at >= $1 AND (message_id, delivery_id) > ($2, $3)
+             ORDER BY message_id, delivery_id, (status = 'failed'), recorded_at
+             LIMIT $4",
         )
         .bind(since)
-        .bind(after.map_or(Uuid::nil(), |id| id.as_uuid()))
+        .bind(after_message)
+        .bind(after_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, s)| Ok((DeliveryId(id), parse_status(&s)?)))
+            .map(|(m, id, s)| Ok((MessageId(m), DeliveryId(id), parse_status(&s)?)))
             .collect()
     }
 
@@ -616,12 +669,11 @@ impl Store {
         status: Option<DeliveryStatus>,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
-        let rows: Vec<DeliveryDbRow> = sqlx::query_as(
-            "SELECT id, message_id, platform, token, install_id, status, reason, provider_id, attempts, settled_at
-             FROM deliveries
+        let rows: Vec<DeliveryDbRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM delivery_status
              WHERE message_id = $1 AND ($2::uuid IS NULL OR id > $2) AND ($3::text IS NULL OR status = $3)
-             ORDER BY id LIMIT $4",
-        )
+             ORDER BY id LIMIT $4"
+        ))
         .bind(message.as_uuid())
         .bind(after.map(|a| a.as_uuid()))
         .bind(status.map(|s| s.as_str()))
@@ -648,16 +700,15 @@ impl Store {
             return Ok(None);
         };
         let counts: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT platform, status, count(*) FROM deliveries WHERE message_id = $1
+            "SELECT platform, status, count(*) FROM delivery_status WHERE message_id = $1
              GROUP BY platform, status ORDER BY platform, status",
         )
         .bind(id.as_uuid())
         .fetch_all(&self.pool)
         .await?;
-        let deliveries: Vec<DeliveryDbRow> = sqlx::query_as(
-                "SELECT id, message_id, platform, token, install_id, status, reason, provider_id, attempts, settled_at
-                 FROM deliveries WHERE message_id = $1 ORDER BY id LIMIT $2",
-            )
+        let deliveries: Vec<DeliveryDbRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM delivery_status WHERE message_id = $1 ORDER BY id LIMIT $2"
+        ))
             .bind(id.as_uuid())
             .bind(delivery_limit)
             .fetch_all(&self.pool)
@@ -937,8 +988,8 @@ async fn insert_keys(
     Ok(())
 }
 
-/// Writes messages (each with the Idempotency-Key it was accepted under),
-/// their deliveries and their outbox rows in three statements, skipping a
+/// Writes messages (each with the Idempotency-Key it was accepted under and
+/// the devices it names) and their outbox rows in two statements, skipping a
 /// message that exists already (its key expired and was purged, or a
 /// trigger's timer fired before): its deliveries are settled or on their way.
 /// Returns the new outbox rows with their messages.
@@ -953,20 +1004,46 @@ pub(crate) async fn write_messages(
         .iter()
         .map(|(m, _)| serde_json::to_value(&m.notification).map_err(corrupt))
         .collect::<Result<_>>()?;
+    let recipients: Vec<Value> = messages
+        .iter()
+        .map(|(m, _)| recipients_json(&m.deliveries))
+        .collect();
     let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at, idempotency_key, send_at)
+        "INSERT INTO messages (id, app_id, kind, notification, policy, expires_at, idempotency_key,
+                               send_at, recipients)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[],
-                              $6::timestamptz[], $7::text[], $8::timestamptz[])
+                              $6::timestamptz[], $7::text[], $8::timestamptz[], $9::jsonb[])
          ON CONFLICT (id) DO NOTHING RETURNING id",
     )
-    .bind(messages.iter().map(|(m, _)| m.id.as_uuid()).collect::<Vec<_>>())
-    .bind(messages.iter().map(|(m, _)| m.app_id.as_uuid()).collect::<Vec<_>>())
+    .bind(
+        messages
+            .iter()
+            .map(|(m, _)| m.id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        messages
+            .iter()
+            .map(|(m, _)| m.app_id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
     .bind(messages.iter().map(|(m, _)| m.kind).collect::<Vec<_>>())
     .bind(&notifications)
-    .bind(messages.iter().map(|(m, _)| m.policy.as_str()).collect::<Vec<_>>())
-    .bind(messages.iter().map(|(m, _)| m.expires_at).collect::<Vec<_>>())
+    .bind(
+        messages
+            .iter()
+            .map(|(m, _)| m.policy.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        messages
+            .iter()
+            .map(|(m, _)| m.expires_at)
+            .collect::<Vec<_>>(),
+    )
     .bind(messages.iter().map(|(_, key)| *key).collect::<Vec<_>>())
     .bind(messages.iter().map(|(m, _)| m.send_at).collect::<Vec<_>>())
+    .bind(&recipients)
     .fetch_all(&mut **tx)
     .await?;
     let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
@@ -975,28 +1052,6 @@ pub(crate) async fn write_messages(
         .map(|(m, _)| *m)
         .filter(|m| inserted.contains(&m.id.as_uuid()))
         .collect();
-    let deliveries: Vec<(&NewMessage, &NewDelivery)> = new
-        .iter()
-        .flat_map(|m| m.deliveries.iter().map(move |d| (*m, d)))
-        .collect();
-    if !deliveries.is_empty() {
-        sqlx::query(
-            "INSERT INTO deliveries (id, message_id, app_id, platform, token, install_id, locale, apns_sandbox)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                                  $7::text[], $8::bool[])
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(deliveries.iter().map(|(_, d)| d.id.as_uuid()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(m, _)| m.id.as_uuid()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(m, _)| m.app_id.as_uuid()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(_, d)| d.platform.as_str()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(_, d)| d.token.as_str()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(_, d)| d.install_id.as_deref()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(_, d)| d.locale.as_deref()).collect::<Vec<_>>())
-        .bind(deliveries.iter().map(|(_, d)| d.apns_sandbox).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await?;
-    }
     if new.is_empty() {
         return Ok(Vec::new());
     }
@@ -1009,4 +1064,24 @@ pub(crate) async fn write_messages(
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows.into_iter().map(|(o, m)| (o, MessageId(m))).collect())
+}
+
+/// A message's devices as `messages.recipients` holds them: the accepted
+/// request, and what recovery republishes while a device has no outcome.
+fn recipients_json(deliveries: &[NewDelivery]) -> Value {
+    Value::Array(
+        deliveries
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "id": d.id.as_uuid(),
+                    "platform": d.platform.as_str(),
+                    "token": d.token,
+                    "install_id": d.install_id,
+                    "locale": d.locale,
+                    "apns_sandbox": d.apns_sandbox,
+                })
+            })
+            .collect(),
+    )
 }

@@ -15,8 +15,17 @@ pub struct HourlyCount {
     pub count: i64,
 }
 
-const DELIVERY_COLUMNS: &str =
-    "id, message_id, platform, token, install_id, status, reason, provider_id, attempts, settled_at";
+/// [`crate::messages::DELIVERY_COLUMNS`] from the log itself.
+const OUTCOME_COLUMNS: &str =
+    "o.delivery_id AS id, o.message_id, o.platform, o.token, o.install_id, \
+     o.status, o.reason, o.provider_id, o.attempts, o.settled_at";
+
+/// An outcome that is not the delivery's status: a `failed` one that a real
+/// outcome followed.
+const SUPERSEDED: &str = "(o.status = 'failed' AND EXISTS (
+        SELECT 1 FROM delivery_outcomes x
+        WHERE x.message_id = o.message_id AND x.delivery_id = o.delivery_id
+          AND x.status <> 'failed'))";
 
 impl Store {
     /// Settled deliveries per hour and status since `since`, oldest first.
@@ -27,7 +36,10 @@ impl Store {
     ) -> Result<Vec<HourlyCount>> {
         let rows: Vec<(DateTime<Utc>, String, i64)> = sqlx::query_as(
             "SELECT date_trunc('hour', settled_at) AS hour, status, count(*)
-             FROM deliveries WHERE app_id = $1 AND settled_at >= $2
+             FROM (SELECT DISTINCT ON (message_id, delivery_id) settled_at, status
+                   FROM delivery_outcomes WHERE app_id = $1 AND recorded_at >= $2
+                   ORDER BY message_id, delivery_id, (status = 'failed'), recorded_at) s
+             WHERE settled_at >= $2
              GROUP BY hour, status ORDER BY hour, status",
         )
         .bind(app.as_uuid())
@@ -46,12 +58,19 @@ impl Store {
             .collect()
     }
 
-    /// Deliveries still waiting for an outcome.
-    pub async fn pending_delivery_count(&self, app: AppId) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM deliveries WHERE app_id = $1 AND status = 'pending'",
-        )
+    /// Deliveries of the messages accepted since `since` still waiting for
+    /// an outcome.
+    pub async fn pending_delivery_count(&self, app: AppId, since: DateTime<Utc>) -> Result<i64> {
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT count(*) FROM messages m
+             CROSS JOIN LATERAL jsonb_to_recordset(m.recipients) AS d(id uuid)
+             WHERE m.app_id = $1 AND m.created_at >= $2 AND m.recipients IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM delivery_outcomes o WHERE ",
+            crate::messages::outcome_of_m!(),
+            " AND o.delivery_id = d.id OFFSET 0)"
+        ))
         .bind(app.as_uuid())
+        .bind(since)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -64,9 +83,10 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<crate::DeliveryRow>> {
         let rows: Vec<DeliveryDbRow> = sqlx::query_as(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries
-             WHERE app_id = $1 AND settled_at >= $2 AND status <> 'delivered'
-             ORDER BY settled_at DESC LIMIT $3"
+            "SELECT {OUTCOME_COLUMNS} FROM delivery_outcomes o
+             WHERE o.app_id = $1 AND o.recorded_at >= $2 AND o.settled_at >= $2
+               AND o.status <> 'delivered' AND NOT {SUPERSEDED}
+             ORDER BY o.settled_at DESC LIMIT $3"
         ))
         .bind(app.as_uuid())
         .bind(since)
@@ -76,7 +96,7 @@ impl Store {
         rows.into_iter().map(delivery_from_row).collect()
     }
 
-    /// An installation's latest deliveries, newest first.
+    /// An installation's latest outcomes, newest first.
     pub async fn installation_deliveries(
         &self,
         app: AppId,
@@ -84,9 +104,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<crate::DeliveryRow>> {
         let rows: Vec<DeliveryDbRow> = sqlx::query_as(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries
-             WHERE app_id = $1 AND install_id = $2
-             ORDER BY created_at DESC LIMIT $3"
+            "SELECT {OUTCOME_COLUMNS} FROM delivery_outcomes o
+             WHERE o.app_id = $1 AND o.install_id = $2 AND NOT {SUPERSEDED}
+             ORDER BY o.recorded_at DESC LIMIT $3"
         ))
         .bind(app.as_uuid())
         .bind(install_id)
