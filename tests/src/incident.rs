@@ -489,6 +489,7 @@ impl Incident {
             for (group, topic) in [
                 ("herald-senders", TOPICS[0]),
                 ("herald-senders-retries", TOPICS[1]),
+                ("herald-senders-campaigns", TOPICS[5]),
             ] {
                 wait_consumed_on(bootstrap, group, topic, LONG).await;
             }

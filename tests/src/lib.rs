@@ -32,12 +32,13 @@ pub const TEST_CREDENTIALS_KEY: &str = "dGVzdC1jcmVkZW50aWFscy1rZXktMzItYnl0ZXMh
 pub const PARTITIONS: i32 = 4;
 
 /// Herald's default topic names.
-pub const TOPICS: [&str; 5] = [
+pub const TOPICS: [&str; 6] = [
     "herald.deliveries",
     "herald.retries",
     "herald.outcomes",
     "herald.dead-letters",
     "herald.events",
+    "herald.campaigns",
 ];
 
 /// Waits for a condition, polling; panics with `what` when `timeout` passes.

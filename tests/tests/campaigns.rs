@@ -308,8 +308,8 @@ async fn cancel_drops_queued_jobs_and_nothing_more_is_sent() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     env.set_sim_faults(json!({})).await;
     env.wait_consumed(
-        "herald-senders",
-        "herald.deliveries",
+        "herald-senders-campaigns",
+        "herald.campaigns",
         Duration::from_secs(60),
     )
     .await;
@@ -923,8 +923,8 @@ async fn recovery_replays_what_a_campaign_produced_not_todays_audience() {
     let finished = api.wait_finished(&id, Duration::from_secs(120)).await;
     assert_eq!(finished["progress"]["produced"], 40, "{finished}");
     env.wait_consumed(
-        "herald-senders",
-        herald_tests::TOPICS[0],
+        "herald-senders-campaigns",
+        herald_tests::TOPICS[5],
         Duration::from_secs(60),
     )
     .await;

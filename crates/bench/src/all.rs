@@ -69,6 +69,12 @@ pub async fn run(s: Settings) -> Result<()> {
     })
     .await?;
     let dedupe = crate::sender::dedupe(100_000).await?;
+    let isolation = crate::isolation::run(crate::isolation::Settings {
+        installations: s.installations,
+        pushes: 1_000,
+        rate: 100,
+    })
+    .await?;
 
     let mut rows = vec![
         Row::of_ceiling(
@@ -128,7 +134,18 @@ pub async fn run(s: Settings) -> Result<()> {
         target: "≤ 10 % / ≤ 15 %".into(),
         met: Some(dedupe.cpu <= 0.10 && dedupe.time <= 0.15),
     });
+    rows.push(Row {
+        measure: format!(
+            "transactional accepted → delivered p99 during a {}-device campaign ÷ alone ({:.0} ms ÷ {:.0} ms)",
+            s.installations, isolation.busy.p99_ms, isolation.quiet.p99_ms
+        ),
+        value: format!("{:.0} ms", isolation.busy.p99_ms),
+        ratio: Some(isolation.ratio()),
+        target: "≤ 2".into(),
+        met: Some(isolation.ratio() <= 2.0),
+    });
     let sender_rss = [
+        isolation.sender_peak_rss_mb,
         end_to_end.sender_peak_rss_mb,
         campaign.sender_peak_rss_mb,
         single.sender_peak_rss_mb,
@@ -156,7 +173,8 @@ pub async fn run(s: Settings) -> Result<()> {
         + campaign.duplicates
         + single.duplicates
         + triggers.as_ref().map_or(0, |t| t.duplicates)
-        + peers.sender.duplicates;
+        + peers.sender.duplicates
+        + isolation.duplicates;
     let lost =
         end_to_end.lost + campaign.lost + single.lost + triggers.as_ref().map_or(0, |t| t.lost);
     rows.push(Row {

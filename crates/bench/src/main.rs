@@ -7,6 +7,7 @@
 
 mod all;
 mod ceiling;
+mod isolation;
 mod peers;
 mod procstat;
 mod sender;
@@ -63,6 +64,19 @@ enum Scenario {
         /// Sender processes.
         #[arg(long, default_value_t = 1)]
         senders: usize,
+    },
+    /// Isolation: single-device pushes at a steady rate alone, then while a
+    /// campaign to N devices is sent; accepted → delivered p99 of each, and
+    /// their ratio.
+    Isolation {
+        #[arg(long, default_value_t = 1_000_000)]
+        installations: i64,
+        /// Pushes in each phase.
+        #[arg(long, default_value_t = 1_000)]
+        pushes: usize,
+        /// Pushes per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
     },
     /// Transactional: clients POST /v1/push with Idempotency-Keys; `--copies 3`
     /// sends every request three times (a resubmission storm).
@@ -128,6 +142,17 @@ async fn main() -> Result<()> {
             installations,
             senders,
         } => campaign(installations, senders).await.map(|_| ()),
+        Scenario::Isolation {
+            installations,
+            pushes,
+            rate,
+        } => isolation::run(isolation::Settings {
+            installations,
+            pushes,
+            rate,
+        })
+        .await
+        .map(|_| ()),
         Scenario::Triggers { users, engines } => triggers(users, engines).await.map(|_| ()),
         Scenario::Dedupe { jobs } => sender::dedupe(jobs).await.map(|_| ()),
         Scenario::All {
@@ -204,6 +229,42 @@ async fn warm_up(env: &TestEnv, base: &str, key: &str) -> Result<()> {
     Ok(())
 }
 
+/// The settings of the scenarios that send a campaign to a million devices.
+pub(crate) const CAMPAIGN_SETTINGS: [(&str, &str); 9] = [
+    ("HERALD_LOG", "warn"),
+    // Memory flat at a million deliveries; counts stay exact.
+    ("HERALD_SIM__RECORD", "counts"),
+    ("HERALD_POSTGRES__MAX_CONNECTIONS", "16"),
+    ("HERALD_SENDER__BATCH_SIZE", "5000"),
+    ("HERALD_SENDER__CONCURRENCY", "1024"),
+    ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "10000"),
+    ("HERALD_SENDER__LEASE_MS", "60000"),
+    ("HERALD_RECORDER__BATCH_SIZE", "5000"),
+    ("HERALD_SCHEDULER__PAGE_SIZE", "5000"),
+];
+
+/// `n` installations of the app, half iOS and half Android, written with SQL
+/// (seeding is not what is measured).
+pub(crate) async fn seed_installations(env: &TestEnv, app_id: &str, n: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO installations (app_id, install_id, custom_id, platform, token)
+         SELECT $1::uuid, 'i-' || lpad(n::text, 8, '0'), 'user-' || n,
+                CASE WHEN n % 2 = 0 THEN 'ios' ELSE 'android' END,
+                CASE WHEN n % 2 = 0 THEN 'a' || lpad(to_hex(n), 63, '0') ELSE 'fcm-' || n END
+         FROM generate_series(1, $2::int8) AS n",
+    )
+    .bind(app_id)
+    .bind(n)
+    .execute(&env.db)
+    .await
+    .context("seeding installations")?;
+    sqlx::query("ANALYZE installations")
+        .execute(&env.db)
+        .await
+        .context("analyze")?;
+    Ok(())
+}
+
 /// A scenario's headline rate, for the ratios of `all`.
 pub(crate) struct Measured {
     pub per_second: f64,
@@ -217,40 +278,10 @@ async fn campaign(installations: i64, senders: usize) -> Result<Measured> {
     if installations <= 0 || senders == 0 {
         bail!("--installations and --senders must be positive");
     }
-    let env = crate::start_env(
-        "bench",
-        &[
-            ("HERALD_LOG", "warn"),
-            // Memory flat at a million deliveries; counts stay exact.
-            ("HERALD_SIM__RECORD", "counts"),
-            ("HERALD_POSTGRES__MAX_CONNECTIONS", "16"),
-            ("HERALD_SENDER__BATCH_SIZE", "5000"),
-            ("HERALD_SENDER__CONCURRENCY", "1024"),
-            ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "10000"),
-            ("HERALD_SENDER__LEASE_MS", "60000"),
-            ("HERALD_RECORDER__BATCH_SIZE", "5000"),
-            ("HERALD_SCHEDULER__PAGE_SIZE", "5000"),
-        ],
-    )
-    .await;
+    let env = crate::start_env("bench", &CAMPAIGN_SETTINGS).await;
     let app = env.create_app().await;
     let seeding = Instant::now();
-    sqlx::query(
-        "INSERT INTO installations (app_id, install_id, custom_id, platform, token)
-         SELECT $1::uuid, 'i-' || lpad(n::text, 8, '0'), 'user-' || n,
-                CASE WHEN n % 2 = 0 THEN 'ios' ELSE 'android' END,
-                CASE WHEN n % 2 = 0 THEN 'a' || lpad(to_hex(n), 63, '0') ELSE 'fcm-' || n END
-         FROM generate_series(1, $2::int8) AS n",
-    )
-    .bind(&app.id)
-    .bind(installations)
-    .execute(&env.db)
-    .await
-    .context("seeding installations")?;
-    sqlx::query("ANALYZE installations")
-        .execute(&env.db)
-        .await
-        .context("analyze")?;
+    seed_installations(&env, &app.id, installations).await?;
     let seeded_in = seeding.elapsed();
 
     let gateway = env.gateway().await;

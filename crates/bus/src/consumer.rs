@@ -62,7 +62,11 @@ impl BatchConsumer {
             .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", "1000")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string());
+            .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
+            .set(
+                "queued.max.messages.kbytes",
+                kafka.consumer_queue_kbytes.max(1).to_string(),
+            );
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
         let cluster = kafka
             .clusters()

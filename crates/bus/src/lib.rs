@@ -237,6 +237,11 @@ impl Publisher {
         self.publish_jobs_to(&self.topics.deliveries, jobs).await
     }
 
+    /// A campaign's delivery jobs, in the campaigns' own lane.
+    pub async fn publish_campaign_jobs(&self, jobs: &[DeliveryJob]) -> Result<()> {
+        self.publish_jobs_to(&self.topics.campaigns, jobs).await
+    }
+
     /// Jobs waiting for a later attempt (`not_before`).
     pub async fn publish_retries(&self, jobs: &[DeliveryJob]) -> Result<()> {
         self.publish_jobs_to(&self.topics.retries, jobs).await

@@ -219,6 +219,11 @@ pub struct KafkaConfig {
     /// empty fetch only once this runs out (librdkafka's mock cluster) add up
     /// to this much to every delivery.
     pub fetch_wait_max_ms: u64,
+    /// How much each consumer reads ahead of what it has handed over, in
+    /// KiB (librdkafka's `queued.max.messages.kbytes`, whose default of
+    /// 65,536 made most of a busy sender's memory). A few batches ahead keep
+    /// a sender busy; more is memory held for nothing.
+    pub consumer_queue_kbytes: u32,
     /// More clusters by name (`[kafka.clusters.standby]`); `bootstrap_servers`
     /// above, if set, is the one named `primary`. Producers write to one
     /// cluster at a time; consumers read every one.
@@ -401,7 +406,12 @@ pub const PRIMARY: &str = "primary";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicsConfig {
+    /// Delivery jobs of transactional pushes and fired triggers.
     pub deliveries: String,
+    /// Delivery jobs of campaigns: a lane of their own, read by its own
+    /// consumer group, so that a push never waits behind a million campaign
+    /// jobs queued in the same partitions.
+    pub campaigns: String,
     /// Deliveries waiting for a retry; a separate topic so that a retry never
     /// holds back the partition its job came from.
     pub retries: String,
@@ -622,6 +632,7 @@ impl Default for KafkaConfig {
             message_timeout_ms: 30_000,
             session_timeout_ms: 10_000,
             fetch_wait_max_ms: 50,
+            consumer_queue_kbytes: 16_384,
             clusters: BTreeMap::new(),
             failover_order: Vec::new(),
             health_check_interval_ms: 2_000,
@@ -638,6 +649,7 @@ impl Default for TopicsConfig {
     fn default() -> Self {
         Self {
             deliveries: "herald.deliveries".into(),
+            campaigns: "herald.campaigns".into(),
             retries: "herald.retries".into(),
             outcomes: "herald.outcomes".into(),
             dead_letters: "herald.dead-letters".into(),
@@ -665,6 +677,20 @@ impl Default for GatewayConfig {
             tls_cert_path: String::new(),
             tls_key_path: String::new(),
         }
+    }
+}
+
+impl SenderConfig {
+    /// The group reading campaign jobs: apart from the deliveries' group, so
+    /// that each lane has its own assignment and its own lag.
+    pub fn campaigns_group(&self) -> String {
+        format!("{}-campaigns", self.group_id)
+    }
+
+    /// The group reading retries, whose waits never touch the assignment of
+    /// the other topics.
+    pub fn retries_group(&self) -> String {
+        format!("{}-retries", self.group_id)
     }
 }
 
@@ -750,9 +776,10 @@ impl Default for SimConfig {
 }
 
 impl TopicsConfig {
-    pub fn all(&self) -> [&str; 5] {
+    pub fn all(&self) -> [&str; 6] {
         [
             self.deliveries.as_str(),
+            self.campaigns.as_str(),
             self.retries.as_str(),
             self.outcomes.as_str(),
             self.dead_letters.as_str(),
@@ -762,6 +789,19 @@ impl TopicsConfig {
 }
 
 impl Config {
+    /// Every consumer group Herald runs, with the topic it reads: what the
+    /// lag gauges, `herald cluster status` and the dashboard report.
+    pub fn consumer_groups(&self) -> [(String, &str); 5] {
+        let topics = &self.kafka.topics;
+        [
+            (self.sender.group_id.clone(), topics.deliveries.as_str()),
+            (self.sender.campaigns_group(), topics.campaigns.as_str()),
+            (self.sender.retries_group(), topics.retries.as_str()),
+            (self.recorder.group_id.clone(), topics.outcomes.as_str()),
+            (self.triggers.group_id.clone(), topics.events.as_str()),
+        ]
+    }
+
     /// Defaults, then the TOML file (if given), then `HERALD_` variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));

@@ -101,24 +101,7 @@ pub async fn run(config: Config, command: ClusterCommand) -> Result<()> {
             } else {
                 println!("  chosen automatically (the most preferred cluster)");
             }
-            let groups = [
-                (
-                    config.sender.group_id.clone(),
-                    &config.kafka.topics.deliveries,
-                ),
-                (
-                    format!("{}-retries", config.sender.group_id),
-                    &config.kafka.topics.retries,
-                ),
-                (
-                    config.recorder.group_id.clone(),
-                    &config.kafka.topics.outcomes,
-                ),
-                (
-                    config.triggers.group_id.clone(),
-                    &config.kafka.topics.events,
-                ),
-            ];
+            let groups = config.consumer_groups();
             for cluster in config.kafka.clusters() {
                 let health = {
                     let (p, n) = (publisher.clone(), cluster.name.clone());

@@ -270,24 +270,7 @@ impl FailoverController {
 /// every cluster: what the lag gauges and the dashboard report.
 pub fn lag_probes(config: &Config) -> Vec<(String, String, String, Arc<LagProbe>)> {
     let kafka = &config.kafka;
-    let groups = [
-        (
-            config.sender.group_id.clone(),
-            kafka.topics.deliveries.clone(),
-        ),
-        (
-            format!("{}-retries", config.sender.group_id),
-            kafka.topics.retries.clone(),
-        ),
-        (
-            config.recorder.group_id.clone(),
-            kafka.topics.outcomes.clone(),
-        ),
-        (
-            config.triggers.group_id.clone(),
-            kafka.topics.events.clone(),
-        ),
-    ];
+    let groups = config.consumer_groups();
     let mut lag_probes = Vec::new();
     for cluster in kafka.clusters() {
         for (group, topic) in &groups {
@@ -295,7 +278,7 @@ pub fn lag_probes(config: &Config) -> Vec<(String, String, String, Arc<LagProbe>
                 Ok(p) => lag_probes.push((
                     cluster.name.clone(),
                     group.clone(),
-                    topic.clone(),
+                    topic.to_string(),
                     Arc::new(p),
                 )),
                 Err(e) => tracing::warn!(cluster = %cluster.name, error = %e, "no lag probe"),

@@ -520,18 +520,21 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
             &config.sender.group_id,
             &[config.kafka.topics.deliveries.as_str()],
         )?;
-        // Retries have their own group, so their waits never touch the
-        // assignment of the deliveries topic.
+        let campaigns = BatchConsumer::new(
+            &kafka,
+            &config.sender.campaigns_group(),
+            &[config.kafka.topics.campaigns.as_str()],
+        )?;
         let retries = BatchConsumer::new(
             &kafka,
-            &format!("{}-retries", config.sender.group_id),
+            &config.sender.retries_group(),
             &[config.kafka.topics.retries.as_str()],
         )?;
         let shutdown = roles.shutdown.clone();
         let sender = sender.clone();
         roles.tasks.spawn(async move {
             sender
-                .run(deliveries, retries, shutdown)
+                .run(deliveries, campaigns, retries, shutdown)
                 .await
                 .with_context(|| format!("sender on cluster {}", cluster.name))
         });
@@ -568,12 +571,12 @@ pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -
                     .map(|c| {
                         herald_bus::LagProbe::new(
                             &config.kafka.for_cluster(c),
-                            &config.sender.group_id,
+                            &config.sender.campaigns_group(),
                         )
                         .map(Arc::new)
                     })
                     .collect::<Result<_, _>>()?,
-                topic: config.kafka.topics.deliveries.clone(),
+                topic: config.kafka.topics.campaigns.clone(),
                 max: config.scheduler.max_backlog,
             })
         } else {

@@ -390,7 +390,7 @@ impl Scheduler {
             }
             let batch: Vec<DeliveryJob> = jobs.drain(..n).collect();
             let retrying = self.health.retrying();
-            while let Err(e) = self.publisher.publish_jobs(&batch).await {
+            while let Err(e) = self.publisher.publish_campaign_jobs(&batch).await {
                 retrying.failed(&e);
                 tracing::warn!(campaign_id = %campaign.id, error = %e, "producing campaign jobs failed; retrying");
                 if let Some(stop) = watch.check(&self.store, shutdown).await? {

@@ -204,6 +204,7 @@ impl Sender {
     pub async fn run(
         self: Arc<Self>,
         deliveries: BatchConsumer,
+        campaigns: BatchConsumer,
         retries: BatchConsumer,
         shutdown: CancellationToken,
     ) -> Result<(), SenderError> {
@@ -214,13 +215,16 @@ impl Sender {
                 tracing::warn!(error = %e, "reading the ledger's watermarks at start");
             }
         }
+        // Each lane has its own loop: a push is sent while a campaign's
+        // batch is still going out.
         let main = tokio::spawn(self.clone().consume(deliveries, false, shutdown.clone()));
+        let bulk = tokio::spawn(self.clone().consume(campaigns, false, shutdown.clone()));
         let retry = tokio::spawn(self.clone().consume(retries, true, shutdown.clone()));
         if self.config.dedupe {
             tokio::spawn(self.watch_ledger(shutdown));
         }
-        let (a, b) = tokio::join!(main, retry);
-        for r in [a, b] {
+        let (a, b, c) = tokio::join!(main, bulk, retry);
+        for r in [a, b, c] {
             match r {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
