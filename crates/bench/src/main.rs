@@ -230,13 +230,15 @@ async fn warm_up(env: &TestEnv, base: &str, key: &str) -> Result<()> {
 }
 
 /// The settings of the scenarios that send a campaign to a million devices.
-pub(crate) const CAMPAIGN_SETTINGS: [(&str, &str); 9] = [
+pub(crate) const CAMPAIGN_SETTINGS: [(&str, &str); 8] = [
     ("HERALD_LOG", "warn"),
     // Memory flat at a million deliveries; counts stay exact.
     ("HERALD_SIM__RECORD", "counts"),
     ("HERALD_POSTGRES__MAX_CONNECTIONS", "16"),
     ("HERALD_SENDER__BATCH_SIZE", "5000"),
-    ("HERALD_SENDER__CONCURRENCY", "1024"),
+    // Not more requests in flight than the default (256): on one box 1,024
+    // sent no faster and made a push wait behind them at the simulator
+    // (docs/benchmarks.md, isolation).
     ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "10000"),
     ("HERALD_SENDER__LEASE_MS", "60000"),
     ("HERALD_RECORDER__BATCH_SIZE", "5000"),

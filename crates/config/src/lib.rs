@@ -473,7 +473,7 @@ pub struct SenderConfig {
     pub batch_size: usize,
     /// How long to wait to fill a batch.
     pub batch_linger_ms: u64,
-    /// Provider requests in flight at once per sender process.
+    /// Provider requests in flight at once per sender process and lane.
     pub concurrency: usize,
     pub max_attempts: u32,
     pub retry_base_ms: u64,
