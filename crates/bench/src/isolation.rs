@@ -3,7 +3,7 @@
 //! A push must not queue behind campaign jobs: its accepted → delivered p99
 //! during the campaign, divided by the same without it, is the figure.
 
-use crate::{seed_installations, warm_up, CAMPAIGN_SETTINGS};
+use crate::{create_campaign, launch_campaign, seed_installations, warm_up, CAMPAIGN_SETTINGS};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -139,29 +139,8 @@ pub async fn run(s: Settings) -> Result<Isolation> {
 
     let quiet = phase(&env, &base, &app.server_key, &s, 0).await?;
 
-    let (status, created) = env
-        .api(
-            "POST",
-            &format!("{base}/v1/campaigns"),
-            &app.server_key,
-            Some(&json!({"name": "bulk", "notification": {"title": "Bulk", "body": "fan-out"}})),
-        )
-        .await;
-    if status != 201 {
-        bail!("creating the campaign: {status} {created}");
-    }
-    let id = created["id"].as_str().context("campaign id")?.to_string();
-    let (status, launched) = env
-        .api(
-            "POST",
-            &format!("{base}/v1/campaigns/{id}/launch"),
-            &app.server_key,
-            None,
-        )
-        .await;
-    if status != 200 {
-        bail!("launching: {status} {launched}");
-    }
+    let id = create_campaign(&env, &base, &app.server_key, "bulk").await?;
+    launch_campaign(&env, &base, &app.server_key, &id).await?;
     // The campaign is in full flow (its lane has a backlog) before the
     // pushes start.
     let accepted = || async { env.sim_stats().await["accepted"].as_u64().unwrap_or(0) };

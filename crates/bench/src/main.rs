@@ -267,6 +267,42 @@ pub(crate) async fn seed_installations(env: &TestEnv, app_id: &str, n: i64) -> R
     Ok(())
 }
 
+/// A draft campaign to the whole app; its id.
+pub(crate) async fn create_campaign(
+    env: &TestEnv,
+    base: &str,
+    key: &str,
+    name: &str,
+) -> Result<String> {
+    let (status, created) = env
+        .api(
+            "POST",
+            &format!("{base}/v1/campaigns"),
+            key,
+            Some(&json!({"name": name, "notification": {"title": name, "body": "fan-out"}})),
+        )
+        .await;
+    if status != 201 {
+        bail!("creating the campaign: {status} {created}");
+    }
+    Ok(created["id"].as_str().context("campaign id")?.to_string())
+}
+
+pub(crate) async fn launch_campaign(env: &TestEnv, base: &str, key: &str, id: &str) -> Result<()> {
+    let (status, launched) = env
+        .api(
+            "POST",
+            &format!("{base}/v1/campaigns/{id}/launch"),
+            key,
+            None,
+        )
+        .await;
+    if status != 200 {
+        bail!("launching: {status} {launched}");
+    }
+    Ok(())
+}
+
 /// A scenario's headline rate, for the ratios of `all`.
 pub(crate) struct Measured {
     pub per_second: f64,
@@ -298,30 +334,9 @@ async fn campaign(installations: i64, senders: usize) -> Result<Measured> {
     warm_up(&env, &base, &app.server_key).await?;
     let before: Vec<ProcStat> = procs.iter().map(ProcStat::of).collect();
 
-    let (status, created) = env
-        .api(
-            "POST",
-            &format!("{base}/v1/campaigns"),
-            &app.server_key,
-            Some(&json!({"name": "bench", "notification": {"title": "Bench", "body": "fan-out"}})),
-        )
-        .await;
-    if status != 201 {
-        bail!("creating the campaign: {status} {created}");
-    }
-    let id = created["id"].as_str().context("campaign id")?.to_string();
+    let id = create_campaign(&env, &base, &app.server_key, "bench").await?;
     let started = Instant::now();
-    let (status, launched) = env
-        .api(
-            "POST",
-            &format!("{base}/v1/campaigns/{id}/launch"),
-            &app.server_key,
-            None,
-        )
-        .await;
-    if status != 200 {
-        bail!("launching: {status} {launched}");
-    }
+    launch_campaign(&env, &base, &app.server_key, &id).await?;
     let mut produced_at = None;
     let finished: Value = loop {
         // A campaign's counts are read from the outcome log, a pass over
