@@ -259,8 +259,25 @@ pub(crate) async fn send(
     (StatusCode::OK, [("apns-id", apns_id)]).into_response()
 }
 
-/// Checks a provider token and returns its `iat`.
+/// Checks a provider token and returns its `iat`. A token's signature is
+/// checked once; its age on every request.
 fn verify_provider_token(state: &SimState, jwt: &str) -> Result<i64, &'static str> {
+    let iat = match state.verified_provider_token(jwt) {
+        Some(iat) => iat,
+        None => {
+            let iat = verify_provider_token_signature(state, jwt)?;
+            state.remember_provider_token(jwt, iat, TOKEN_MAX_AGE_SECS);
+            iat
+        }
+    };
+    if chrono::Utc::now().timestamp() - iat > TOKEN_MAX_AGE_SECS {
+        return Err("ExpiredProviderToken");
+    }
+    Ok(iat)
+}
+
+/// Checks a provider token's header, signature and issuer; returns its `iat`.
+fn verify_provider_token_signature(state: &SimState, jwt: &str) -> Result<i64, &'static str> {
     let header = jsonwebtoken::decode_header(jwt).map_err(|_| "InvalidProviderToken")?;
     if header.alg != Algorithm::ES256 || header.kid.as_deref() != Some(APNS_KEY_ID) {
         return Err("InvalidProviderToken");
@@ -272,10 +289,6 @@ fn verify_provider_token(state: &SimState, jwt: &str) -> Result<i64, &'static st
         .map_err(|_| "InvalidProviderToken")?;
     if data.claims.iss != APNS_TEAM_ID {
         return Err("InvalidProviderToken");
-    }
-    let age = chrono::Utc::now().timestamp() - data.claims.iat;
-    if age > TOKEN_MAX_AGE_SECS {
-        return Err("ExpiredProviderToken");
     }
     Ok(data.claims.iat)
 }
@@ -295,5 +308,61 @@ fn token_fault(token: &str) -> Option<(StatusCode, &'static str)> {
         Some((StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"))
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::RecordMode;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn provider_token(state: &SimState, iat: i64) -> String {
+        let pem = state.credentials.apns["private_key_pem"]
+            .as_str()
+            .expect("key");
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(APNS_KEY_ID.into());
+        let claims = serde_json::json!({"iss": APNS_TEAM_ID, "iat": iat});
+        encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ec_pem(pem.as_bytes()).expect("pem"),
+        )
+        .expect("token")
+    }
+
+    #[test]
+    fn a_provider_token_is_verified_once_and_its_age_every_time() {
+        let state =
+            SimState::new("http://127.0.0.1:1/token".into(), RecordMode::Counts).expect("state");
+        let now = chrono::Utc::now().timestamp();
+        let jwt = provider_token(&state, now);
+        assert_eq!(verify_provider_token(&state, &jwt), Ok(now));
+        assert_eq!(state.verified_provider_token(&jwt), Some(now));
+        assert_eq!(verify_provider_token(&state, &jwt), Ok(now));
+
+        // A forged signature is refused, and not remembered.
+        let (signed, signature) = jwt.rsplit_once('.').expect("three parts");
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        let forged = format!("{signed}.{flipped}{}", &signature[1..]);
+        assert_eq!(
+            verify_provider_token(&state, &forged),
+            Err("InvalidProviderToken")
+        );
+        assert_eq!(state.verified_provider_token(&forged), None);
+
+        // A token older than an hour is expired, whether or not its
+        // signature was checked before.
+        let old = provider_token(&state, now - TOKEN_MAX_AGE_SECS - 10);
+        assert_eq!(
+            verify_provider_token(&state, &old),
+            Err("ExpiredProviderToken")
+        );
+        state.remember_provider_token(&jwt, now - TOKEN_MAX_AGE_SECS - 10, TOKEN_MAX_AGE_SECS);
+        assert_eq!(
+            verify_provider_token(&state, &jwt),
+            Err("ExpiredProviderToken")
+        );
     }
 }

@@ -211,6 +211,11 @@ pub(crate) struct SimState {
     /// The CA that signs APNs client certificates (DER), for the TLS listener.
     pub client_ca_der: Vec<u8>,
     access_tokens: Mutex<HashMap<String, Instant>>,
+    /// Provider tokens whose signature has been checked, with their `iat`.
+    /// A provider sends the same token for up to an hour; checking its ES256
+    /// signature on every request cost the simulator more CPU than
+    /// everything else it does, on a machine it shares with Herald.
+    provider_tokens: Mutex<HashMap<String, i64>>,
     deliveries: Mutex<Record>,
     faults: watch::Sender<Faults>,
     /// Requests currently held by a stall.
@@ -274,12 +279,40 @@ impl SimState {
             token_uri,
             client_ca_der,
             access_tokens: Mutex::new(HashMap::new()),
+            provider_tokens: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(Record::new(mode)),
             faults: watch::Sender::new(Faults::default()),
             stalled: std::sync::atomic::AtomicU64::new(0),
             admitted: std::sync::atomic::AtomicU64::new(0),
             failed: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The `iat` of a provider token already verified.
+    pub fn verified_provider_token(&self, jwt: &str) -> Option<i64> {
+        let tokens = self
+            .provider_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        tokens.get(jwt).copied()
+    }
+
+    /// Remembers a verified provider token; tokens past `max_age_secs` are
+    /// forgotten once many are kept.
+    pub fn remember_provider_token(&self, jwt: &str, iat: i64, max_age_secs: i64) {
+        const KEPT: usize = 1024;
+        let mut tokens = self
+            .provider_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if tokens.len() >= KEPT {
+            let now = Utc::now().timestamp();
+            tokens.retain(|_, iat| now - *iat <= max_age_secs);
+            if tokens.len() >= KEPT {
+                tokens.clear();
+            }
+        }
+        tokens.insert(jwt.to_string(), iat);
     }
 
     pub fn record(
