@@ -198,7 +198,10 @@ fn build_client(
         .timeout(settings.request_timeout)
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .http2_keep_alive_while_idle(true);
+        .http2_keep_alive_while_idle(true)
+        // APNs and FCM answer; they do not redirect. Following one would send
+        // a notification to a host nobody configured.
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(pem) = &settings.ca_cert_pem {
         builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
     }
