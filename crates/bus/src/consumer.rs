@@ -19,7 +19,7 @@ use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -46,9 +46,21 @@ struct Shared {
     /// Weak: the consumer is closed (it leaves its group) where its owner
     /// drops it, not later on the watcher's thread.
     current: Mutex<Weak<StreamConsumer>>,
-    /// The caller holds a batch: its loop, not the consumer, is what has
-    /// to move (and reports on itself).
-    busy: AtomicBool,
+    /// Batches handed out and not yet committed. While the caller holds one
+    /// (a sender keeps two in flight, and waits for records meanwhile), its
+    /// loop, not the consumer, is what has to move, and reports on itself.
+    held: AtomicUsize,
+    /// Clients built anew so far.
+    rebuilds: AtomicU64,
+}
+
+impl Shared {
+    /// A batch's commit, whatever came of it: the caller is done with it.
+    fn released(&self) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
 }
 
 impl BatchConsumer {
@@ -78,7 +90,8 @@ impl BatchConsumer {
         let consumer = Arc::new(subscribed(&settings, &topics)?);
         let shared = Arc::new(Shared {
             current: Mutex::new(Arc::downgrade(&consumer)),
-            busy: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+            rebuilds: AtomicU64::new(0),
         });
         let (tx, rx) = watch::channel(None);
         let watcher = Watcher {
@@ -114,7 +127,6 @@ impl BatchConsumer {
 
     /// Waits for one record, then gathers up to `max` within `linger`.
     pub async fn next_batch(&mut self, max: usize, linger: Duration) -> Result<Vec<OwnedMessage>> {
-        self.shared.busy.store(false, Ordering::SeqCst);
         let first = loop {
             let received = match &mut self.rebuild {
                 Some(rebuild) => tokio::select! {
@@ -151,7 +163,7 @@ impl BatchConsumer {
                 Ok(Err(_)) | Err(_) => break,
             }
         }
-        self.shared.busy.store(true, Ordering::SeqCst);
+        self.shared.held.fetch_add(1, Ordering::SeqCst);
         Ok(batch)
     }
 
@@ -167,6 +179,7 @@ impl BatchConsumer {
                     *current = Arc::downgrade(&fresh);
                 }
                 tracing::warn!(consumer = %self.label, %cause, "rebuilt the Kafka consumer");
+                self.shared.rebuilds.fetch_add(1, Ordering::SeqCst);
                 metrics::counter!("herald_kafka_clients_rebuilt_total",
                     "cluster" => self.cluster.clone(), "client" => "consumer")
                 .increment(1);
@@ -185,25 +198,81 @@ impl BatchConsumer {
     /// partitions were revoked by a rebalance, the broker is away) is not
     /// fatal: the records come back and the ledger drops what was settled.
     pub fn commit(&self, batch: &[OwnedMessage], mode: CommitMode) -> Result<()> {
-        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-        for m in batch {
-            let e = next.entry((m.topic(), m.partition())).or_insert(0);
-            *e = (*e).max(m.offset() + 1);
+        self.shared.released();
+        commit(&self.consumer, &BatchEnd::of(batch), mode)
+    }
+
+    /// How many times the client was built anew (each is also counted in
+    /// `herald_kafka_clients_rebuilt_total`).
+    pub fn rebuilds(&self) -> u64 {
+        self.shared.rebuilds.load(Ordering::SeqCst)
+    }
+
+    /// Commits for this consumer from elsewhere, while it waits for records:
+    /// a caller with batches in flight commits each as it settles (in the
+    /// order they were handed out), through whichever client is current.
+    pub fn committer(&self) -> Committer {
+        Committer {
+            shared: self.shared.clone(),
         }
-        if next.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-        }
-        self.consumer.commit(&tpl, mode)?;
-        Ok(())
     }
 
     pub fn unsubscribe(&self) {
         self.consumer.unsubscribe();
     }
+}
+
+/// See [`BatchConsumer::committer`].
+#[derive(Clone)]
+pub struct Committer {
+    shared: Arc<Shared>,
+}
+
+impl Committer {
+    /// As [`BatchConsumer::commit`], for a batch's end; nothing is
+    /// committed once the consumer is gone (its records are read again by
+    /// whoever owns them next).
+    pub fn commit(&self, end: &BatchEnd, mode: CommitMode) -> Result<()> {
+        self.shared.released();
+        let current = self.shared.current.lock().ok().and_then(|c| c.upgrade());
+        match current {
+            Some(consumer) => commit(&consumer, end, mode),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where a batch ends on each of its partitions: all that committing it
+/// needs, so a caller can let go of the records' payloads once it has read
+/// them instead of holding them until the batch is settled.
+#[derive(Debug, Clone, Default)]
+pub struct BatchEnd {
+    next: HashMap<(String, i32), i64>,
+}
+
+impl BatchEnd {
+    pub fn of(batch: &[OwnedMessage]) -> Self {
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        for m in batch {
+            let e = next
+                .entry((m.topic().to_string(), m.partition()))
+                .or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        Self { next }
+    }
+}
+
+fn commit(consumer: &StreamConsumer, end: &BatchEnd, mode: CommitMode) -> Result<()> {
+    if end.next.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in &end.next {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.commit(&tpl, mode)?;
+    Ok(())
 }
 
 fn subscribed(settings: &ClientConfig, topics: &[String]) -> Result<StreamConsumer> {
@@ -287,7 +356,7 @@ impl Watcher {
                 }
                 cluster_id = Some(id);
             }
-            if self.shared.busy.load(Ordering::SeqCst) {
+            if self.shared.held.load(Ordering::SeqCst) > 0 {
                 // The caller's loop has the batch; it reports on itself.
                 (last_committed, idle_since) = (None, None);
                 self.progressing();

@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub struct CampaignGate {
     store: Store,
     ttl: Duration,
-    cache: Mutex<HashMap<Uuid, (Option<CampaignState>, Instant)>>,
+    cache: Mutex<Cache>,
 }
 
 impl CampaignGate {
@@ -34,7 +34,37 @@ impl CampaignGate {
             return Ok(jobs.to_vec());
         }
         let mut cache = self.cache.lock().await;
-        let stale: Vec<Uuid> = jobs
+        self.refresh(&mut cache, jobs).await?;
+        let mut admitted = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match held(&cache, job) {
+                Some(why) => {
+                    metrics::counter!("herald_campaign_jobs_dropped_total", "reason" => why)
+                        .increment(1);
+                    tracing::debug!(delivery_id = %job.delivery_id, why, "campaign job dropped");
+                }
+                None => admitted.push(job.clone()),
+            }
+        }
+        Ok(admitted)
+    }
+
+    /// Whether a job admitted earlier is now held (its campaign was paused,
+    /// cancelled or deleted since): looked at again just before its request
+    /// leaves, so a batch already in a sender's hands stops too.
+    pub async fn now_held(&self, job: &DeliveryJob) -> Result<bool, StoreError> {
+        if job.campaign.is_none() {
+            return Ok(false);
+        }
+        let mut cache = self.cache.lock().await;
+        self.refresh(&mut cache, std::slice::from_ref(job)).await?;
+        Ok(held(&cache, job).is_some())
+    }
+
+    /// Reads again the states of the jobs' campaigns that are not cached, are
+    /// older than `ttl`, or are of an older generation than a job.
+    async fn refresh(&self, cache: &mut Cache, jobs: &[DeliveryJob]) -> Result<(), StoreError> {
+        let mut stale: Vec<Uuid> = jobs
             .iter()
             .filter_map(|j| j.campaign)
             .filter(|c| match cache.get(&c.id) {
@@ -45,46 +75,38 @@ impl CampaignGate {
             })
             .map(|c| c.id)
             .collect();
-        if !stale.is_empty() {
-            let mut ids = stale;
-            ids.sort_unstable();
-            ids.dedup();
-            let found: HashMap<Uuid, CampaignState> = self
-                .store
-                .campaign_states(&ids)
-                .await?
-                .into_iter()
-                .collect();
-            let now = Instant::now();
-            for id in ids {
-                cache.insert(id, (found.get(&id).copied(), now));
-            }
+        if stale.is_empty() {
+            return Ok(());
         }
-        let mut admitted = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let Some(c) = job.campaign else {
-                admitted.push(job.clone());
-                continue;
-            };
-            let state = cache.get(&c.id).and_then(|(s, _)| *s);
-            let held = match state {
-                // Deleted: nothing to send it for.
-                None => true,
-                Some(s) => s.status.holds_jobs() && c.generation <= s.generation,
-            };
-            if held {
-                let why = match state.map(|s| s.status) {
-                    Some(CampaignStatus::Paused) => "paused",
-                    Some(_) => "cancelled",
-                    None => "deleted",
-                };
-                metrics::counter!("herald_campaign_jobs_dropped_total", "reason" => why)
-                    .increment(1);
-                tracing::debug!(delivery_id = %job.delivery_id, campaign_id = %c.id, why, "campaign job dropped");
-            } else {
-                admitted.push(job.clone());
-            }
+        stale.sort_unstable();
+        stale.dedup();
+        let found: HashMap<Uuid, CampaignState> = self
+            .store
+            .campaign_states(&stale)
+            .await?
+            .into_iter()
+            .collect();
+        let now = Instant::now();
+        for id in stale {
+            cache.insert(id, (found.get(&id).copied(), now));
         }
-        Ok(admitted)
+        Ok(())
+    }
+}
+
+type Cache = HashMap<Uuid, (Option<CampaignState>, Instant)>;
+
+/// Why a job of a campaign is held back, or None if it may be sent.
+fn held(cache: &Cache, job: &DeliveryJob) -> Option<&'static str> {
+    let c = job.campaign?;
+    let state = cache.get(&c.id).and_then(|(s, _)| *s);
+    match state {
+        // Deleted: nothing to send it for.
+        None => Some("deleted"),
+        Some(s) if s.status.holds_jobs() && c.generation <= s.generation => Some(match s.status {
+            CampaignStatus::Paused => "paused",
+            _ => "cancelled",
+        }),
+        Some(_) => None,
     }
 }

@@ -11,8 +11,8 @@ pub use campaigns::CampaignGate;
 pub use credentials::CredentialsCache;
 pub use ledger_guard::OutcomeProbes;
 
-use futures::stream::{self, StreamExt};
-use herald_bus::{BatchConsumer, Publisher};
+use futures::stream::{self, FuturesOrdered, StreamExt};
+use herald_bus::{BatchConsumer, BatchEnd, Committer, Publisher};
 use herald_config::SenderConfig;
 use herald_core::dedupe::{action, Claim, ClaimAction};
 use herald_core::{
@@ -36,6 +36,10 @@ use tracing::Instrument;
 
 /// The most settled deliveries written to the ledger in one pipeline.
 const SETTLE_CHUNK: usize = 256;
+/// Batches of a lane in flight at once: the next batch is claimed and its
+/// requests start while the last one's slowest requests, settles and
+/// outcome publish finish, instead of every batch ending in a lull.
+const PIPELINE_DEPTH: usize = 2;
 /// A request leaves only while the lease holds for at least this long
 /// still: the time between the check and the request reaching the
 /// provider, with room to spare.
@@ -49,6 +53,8 @@ pub enum SenderError {
     Ledger(#[from] herald_ledger::LedgerError),
     #[error(transparent)]
     Store(#[from] herald_store::StoreError),
+    #[error("a batch's round panicked: {0}")]
+    Panicked(String),
 }
 
 pub struct Sender {
@@ -133,6 +139,8 @@ struct Round<'a> {
     id: String,
     health: &'a LoopHealth,
     shutdown: &'a CancellationToken,
+    /// The lane's limit on requests in flight.
+    sends: &'a tokio::sync::Semaphore,
 }
 
 impl Round<'_> {
@@ -223,12 +231,15 @@ impl Sender {
         if self.config.dedupe {
             tokio::spawn(self.watch_ledger(shutdown));
         }
-        let (a, b, c) = tokio::join!(main, bulk, retry);
-        for r in [a, b, c] {
-            match r {
+        // Lanes end on shutdown; one that ends in error ends the sender at
+        // once, as a crash would, for its supervisor to start it again.
+        let mut lanes: futures::stream::FuturesUnordered<_> =
+            [main, bulk, retry].into_iter().collect();
+        while let Some(lane) = lanes.next().await {
+            match lane {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
-                Err(e) => tracing::error!(error = %e, "a sender loop panicked"),
+                Err(e) => return Err(SenderError::Panicked(e.to_string())),
             }
         }
         Ok(())
@@ -236,7 +247,7 @@ impl Sender {
 
     async fn consume(
         self: Arc<Self>,
-        mut consumer: BatchConsumer,
+        consumer: BatchConsumer,
         wait_for_due: bool,
         shutdown: CancellationToken,
     ) -> Result<(), SenderError> {
@@ -245,60 +256,164 @@ impl Sender {
             "the sender's settle loop ({})",
             consumer.label()
         ));
+        // The retry lane waits for each job's time in order: one batch at a
+        // time there.
+        let depth = if wait_for_due { 1 } else { PIPELINE_DEPTH };
+        // One limit for the lane's requests, whichever batch they are of.
+        let sends = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
+        let committer = consumer.committer();
+        // Offsets are committed in the order the batches were handed out,
+        // each once it is settled: a later batch's commit never passes an
+        // earlier batch still in flight.
+        let mut in_flight = FuturesOrdered::new();
+        // The consumer is either here or inside the fetch that waits for the
+        // next batch, which hands it back with the batch.
+        let mut idle = Some(consumer);
+        let mut fetch = None;
+        // Why the loop stopped committing, if it did.
+        let mut stopped: Option<Result<(), SenderError>> = None;
+        let size = self.config.batch_size;
         loop {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                b = consumer.next_batch(self.config.batch_size, linger) => b,
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e, "consuming delivery jobs");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+            if fetch.is_none() && in_flight.len() < depth {
+                if let Some(mut consumer) = idle.take() {
+                    fetch = Some(Box::pin(async move {
+                        let batch = consumer.next_batch(size, linger).await;
+                        (consumer, batch)
+                    }));
                 }
-            };
-            let mut jobs = self.decode(&batch).await;
-            if wait_for_due {
-                jobs.sort_by_key(|j| j.not_before);
-                while !jobs.is_empty() {
-                    let due_at = jobs[0].not_before.unwrap_or_default();
-                    let wait = (due_at - chrono::Utc::now()).to_std().unwrap_or_default();
-                    tokio::select! {
-                        // Uncommitted: the retries come back to whoever runs next.
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(wait.min(MAX_RETRY_HOLD)) => {}
-                    }
-                    if wait > MAX_RETRY_HOLD {
-                        // A long wait (FCM's quota backoff is a minute) would hold
-                        // back every retry behind it: put these at the end of the
-                        // topic, to come round again, and read on.
-                        while let Err(e) = self.publisher.publish_retries(&jobs).await {
-                            tracing::warn!(error = %e, "putting back retries not yet due failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                        break;
-                    }
-                    let now = chrono::Utc::now();
-                    let due = jobs.partition_point(|j| j.not_before.is_none_or(|t| t <= now));
-                    let ready: Vec<DeliveryJob> = jobs.drain(..due.max(1)).collect();
-                    self.process_until_settled(ready, &health, &shutdown).await;
-                }
-            } else {
-                self.process_until_settled(jobs, &health, &shutdown).await;
             }
-            // On shutdown the commit must land before the process exits.
-            let mode = if shutdown.is_cancelled() {
-                CommitMode::Sync
-            } else {
-                CommitMode::Async
-            };
-            if let Err(e) = consumer.commit(&batch, mode) {
-                tracing::warn!(error = %e, "committing offsets failed; the jobs will be seen again and deduped");
+            tokio::select! {
+                // Records handed out and not settled are not committed:
+                // whoever runs next reads them again.
+                _ = shutdown.cancelled() => break,
+                Some(done) = in_flight.next() => {
+                    match self.commit_settled(&committer, done, &shutdown) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            stopped = Some(Ok(()));
+                            break;
+                        }
+                        Err(e) => {
+                            stopped = Some(Err(e));
+                            break;
+                        }
+                    }
+                }
+                (consumer, batch) = async { fetch.as_mut().expect("a fetch is running").await }, if fetch.is_some() => {
+                    fetch = None;
+                    idle = Some(consumer);
+                    match batch {
+                        Ok(batch) => in_flight.push_back(tokio::spawn(self.clone().settle_batch(
+                            batch,
+                            wait_for_due,
+                            health.clone(),
+                            shutdown.clone(),
+                            sends.clone(),
+                        ))),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "consuming delivery jobs");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
             }
         }
-        consumer.unsubscribe();
-        Ok(())
+        // The batches in flight finish (on shutdown, unsent jobs are handed
+        // back) and are committed in order, until one is not settled. A
+        // fetch left waiting keeps the consumer, and so the commits, alive
+        // until then.
+        while let Some(done) = in_flight.next().await {
+            if stopped.is_none() {
+                match self.commit_settled(&committer, done, &shutdown) {
+                    Ok(true) => {}
+                    Ok(false) => stopped = Some(Ok(())),
+                    Err(e) => stopped = Some(Err(e)),
+                }
+            }
+        }
+        if let Some(consumer) = idle {
+            consumer.unsubscribe();
+        }
+        drop(fetch);
+        // A panicked round ends the sender (and so the process, as a crash
+        // would): a lane that quietly stopped would leave its jobs unread.
+        stopped.unwrap_or(Ok(()))
+    }
+
+    /// Commits a batch that came back settled; false, and nothing committed,
+    /// for one that did not, and an error for one whose round panicked (its
+    /// records and every later batch's are read again by whoever runs next).
+    fn commit_settled(
+        &self,
+        committer: &Committer,
+        done: Result<(BatchEnd, bool), tokio::task::JoinError>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, SenderError> {
+        let end = match done {
+            Ok((end, true)) => end,
+            Ok((_, false)) => return Ok(false),
+            Err(e) => {
+                tracing::error!(error = %e, "a batch's round panicked; its jobs and those after it are left uncommitted");
+                return Err(SenderError::Panicked(e.to_string()));
+            }
+        };
+        // On shutdown the commit must land before the process exits.
+        let mode = if shutdown.is_cancelled() {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        if let Err(e) = committer.commit(&end, mode) {
+            tracing::warn!(error = %e, "committing offsets failed; the jobs will be seen again and deduped");
+        }
+        Ok(true)
+    }
+
+    /// Decodes and settles one batch; the batch's end comes back with
+    /// whether it was settled (false when a shutdown came while its retries
+    /// waited for their time: they are left to whoever runs next). The
+    /// records themselves are let go of once decoded.
+    async fn settle_batch(
+        self: Arc<Self>,
+        batch: Vec<OwnedMessage>,
+        wait_for_due: bool,
+        health: Arc<LoopHealth>,
+        shutdown: CancellationToken,
+        sends: Arc<tokio::sync::Semaphore>,
+    ) -> (BatchEnd, bool) {
+        let mut jobs = self.decode(&batch).await;
+        let end = BatchEnd::of(&batch);
+        drop(batch);
+        if !wait_for_due {
+            self.process_until_settled(jobs, &health, &shutdown, &sends)
+                .await;
+            return (end, true);
+        }
+        jobs.sort_by_key(|j| j.not_before);
+        while !jobs.is_empty() {
+            let due_at = jobs[0].not_before.unwrap_or_default();
+            let wait = (due_at - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = shutdown.cancelled() => return (end, false),
+                _ = tokio::time::sleep(wait.min(MAX_RETRY_HOLD)) => {}
+            }
+            if wait > MAX_RETRY_HOLD {
+                // A long wait (FCM's quota backoff is a minute) would hold
+                // back every retry behind it: put these at the end of the
+                // topic, to come round again, and read on.
+                while let Err(e) = self.publisher.publish_retries(&jobs).await {
+                    tracing::warn!(error = %e, "putting back retries not yet due failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                break;
+            }
+            let now = chrono::Utc::now();
+            let due = jobs.partition_point(|j| j.not_before.is_none_or(|t| t <= now));
+            let ready: Vec<DeliveryJob> = jobs.drain(..due.max(1)).collect();
+            self.process_until_settled(ready, &health, &shutdown, &sends)
+                .await;
+        }
+        (end, true)
     }
 
     /// Learns the highest write sequences PostgreSQL recorded (every claim
@@ -391,11 +506,13 @@ impl Sender {
         jobs: Vec<DeliveryJob>,
         health: &LoopHealth,
         shutdown: &CancellationToken,
+        sends: &tokio::sync::Semaphore,
     ) {
         let round = Round {
             id: format!("{:016x}", rand::rng().random::<u64>()),
             health,
             shutdown,
+            sends,
         };
         while let Err(e) = self.process(&jobs, &round).await {
             health.failed(&e);
@@ -539,6 +656,18 @@ impl Sender {
                 if round.shutdown.is_cancelled() {
                     return (job, epoch, Step::Handback);
                 }
+                // Never closed; were it, the send would go without a place.
+                let _place = tokio::select! {
+                    place = round.sends.acquire() => place.ok(),
+                    _ = round.shutdown.cancelled() => return (job, epoch, Step::Handback),
+                };
+                // A campaign paused or cancelled while its job waited here:
+                // released and handed to the retries lane, whose gate drops
+                // it (or sends it, if the campaign was resumed meanwhile).
+                // Unknown (PostgreSQL away) is what admitted it: it goes.
+                if self.campaigns.now_held(&job).await.unwrap_or(false) {
+                    return (job, epoch, Step::Handback);
+                }
                 let span = delivery_span(&job);
                 // A request must leave while the lease is surely ours: a
                 // sender stalled past it (SIGSTOP, a long pause) may have
@@ -574,8 +703,31 @@ impl Sender {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
-        let settle_all = async {
+        // Sends are driven on their own: were they polled only between
+        // settles, every settle's round trip to Redis would stop new requests
+        // from starting and finished ones from freeing their places. Only a
+        // little runs ahead of the ledger, though: while settles are stuck
+        // (Redis away), no new request starts, so a crash then leaves few
+        // sent and unsettled.
+        let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel(2);
+        let send_all = async {
             while let Some(chunk) = finished.next().await {
+                if chunks_tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            drop(chunks_tx);
+        };
+        let settle_all = async {
+            while let Some(mut chunk) = chunks_rx.recv().await {
+                // What finished during the last settle is settled together,
+                // about a pipeline's worth (at most two).
+                while chunk.len() < SETTLE_CHUNK {
+                    match chunks_rx.try_recv() {
+                        Ok(more) => chunk.extend(more),
+                        Err(_) => break,
+                    }
+                }
                 let ids: Vec<_> = chunk.iter().map(|(job, _, _)| job.delivery_id).collect();
                 let epochs: HashMap<DeliveryId, u64> = chunk
                     .iter()
@@ -697,7 +849,7 @@ impl Sender {
         };
         tokio::select! {
             biased;
-            _ = async { tokio::join!(settle_all, publish_all) } => {}
+            _ = async { tokio::join!(send_all, settle_all, publish_all) } => {}
             _ = renew_all => {}
         }
         round
@@ -872,7 +1024,7 @@ impl Sender {
                     });
                 }
                 Step::Handback => {
-                    tracing::debug!(delivery_id = %job.delivery_id, "handed back on shutdown");
+                    tracing::debug!(delivery_id = %job.delivery_id, "handed back unsent (shutdown, or its campaign held)");
                     handoff.retries.push(DeliveryJob {
                         not_before: None,
                         ..job
