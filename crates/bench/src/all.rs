@@ -33,12 +33,13 @@ impl Row {
 
 pub async fn run(s: Settings) -> Result<()> {
     let ceiling = crate::ceiling::requests_per_second(&crate::ceiling::Settings {
-        requests: 200_000,
+        requests: 1_000_000,
         clients: 8,
         streams: 100,
     })
     .await?;
     let end_to_end = crate::transactional::run(crate::transactional::Settings {
+        profile: "end-to-end",
         requests: 1_000,
         recipients: 100,
         concurrency: 16,
@@ -47,6 +48,7 @@ pub async fn run(s: Settings) -> Result<()> {
     .await?;
     let campaign = crate::campaign(s.installations, 1).await?;
     let single = crate::transactional::run(crate::transactional::Settings {
+        profile: "single-recipient",
         requests: 20_000,
         recipients: 1,
         concurrency: 64,

@@ -76,6 +76,7 @@ pub async fn run(s: Settings) -> Result<()> {
     // Herald against the same simulator, in the same run: 1,000 requests of
     // 100 recipients, its best case for deliveries per second.
     let herald = crate::transactional::run(crate::transactional::Settings {
+        profile: "ceiling-herald",
         requests: 1_000,
         recipients: 100,
         concurrency: 16,
@@ -117,6 +118,7 @@ pub async fn requests_per_second(s: &Settings) -> Result<f64> {
         json!({"aps": {"alert": {"title": "ceiling", "body": "h2load"}}}).to_string(),
     )?;
     let url = format!("{}/3/device/{}", env.sim_url(), ios_token(1));
+    let profile = crate::profile::Profile::start("ceiling");
     let output = Command::new("h2load")
         .args([
             "-n",
@@ -142,6 +144,7 @@ pub async fn requests_per_second(s: &Settings) -> Result<f64> {
         .arg(&url)
         .output()
         .context("running h2load")?;
+    profile.finish(&env.sim.iter().collect::<Vec<_>>()).await;
     let text = String::from_utf8_lossy(&output.stdout);
     let h2 = parse(&text).with_context(|| format!("reading h2load's report:\n{text}"))?;
     let accepted = env.sim_stats().await["accepted"].as_u64().unwrap_or(0);

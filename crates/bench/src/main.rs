@@ -10,6 +10,7 @@ mod ceiling;
 mod isolation;
 mod peers;
 mod procstat;
+mod profile;
 mod sender;
 mod transactional;
 
@@ -24,11 +25,14 @@ use std::time::{Duration, Instant};
 /// `HERALD_*` variable of the benchmark's own environment (to compare
 /// settings run by run: `HERALD_SENDER__BATCH_SIZE=100 herald-bench ...`).
 pub(crate) async fn start_env(name: &str, settings: &[(&str, &str)]) -> TestEnv {
-    // Not the database: each scenario has its own (scripts/setup.sh exports
+    // Not the benchmark's own switch, nor the database: each scenario has
+    // its own (scripts/setup.sh exports
     // HERALD_POSTGRES__URL for `herald dev`, and applied here it sent the
     // processes to that one while the bench seeded its own).
     let overrides: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("HERALD_") && k != "HERALD_POSTGRES__URL")
+        .filter(|(k, _)| {
+            k.starts_with("HERALD_") && k != "HERALD_POSTGRES__URL" && k != "HERALD_BENCH_PROFILE"
+        })
         .collect();
     for (k, v) in &overrides {
         eprintln!("setting from the environment: {k}={v}");
@@ -96,7 +100,7 @@ enum Scenario {
     /// The ceiling: h2load straight at the APNs simulator, then Herald's
     /// end-to-end rate against the same simulator, as a fraction of it.
     Ceiling {
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         requests: usize,
         /// HTTP/2 connections.
         #[arg(long, default_value_t = 8)]
@@ -194,6 +198,7 @@ async fn main() -> Result<()> {
             concurrency,
             copies,
         } => transactional::run(transactional::Settings {
+            profile: "transactional",
             requests,
             recipients,
             concurrency,
@@ -230,18 +235,18 @@ async fn warm_up(env: &TestEnv, base: &str, key: &str) -> Result<()> {
 }
 
 /// The settings of the scenarios that send a campaign to a million devices.
-pub(crate) const CAMPAIGN_SETTINGS: [(&str, &str); 8] = [
+pub(crate) const CAMPAIGN_SETTINGS: [(&str, &str); 6] = [
     ("HERALD_LOG", "warn"),
     // Memory flat at a million deliveries; counts stay exact.
     ("HERALD_SIM__RECORD", "counts"),
     ("HERALD_POSTGRES__MAX_CONNECTIONS", "16"),
-    ("HERALD_SENDER__BATCH_SIZE", "5000"),
-    // Not more requests in flight than the default (256): on one box 1,024
-    // sent no faster and made a push wait behind them at the simulator
-    // (docs/benchmarks.md, isolation).
+    // The sender's and recorder's batches and requests in flight are the
+    // defaults: with two batches in flight per lane, 5,000-job batches were
+    // no faster and held half as much memory again (docs/benchmarks.md,
+    // fifth sitting), and 1,024 requests in flight made a push wait behind
+    // them at the simulator (isolation).
     ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "10000"),
     ("HERALD_SENDER__LEASE_MS", "60000"),
-    ("HERALD_RECORDER__BATCH_SIZE", "5000"),
     ("HERALD_SCHEDULER__PAGE_SIZE", "5000"),
 ];
 
@@ -333,6 +338,7 @@ async fn campaign(installations: i64, senders: usize) -> Result<Measured> {
     // connections before the clock starts.
     warm_up(&env, &base, &app.server_key).await?;
     let before: Vec<ProcStat> = procs.iter().map(ProcStat::of).collect();
+    let profile = profile::Profile::start("campaign");
 
     let id = create_campaign(&env, &base, &app.server_key, "bench").await?;
     let started = Instant::now();
@@ -375,6 +381,9 @@ async fn campaign(installations: i64, senders: usize) -> Result<Measured> {
     };
     let total = started.elapsed();
     let after: Vec<ProcStat> = procs.iter().map(ProcStat::of).collect();
+    let mut roles: Vec<&HeraldProcess> = procs.iter().chain([&gateway]).collect();
+    roles.extend(env.sim.as_ref());
+    profile.finish(&roles).await;
     let stats = env.sim_stats().await;
     let delivered = finished["progress"]["counts"]["delivered"]
         .as_i64()
@@ -485,6 +494,7 @@ async fn triggers(users: i64, engines: usize) -> Result<Measured> {
     }
     let rule_id = rule["id"].as_str().context("rule id")?.to_string();
     let before: Vec<ProcStat> = procs.iter().map(ProcStat::of).collect();
+    let profile = profile::Profile::start("triggers");
     let posting = Instant::now();
     for chunk in (1..=users).collect::<Vec<_>>().chunks(1000) {
         let events: Vec<Value> = chunk
@@ -540,6 +550,9 @@ async fn triggers(users: i64, engines: usize) -> Result<Measured> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let after: Vec<ProcStat> = procs.iter().map(ProcStat::of).collect();
+    let mut roles: Vec<&HeraldProcess> = procs.iter().chain([&gateway]).collect();
+    roles.extend(env.sim.as_ref());
+    profile.finish(&roles).await;
     let (first, last, p50, p99, max): (f64, f64, f64, f64, f64) = sqlx::query_as(
         "SELECT extract(epoch FROM min(settled_at))::float8, extract(epoch FROM max(settled_at))::float8,
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM settled_at - due_at))::float8,

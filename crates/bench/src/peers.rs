@@ -156,9 +156,10 @@ pub async fn run(s: Settings) -> Result<Summary> {
     let node_apn = run_peer(&env, "@parse/node-apn (Node.js)", node_peer, &settings).await?;
     env.finish().await;
 
-    let sender = crate::sender::run_once(s.notifications, true).await?;
+    let sender = crate::sender::run_once(s.notifications, true, "peers-sender").await?;
     let recipients = 100;
     let end_to_end = crate::transactional::run(crate::transactional::Settings {
+        profile: "peers-end-to-end",
         requests: s.notifications.div_ceil(recipients),
         recipients,
         concurrency: 16,

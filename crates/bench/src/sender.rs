@@ -52,13 +52,14 @@ fn jobs_for(app: AppId, count: usize) -> Result<Vec<DeliveryJob>> {
 /// Starts a sender (without the recorder: nothing but consume, claim, send,
 /// settle and the outcome's publish), feeds it `count` jobs, and waits for
 /// the simulator to accept them all.
-pub async fn run_once(count: usize, dedupe: bool) -> Result<SenderRun> {
+/// `profile` names its flame graph.
+pub async fn run_once(count: usize, dedupe: bool, profile: &str) -> Result<SenderRun> {
     let env = crate::start_env(
         if dedupe { "benchsend" } else { "benchnodedupe" },
         &[
             ("HERALD_LOG", "warn"),
-            ("HERALD_SENDER__BATCH_SIZE", "2000"),
-            ("HERALD_SENDER__CONCURRENCY", "1024"),
+            // Batches and requests in flight: the defaults (see
+            // CAMPAIGN_SETTINGS).
             ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "10000"),
             ("HERALD_SENDER__LEASE_MS", "60000"),
             (
@@ -78,6 +79,7 @@ pub async fn run_once(count: usize, dedupe: bool) -> Result<SenderRun> {
         .spawn("sender", &["sender", "--no-recorder"], false)
         .await;
     let before = ProcStat::of(&sender);
+    let profile = crate::profile::Profile::start(profile);
     // The embedded broker keeps about 5 MB per partition and drops older
     // records: never let more than BACKLOG jobs wait, as a real topic with
     // the senders behind it would not either.
@@ -115,6 +117,9 @@ pub async fn run_once(count: usize, dedupe: bool) -> Result<SenderRun> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = ProcStat::of(&sender);
+    let mut roles = vec![&sender];
+    roles.extend(env.sim.as_ref());
+    profile.finish(&roles).await;
     let mut times: Vec<chrono::DateTime<chrono::Utc>> = env
         .sim_deliveries()
         .await
@@ -152,8 +157,8 @@ pub struct DedupeOverhead {
 
 /// The same sender run with the ledger and without it.
 pub async fn dedupe(count: usize) -> Result<DedupeOverhead> {
-    let on = run_once(count, true).await?;
-    let off = run_once(count, false).await?;
+    let on = run_once(count, true, "dedupe-on").await?;
+    let off = run_once(count, false, "dedupe-off").await?;
     println!(
         "\nDedupe cost: one sender, {count} jobs fed to the topic ahead of it, release build\n"
     );

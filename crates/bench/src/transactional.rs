@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 pub struct Settings {
+    /// Names the run's flame graph.
+    pub profile: &'static str,
     pub requests: usize,
     pub recipients: usize,
     pub concurrency: usize,
@@ -63,11 +65,10 @@ pub async fn run(s: Settings) -> Result<Summary> {
             ("HERALD_LOG", "warn"),
             ("HERALD_POSTGRES__MAX_CONNECTIONS", "32"),
             ("HERALD_GATEWAY__RATE_LIMIT_PER_SECOND", "0"),
-            ("HERALD_SENDER__BATCH_SIZE", "5000"),
-            ("HERALD_SENDER__CONCURRENCY", "1024"),
+            // Batches and requests in flight: the defaults (see
+            // CAMPAIGN_SETTINGS).
             ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "10000"),
             ("HERALD_SENDER__LEASE_MS", "60000"),
-            ("HERALD_RECORDER__BATCH_SIZE", "5000"),
         ],
     )
     .await;
@@ -78,6 +79,7 @@ pub async fn run(s: Settings) -> Result<Summary> {
     crate::warm_up(&env, &base, &app.server_key).await?;
     let procs: Vec<&HeraldProcess> = vec![&gateway, &sender];
     let before: Vec<ProcStat> = procs.iter().map(|p| ProcStat::of(p)).collect();
+    let profile = crate::profile::Profile::start(s.profile);
 
     // Every copy of request i carries the same key and body.
     let bodies: Vec<Value> = (0..s.requests)
@@ -176,6 +178,9 @@ pub async fn run(s: Settings) -> Result<Summary> {
     }
     let delivered_in = started.elapsed();
     let after: Vec<ProcStat> = procs.iter().map(|p| ProcStat::of(p)).collect();
+    let mut roles = procs.clone();
+    roles.extend(env.sim.as_ref());
+    profile.finish(&roles).await;
     // Accept → device: each delivery's simulator time against its
     // message's first 202 (both clocks are this machine's).
     let record = env.sim_deliveries().await;
