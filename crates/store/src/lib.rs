@@ -93,7 +93,17 @@ impl Store {
     }
 
     pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<Self> {
-        let mut options = PgConnectOptions::from_str(url)?.disable_statement_logging();
+        // Herald's hot statements take arrays whose length varies batch by
+        // batch. A prepared statement's generic plan is made for "some
+        // array" against the table's size when it was first planned: one
+        // planned while a table was young kept seq-scanning it as it grew
+        // (idempotency_keys and messages, once per gateway batch, were half
+        // of PostgreSQL's CPU in the single-recipient benchmark), until an
+        // ANALYZE happened to invalidate it. A plan for each execution's
+        // values costs a little planning and never goes stale that way.
+        let mut options = PgConnectOptions::from_str(url)?
+            .disable_statement_logging()
+            .options([("plan_cache_mode", "force_custom_plan")]);
         if let Some(limit) = settings.statement_timeout {
             options = options.options([("statement_timeout", limit.as_millis().to_string())]);
         }
