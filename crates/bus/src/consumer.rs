@@ -222,6 +222,17 @@ impl BatchConsumer {
     }
 }
 
+/// How a batch's offsets are committed: in the background while running;
+/// on shutdown, waited for, since the commit must land before the process
+/// exits.
+pub fn commit_mode(shutting_down: bool) -> CommitMode {
+    if shutting_down {
+        CommitMode::Sync
+    } else {
+        CommitMode::Async
+    }
+}
+
 /// See [`BatchConsumer::committer`].
 #[derive(Clone)]
 pub struct Committer {

@@ -11,7 +11,7 @@ mod producer;
 
 pub use admin::{create_topics, TopicCreation};
 
-pub use consumer::{BatchConsumer, BatchEnd, Committer};
+pub use consumer::{commit_mode, BatchConsumer, BatchEnd, Committer};
 pub use embedded::{BrokerCommand, EmbeddedBroker};
 
 use futures::future::join_all;

@@ -10,7 +10,6 @@ use herald_bus::BatchConsumer;
 use herald_config::RecorderConfig;
 use herald_core::DeliveryOutcome;
 use herald_store::Store;
-use rdkafka::consumer::CommitMode;
 use rdkafka::Message;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -56,12 +55,7 @@ impl Recorder {
             }
             health.ok();
             metrics::counter!("herald_outcomes_recorded_total").increment(outcomes.len() as u64);
-            // On shutdown the commit must land before the process exits.
-            let mode = if shutdown.is_cancelled() {
-                CommitMode::Sync
-            } else {
-                CommitMode::Async
-            };
+            let mode = herald_bus::commit_mode(shutdown.is_cancelled());
             if let Err(e) = self.consumer.commit(&batch, mode) {
                 tracing::warn!(error = %e, "committing outcome offsets failed; they will be recorded again, harmlessly");
             }

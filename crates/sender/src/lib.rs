@@ -25,21 +25,29 @@ use herald_store::Store;
 use herald_telemetry::health::LoopHealth;
 use ledger_guard::LedgerGuard;
 use rand::Rng;
-use rdkafka::consumer::CommitMode;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// The most settled deliveries written to the ledger in one pipeline.
+/// The most finished sends handed to the settles at once.
 const SETTLE_CHUNK: usize = 256;
-/// Batches of a lane in flight at once: the next batch is claimed and its
-/// requests start while the last one's slowest requests, settles and
-/// outcome publish finish, instead of every batch ending in a lull.
+/// The most finished sends of a batch waiting for their settle.
+const UNSETTLED_AHEAD: usize = 2 * SETTLE_CHUNK;
+/// Batches of a lane sending at once: the next batch is fetched, claimed
+/// and its requests start while the last one's slowest requests finish,
+/// instead of every batch ending in a lull. A batch gives its place up once
+/// its last request has finished, not once it is settled and published:
+/// its settles and its outcomes' publish need no place to send from.
 const PIPELINE_DEPTH: usize = 2;
+/// Batches of a lane handed out and not yet committed (sending, or
+/// settling and publishing behind the ones sending), which bounds what a
+/// slow tail holds in memory.
+const UNCOMMITTED_BATCHES: usize = 2 * PIPELINE_DEPTH;
 /// A request leaves only while the lease holds for at least this long
 /// still: the time between the check and the request reaching the
 /// provider, with room to spare.
@@ -141,6 +149,9 @@ struct Round<'a> {
     shutdown: &'a CancellationToken,
     /// The lane's limit on requests in flight.
     sends: &'a tokio::sync::Semaphore,
+    /// The batch's place among those sending (see PIPELINE_DEPTH), given up
+    /// when its last request has finished.
+    place: &'a Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Round<'_> {
@@ -258,7 +269,12 @@ impl Sender {
         ));
         // The retry lane waits for each job's time in order: one batch at a
         // time there.
-        let depth = if wait_for_due { 1 } else { PIPELINE_DEPTH };
+        let (depth, uncommitted) = if wait_for_due {
+            (1, 1)
+        } else {
+            (PIPELINE_DEPTH, UNCOMMITTED_BATCHES)
+        };
+        let places = Arc::new(tokio::sync::Semaphore::new(depth));
         // One limit for the lane's requests, whichever batch they are of.
         let sends = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
         let committer = consumer.committer();
@@ -274,11 +290,14 @@ impl Sender {
         let mut stopped: Option<Result<(), SenderError>> = None;
         let size = self.config.batch_size;
         loop {
-            if fetch.is_none() && in_flight.len() < depth {
+            if fetch.is_none() && in_flight.len() < uncommitted {
                 if let Some(mut consumer) = idle.take() {
+                    let places = places.clone();
                     fetch = Some(Box::pin(async move {
+                        // Never closed: Err only were it.
+                        let place = places.acquire_owned().await.ok();
                         let batch = consumer.next_batch(size, linger).await;
-                        (consumer, batch)
+                        (consumer, batch, place)
                     }));
                 }
             }
@@ -287,7 +306,7 @@ impl Sender {
                 // whoever runs next reads them again.
                 _ = shutdown.cancelled() => break,
                 Some(done) = in_flight.next() => {
-                    match self.commit_settled(&committer, done, &shutdown) {
+                    match commit_settled(&committer, done, &shutdown) {
                         Ok(true) => {}
                         Ok(false) => {
                             stopped = Some(Ok(()));
@@ -299,7 +318,13 @@ impl Sender {
                         }
                     }
                 }
-                (consumer, batch) = async { fetch.as_mut().expect("a fetch is running").await }, if fetch.is_some() => {
+                (consumer, batch, place) = async {
+                    match fetch.as_mut() {
+                        Some(fetch) => fetch.await,
+                        // Not polled: the branch is off without a fetch.
+                        None => std::future::pending().await,
+                    }
+                }, if fetch.is_some() => {
                     fetch = None;
                     idle = Some(consumer);
                     match batch {
@@ -309,6 +334,7 @@ impl Sender {
                             health.clone(),
                             shutdown.clone(),
                             sends.clone(),
+                            place,
                         ))),
                         Err(e) => {
                             tracing::warn!(error = %e, "consuming delivery jobs");
@@ -324,7 +350,7 @@ impl Sender {
         // until then.
         while let Some(done) = in_flight.next().await {
             if stopped.is_none() {
-                match self.commit_settled(&committer, done, &shutdown) {
+                match commit_settled(&committer, done, &shutdown) {
                     Ok(true) => {}
                     Ok(false) => stopped = Some(Ok(())),
                     Err(e) => stopped = Some(Err(e)),
@@ -340,35 +366,6 @@ impl Sender {
         stopped.unwrap_or(Ok(()))
     }
 
-    /// Commits a batch that came back settled; false, and nothing committed,
-    /// for one that did not, and an error for one whose round panicked (its
-    /// records and every later batch's are read again by whoever runs next).
-    fn commit_settled(
-        &self,
-        committer: &Committer,
-        done: Result<(BatchEnd, bool), tokio::task::JoinError>,
-        shutdown: &CancellationToken,
-    ) -> Result<bool, SenderError> {
-        let end = match done {
-            Ok((end, true)) => end,
-            Ok((_, false)) => return Ok(false),
-            Err(e) => {
-                tracing::error!(error = %e, "a batch's round panicked; its jobs and those after it are left uncommitted");
-                return Err(SenderError::Panicked(e.to_string()));
-            }
-        };
-        // On shutdown the commit must land before the process exits.
-        let mode = if shutdown.is_cancelled() {
-            CommitMode::Sync
-        } else {
-            CommitMode::Async
-        };
-        if let Err(e) = committer.commit(&end, mode) {
-            tracing::warn!(error = %e, "committing offsets failed; the jobs will be seen again and deduped");
-        }
-        Ok(true)
-    }
-
     /// Decodes and settles one batch; the batch's end comes back with
     /// whether it was settled (false when a shutdown came while its retries
     /// waited for their time: they are left to whoever runs next). The
@@ -380,15 +377,21 @@ impl Sender {
         health: Arc<LoopHealth>,
         shutdown: CancellationToken,
         sends: Arc<tokio::sync::Semaphore>,
+        place: Option<OwnedSemaphorePermit>,
     ) -> (BatchEnd, bool) {
         let mut jobs = self.decode(&batch).await;
         let end = BatchEnd::of(&batch);
         drop(batch);
         if !wait_for_due {
-            self.process_until_settled(jobs, &health, &shutdown, &sends)
+            let place = Mutex::new(place);
+            self.process_until_settled(jobs, &health, &shutdown, &sends, &place)
                 .await;
             return (end, true);
         }
+        // The retries wait for their time in order, a batch at a time: its
+        // place is kept until the whole batch is done.
+        let _place = place;
+        let no_place = Mutex::new(None);
         jobs.sort_by_key(|j| j.not_before);
         while !jobs.is_empty() {
             let due_at = jobs[0].not_before.unwrap_or_default();
@@ -410,7 +413,7 @@ impl Sender {
             let now = chrono::Utc::now();
             let due = jobs.partition_point(|j| j.not_before.is_none_or(|t| t <= now));
             let ready: Vec<DeliveryJob> = jobs.drain(..due.max(1)).collect();
-            self.process_until_settled(ready, &health, &shutdown, &sends)
+            self.process_until_settled(ready, &health, &shutdown, &sends, &no_place)
                 .await;
         }
         (end, true)
@@ -507,12 +510,14 @@ impl Sender {
         health: &LoopHealth,
         shutdown: &CancellationToken,
         sends: &tokio::sync::Semaphore,
+        place: &Mutex<Option<OwnedSemaphorePermit>>,
     ) {
         let round = Round {
             id: format!("{:016x}", rand::rng().random::<u64>()),
             health,
             shutdown,
             sends,
+            place,
         };
         while let Err(e) = self.process(&jobs, &round).await {
             health.failed(&e);
@@ -706,27 +711,46 @@ impl Sender {
         // Sends are driven on their own: were they polled only between
         // settles, every settle's round trip to Redis would stop new requests
         // from starting and finished ones from freeing their places. Only a
-        // little runs ahead of the ledger, though: while settles are stuck
-        // (Redis away), no new request starts, so a crash then leaves few
-        // sent and unsettled.
-        let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::channel(2);
+        // little runs ahead of the ledger, though: at most UNSETTLED_AHEAD
+        // finished sends wait for their settle, and while settles are stuck
+        // (Redis away) no new request starts, so a crash then leaves few sent
+        // and unsettled. The bound counts deliveries, not chunks: under load
+        // a ready chunk is a handful of sends, and two of them would stall
+        // the requests behind every settle's round trip.
+        let ahead = tokio::sync::Semaphore::new(UNSETTLED_AHEAD);
+        let ahead = &ahead;
+        let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::unbounded_channel();
         let send_all = async {
             while let Some(chunk) = finished.next().await {
-                if chunks_tx.send(chunk).await.is_err() {
+                // ready_chunks yields at most SETTLE_CHUNK ≤ UNSETTLED_AHEAD.
+                let taken = chunk.len().min(UNSETTLED_AHEAD);
+                match ahead
+                    .acquire_many(u32::try_from(taken).unwrap_or(u32::MAX))
+                    .await
+                {
+                    Ok(permits) => permits.forget(),
+                    Err(_) => break,
+                }
+                if chunks_tx.send((chunk, taken)).is_err() {
                     break;
                 }
             }
+            // The batch's requests have all finished: the next batch may
+            // start sending while these settle and publish.
+            round
+                .place
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
             drop(chunks_tx);
         };
         let settle_all = async {
-            while let Some(mut chunk) = chunks_rx.recv().await {
-                // What finished during the last settle is settled together,
-                // about a pipeline's worth (at most two).
-                while chunk.len() < SETTLE_CHUNK {
-                    match chunks_rx.try_recv() {
-                        Ok(more) => chunk.extend(more),
-                        Err(_) => break,
-                    }
+            while let Some((mut chunk, mut taken)) = chunks_rx.recv().await {
+                // What finished during the last settle is settled together
+                // (at most UNSETTLED_AHEAD).
+                while let Ok((more, more_taken)) = chunks_rx.try_recv() {
+                    chunk.extend(more);
+                    taken += more_taken;
                 }
                 let ids: Vec<_> = chunk.iter().map(|(job, _, _)| job.delivery_id).collect();
                 let epochs: HashMap<DeliveryId, u64> = chunk
@@ -745,6 +769,7 @@ impl Sender {
                 }));
                 let _ = outcomes_tx.send(std::mem::take(&mut h.outcomes));
                 handoff.append(h);
+                ahead.add_permits(taken);
             }
             drop(outcomes_tx);
         };
@@ -1198,6 +1223,29 @@ impl Handoff {
             at: chrono::Utc::now(),
         });
     }
+}
+
+/// Commits a batch that came back settled; false, and nothing committed,
+/// for one that did not, and an error for one whose round panicked (its
+/// records and every later batch's are read again by whoever runs next).
+fn commit_settled(
+    committer: &Committer,
+    done: Result<(BatchEnd, bool), tokio::task::JoinError>,
+    shutdown: &CancellationToken,
+) -> Result<bool, SenderError> {
+    let end = match done {
+        Ok((end, true)) => end,
+        Ok((_, false)) => return Ok(false),
+        Err(e) => {
+            tracing::error!(error = %e, "a batch's round panicked; its jobs and those after it are left uncommitted");
+            return Err(SenderError::Panicked(e.to_string()));
+        }
+    };
+    let mode = herald_bus::commit_mode(shutdown.is_cancelled());
+    if let Err(e) = committer.commit(&end, mode) {
+        tracing::warn!(error = %e, "committing offsets failed; the jobs will be seen again and deduped");
+    }
+    Ok(true)
 }
 
 fn chrono_ms(ms: u64) -> chrono::Duration {

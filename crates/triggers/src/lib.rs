@@ -16,7 +16,6 @@ use herald_core::template::TemplateContext;
 use herald_core::trigger::{user_time_zone, EventRecord, QuietDecision, QuietHours, TimerStatus};
 use herald_core::{AppId, DeliveryId, MessageId};
 use herald_store::{DueTimer, NewDelivery, NewMessage, NewTimer, Store, Trigger};
-use rdkafka::consumer::CommitMode;
 use rdkafka::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -161,11 +160,7 @@ impl TriggerEngine {
                 tracing::warn!(error = %e, "marking events applied failed");
             }
             metrics::counter!("herald_events_consumed_total").increment(records.len() as u64);
-            let mode = if shutdown.is_cancelled() {
-                CommitMode::Sync
-            } else {
-                CommitMode::Async
-            };
+            let mode = herald_bus::commit_mode(shutdown.is_cancelled());
             if let Err(e) = consumer.commit(&batch, mode) {
                 tracing::warn!(error = %e, "committing event offsets failed; the events will be applied again, harmlessly");
             }
