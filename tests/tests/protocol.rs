@@ -333,6 +333,101 @@ async fn redis_refusing_writes_while_sends_are_in_flight_neither_resends_nor_for
     env.finish().await;
 }
 
+/// While Redis takes no settles, a lane starts no more requests than its
+/// places for unsettled deliveries (`sender.concurrency` + 512): a crash
+/// then leaves at most that many sent and unrecorded for the takeovers.
+/// Two batches of 500 are claimed and sending when Redis stops taking
+/// writes; exactly 8 + 512 requests reach the provider until it takes them
+/// again, and then every device gets its push once.
+#[tokio::test]
+async fn while_redis_takes_no_settles_a_lane_stops_at_its_unsettled_places() {
+    let mut env = TestEnv::start("settlebound").await;
+    one_batch(&mut env);
+    let redis = PrivateRedis::start(&env.log_dir);
+    for (k, v) in [
+        ("HERALD_REDIS__URL", redis.url()),
+        ("HERALD_SENDER__CONCURRENCY", "8".to_string()),
+        ("HERALD_SENDER__REQUEST_TIMEOUT_MS", "8000".to_string()),
+        ("HERALD_SENDER__LEASE_MS", "60000".to_string()),
+    ] {
+        env.extra_env.insert(k.into(), v);
+    }
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let _sender = env.sender().await;
+
+    // Held at the provider, so that both batches are claimed before Redis
+    // stops taking writes.
+    env.set_sim_faults(json!({"latency_ms": 3000})).await;
+    let mut ids = Vec::new();
+    for part in 0..2 {
+        let tokens = (0..700)
+            .map(|i| one_token("ios", &ios_token(part * 700 + i)))
+            .collect();
+        let (status, m) = env
+            .push(
+                &gw,
+                &app.server_key,
+                Some(&format!("bound-{part}")),
+                &push_body(tokens, "at_least_once"),
+            )
+            .await;
+        assert_eq!(status, 202, "{m}");
+        ids.push(m["message_id"].as_str().expect("id").to_string());
+    }
+    let prefix = env.redis_prefix.clone();
+    let claimed = || {
+        redis.cli(&[
+            "EVAL",
+            "return #redis.call('KEYS', ARGV[1])",
+            "0",
+            &format!("{prefix}d:*"),
+        ])
+    };
+    wait_until(
+        "two batches claimed, eight requests at the provider",
+        LONG,
+        || async { claimed().trim() == "1000" && env.sim_stats().await["in_flight"] == 8 },
+    )
+    .await;
+    let refused_before = redis.errors("NOREPLICAS");
+    redis.refuse_writes(true);
+    env.set_sim_faults(json!({})).await;
+    wait_until("8 + 512 requests answered", LONG, || async {
+        env.sim_stats().await["accepted"].as_u64().unwrap_or(0) >= 520
+    })
+    .await;
+    // Settles keep being refused while the sender holds the rest back.
+    wait_until("settles refused again and again", LONG, || async {
+        redis.errors("NOREPLICAS") >= refused_before + 20
+    })
+    .await;
+    assert_eq!(
+        env.sim_stats().await["accepted"],
+        520,
+        "requests started while 512 finished ones waited for their settle"
+    );
+
+    redis.refuse_writes(false);
+    wait_until("all 1,400 delivered", LONG, || async {
+        env.sim_stats().await["accepted"] == 1400
+    })
+    .await;
+    assert_eq!(
+        env.sim_stats().await["duplicates"],
+        0,
+        "a device got a push twice"
+    );
+    for id in &ids {
+        wait_until("every delivery recorded delivered", LONG, || async {
+            env.message(&gw, &app.server_key, id).await["counts"]["delivered"] == 700
+        })
+        .await;
+    }
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn a_provider_slower_than_the_lease_keeps_its_claims_renewed() {
     let mut env = TestEnv::start("renewal").await;

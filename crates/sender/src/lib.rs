@@ -36,7 +36,9 @@ use tracing::Instrument;
 
 /// The most finished sends handed to the settles at once.
 const SETTLE_CHUNK: usize = 256;
-/// The most finished sends of a batch waiting for their settle.
+/// The most finished sends of a lane waiting for their settle: while Redis
+/// does not take settles, no new request starts once this many are waiting,
+/// so a crash then leaves few sent and unsettled (to takeovers).
 const UNSETTLED_AHEAD: usize = 2 * SETTLE_CHUNK;
 /// Batches of a lane sending at once: the next batch is fetched, claimed
 /// and its requests start while the last one's slowest requests finish,
@@ -141,6 +143,18 @@ struct Handoff {
     outcomes: Vec<DeliveryOutcome>,
 }
 
+/// What the batches of one lane share.
+#[derive(Clone)]
+struct LaneLimits {
+    /// Requests in flight (`sender.concurrency`).
+    sends: Arc<tokio::sync::Semaphore>,
+    /// Deliveries whose request started and whose settle is not yet in
+    /// the ledger: those in flight and at most UNSETTLED_AHEAD finished. A
+    /// place is taken before a request starts and given back once its
+    /// settle is written.
+    unsettled: Arc<tokio::sync::Semaphore>,
+}
+
 /// One claim-send-settle pass over a batch. Its claims are held in the
 /// round's own name, so a round that claims again (its first answer was
 /// lost) gets its own claims back instead of finding them busy.
@@ -148,8 +162,7 @@ struct Round<'a> {
     id: String,
     health: &'a LoopHealth,
     shutdown: &'a CancellationToken,
-    /// The lane's limit on requests in flight.
-    sends: &'a tokio::sync::Semaphore,
+    limits: &'a LaneLimits,
     /// The batch's place among those sending (see PIPELINE_DEPTH), given up
     /// when its last request has finished.
     place: &'a Mutex<Option<OwnedSemaphorePermit>>,
@@ -277,7 +290,12 @@ impl Sender {
         };
         let places = Arc::new(tokio::sync::Semaphore::new(depth));
         // One limit for the lane's requests, whichever batch they are of.
-        let sends = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1)));
+        let limits = LaneLimits {
+            sends: Arc::new(tokio::sync::Semaphore::new(self.config.concurrency.max(1))),
+            unsettled: Arc::new(tokio::sync::Semaphore::new(
+                self.config.concurrency.max(1) + UNSETTLED_AHEAD,
+            )),
+        };
         let committer = consumer.committer();
         // Offsets are committed in the order the batches were handed out,
         // each once it is settled: a later batch's commit never passes an
@@ -334,7 +352,7 @@ impl Sender {
                             wait_for_due,
                             health.clone(),
                             shutdown.clone(),
-                            sends.clone(),
+                            limits.clone(),
                             place,
                         ))),
                         Err(e) => {
@@ -377,7 +395,7 @@ impl Sender {
         wait_for_due: bool,
         health: Arc<LoopHealth>,
         shutdown: CancellationToken,
-        sends: Arc<tokio::sync::Semaphore>,
+        limits: LaneLimits,
         place: Option<OwnedSemaphorePermit>,
     ) -> (BatchEnd, bool) {
         let mut jobs = self.decode(&batch).await;
@@ -385,7 +403,7 @@ impl Sender {
         drop(batch);
         if !wait_for_due {
             let place = Mutex::new(place);
-            self.process_until_settled(jobs, &health, &shutdown, &sends, &place)
+            self.process_until_settled(jobs, &health, &shutdown, &limits, &place)
                 .await;
             return (end, true);
         }
@@ -414,7 +432,7 @@ impl Sender {
             let now = chrono::Utc::now();
             let due = jobs.partition_point(|j| j.not_before.is_none_or(|t| t <= now));
             let ready: Vec<DeliveryJob> = jobs.drain(..due.max(1)).collect();
-            self.process_until_settled(ready, &health, &shutdown, &sends, &no_place)
+            self.process_until_settled(ready, &health, &shutdown, &limits, &no_place)
                 .await;
         }
         (end, true)
@@ -510,14 +528,14 @@ impl Sender {
         jobs: Vec<DeliveryJob>,
         health: &LoopHealth,
         shutdown: &CancellationToken,
-        sends: &tokio::sync::Semaphore,
+        limits: &LaneLimits,
         place: &Mutex<Option<OwnedSemaphorePermit>>,
     ) {
         let round = Round {
             id: format!("{:016x}", rand::rng().random::<u64>()),
             health,
             shutdown,
-            sends,
+            limits,
             place,
         };
         while let Err(e) = self.process(&jobs, &round).await {
@@ -660,19 +678,25 @@ impl Sender {
         let mut finished = stream::iter(to_send)
             .map(|(job, epoch, resend)| async move {
                 if round.shutdown.is_cancelled() {
-                    return (job, epoch, Step::Handback);
+                    return (job, epoch, Step::Handback, None);
                 }
-                // Never closed; were it, the send would go without a place.
+                // Not while too many sends wait for their settle (Redis
+                // slow or away). Never closed; were it, the send would go
+                // without a place.
+                let unsettled = tokio::select! {
+                    place = round.limits.unsettled.clone().acquire_owned() => place.ok(),
+                    _ = round.shutdown.cancelled() => return (job, epoch, Step::Handback, None),
+                };
                 let _place = tokio::select! {
-                    place = round.sends.acquire() => place.ok(),
-                    _ = round.shutdown.cancelled() => return (job, epoch, Step::Handback),
+                    place = round.limits.sends.acquire() => place.ok(),
+                    _ = round.shutdown.cancelled() => return (job, epoch, Step::Handback, unsettled),
                 };
                 // A campaign paused or cancelled while its job waited here:
                 // released and handed to the retries lane, whose gate drops
                 // it (or sends it, if the campaign was resumed meanwhile).
                 // Unknown (PostgreSQL away) is what admitted it: it goes.
                 if self.campaigns.now_held(&job).await.unwrap_or(false) {
-                    return (job, epoch, Step::Handback);
+                    return (job, epoch, Step::Handback, unsettled);
                 }
                 let span = delivery_span(&job);
                 // A request must leave while the lease is surely ours: a
@@ -689,7 +713,7 @@ impl Sender {
                     .instrument(span.clone())
                     .await;
                 span.record("outcome", step.name());
-                (job, epoch, step)
+                (job, epoch, step, unsettled)
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .ready_chunks(SETTLE_CHUNK);
@@ -709,30 +733,17 @@ impl Sender {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
-        // Sends are driven on their own: were they polled only between
-        // settles, every settle's round trip to Redis would stop new requests
-        // from starting and finished ones from freeing their places. Only a
-        // little runs ahead of the ledger, though: at most UNSETTLED_AHEAD
-        // finished sends wait for their settle, and while settles are stuck
-        // (Redis away) no new request starts, so a crash then leaves few sent
-        // and unsettled. The bound counts deliveries, not chunks: under load
-        // a ready chunk is a handful of sends, and two of them would stall
-        // the requests behind every settle's round trip.
-        let ahead = tokio::sync::Semaphore::new(UNSETTLED_AHEAD);
-        let ahead = &ahead;
+        // Sends are driven on their own, and never wait for the settles:
+        // were they polled only between settles, or held while a settle
+        // went to Redis, finished requests would keep their places, and
+        // answers already in would wait unread (long enough, a 200 would
+        // time out and be sent again). What bounds the lead over the ledger
+        // is each request's place among the lane's unsettled ones, taken
+        // before it starts and given back once its settle is written.
         let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::unbounded_channel();
         let send_all = async {
             while let Some(chunk) = finished.next().await {
-                // ready_chunks yields at most SETTLE_CHUNK ≤ UNSETTLED_AHEAD.
-                let taken = chunk.len().min(UNSETTLED_AHEAD);
-                match ahead
-                    .acquire_many(u32::try_from(taken).unwrap_or(u32::MAX))
-                    .await
-                {
-                    Ok(permits) => permits.forget(),
-                    Err(_) => break,
-                }
-                if chunks_tx.send((chunk, taken)).is_err() {
+                if chunks_tx.send(chunk).is_err() {
                     break;
                 }
             }
@@ -746,19 +757,24 @@ impl Sender {
             drop(chunks_tx);
         };
         let settle_all = async {
-            while let Some((mut chunk, mut taken)) = chunks_rx.recv().await {
+            while let Some(mut chunk) = chunks_rx.recv().await {
                 // What finished during the last settle is settled together
-                // (at most UNSETTLED_AHEAD).
-                while let Ok((more, more_taken)) = chunks_rx.try_recv() {
+                // (at most the lane's unsettled places).
+                while let Ok(more) = chunks_rx.try_recv() {
                     chunk.extend(more);
-                    taken += more_taken;
                 }
+                let (chunk, places): (Vec<_>, Vec<_>) = chunk
+                    .into_iter()
+                    .map(|(job, epoch, step, place)| ((job, epoch, step), place))
+                    .unzip();
                 let ids: Vec<_> = chunk.iter().map(|(job, _, _)| job.delivery_id).collect();
                 let epochs: HashMap<DeliveryId, u64> = chunk
                     .iter()
                     .map(|(job, epoch, _)| (job.delivery_id, *epoch))
                     .collect();
                 let mut h = self.settle(chunk, round).await;
+                // Written to the ledger: their places go to new requests.
+                drop(places);
                 let mut held = held();
                 for id in ids {
                     held.remove(&id);
@@ -770,7 +786,6 @@ impl Sender {
                 }));
                 let _ = outcomes_tx.send(std::mem::take(&mut h.outcomes));
                 handoff.append(h);
-                ahead.add_permits(taken);
             }
             drop(outcomes_tx);
         };
