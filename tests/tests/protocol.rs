@@ -511,6 +511,61 @@ async fn sigterm_with_requests_outstanding_at_a_slow_provider_loses_and_doubles_
 }
 
 #[tokio::test]
+async fn sigterm_while_redis_refuses_claims_exits_at_once_and_loses_nothing() {
+    let mut env = TestEnv::start("sigtermclaim").await;
+    let redis = PrivateRedis::start(&env.log_dir);
+    env.extra_env
+        .insert("HERALD_REDIS__URL".into(), redis.url());
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let mut first = env.sender().await;
+
+    redis.refuse_writes(true);
+    let tokens = (0..10).map(|i| one_token("ios", &ios_token(i))).collect();
+    let (status, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("unclaimable"),
+            &push_body(tokens, "at_least_once"),
+        )
+        .await;
+    assert_eq!(status, 202, "{m}");
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until(
+        "the batch's claim refused and tried again",
+        LONG,
+        || async { first.logged_times("claiming a batch failed") >= 2 },
+    )
+    .await;
+
+    // The shutdown deadline is 25 s: a claim retried until then would hold
+    // the exit that long, though nothing of the batch was sent.
+    let asked = std::time::Instant::now();
+    let status = first.terminate().await;
+    let took = asked.elapsed();
+    assert!(status.success(), "sender exit: {status}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the sender took {took:?} to exit while its claim could not be made"
+    );
+    assert_eq!(env.sim_stats().await["accepted"], 0);
+
+    // The uncommitted jobs are read again by the next sender.
+    redis.refuse_writes(false);
+    let _second = env.sender().await;
+    env.wait_message(&gw, &app.server_key, &id, |s| {
+        s["counts"]["delivered"] == 10
+    })
+    .await;
+    let stats = env.sim_stats().await;
+    assert_eq!(stats["accepted"], 10, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "a device got a push twice: {stats}");
+    env.finish().await;
+}
+
+#[tokio::test]
 async fn redis_restarted_without_persistence_does_not_resend_what_was_delivered() {
     let mut env = TestEnv::start("redisloss").await;
     let mut redis = PrivateRedis::start(&env.log_dir);

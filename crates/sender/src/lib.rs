@@ -403,9 +403,10 @@ impl Sender {
         drop(batch);
         if !wait_for_due {
             let place = Mutex::new(place);
-            self.process_until_settled(jobs, &health, &shutdown, &limits, &place)
+            let settled = self
+                .process_until_settled(jobs, &health, &shutdown, &limits, &place)
                 .await;
-            return (end, true);
+            return (end, settled);
         }
         // The retries wait for their time in order, a batch at a time: its
         // place is kept until the whole batch is done.
@@ -432,8 +433,12 @@ impl Sender {
             let now = chrono::Utc::now();
             let due = jobs.partition_point(|j| j.not_before.is_none_or(|t| t <= now));
             let ready: Vec<DeliveryJob> = jobs.drain(..due.max(1)).collect();
-            self.process_until_settled(ready, &health, &shutdown, &limits, &no_place)
-                .await;
+            if !self
+                .process_until_settled(ready, &health, &shutdown, &limits, &no_place)
+                .await
+            {
+                return (end, false);
+            }
         }
         (end, true)
     }
@@ -522,7 +527,9 @@ impl Sender {
 
     /// A batch is settled before its offsets are committed. A failure before
     /// anything was sent (Redis or PostgreSQL away) runs the round again;
-    /// after that, every step is retried in place.
+    /// after that, every step is retried in place. False when a shutdown
+    /// came while the round could not start: nothing of it was sent, and
+    /// its jobs are left to be read again.
     async fn process_until_settled(
         &self,
         jobs: Vec<DeliveryJob>,
@@ -530,7 +537,7 @@ impl Sender {
         shutdown: &CancellationToken,
         limits: &LaneLimits,
         place: &Mutex<Option<OwnedSemaphorePermit>>,
-    ) {
+    ) -> bool {
         let round = Round {
             id: format!("{:016x}", rand::rng().random::<u64>()),
             health,
@@ -541,9 +548,13 @@ impl Sender {
         while let Err(e) = self.process(&jobs, &round).await {
             health.failed(&e);
             tracing::warn!(error = %e, "claiming a batch failed; trying again");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
         }
         health.ok();
+        true
     }
 
     /// One claim-send-settle round for a batch; retries and dead letters are
