@@ -34,12 +34,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// The most finished sends handed to the settles at once.
-const SETTLE_CHUNK: usize = 256;
 /// The most finished sends of a lane waiting for their settle: while Redis
 /// does not take settles, no new request starts once this many are waiting,
 /// so a crash then leaves few sent and unsettled (to takeovers).
-const UNSETTLED_AHEAD: usize = 2 * SETTLE_CHUNK;
+const UNSETTLED_AHEAD: usize = 512;
 /// Batches of a lane sending at once: the next batch is fetched, claimed
 /// and its requests start while the last one's slowest requests finish,
 /// instead of every batch ending in a lull. A batch gives its place up once
@@ -683,9 +681,9 @@ impl Sender {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
 
-        // Settle sends as they finish, a ready chunk at a time: one slow
-        // request does not hold back the others, and the window between the
-        // provider's answer and the ledger's record stays as short as it can.
+        // Settle sends as they finish: one slow request does not hold back
+        // the others, and the window between the provider's answer and the
+        // ledger's record stays as short as it can.
         let mut finished = stream::iter(to_send)
             .map(|(job, epoch, resend)| async move {
                 if round.shutdown.is_cancelled() {
@@ -726,8 +724,7 @@ impl Sender {
                 span.record("outcome", step.name());
                 (job, epoch, step, unsettled)
             })
-            .buffer_unordered(self.config.concurrency.max(1))
-            .ready_chunks(SETTLE_CHUNK);
+            .buffer_unordered(self.config.concurrency.max(1));
         // Outcomes go out as they settle, but the ledger never waits for
         // Kafka: were a chunk's settle held behind a publish (a cluster
         // failing over takes seconds), leases would run out on deliveries
@@ -751,10 +748,14 @@ impl Sender {
         // time out and be sent again). What bounds the lead over the ledger
         // is each request's place among the lane's unsettled ones, taken
         // before it starts and given back once its settle is written.
-        let (chunks_tx, mut chunks_rx) = tokio::sync::mpsc::unbounded_channel();
+        // One finished send at a time: a chunk per wake-up (as
+        // `ready_chunks` makes) reserves room for a full chunk however few
+        // it holds, and hundreds of them waiting for a settle were a fifth
+        // of a busy sender's heap.
+        let (sends_tx, mut sends_rx) = tokio::sync::mpsc::unbounded_channel();
         let send_all = async {
-            while let Some(chunk) = finished.next().await {
-                if chunks_tx.send(chunk).is_err() {
+            while let Some(sent) = finished.next().await {
+                if sends_tx.send(sent).is_err() {
                     break;
                 }
             }
@@ -765,14 +766,15 @@ impl Sender {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
-            drop(chunks_tx);
+            drop(sends_tx);
         };
         let settle_all = async {
-            while let Some(mut chunk) = chunks_rx.recv().await {
+            while let Some(first) = sends_rx.recv().await {
                 // What finished during the last settle is settled together
                 // (at most the lane's unsettled places).
-                while let Ok(more) = chunks_rx.try_recv() {
-                    chunk.extend(more);
+                let mut chunk = vec![first];
+                while let Ok(more) = sends_rx.try_recv() {
+                    chunk.push(more);
                 }
                 let (chunk, places): (Vec<_>, Vec<_>) = chunk
                     .into_iter()
