@@ -190,7 +190,7 @@ struct ApnsError {
 
 pub(crate) async fn send(
     http: &reqwest::Client,
-    base: &str,
+    base: &url::Url,
     tokens: &ApnsTokenCache,
     creds: &ApnsCredentials,
     job: &DeliveryJob,
@@ -212,7 +212,7 @@ pub(crate) async fn send(
     };
     let notification = job.notification.for_locale(job.locale.as_deref());
     let body = notification.apns_payload().to_string();
-    let url = format!("{}/3/device/{}", base.trim_end_matches('/'), job.token);
+    let url = crate::url_with_path(base, &["3", "device", &job.token]);
     let mut request = http.post(url);
     if let Some(token) = token {
         request = request.header("authorization", format!("bearer {token}"));

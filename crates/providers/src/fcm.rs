@@ -165,7 +165,7 @@ async fn fetch_token(http: &reqwest::Client, sa: &ServiceAccount) -> Result<(Str
 
 pub(crate) async fn send(
     http: &reqwest::Client,
-    base: &str,
+    base: &url::Url,
     tokens: &FcmTokenCache,
     creds: &FcmCredentials,
     job: &DeliveryJob,
@@ -180,10 +180,9 @@ pub(crate) async fn send(
             }
         }
     };
-    let url = format!(
-        "{}/v1/projects/{}/messages:send",
-        base.trim_end_matches('/'),
-        creds.project_id
+    let url = crate::url_with_path(
+        base,
+        &["v1", "projects", &creds.project_id, "messages:send"],
     );
     let now = chrono::Utc::now();
     let body = job
