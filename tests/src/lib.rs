@@ -205,6 +205,8 @@ impl PrivateRedis {
                 "",
                 "--appendonly",
                 "no",
+                "--enable-debug-command",
+                "local",
                 "--unixsocket",
             ])
             .arg(Self::socket(dir))
@@ -227,6 +229,40 @@ impl PrivateRedis {
 
     pub fn url(&self) -> String {
         format!("redis+unix://{}", Self::socket(&self.dir).display())
+    }
+
+    /// Stops the server for `secs` seconds (`DEBUG SLEEP`): commands sent
+    /// meanwhile wait in its sockets and run when it wakes, answered late or
+    /// to clients that have gone. Returns once the server is asleep; the
+    /// handle ends when it wakes.
+    pub fn freeze(&self, secs: u32) -> std::thread::JoinHandle<()> {
+        let socket = Self::socket(&self.dir);
+        let sleeper = socket.clone();
+        let handle = std::thread::spawn(move || {
+            let out = std::process::Command::new("redis-cli")
+                .arg("-s")
+                .arg(&sleeper)
+                .args(["DEBUG", "SLEEP", &secs.to_string()])
+                .output()
+                .expect("redis-cli");
+            assert!(out.status.success(), "DEBUG SLEEP: {out:?}");
+        });
+        let asleep = || {
+            use std::io::{Read, Write};
+            let Ok(mut probe) = std::os::unix::net::UnixStream::connect(&socket) else {
+                return false;
+            };
+            let _ = probe.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut answer = [0u8; 16];
+            probe.write_all(b"PING\r\n").is_ok() && probe.read(&mut answer).is_err()
+        };
+        for _ in 0..100 {
+            if asleep() {
+                return handle;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("private redis did not fall asleep");
     }
 
     /// Runs a redis-cli command against this server.

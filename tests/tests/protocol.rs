@@ -566,6 +566,79 @@ async fn sigterm_while_redis_refuses_claims_exits_at_once_and_loses_nothing() {
 }
 
 #[tokio::test]
+async fn sigterm_while_a_claims_answer_is_lost_hands_the_claims_back() {
+    let mut env = TestEnv::start("sigtermlost").await;
+    let redis = PrivateRedis::start(&env.log_dir);
+    for (k, v) in [
+        ("HERALD_REDIS__URL", redis.url()),
+        ("HERALD_SENDER__LEASE_MS", "3000".to_string()),
+    ] {
+        env.extra_env.insert(k.into(), v);
+    }
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let mut first = env.sender().await;
+    // Up and claiming: one push delivered before Redis stops.
+    let (status, warm) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("warm-up"),
+            &push_body(vec![one_token("ios", &ios_token(100))], "at_most_once"),
+        )
+        .await;
+    assert_eq!(status, 202, "{warm}");
+    let warm = warm["message_id"].as_str().expect("id").to_string();
+    env.wait_message(&gw, &app.server_key, &warm, |s| {
+        s["counts"]["delivered"] == 1
+    })
+    .await;
+
+    // Redis stops for 6 s: the batch's claim outlives the client's wait,
+    // and runs once Redis wakes, answered to no one. Only the round that
+    // sent it can take it back as its own.
+    let asleep = redis.freeze(6);
+    let tokens = (0..10).map(|i| one_token("ios", &ios_token(i))).collect();
+    let (status, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            Some("answer-lost"),
+            &push_body(tokens, "at_most_once"),
+        )
+        .await;
+    assert_eq!(status, 202, "{m}");
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until("the batch's claim timed out", LONG, || async {
+        first.logged("claiming a batch failed")
+    })
+    .await;
+    let status = first.terminate().await;
+    assert!(status.success(), "sender exit: {status}");
+    assert_eq!(env.sim_stats().await["accepted"], 1);
+    asleep.join().expect("redis woke");
+
+    // Left to run out and be taken over, the claims would make these
+    // at-most-once deliveries unknown, never sent.
+    let second = env.sender().await;
+    env.wait_message(&gw, &app.server_key, &id, |s| {
+        s["counts"]["delivered"].as_u64().unwrap_or(0)
+            + s["counts"]["unknown"].as_u64().unwrap_or(0)
+            == 10
+    })
+    .await;
+    let status = env.message(&gw, &app.server_key, &id).await;
+    assert_eq!(status["counts"]["delivered"], 10, "{status}");
+    assert_eq!(env.sim_stats().await["accepted"], 11);
+    assert!(
+        !second.logged("lease expired"),
+        "the first sender left its claims to run out"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
 async fn redis_restarted_without_persistence_does_not_resend_what_was_delivered() {
     let mut env = TestEnv::start("redisloss").await;
     let mut redis = PrivateRedis::start(&env.log_dir);

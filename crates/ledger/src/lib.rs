@@ -43,6 +43,29 @@ pub enum LedgerError {
     /// failover to it now would lose them, so nothing may be sent on them.
     #[error("Redis replicas acknowledged the ledger's writes {acked} of {needed} within the wait")]
     NotReplicated { acked: u64, needed: u64 },
+    /// Redis turned the claims down before writing any of them (connection
+    /// refused, writes refused): none of the batch is claimed.
+    #[error("Redis refused the claims, none written: {0}")]
+    ClaimsRefused(RedisError),
+}
+
+/// Whether Redis refused a call before it ran, or at its first write (the
+/// conditions behind these refusals hold for a whole script): a call that
+/// failed so wrote nothing.
+fn refused_before_writing(e: &RedisError) -> bool {
+    if e.is_connection_refusal() {
+        return true;
+    }
+    // A script's error in a pipeline comes wrapped, its code inside.
+    e.clone().into_server_errors().is_some_and(|errors| {
+        !errors.is_empty()
+            && errors.iter().all(|(_, error)| {
+                matches!(
+                    error.code(),
+                    "NOREPLICAS" | "READONLY" | "LOADING" | "MASTERDOWN" | "MISCONF"
+                )
+            })
+    })
 }
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
@@ -482,7 +505,15 @@ impl Ledger {
             })
             .collect();
         type ScopeClaims = (i64, i64, Vec<(String, i64, i64, String)>);
-        let answers: Vec<ScopeClaims> = self.run_replicated(&invocations).await?;
+        let answers: Vec<ScopeClaims> = match self.run_replicated(&invocations).await {
+            Ok(answers) => answers,
+            // With one scope there is one call: refused, it claimed nothing
+            // (with several, another scope's call may have been written).
+            Err(LedgerError::Redis(e)) if invocations.len() == 1 && refused_before_writing(&e) => {
+                return Err(LedgerError::ClaimsRefused(e))
+            }
+            Err(e) => return Err(e),
+        };
         let mut claims: Vec<Option<Claim>> = vec![None; ids.len()];
         let mut ledger_intact = true;
         let mut seqs = HashMap::new();

@@ -28,6 +28,7 @@ use rand::Rng;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
@@ -164,6 +165,9 @@ struct Round<'a> {
     /// The batch's place among those sending (see PIPELINE_DEPTH), given up
     /// when its last request has finished.
     place: &'a Mutex<Option<OwnedSemaphorePermit>>,
+    /// Whether a claim of this round may be in Redis: only this round can
+    /// take those claims back (as its own) before their lease runs out.
+    claims_written: AtomicBool,
 }
 
 impl Round<'_> {
@@ -542,12 +546,19 @@ impl Sender {
             shutdown,
             limits,
             place,
+            claims_written: false.into(),
         };
         while let Err(e) = self.process(&jobs, &round).await {
             health.failed(&e);
             tracing::warn!(error = %e, "claiming a batch failed; trying again");
+            // A round that wrote no claim may stop on a shutdown, its jobs
+            // left to be read again. One whose claims may be in Redis claims
+            // again until it can hand them back: a next sender would find
+            // them busy, then take them over as a send that died (recorded
+            // unknown under at-most-once).
+            let claims_written = round.claims_written.load(Ordering::SeqCst);
             tokio::select! {
-                _ = shutdown.cancelled() => return false,
+                _ = shutdown.cancelled(), if !claims_written => return false,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
@@ -575,7 +586,17 @@ impl Sender {
         // Redis counts the leases from when it runs the claim, after this.
         let claimed_at = Instant::now();
         let batch = if self.config.dedupe {
-            self.ledger.claim_batch(&ids, &round.id).await?
+            match self.ledger.claim_batch(&ids, &round.id).await {
+                Ok(batch) => {
+                    round.claims_written.store(true, Ordering::SeqCst);
+                    batch
+                }
+                Err(e @ herald_ledger::LedgerError::ClaimsRefused(_)) => return Err(e.into()),
+                Err(e) => {
+                    round.claims_written.store(true, Ordering::SeqCst);
+                    return Err(e.into());
+                }
+            }
         } else {
             ClaimBatch {
                 claims: vec![Claim::Claimed { epoch: 1 }; ids.len()],
