@@ -24,7 +24,7 @@ pub enum ProviderError {
     },
     #[error("signing key: {0}")]
     Key(#[from] jsonwebtoken::errors::Error),
-    #[error("{setting} is not an http(s) URL a path can follow: {url}")]
+    #[error("{setting} is not an http(s) URL a path can follow (no query, no fragment): {url}")]
     BaseUrl { setting: &'static str, url: String },
 }
 
@@ -206,7 +206,11 @@ fn base_url(setting: &'static str, url: &str) -> Result<url::Url, ProviderError>
         url: url.to_string(),
     };
     let parsed = url::Url::parse(url).map_err(|_| bad())?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.cannot_be_a_base()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
         return Err(bad());
     }
     Ok(parsed)
@@ -341,7 +345,13 @@ mod tests {
             path("http://sim", &["3", "device", "a/../b?c"]),
             "http://sim/3/device/a%2F..%2Fb%3Fc"
         );
-        for bad in ["not a url", "mailto:ops@example.com", "ftp://example.com"] {
+        for bad in [
+            "not a url",
+            "mailto:ops@example.com",
+            "ftp://example.com",
+            "https://example.com/?key=1",
+            "https://example.com/#top",
+        ] {
             let e = base_url("providers.fcm_url", bad).expect_err(bad);
             assert!(e.to_string().contains("providers.fcm_url"), "{e}");
         }
