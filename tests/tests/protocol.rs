@@ -22,6 +22,23 @@ fn push_body(tokens: Vec<Value>, policy: &str) -> Value {
 
 /// Long request timeout and a lease just above it: held requests are still in
 /// flight when a test acts, however slow the machine.
+/// Pushes to the iOS devices numbered `devices`; returns the message id.
+async fn push_ios(
+    env: &TestEnv,
+    gw: &str,
+    key: &str,
+    idempotency_key: &str,
+    devices: std::ops::Range<usize>,
+    policy: &str,
+) -> String {
+    let tokens = devices.map(|i| one_token("ios", &ios_token(i))).collect();
+    let (status, m) = env
+        .push(gw, key, Some(idempotency_key), &push_body(tokens, policy))
+        .await;
+    assert_eq!(status, 202, "{m}");
+    m["message_id"].as_str().expect("id").to_string()
+}
+
 fn slow_leases(env: &mut TestEnv) {
     env.extra_env
         .insert("HERALD_SENDER__REQUEST_TIMEOUT_MS".into(), "8000".into());
@@ -522,17 +539,15 @@ async fn sigterm_while_redis_refuses_claims_exits_at_once_and_loses_nothing() {
     let mut first = env.sender().await;
 
     redis.refuse_writes(true);
-    let tokens = (0..10).map(|i| one_token("ios", &ios_token(i))).collect();
-    let (status, m) = env
-        .push(
-            &gw,
-            &app.server_key,
-            Some("unclaimable"),
-            &push_body(tokens, "at_least_once"),
-        )
-        .await;
-    assert_eq!(status, 202, "{m}");
-    let id = m["message_id"].as_str().expect("id").to_string();
+    let id = push_ios(
+        &env,
+        &gw,
+        &app.server_key,
+        "unclaimable",
+        0..10,
+        "at_least_once",
+    )
+    .await;
     wait_until(
         "the batch's claim refused and tried again",
         LONG,
@@ -580,16 +595,15 @@ async fn sigterm_while_a_claims_answer_is_lost_hands_the_claims_back() {
     let gw = gateway.url.clone().expect("url");
     let mut first = env.sender().await;
     // Up and claiming: one push delivered before Redis stops.
-    let (status, warm) = env
-        .push(
-            &gw,
-            &app.server_key,
-            Some("warm-up"),
-            &push_body(vec![one_token("ios", &ios_token(100))], "at_most_once"),
-        )
-        .await;
-    assert_eq!(status, 202, "{warm}");
-    let warm = warm["message_id"].as_str().expect("id").to_string();
+    let warm = push_ios(
+        &env,
+        &gw,
+        &app.server_key,
+        "warm-up",
+        100..101,
+        "at_most_once",
+    )
+    .await;
     env.wait_message(&gw, &app.server_key, &warm, |s| {
         s["counts"]["delivered"] == 1
     })
@@ -599,17 +613,15 @@ async fn sigterm_while_a_claims_answer_is_lost_hands_the_claims_back() {
     // and runs once Redis wakes, answered to no one. Only the round that
     // sent it can take it back as its own.
     let asleep = redis.freeze(6);
-    let tokens = (0..10).map(|i| one_token("ios", &ios_token(i))).collect();
-    let (status, m) = env
-        .push(
-            &gw,
-            &app.server_key,
-            Some("answer-lost"),
-            &push_body(tokens, "at_most_once"),
-        )
-        .await;
-    assert_eq!(status, 202, "{m}");
-    let id = m["message_id"].as_str().expect("id").to_string();
+    let id = push_ios(
+        &env,
+        &gw,
+        &app.server_key,
+        "answer-lost",
+        0..10,
+        "at_most_once",
+    )
+    .await;
     wait_until("the batch's claim timed out", LONG, || async {
         first.logged("claiming a batch failed")
     })

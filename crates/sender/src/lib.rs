@@ -586,17 +586,11 @@ impl Sender {
         // Redis counts the leases from when it runs the claim, after this.
         let claimed_at = Instant::now();
         let batch = if self.config.dedupe {
-            match self.ledger.claim_batch(&ids, &round.id).await {
-                Ok(batch) => {
-                    round.claims_written.store(true, Ordering::SeqCst);
-                    batch
-                }
-                Err(e @ herald_ledger::LedgerError::ClaimsRefused(_)) => return Err(e.into()),
-                Err(e) => {
-                    round.claims_written.store(true, Ordering::SeqCst);
-                    return Err(e.into());
-                }
+            let claimed = self.ledger.claim_batch(&ids, &round.id).await;
+            if !matches!(claimed, Err(herald_ledger::LedgerError::ClaimsRefused(_))) {
+                round.claims_written.store(true, Ordering::SeqCst);
             }
+            claimed?
         } else {
             ClaimBatch {
                 claims: vec![Claim::Claimed { epoch: 1 }; ids.len()],
@@ -771,8 +765,8 @@ impl Sender {
         // before it starts and given back once its settle is written.
         // One finished send at a time: a chunk per wake-up (as
         // `ready_chunks` makes) reserves room for a full chunk however few
-        // it holds, and hundreds of them waiting for a settle were a fifth
-        // of a busy sender's heap.
+        // it holds, and hundreds of them waiting for a settle were more
+        // than a quarter of a busy sender's heap.
         let (sends_tx, mut sends_rx) = tokio::sync::mpsc::unbounded_channel();
         let send_all = async {
             while let Some(sent) = finished.next().await {
