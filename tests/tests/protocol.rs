@@ -1006,7 +1006,7 @@ async fn settles_lost_by_redis_before_their_outcomes_were_published_are_written_
             "EVAL",
             "local n = 0
              for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
-               local s = redis.call('HGET', k, 'state')
+               local s = string.match(redis.call('GET', k) or '', '^%S+')
                if s == 'delivered' or s == 'unknown' then n = n + 1 end
              end
              return n",

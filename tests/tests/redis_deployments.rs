@@ -660,3 +660,394 @@ async fn a_declared_loss_raises_the_sequence_and_the_rebuild_lock_survives_a_los
         .expect("lock"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn private_ledger_endpoint(redis: &herald_tests::PrivateRedis) -> RedisEndpoint {
+    RedisEndpoint {
+        target: RedisTarget::Standalone { url: redis.url() },
+        ca_cert_pem: None,
+    }
+}
+
+/// The Lua scripts against the pure state machine of `herald_core::dedupe`:
+/// a few thousand random claims, settles, releases, doubts and renewals by
+/// three rounds over a handful of deliveries give the same answers from
+/// Redis as from the model, and every entry keeps at least a horizon to
+/// live once settled (at most its lease and a horizon).
+#[tokio::test]
+async fn the_ledger_scripts_answer_as_the_dedupe_model_does() {
+    use herald_core::dedupe::{self, LedgerEntry};
+    use rand::{Rng, SeedableRng};
+    let dir = test_dir("ledger-model");
+    let redis = herald_tests::PrivateRedis::start(&dir);
+    let ledger = Ledger::connect(
+        &private_ledger_endpoint(&redis),
+        &prefix(),
+        "sender-a",
+        LEASE,
+        HORIZON,
+    )
+    .await
+    .expect("ledger");
+    let mut ids = ids(6);
+    let mut model: Vec<Option<LedgerEntry>> = vec![None; ids.len()];
+    // The epoch a settled entry was settled at: settling it again in the
+    // same words counts as the same settle only at that epoch in Redis
+    // (the model does not keep it).
+    let mut settled_at: Vec<u64> = vec![0; ids.len()];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261203);
+    let (now, lease) = (0, LEASE.as_millis() as i64);
+    let states = ["delivered", "unknown"];
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for step in 0..3000 {
+        let i = rng.random_range(0..ids.len());
+        // A settled delivery makes way for a new one now and then: the
+        // walk is not to end with every delivery settled.
+        if matches!(model[i], Some(LedgerEntry::Settled { .. })) && rng.random_bool(0.2) {
+            ids[i] = DeliveryId(uuid::Uuid::new_v4());
+            model[i] = None;
+        }
+        let round = format!("r{}", rng.random_range(1..=3));
+        let owner = format!("sender-a/{round}");
+        // Mostly the epoch the entry holds, sometimes a stale or future one.
+        let epoch = match &model[i] {
+            Some(LedgerEntry::Inflight { epoch, .. } | LedgerEntry::Released { epoch, .. })
+                if rng.random_bool(0.7) =>
+            {
+                *epoch
+            }
+            _ => rng.random_range(0..=4u64),
+        };
+        let what = format!(
+            "step {step}: delivery {i}, {round}, epoch {epoch}, was {:?}",
+            model[i]
+        );
+        match rng.random_range(0..10) {
+            0..=3 => {
+                // A batch of claims: this delivery and maybe the next.
+                let members: Vec<usize> = if rng.random_bool(0.5) {
+                    vec![i]
+                } else {
+                    vec![i, (i + 1) % ids.len()]
+                };
+                let batch: Vec<DeliveryId> = members.iter().map(|&m| ids[m]).collect();
+                let got = ledger.claim_batch(&batch, &round).await.expect("claim");
+                for (&m, claim) in members.iter().zip(got.claims) {
+                    let (want, entry) = dedupe::claim(model[m].as_ref(), &owner, now, lease);
+                    match (&want, &claim) {
+                        (Claim::Busy { .. }, Claim::Busy { retry_in_ms }) => {
+                            assert!(*retry_in_ms > 0 && *retry_in_ms <= lease, "{what}")
+                        }
+                        _ => assert_eq!(claim, want, "{what}; claim of delivery {m}"),
+                    }
+                    *seen
+                        .entry(match claim {
+                            Claim::Claimed { .. } => "claimed",
+                            Claim::TakenOver { .. } => "takeover",
+                            Claim::Busy { .. } => "busy",
+                            Claim::Settled { .. } => "settled",
+                        })
+                        .or_default() += 1;
+                    model[m] = entry;
+                }
+            }
+            4..=5 => {
+                let state = states[rng.random_range(0..states.len())];
+                let got = ledger
+                    .complete_batch(&[(
+                        ids[i],
+                        epoch,
+                        Settle::Complete {
+                            state: state.into(),
+                        },
+                    )])
+                    .await
+                    .expect("complete");
+                let (ours, entry) = dedupe::complete(model[i].as_ref(), epoch, state);
+                let again =
+                    matches!(&model[i], Some(LedgerEntry::Settled { state: s }) if s == state);
+                if again && settled_at[i] != epoch {
+                    assert!(!got[0].ours, "{what}: another epoch's settle");
+                    continue;
+                }
+                assert_eq!(got[0].ours, ours, "{what}: complete {state}");
+                assert_eq!(got[0].mark.is_some(), ours && !again, "{what}: a write");
+                if ours && !again {
+                    settled_at[i] = epoch;
+                    *seen.entry("settle").or_default() += 1;
+                }
+                model[i] = entry;
+            }
+            6 => {
+                let got = ledger
+                    .complete_batch(&[(ids[i], epoch, Settle::Release)])
+                    .await
+                    .expect("release");
+                let (ours, entry) = dedupe::release(model[i].as_ref(), epoch);
+                assert_eq!(got[0].ours, ours, "{what}: release");
+                assert_eq!(got[0].mark, None, "{what}");
+                if ours {
+                    *seen.entry("release").or_default() += 1;
+                }
+                model[i] = entry;
+            }
+            7..=8 => {
+                let got = ledger
+                    .mark_doubt(ids[i], epoch, &round)
+                    .await
+                    .expect("doubt");
+                let (ours, entry) = dedupe::doubt(model[i].as_ref(), &owner, epoch);
+                assert_eq!(got, ours, "{what}: doubt");
+                if ours {
+                    *seen.entry("doubt").or_default() += 1;
+                }
+                model[i] = entry;
+            }
+            _ => {
+                let got = ledger
+                    .renew_batch(&[(ids[i], epoch)], &round)
+                    .await
+                    .expect("renew");
+                let (ours, entry) = dedupe::renew(model[i].as_ref(), &owner, epoch, now, lease);
+                assert_eq!(got, vec![ours], "{what}: renew");
+                model[i] = entry;
+            }
+        }
+    }
+    for kind in [
+        "claimed", "takeover", "busy", "settled", "settle", "release", "doubt",
+    ] {
+        assert!(
+            seen.get(kind).copied().unwrap_or(0) >= 10,
+            "too few {kind}: {seen:?}"
+        );
+    }
+    for (i, entry) in model.iter().enumerate() {
+        let ttl: u64 = redis
+            .cli(&["PTTL", &ledger.key(ids[i])])
+            .trim()
+            .parse()
+            .expect("pttl");
+        let ttl = Duration::from_millis(ttl);
+        assert!(ttl <= LEASE + HORIZON, "{i}: {ttl:?}");
+        if matches!(entry, Some(LedgerEntry::Settled { .. })) {
+            assert!(ttl > HORIZON - Duration::from_secs(60), "{i}: {ttl:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Before entries were strings, Herald kept each as a hash. A sender of
+/// this release reads such an entry as it stands (a live lease stays live,
+/// doubts stay doubts, settled stays settled), rewrites it as a string at
+/// its next step, and refuses an entry it cannot read rather than take it
+/// for absent.
+#[tokio::test]
+async fn entries_an_earlier_release_wrote_as_hashes_are_read_and_rewritten() {
+    let dir = test_dir("ledger-hashes");
+    let redis = herald_tests::PrivateRedis::start(&dir);
+    let ledger = Ledger::connect(
+        &private_ledger_endpoint(&redis),
+        &prefix(),
+        "sender-a",
+        LEASE,
+        HORIZON,
+    )
+    .await
+    .expect("ledger");
+    let version = ledger.server_version().await.expect("version");
+    assert!(version >= (6, 2), "{version:?}");
+    let id = ids(6);
+    let key = |i: usize| ledger.key(id[i]);
+    let live = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        + LEASE)
+        .as_millis()
+        .to_string();
+    let hash = |i: usize, fields: &[&str]| {
+        let k = key(i);
+        let args: Vec<&str> = ["HSET", k.as_str()]
+            .into_iter()
+            .chain(fields.iter().copied())
+            .collect();
+        assert_ne!(redis.cli(&args), "", "HSET");
+        redis.cli(&["PEXPIRE", &k, "3600000"]);
+    };
+    let inflight = |owner, epoch, lease_until, takeovers| {
+        [
+            "state",
+            "inflight",
+            "owner",
+            owner,
+            "epoch",
+            epoch,
+            "lease_until",
+            lease_until,
+            "takeovers",
+            takeovers,
+        ]
+    };
+    hash(0, &inflight("sender-a/round-1", "3", &live, "0"));
+    hash(1, &["state", "released", "epoch", "2", "takeovers", "1"]);
+    hash(2, &["state", "unknown", "epoch", "1"]);
+    hash(3, &inflight("sender-a/round-9", "1", "1", "0"));
+    hash(4, &inflight("sender-a/round-4", "5", &live, "0"));
+    hash(5, &["state", "delivered", "epoch", "1"]);
+
+    let other = ledger
+        .claim_batch(&id[..4], "round-2")
+        .await
+        .expect("claim");
+    assert_eq!(
+        other.claims[1],
+        Claim::TakenOver {
+            epoch: 3,
+            takeovers: 1
+        }
+    );
+    assert_eq!(
+        other.claims[2],
+        Claim::Settled {
+            state: "unknown".into()
+        }
+    );
+    assert_eq!(
+        other.claims[3],
+        Claim::TakenOver {
+            epoch: 2,
+            takeovers: 1
+        }
+    );
+    assert!(
+        matches!(other.claims[0], Claim::Busy { .. }),
+        "a live lease: {:?}",
+        other.claims
+    );
+    let own = ledger
+        .claim_batch(&id[..1], "round-1")
+        .await
+        .expect("claim");
+    assert_eq!(own.claims, vec![Claim::Claimed { epoch: 3 }]);
+    let settled = ledger
+        .complete_batch(&[(
+            id[0],
+            3,
+            Settle::Complete {
+                state: "delivered".into(),
+            },
+        )])
+        .await
+        .expect("settle");
+    assert!(settled[0].ours && settled[0].mark.is_some());
+    assert_eq!(redis.cli(&["GET", &key(0)]).trim(), "delivered 3");
+    let ttl: u64 = redis.cli(&["PTTL", &key(0)]).trim().parse().expect("pttl");
+    assert!(
+        ttl > HORIZON.as_millis() as u64 - 60_000,
+        "a horizon from the settle: {ttl}"
+    );
+    assert!(redis.cli(&["GET", &key(1)]).starts_with("inflight 3 1 "));
+
+    // A legacy claim renewed, doubted and released keeps its doubt.
+    assert_eq!(
+        ledger
+            .renew_batch(&[(id[4], 5)], "round-4")
+            .await
+            .expect("renew"),
+        vec![true]
+    );
+    assert!(redis.cli(&["GET", &key(4)]).starts_with("inflight 5 0 "));
+    assert!(ledger.mark_doubt(id[4], 5, "round-4").await.expect("doubt"));
+    let released = ledger
+        .complete_batch(&[(id[4], 5, Settle::Release)])
+        .await
+        .expect("release");
+    assert!(released[0].ours);
+    let next = ledger
+        .claim_batch(&id[4..5], "round-5")
+        .await
+        .expect("claim");
+    assert_eq!(
+        next.claims,
+        vec![Claim::TakenOver {
+            epoch: 6,
+            takeovers: 1
+        }]
+    );
+
+    // A seed leaves an entry of any kind as it is.
+    assert_eq!(
+        ledger
+            .seed_settled(&[(id[5], "unknown")])
+            .await
+            .expect("seed"),
+        0
+    );
+    let seen = ledger
+        .claim_batch(&id[5..], "round-6")
+        .await
+        .expect("claim");
+    assert_eq!(
+        seen.claims,
+        vec![Claim::Settled {
+            state: "delivered".into()
+        }]
+    );
+
+    // Neither a hash nor an entry: the claim fails, nothing is taken as free.
+    let strange = ids(1);
+    redis.cli(&["SET", &ledger.key(strange[0]), "something else"]);
+    assert!(ledger.claim_batch(&strange, "round-7").await.is_err());
+    assert_eq!(
+        redis.cli(&["GET", &ledger.key(strange[0])]).trim(),
+        "something else"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An entry lives a horizon past its settle, however late the settle came:
+/// within the lease it keeps the claim's time to live (the lease's end plus
+/// a horizon), after the lease it gets a new one.
+#[tokio::test]
+async fn a_settle_after_the_lease_ran_out_is_kept_a_horizon() {
+    let dir = test_dir("ledger-late-settle");
+    let redis = herald_tests::PrivateRedis::start(&dir);
+    let (lease, horizon) = (Duration::from_millis(1000), Duration::from_millis(2000));
+    let ledger = Ledger::connect(
+        &private_ledger_endpoint(&redis),
+        &prefix(),
+        "sender-a",
+        lease,
+        horizon,
+    )
+    .await
+    .expect("ledger");
+    let id = ids(2);
+    ledger.claim_batch(&id, "round-1").await.expect("claim");
+    let delivered = |i: usize| {
+        vec![(
+            id[i],
+            1,
+            Settle::Complete {
+                state: "delivered".into(),
+            },
+        )]
+    };
+    let ttl = |i: usize| -> u64 {
+        redis
+            .cli(&["PTTL", &ledger.key(id[i])])
+            .trim()
+            .parse()
+            .expect("pttl")
+    };
+    // Within the lease: the claim's time to live, more than a horizon.
+    assert!(ledger.complete_batch(&delivered(0)).await.expect("settle")[0].ours);
+    assert!(ttl(0) > 2000, "{}", ttl(0));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(ledger.complete_batch(&delivered(1)).await.expect("settle")[0].ours);
+    let late = ttl(1);
+    assert!(
+        late > 1800 && late <= 2000,
+        "a horizon from the late settle: {late}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

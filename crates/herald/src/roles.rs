@@ -445,6 +445,20 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
                 .min(config.sender.lease_ms / 4),
         ),
     });
+    // The ledger's scripts use `SET … GET` (Redis 6.2): an older Redis
+    // would fail every claim.
+    match ledger.server_version().await {
+        Ok(version) if version < (6, 2) => anyhow::bail!(
+            "the ledger's Redis is {}.{}: Herald needs Redis 6.2 or later",
+            version.0,
+            version.1
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot read Redis's version (INFO server): Herald needs Redis 6.2 or later"
+        ),
+    }
     // An evicted ledger key is a claim forgotten, with nothing to tell it
     // from one never made: refuse a Redis that may evict, and say so in
     // /readyz should it start to.

@@ -2,10 +2,11 @@
 //! `herald_core::dedupe`, run atomically as Lua scripts: a batch's claims,
 //! or its settles, in one script call (one per bucket on a cluster).
 //!
-//! Each delivery is one hash `{prefix}d:{delivery_id}` with `state` (inflight,
-//! released, or a settled state), `owner`, `epoch`, `lease_until` and
-//! `takeovers`. Lease times come from the Redis server's clock, so workers with
-//! skewed clocks still agree on when a lease has expired.
+//! Each delivery is one string `{prefix}d:{delivery_id}`: its state
+//! (inflight, released, or a settled state), epoch and takeovers, and for a
+//! claim in flight its lease's end and owner (see `entry_reader!`). Lease
+//! times come from the Redis server's clock, so workers with skewed clocks
+//! still agree on when a lease has expired.
 //!
 //! On a Redis Cluster every key a script touches must be in one hash slot,
 //! and each shard can lose its data on its own. There the delivery keys carry
@@ -70,12 +71,58 @@ fn refused_before_writing(e: &RedisError) -> bool {
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
+// Every script that reads a delivery's entry starts with this. An entry is
+// one string: "inflight <epoch> <takeovers> <lease_until_ms> <owner>" for a
+// claim in flight (the owner last: it may hold spaces), "released <epoch>
+// <takeovers>", or "<settled state> <epoch>" (a settled delivery is never
+// claimed again, so its doubts are not kept). A fresh claim is one SET NX
+// and a settle of one's own claim one SET … GET, instead of a hash's HMGET,
+// HSET, PEXPIRE, HDEL and INCR: half of Redis's time per delivery
+// (docs/benchmarks.md, eighth sitting).
+//
+// `entry(key)` answers state, epoch, takeovers, lease_until and owner as
+// strings (nil state: no entry), and whether the entry is a hash written by
+// Herald before entries were strings: such an entry is read field by field
+// and rewritten as a string by the next step that changes it, so a rolling
+// upgrade keeps every claim and settle. An entry that is neither fails the
+// call: the ledger does not guess.
+macro_rules! entry_reader {
+    () => {
+        r#"
+local function entry(key)
+  local v = redis.pcall('GET', key)
+  if type(v) == 'table' then
+    if not (v.err and string.find(v.err, 'WRONGTYPE', 1, true)) then
+      error(v)
+    end
+    local e = redis.call('HMGET', key, 'state', 'epoch', 'takeovers', 'lease_until', 'owner')
+    return e[1], e[2] or '0', e[3] or '0', e[4] or '', e[5] or '', true
+  end
+  if not v then
+    return nil
+  end
+  local state, epoch, takeovers, lease_until, owner =
+    string.match(v, '^(%S+) (%d+) ?(%d*) ?(%d*) ?(.*)$')
+  if not state then
+    error('herald ledger: unreadable entry at ' .. key)
+  end
+  if takeovers == '' then
+    takeovers = '0'
+  end
+  return state, epoch, takeovers, lease_until, owner, false
+end
+"#
+    };
+}
+
 // Claims a batch's deliveries in one scope (the whole ledger on one Redis,
 // one bucket on a cluster) in one call: KEYS[1] the scope's marker, KEYS[2]
 // its write sequence, then one delivery key per claim; ARGV the owner, the
-// lease and the horizon. One call per batch, not one per delivery, is a
-// third less of Redis's time (the script's set-up, the marker, sequence and
-// clock read once).
+// lease, and the claim's time to live (the lease plus the horizon, so that a
+// settle within the lease keeps it: see SETTLE). One call per batch, not one
+// per delivery, is a third less of Redis's time (the script's set-up, the
+// marker, sequence and clock read once); the lease's end is formatted once
+// per call, not per claim (Lua formats numbers as floating point).
 //
 // An owner is one sender round: a round that runs its claims again (the
 // first answer was lost, or Redis's replicas did not hold them in time) gets
@@ -84,113 +131,158 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 // own expired claim is no takeover. A released delivery with doubts
 // (`takeovers`) is claimed as a takeover: an earlier attempt may have
 // reached the device.
-const CLAIM: &str = r#"
+//
+// Answers, one string per claim: "claimed <epoch>", "takeover <epoch>
+// <takeovers>", "busy <ms until the lease ends>" or "settled <state>".
+const CLAIM: &str = concat!(
+    entry_reader!(),
+    r#"
 local intact = redis.call('EXISTS', KEYS[1])
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local owner = ARGV[1]
-local lease = tonumber(ARGV[2])
+local tail = ' ' .. string.format('%d', now + tonumber(ARGV[2])) .. ' ' .. owner
+local ttl = ARGV[3]
+local fresh = 'inflight 1 0' .. tail
 local function claimed(key, epoch, takeovers)
-  redis.call('HSET', key, 'state', 'inflight', 'owner', owner, 'epoch', epoch,
-             'lease_until', now + lease, 'takeovers', takeovers)
-  redis.call('PEXPIRE', key, ARGV[3])
-  if takeovers > 0 then
-    return {'takeover', epoch, takeovers, ''}
+  redis.call('SET', key, 'inflight ' .. epoch .. ' ' .. takeovers .. tail, 'PX', ttl)
+  if takeovers == '0' then
+    return 'claimed ' .. epoch
   end
-  return {'claimed', epoch, 0, ''}
+  return 'takeover ' .. epoch .. ' ' .. takeovers
 end
 local function claim(key)
-  local e = redis.call('HMGET', key, 'state', 'epoch', 'lease_until', 'takeovers', 'owner')
-  if not e[1] then
-    return claimed(key, 1, 0)
+  if redis.call('SET', key, fresh, 'PX', ttl, 'NX') then
+    return 'claimed 1'
   end
-  local takeovers = tonumber(e[4] or '0') or 0
-  if e[1] == 'released' then
-    return claimed(key, tonumber(e[2]) + 1, takeovers)
+  local state, epoch, takeovers, lease_until, holder = entry(key)
+  if not state then
+    return claimed(key, '1', '0')
   end
-  if e[1] ~= 'inflight' then
-    return {'settled', 0, 0, e[1]}
+  if state == 'released' then
+    return claimed(key, string.format('%d', epoch + 1), takeovers)
   end
-  local lease_until = tonumber(e[3])
-  if lease_until > now and e[5] == owner then
-    return claimed(key, tonumber(e[2]), takeovers)
+  if state ~= 'inflight' then
+    return 'settled ' .. state
   end
-  if lease_until > now then
-    return {'busy', lease_until - now, 0, ''}
+  if holder == owner then
+    return claimed(key, epoch, takeovers)
   end
-  if e[5] == owner then
-    return claimed(key, tonumber(e[2]), takeovers)
+  local left = tonumber(lease_until) - now
+  if left > 0 then
+    return 'busy ' .. string.format('%d', left)
   end
-  return claimed(key, tonumber(e[2]) + 1, takeovers + 1)
+  return claimed(key, string.format('%d', epoch + 1), string.format('%d', takeovers + 1))
 end
 local answers = {}
 for i = 3, #KEYS do
   answers[i - 2] = claim(KEYS[i])
 end
 return {intact, seq, answers}
-"#;
+"#
+);
 
 // Settles a batch's deliveries in one scope in one call: KEYS[1] the
 // scope's write sequence, then one delivery key per settle; ARGV[1] the
 // horizon, then per settle its epoch and its state ('' releases). An answer
 // per settle, in order.
 //
+// A settle within the claim's lease keeps the entry's time to live (the
+// lease's end plus the horizon, at least a horizon from now); any other
+// gets a horizon from now.
+//
 // Completing: a missing key means Redis lost the claim (it restarted empty)
 // and nobody claimed the delivery since: the caller did send it, so its
 // settle is recorded, not dropped; dropping it would let a later copy send
 // it again. Settling again in the same words (the first answer was lost) is
 // the same settle. Answers: 0 not ours; -1 ours, already settled; else ours,
-// and the scope's write sequence after it.
+// and the scope's write sequence after it (one INCRBY per call, each
+// complete numbered in order within it).
 //
 // Releasing (the doubts, `takeovers`, stay: a later claim is a takeover):
 // 1 ours (or released already), 0 not ours.
-const SETTLE: &str = r#"
+const SETTLE: &str = concat!(
+    entry_reader!(),
+    r#"
 local horizon = ARGV[1]
-local function complete(key, epoch, state)
-  local e = redis.call('HMGET', key, 'state', 'epoch')
-  if e[1] == state and tonumber(e[2]) == epoch then
-    return -1
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function settle(key, epoch, state)
+  local current, e, takeovers, lease_until, _, legacy = entry(key)
+  if current == state and e == epoch then
+    return false
   end
-  if e[1] and (e[1] ~= 'inflight' or tonumber(e[2]) ~= epoch) then
+  if current and (current ~= 'inflight' or e ~= epoch) then
     return 0
   end
-  if not e[1] then
-    redis.call('HSET', key, 'epoch', epoch)
+  local value = state .. ' ' .. epoch
+  if state == 'released' then
+    value = value .. ' ' .. (takeovers or '0')
   end
-  redis.call('HSET', key, 'state', state)
-  redis.call('HDEL', key, 'lease_until', 'owner')
-  redis.call('PEXPIRE', key, horizon)
-  return redis.call('INCR', KEYS[1])
+  if current and not legacy and tonumber(lease_until) > now then
+    redis.call('SET', key, value, 'KEEPTTL')
+  else
+    redis.call('SET', key, value, 'PX', horizon)
+  end
+  return true
 end
-local function release(key, epoch)
-  local e = redis.call('HMGET', key, 'state', 'epoch')
-  if e[1] == 'released' and tonumber(e[2]) == epoch then
-    return 1
+-- A complete writes first and reads what it replaced (one call where a
+-- settle of one's own claim is the rule), and puts that back when the
+-- claim was not its own.
+local function complete(key, epoch, state)
+  local value = state .. ' ' .. epoch
+  local old = redis.pcall('SET', key, value, 'KEEPTTL', 'GET')
+  if type(old) == 'table' then
+    if not (old.err and string.find(old.err, 'WRONGTYPE', 1, true)) then
+      error(old)
+    end
+    return settle(key, epoch, state)
   end
-  if e[1] and (e[1] ~= 'inflight' or tonumber(e[2]) ~= epoch) then
-    return 0
+  if not old then
+    redis.call('PEXPIRE', key, horizon)
+    return true
   end
-  if not e[1] then
-    redis.call('HSET', key, 'epoch', epoch, 'takeovers', 0)
+  local s, e, _, lease_until = string.match(old, '^(%S+) (%d+) ?(%d*) ?(%d*)')
+  if s == 'inflight' and e == epoch then
+    if not (tonumber(lease_until) > now) then
+      redis.call('PEXPIRE', key, horizon)
+    end
+    return true
   end
-  redis.call('HSET', key, 'state', 'released')
-  redis.call('HDEL', key, 'lease_until', 'owner')
-  redis.call('PEXPIRE', key, horizon)
-  return 1
+  redis.call('SET', key, old, 'KEEPTTL')
+  if not s then
+    error('herald ledger: unreadable entry at ' .. key)
+  end
+  if s == state and e == epoch then
+    return false
+  end
+  return 0
 end
 local answers = {}
+local completed = {}
 for i = 2, #KEYS do
-  local epoch = tonumber(ARGV[2 * i - 2])
+  local epoch = string.format('%d', ARGV[2 * i - 2])
   local state = ARGV[2 * i - 1]
   if state == '' then
-    answers[i - 1] = release(KEYS[i], epoch)
+    answers[i - 1] = settle(KEYS[i], epoch, 'released') == 0 and 0 or 1
   else
-    answers[i - 1] = complete(KEYS[i], epoch, state)
+    local done = complete(KEYS[i], epoch, state)
+    if done == true then
+      completed[#completed + 1] = i - 1
+    end
+    answers[i - 1] = done == 0 and 0 or -1
+  end
+end
+if #completed > 0 then
+  local last = redis.call('INCRBY', KEYS[1], #completed)
+  for j, at in ipairs(completed) do
+    answers[at] = last - #completed + j
   end
 end
 return answers
-"#;
+"#
+);
 
 /// Raises a scope's write sequence to at least ARGV[1] (a rebuilt ledger
 /// starts where PostgreSQL's record of it ended).
@@ -203,55 +295,65 @@ return 1
 "#;
 
 // Before an owner resends after an unknown outcome: whoever claims the
-// delivery after it gets a takeover, and no resend of its own.
-const DOUBT: &str = r#"
-local e = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'owner')
-if e[1] ~= 'inflight' or e[3] ~= ARGV[1] or tonumber(e[2]) ~= tonumber(ARGV[2]) then
-  return 0
-end
-redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
-return 1
-"#;
-
-// Gives up a claim made while the ledger is lost and not yet trusted: the
-// key goes, so that the claim of a send in flight at the loss can be written
-// back by its owner's renewal.
-const ABANDON: &str = r#"
-local e = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'owner')
-if e[1] == 'inflight' and e[3] == ARGV[1] and tonumber(e[2]) == tonumber(ARGV[2]) then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"#;
-
-// Extends the lease of a send still outstanding. A claim Redis forgot is
-// written back: the send may yet reach the device.
-const RENEW: &str = r#"
-local e = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'owner')
-if e[1] and (e[1] ~= 'inflight' or e[3] ~= ARGV[1] or tonumber(e[2]) ~= tonumber(ARGV[2])) then
+// delivery after it gets a takeover, and no resend of its own. ARGV the
+// owner, the epoch and the horizon (the entry keeps a horizon past its
+// lease).
+const DOUBT: &str = concat!(
+    entry_reader!(),
+    r#"
+local state, epoch, takeovers, lease_until, owner = entry(KEYS[1])
+if state ~= 'inflight' or owner ~= ARGV[1] or tonumber(epoch) ~= tonumber(ARGV[2]) then
   return 0
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if not e[1] then
-  redis.call('HSET', KEYS[1], 'state', 'inflight', 'owner', ARGV[1], 'epoch', ARGV[2],
-             'takeovers', 0)
-end
-redis.call('HSET', KEYS[1], 'lease_until', now + tonumber(ARGV[3]))
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local ttl = math.max((tonumber(lease_until) or now) - now, 0) + tonumber(ARGV[3])
+redis.call('SET', KEYS[1], 'inflight ' .. epoch .. ' ' .. string.format('%d', takeovers + 1)
+  .. ' ' .. lease_until .. ' ' .. owner, 'PX', string.format('%d', ttl))
 return 1
-"#;
+"#
+);
+
+// Gives up a claim made while the ledger is lost and not yet trusted: the
+// key goes, so that the claim of a send in flight at the loss can be written
+// back by its owner's renewal.
+const ABANDON: &str = concat!(
+    entry_reader!(),
+    r#"
+local state, epoch, _, _, owner = entry(KEYS[1])
+if state == 'inflight' and owner == ARGV[1] and tonumber(epoch) == tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#
+);
+
+// Extends the lease of a send still outstanding (ARGV the owner, the epoch,
+// the lease and the claim's time to live, the lease plus the horizon). A
+// claim Redis forgot is written back: the send may yet reach the device.
+const RENEW: &str = concat!(
+    entry_reader!(),
+    r#"
+local state, epoch, takeovers, _, owner = entry(KEYS[1])
+if state and (state ~= 'inflight' or owner ~= ARGV[1] or tonumber(epoch) ~= tonumber(ARGV[2])) then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], 'inflight ' .. ARGV[2] .. ' ' .. (takeovers or '0') .. ' '
+  .. string.format('%d', now + tonumber(ARGV[3])) .. ' ' .. ARGV[1], 'PX', ARGV[4])
+return 1
+"#
+);
 
 /// Writes a settled state copied from PostgreSQL, unless the key exists (a
 /// claim made since the loss is newer than the copy).
 const SEED: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+if redis.call('SET', KEYS[1], ARGV[1] .. ' 0', 'PX', ARGV[2], 'NX') then
+  return 1
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'epoch', 0)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+return 0
 "#;
 
 /// Claims for a batch, and whether the ledger still holds what it was given.
@@ -490,7 +592,8 @@ impl Ledger {
     /// round: claiming again in the same round returns its claims.
     pub async fn claim_batch(&self, ids: &[DeliveryId], round: &str) -> Result<ClaimBatch> {
         let owner = self.round_owner(round);
-        let (lease_ms, horizon_ms) = (millis(self.lease), millis(self.horizon));
+        let lease_ms = millis(self.lease);
+        let ttl_ms = lease_ms.saturating_add(millis(self.horizon));
         let scopes = self.layout.group_by_scope(ids);
         let invocations: Vec<_> = scopes
             .iter()
@@ -500,11 +603,11 @@ impl Ledger {
                 for &i in members {
                     invocation.key(self.key(ids[i]));
                 }
-                invocation.arg(&owner).arg(lease_ms).arg(horizon_ms);
+                invocation.arg(&owner).arg(lease_ms).arg(ttl_ms);
                 invocation
             })
             .collect();
-        type ScopeClaims = (i64, i64, Vec<(String, i64, i64, String)>);
+        type ScopeClaims = (i64, i64, Vec<String>);
         let answers: Vec<ScopeClaims> = match self.run_replicated(&invocations).await {
             Ok(answers) => answers,
             // With one scope there is one call: refused, it claimed nothing
@@ -528,7 +631,7 @@ impl Ledger {
             ledger_intact &= intact == 1;
             seqs.insert(scope, u64::try_from(seq).unwrap_or(0));
             for (i, answer) in members.into_iter().zip(scope_claims) {
-                claims[i] = Some(parse_claim(answer)?);
+                claims[i] = Some(parse_claim(&answer)?);
             }
         }
         Ok(ClaimBatch {
@@ -702,16 +805,8 @@ impl Ledger {
     /// (allowed where CONFIG is not, as on most managed Redis). On a
     /// cluster, the worst of its nodes.
     pub async fn eviction(&self) -> Result<Eviction> {
-        let mut conn = self.conn.clone();
-        let info: redis::Value = redis::cmd("INFO")
-            .arg("memory")
-            .arg("stats")
-            .query_async(&mut conn)
-            .await?;
-        let mut texts = Vec::new();
-        collect_texts(&info, &mut texts);
         let mut worst: Option<Eviction> = None;
-        for text in texts {
+        for text in self.info(&["memory", "stats"]).await? {
             let field = |name: &str| {
                 text.lines()
                     .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -735,6 +830,36 @@ impl Ledger {
             }
         }
         worst.ok_or_else(|| LedgerError::Protocol("INFO has no maxmemory_policy".into()))
+    }
+
+    /// The oldest Redis version among the servers (major, minor). The
+    /// scripts need 6.2 (`SET … GET`).
+    pub async fn server_version(&self) -> Result<(u32, u32)> {
+        let mut oldest: Option<(u32, u32)> = None;
+        for text in self.info(&["server"]).await? {
+            let Some(version) = text.lines().find_map(|l| l.strip_prefix("redis_version:")) else {
+                continue;
+            };
+            let mut parts = version.trim().split('.').map(|p| p.parse::<u32>());
+            let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) else {
+                return Err(LedgerError::Protocol(format!("redis_version {version}")));
+            };
+            oldest = Some(oldest.map_or((major, minor), |o| o.min((major, minor))));
+        }
+        oldest.ok_or_else(|| LedgerError::Protocol("INFO has no redis_version".into()))
+    }
+
+    /// INFO's sections, one text per server (one, or each node of a
+    /// cluster).
+    async fn info(&self, sections: &[&str]) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let info: redis::Value = redis::cmd("INFO")
+            .arg(sections)
+            .query_async(&mut conn)
+            .await?;
+        let mut texts = Vec::new();
+        collect_texts(&info, &mut texts);
+        Ok(texts)
     }
 
     /// One rebuilder at a time: true if this process got the lock.
@@ -897,7 +1022,7 @@ impl Ledger {
     pub async fn mark_doubt(&self, id: DeliveryId, epoch: u64, round: &str) -> Result<bool> {
         let owner = self.round_owner(round);
         let mut invocation = self.doubt.key(self.key(id));
-        invocation.arg(&owner).arg(epoch);
+        invocation.arg(&owner).arg(epoch).arg(millis(self.horizon));
         // Held by a replica before the resend leaves: a doubt a failover
         // lost would let the next owner resend once more.
         let answers: Vec<i64> = self.run_replicated(&[invocation]).await?;
@@ -923,16 +1048,13 @@ impl Ledger {
     /// says whether the claim is still the round's.
     pub async fn renew_batch(&self, held: &[(DeliveryId, u64)], round: &str) -> Result<Vec<bool>> {
         let owner = self.round_owner(round);
-        let (lease_ms, horizon_ms) = (millis(self.lease), millis(self.horizon));
+        let lease_ms = millis(self.lease);
+        let ttl_ms = lease_ms.saturating_add(millis(self.horizon));
         let invocations: Vec<_> = held
             .iter()
             .map(|(id, epoch)| {
                 let mut invocation = self.renew.key(self.key(*id));
-                invocation
-                    .arg(&owner)
-                    .arg(*epoch)
-                    .arg(lease_ms)
-                    .arg(horizon_ms);
+                invocation.arg(&owner).arg(*epoch).arg(lease_ms).arg(ttl_ms);
                 invocation
             })
             .collect();
@@ -1058,16 +1180,31 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn parse_claim((kind, a, b, state): (String, i64, i64, String)) -> Result<Claim> {
-    let as_u64 = |v: i64| u64::try_from(v).map_err(|_| LedgerError::Protocol(format!("{v}")));
-    Ok(match kind.as_str() {
-        "claimed" => Claim::Claimed { epoch: as_u64(a)? },
-        "takeover" => Claim::TakenOver {
-            epoch: as_u64(a)?,
-            takeovers: u32::try_from(b).map_err(|_| LedgerError::Protocol(format!("{b}")))?,
+/// Reads one of CLAIM's answers.
+fn parse_claim(answer: &str) -> Result<Claim> {
+    let bad = || LedgerError::Protocol(format!("claim answer {answer:?}"));
+    fn number<T: std::str::FromStr>(part: Option<&str>) -> Option<T> {
+        part?.parse().ok()
+    }
+    let mut parts = answer.splitn(3, ' ');
+    Ok(match parts.next() {
+        Some("claimed") => Claim::Claimed {
+            epoch: number(parts.next()).ok_or_else(bad)?,
         },
-        "busy" => Claim::Busy { retry_in_ms: a },
-        "settled" => Claim::Settled { state },
-        other => return Err(LedgerError::Protocol(other.to_string())),
+        Some("takeover") => Claim::TakenOver {
+            epoch: number(parts.next()).ok_or_else(bad)?,
+            takeovers: number(parts.next()).ok_or_else(bad)?,
+        },
+        Some("busy") => Claim::Busy {
+            retry_in_ms: number(parts.next()).ok_or_else(bad)?,
+        },
+        Some("settled") => Claim::Settled {
+            state: parts
+                .next()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(bad)?
+                .to_string(),
+        },
+        _ => return Err(bad()),
     })
 }
