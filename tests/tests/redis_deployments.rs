@@ -822,12 +822,17 @@ async fn the_ledger_scripts_answer_as_the_dedupe_model_does() {
         );
     }
     for (i, entry) in model.iter().enumerate() {
-        let ttl: u64 = redis
+        let ttl: i64 = redis
             .cli(&["PTTL", &ledger.key(ids[i])])
             .trim()
             .parse()
             .expect("pttl");
-        let ttl = Duration::from_millis(ttl);
+        // -2: no entry, as the model has none.
+        assert_eq!(ttl == -2, entry.is_none(), "{i}: {ttl} for {entry:?}");
+        if entry.is_none() {
+            continue;
+        }
+        let ttl = Duration::from_millis(u64::try_from(ttl).expect("an entry with a time to live"));
         assert!(ttl <= LEASE + HORIZON, "{i}: {ttl:?}");
         if matches!(entry, Some(LedgerEntry::Settled { .. })) {
             assert!(ttl > HORIZON - Duration::from_secs(60), "{i}: {ttl:?}");
@@ -871,7 +876,8 @@ async fn entries_an_earlier_release_wrote_as_hashes_are_read_and_rewritten() {
             .chain(fields.iter().copied())
             .collect();
         assert_ne!(redis.cli(&args), "", "HSET");
-        redis.cli(&["PEXPIRE", &k, "3600000"]);
+        // Ten minutes, well under a horizon: a settle that kept it shows.
+        redis.cli(&["PEXPIRE", &k, "600000"]);
     };
     let inflight = |owner, epoch, lease_until, takeovers| {
         [
@@ -893,6 +899,61 @@ async fn entries_an_earlier_release_wrote_as_hashes_are_read_and_rewritten() {
     hash(3, &inflight("sender-a/round-9", "1", "1", "0"));
     hash(4, &inflight("sender-a/round-4", "5", &live, "0"));
     hash(5, &["state", "delivered", "epoch", "1"]);
+    let more = ids(3);
+    let key_of = |i: usize| ledger.key(more[i]);
+    for (i, owner) in ["sender-a/round-6", "sender-a/round-7", "sender-a/round-8"]
+        .into_iter()
+        .enumerate()
+    {
+        let k = key_of(i);
+        let mut args = vec!["HSET", k.as_str()];
+        args.extend(inflight(owner, "2", &live, "0"));
+        redis.cli(&args);
+        redis.cli(&["PEXPIRE", &k, "600000"]);
+    }
+    let ttl_of = |k: &str| -> i64 { redis.cli(&["PTTL", k]).trim().parse().expect("pttl") };
+
+    // Settled, released, doubted and abandoned straight from a hash.
+    let complete = || {
+        vec![(
+            more[0],
+            2,
+            Settle::Complete {
+                state: "delivered".into(),
+            },
+        )]
+    };
+    let first = ledger.complete_batch(&complete()).await.expect("settle");
+    assert!(first[0].ours && first[0].mark.is_some(), "{first:?}");
+    assert_eq!(redis.cli(&["GET", &key_of(0)]).trim(), "delivered 2");
+    assert!(
+        ttl_of(&key_of(0)) > HORIZON.as_millis() as i64 - 60_000,
+        "a horizon from the settle"
+    );
+    let again = ledger.complete_batch(&complete()).await.expect("settle");
+    assert!(
+        again[0].ours && again[0].mark.is_none(),
+        "the same settle: {again:?}"
+    );
+    let released = ledger
+        .complete_batch(&[(more[1], 2, Settle::Release)])
+        .await
+        .expect("release");
+    assert!(released[0].ours);
+    assert_eq!(redis.cli(&["GET", &key_of(1)]).trim(), "released 2 0");
+    assert!(ttl_of(&key_of(1)) > HORIZON.as_millis() as i64 - 60_000);
+    assert!(ledger
+        .mark_doubt(more[2], 2, "round-8")
+        .await
+        .expect("doubt"));
+    assert!(redis
+        .cli(&["GET", &key_of(2)])
+        .starts_with(&format!("inflight 2 1 {live} sender-a/round-8")));
+    ledger
+        .abandon_batch(&[(more[2], 2)], "round-8")
+        .await
+        .expect("abandon");
+    assert_eq!(ttl_of(&key_of(2)), -2, "abandoned");
 
     let other = ledger
         .claim_batch(&id[..4], "round-2")
@@ -993,13 +1054,52 @@ async fn entries_an_earlier_release_wrote_as_hashes_are_read_and_rewritten() {
         }]
     );
 
-    // Neither a hash nor an entry: the claim fails, nothing is taken as free.
-    let strange = ids(1);
+    // Neither a hash nor an entry (nor a claim without its lease): a claim
+    // or a settle fails, nothing is taken as free or overwritten, and the
+    // settles beside it in the call are written and counted.
+    let strange = ids(3);
     redis.cli(&["SET", &ledger.key(strange[0]), "something else"]);
-    assert!(ledger.claim_batch(&strange, "round-7").await.is_err());
+    redis.cli(&["SET", &ledger.key(strange[1]), "inflight 1 0"]);
+    for i in 0..2 {
+        assert!(ledger
+            .claim_batch(&strange[i..i + 1], "round-7")
+            .await
+            .is_err());
+    }
+    ledger
+        .claim_batch(&strange[2..], "round-7")
+        .await
+        .expect("claim");
+    let seq_before = ledger.read_seqs().await.expect("seqs")[""];
+    let settles: Vec<_> = strange
+        .iter()
+        .map(|id| {
+            (
+                *id,
+                1,
+                Settle::Complete {
+                    state: "delivered".into(),
+                },
+            )
+        })
+        .collect();
+    assert!(ledger.complete_batch(&settles).await.is_err());
     assert_eq!(
         redis.cli(&["GET", &ledger.key(strange[0])]).trim(),
         "something else"
+    );
+    assert_eq!(
+        redis.cli(&["GET", &ledger.key(strange[1])]).trim(),
+        "inflight 1 0"
+    );
+    assert_eq!(
+        redis.cli(&["GET", &ledger.key(strange[2])]).trim(),
+        "delivered 1"
+    );
+    assert_eq!(
+        ledger.read_seqs().await.expect("seqs")[""],
+        seq_before + 1,
+        "the settle written is counted"
     );
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -89,6 +89,17 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 macro_rules! entry_reader {
     () => {
         r#"
+local function parse(v)
+  local state, epoch, takeovers, lease_until, owner =
+    string.match(v, '^(%S+) (%d+) ?(%d*) ?(%d*) ?(.*)$')
+  if not state or (state == 'inflight' and lease_until == '') then
+    return nil
+  end
+  if takeovers == '' then
+    takeovers = '0'
+  end
+  return state, epoch, takeovers, lease_until, owner
+end
 local function entry(key)
   local v = redis.pcall('GET', key)
   if type(v) == 'table' then
@@ -101,13 +112,9 @@ local function entry(key)
   if not v then
     return nil
   end
-  local state, epoch, takeovers, lease_until, owner =
-    string.match(v, '^(%S+) (%d+) ?(%d*) ?(%d*) ?(.*)$')
+  local state, epoch, takeovers, lease_until, owner = parse(v)
   if not state then
     error('herald ledger: unreadable entry at ' .. key)
-  end
-  if takeovers == '' then
-    takeovers = '0'
   end
   return state, epoch, takeovers, lease_until, owner, false
 end
@@ -243,7 +250,7 @@ local function complete(key, epoch, state)
     redis.call('PEXPIRE', key, horizon)
     return true
   end
-  local s, e, _, lease_until = string.match(old, '^(%S+) (%d+) ?(%d*) ?(%d*)')
+  local s, e, _, lease_until = parse(old)
   if s == 'inflight' and e == epoch then
     if not (tonumber(lease_until) > now) then
       redis.call('PEXPIRE', key, horizon)
@@ -259,16 +266,26 @@ local function complete(key, epoch, state)
   end
   return 0
 end
+-- A settle that fails (an entry the ledger cannot read) does not stop the
+-- others, and the call fails only once every write it made is counted in
+-- the sequence.
 local answers = {}
 local completed = {}
+local failure
 for i = 2, #KEYS do
   local epoch = string.format('%d', ARGV[2 * i - 2])
   local state = ARGV[2 * i - 1]
   if state == '' then
-    answers[i - 1] = settle(KEYS[i], epoch, 'released') == 0 and 0 or 1
+    local ok, done = pcall(settle, KEYS[i], epoch, 'released')
+    if not ok then
+      failure = failure or done
+    end
+    answers[i - 1] = done == 0 and 0 or 1
   else
-    local done = complete(KEYS[i], epoch, state)
-    if done == true then
+    local ok, done = pcall(complete, KEYS[i], epoch, state)
+    if not ok then
+      failure = failure or done
+    elseif done == true then
       completed[#completed + 1] = i - 1
     end
     answers[i - 1] = done == 0 and 0 or -1
@@ -279,6 +296,9 @@ if #completed > 0 then
   for j, at in ipairs(completed) do
     answers[at] = last - #completed + j
   end
+end
+if failure then
+  error(failure)
 end
 return answers
 "#
@@ -309,7 +329,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = math.max((tonumber(lease_until) or now) - now, 0) + tonumber(ARGV[3])
 redis.call('SET', KEYS[1], 'inflight ' .. epoch .. ' ' .. string.format('%d', takeovers + 1)
-  .. ' ' .. lease_until .. ' ' .. owner, 'PX', string.format('%d', ttl))
+  .. ' ' .. string.format('%d', tonumber(lease_until) or now) .. ' ' .. owner,
+  'PX', string.format('%d', ttl))
 return 1
 "#
 );
