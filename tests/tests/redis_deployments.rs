@@ -451,16 +451,8 @@ async fn herald_keeps_its_ledger_and_rate_limits_on_a_redis_cluster() {
 /// `at_most_once` delivery would record as "unknown" though it never left.
 #[tokio::test]
 async fn a_round_claiming_again_after_its_lease_ran_out_is_no_takeover() {
-    let dir = test_dir("ledger-own-expired");
-    let redis = herald_tests::PrivateRedis::start(&dir);
-    let endpoint = RedisEndpoint {
-        target: RedisTarget::Standalone { url: redis.url() },
-        ca_cert_pem: None,
-    };
     let short = Duration::from_millis(200);
-    let ledger = Ledger::connect(&endpoint, &prefix(), "sender-a", short, HORIZON)
-        .await
-        .expect("ledger");
+    let (dir, _redis, ledger) = private_ledger("ledger-own-expired", short, HORIZON).await;
     let id = ids(2);
     let first = ledger.claim_batch(&id, "round-1").await.expect("claim");
     assert_eq!(first.claims, vec![Claim::Claimed { epoch: 1 }; 2]);
@@ -490,15 +482,7 @@ async fn a_round_claiming_again_after_its_lease_ran_out_is_no_takeover() {
 
 #[tokio::test]
 async fn a_round_gets_its_own_claims_back_and_a_doubt_outlives_a_release() {
-    let dir = test_dir("ledger-rounds");
-    let redis = herald_tests::PrivateRedis::start(&dir);
-    let endpoint = RedisEndpoint {
-        target: RedisTarget::Standalone { url: redis.url() },
-        ca_cert_pem: None,
-    };
-    let ledger = Ledger::connect(&endpoint, &prefix(), "sender-a", LEASE, HORIZON)
-        .await
-        .expect("ledger");
+    let (dir, redis, ledger) = private_ledger("ledger-rounds", LEASE, HORIZON).await;
     let id = ids(1);
 
     // The round's first answer was lost: claiming again is not "busy".
@@ -661,11 +645,23 @@ async fn a_declared_loss_raises_the_sequence_and_the_rebuild_lock_survives_a_los
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn private_ledger_endpoint(redis: &herald_tests::PrivateRedis) -> RedisEndpoint {
-    RedisEndpoint {
+/// A ledger of sender "sender-a" on a Redis of the test's own, in a
+/// directory named after the test.
+async fn private_ledger(
+    name: &str,
+    lease: Duration,
+    horizon: Duration,
+) -> (std::path::PathBuf, herald_tests::PrivateRedis, Ledger) {
+    let dir = test_dir(name);
+    let redis = herald_tests::PrivateRedis::start(&dir);
+    let endpoint = RedisEndpoint {
         target: RedisTarget::Standalone { url: redis.url() },
         ca_cert_pem: None,
-    }
+    };
+    let ledger = Ledger::connect(&endpoint, &prefix(), "sender-a", lease, horizon)
+        .await
+        .expect("ledger");
+    (dir, redis, ledger)
 }
 
 /// The Lua scripts against the pure state machine of `herald_core::dedupe`:
@@ -677,17 +673,7 @@ fn private_ledger_endpoint(redis: &herald_tests::PrivateRedis) -> RedisEndpoint 
 async fn the_ledger_scripts_answer_as_the_dedupe_model_does() {
     use herald_core::dedupe::{self, LedgerEntry};
     use rand::{Rng, SeedableRng};
-    let dir = test_dir("ledger-model");
-    let redis = herald_tests::PrivateRedis::start(&dir);
-    let ledger = Ledger::connect(
-        &private_ledger_endpoint(&redis),
-        &prefix(),
-        "sender-a",
-        LEASE,
-        HORIZON,
-    )
-    .await
-    .expect("ledger");
+    let (dir, redis, ledger) = private_ledger("ledger-model", LEASE, HORIZON).await;
     let mut ids = ids(6);
     let mut model: Vec<Option<LedgerEntry>> = vec![None; ids.len()];
     // The epoch a settled entry was settled at: settling it again in the
@@ -848,17 +834,7 @@ async fn the_ledger_scripts_answer_as_the_dedupe_model_does() {
 /// for absent.
 #[tokio::test]
 async fn entries_an_earlier_release_wrote_as_hashes_are_read_and_rewritten() {
-    let dir = test_dir("ledger-hashes");
-    let redis = herald_tests::PrivateRedis::start(&dir);
-    let ledger = Ledger::connect(
-        &private_ledger_endpoint(&redis),
-        &prefix(),
-        "sender-a",
-        LEASE,
-        HORIZON,
-    )
-    .await
-    .expect("ledger");
+    let (dir, redis, ledger) = private_ledger("ledger-hashes", LEASE, HORIZON).await;
     let version = ledger.server_version().await.expect("version");
     assert!(version >= (6, 2), "{version:?}");
     let id = ids(6);
@@ -1109,18 +1085,8 @@ async fn entries_an_earlier_release_wrote_as_hashes_are_read_and_rewritten() {
 /// a horizon), after the lease it gets a new one.
 #[tokio::test]
 async fn a_settle_after_the_lease_ran_out_is_kept_a_horizon() {
-    let dir = test_dir("ledger-late-settle");
-    let redis = herald_tests::PrivateRedis::start(&dir);
     let (lease, horizon) = (Duration::from_millis(1000), Duration::from_millis(2000));
-    let ledger = Ledger::connect(
-        &private_ledger_endpoint(&redis),
-        &prefix(),
-        "sender-a",
-        lease,
-        horizon,
-    )
-    .await
-    .expect("ledger");
+    let (dir, redis, ledger) = private_ledger("ledger-late-settle", lease, horizon).await;
     let id = ids(2);
     ledger.claim_batch(&id, "round-1").await.expect("claim");
     let delivered = |i: usize| {
