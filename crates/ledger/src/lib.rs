@@ -83,9 +83,10 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 // `entry(key)` answers state, epoch, takeovers, lease_until and owner as
 // strings (nil state: no entry), and whether the entry is a hash written by
 // Herald before entries were strings: such an entry is read field by field
-// and rewritten as a string by the next step that changes it, so a rolling
-// upgrade keeps every claim and settle. An entry that is neither fails the
-// call: the ledger does not guess.
+// and rewritten as a string by the next step that changes it, so an upgrade
+// keeps every claim and settle (earlier senders cannot read strings: they
+// are stopped first, docs/deployment.md). An entry that is neither fails
+// the call: the ledger does not guess. `clock()` is Redis's time in ms.
 macro_rules! entry_reader {
     () => {
         r#"
@@ -100,12 +101,24 @@ local function parse(v)
   end
   return state, epoch, takeovers, lease_until, owner
 end
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Whether a pcall's reply is WRONGTYPE (a hash an earlier release wrote);
+-- any other error is raised.
+local function is_hash(reply)
+  if type(reply) ~= 'table' then
+    return false
+  end
+  if reply.err and string.find(reply.err, 'WRONGTYPE', 1, true) then
+    return true
+  end
+  error(reply)
+end
 local function entry(key)
   local v = redis.pcall('GET', key)
-  if type(v) == 'table' then
-    if not (v.err and string.find(v.err, 'WRONGTYPE', 1, true)) then
-      error(v)
-    end
+  if is_hash(v) then
     local e = redis.call('HMGET', key, 'state', 'epoch', 'takeovers', 'lease_until', 'owner')
     return e[1], e[2] or '0', e[3] or '0', e[4] or '', e[5] or '', true
   end
@@ -146,8 +159,7 @@ const CLAIM: &str = concat!(
     r#"
 local intact = redis.call('EXISTS', KEYS[1])
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = clock()
 local owner = ARGV[1]
 local tail = ' ' .. string.format('%d', now + tonumber(ARGV[2])) .. ' ' .. owner
 local ttl = ARGV[3]
@@ -163,10 +175,8 @@ local function claim(key)
   if redis.call('SET', key, fresh, 'PX', ttl, 'NX') then
     return 'claimed 1'
   end
+  -- The key exists (SET NX refused), so there is an entry.
   local state, epoch, takeovers, lease_until, holder = entry(key)
-  if not state then
-    return claimed(key, '1', '0')
-  end
   if state == 'released' then
     return claimed(key, string.format('%d', epoch + 1), takeovers)
   end
@@ -213,8 +223,7 @@ const SETTLE: &str = concat!(
     entry_reader!(),
     r#"
 local horizon = ARGV[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = clock()
 local function settle(key, epoch, state)
   local current, e, takeovers, lease_until, _, legacy = entry(key)
   if current == state and e == epoch then
@@ -240,10 +249,7 @@ end
 local function complete(key, epoch, state)
   local value = state .. ' ' .. epoch
   local old = redis.pcall('SET', key, value, 'KEEPTTL', 'GET')
-  if type(old) == 'table' then
-    if not (old.err and string.find(old.err, 'WRONGTYPE', 1, true)) then
-      error(old)
-    end
+  if is_hash(old) then
     return settle(key, epoch, state)
   end
   if not old then
@@ -325,12 +331,11 @@ local state, epoch, takeovers, lease_until, owner = entry(KEYS[1])
 if state ~= 'inflight' or owner ~= ARGV[1] or tonumber(epoch) ~= tonumber(ARGV[2]) then
   return 0
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = math.max((tonumber(lease_until) or now) - now, 0) + tonumber(ARGV[3])
+local now = clock()
+local until_ms = tonumber(lease_until) or now
 redis.call('SET', KEYS[1], 'inflight ' .. epoch .. ' ' .. string.format('%d', takeovers + 1)
-  .. ' ' .. string.format('%d', tonumber(lease_until) or now) .. ' ' .. owner,
-  'PX', string.format('%d', ttl))
+  .. ' ' .. string.format('%d', until_ms) .. ' ' .. owner,
+  'PX', string.format('%d', math.max(until_ms - now, 0) + tonumber(ARGV[3])))
 return 1
 "#
 );
@@ -360,8 +365,7 @@ local state, epoch, takeovers, _, owner = entry(KEYS[1])
 if state and (state ~= 'inflight' or owner ~= ARGV[1] or tonumber(epoch) ~= tonumber(ARGV[2])) then
   return 0
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = clock()
 redis.call('SET', KEYS[1], 'inflight ' .. ARGV[2] .. ' ' .. (takeovers or '0') .. ' '
   .. string.format('%d', now + tonumber(ARGV[3])) .. ' ' .. ARGV[1], 'PX', ARGV[4])
 return 1
