@@ -78,6 +78,10 @@ impl BatchConsumer {
             .set(
                 "queued.max.messages.kbytes",
                 kafka.consumer_queue_kbytes.max(1).to_string(),
+            )
+            .set(
+                "fetch.queue.backoff.ms",
+                kafka.fetch_queue_backoff_ms.min(300_000).to_string(),
             );
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
         let cluster = kafka

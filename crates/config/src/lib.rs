@@ -224,6 +224,11 @@ pub struct KafkaConfig {
     /// 65,536 made most of a busy sender's memory). A few batches ahead keep
     /// a sender busy; more is memory held for nothing.
     pub consumer_queue_kbytes: u32,
+    /// How long a consumer whose read-ahead is full waits before it fetches
+    /// again (librdkafka's `fetch.queue.backoff.ms`). librdkafka's default,
+    /// 1,000 ms, starves a consumer whose read-ahead is worth less than a
+    /// second of work: it lets the queue run dry before fetching again.
+    pub fetch_queue_backoff_ms: u64,
     /// More clusters by name (`[kafka.clusters.standby]`); `bootstrap_servers`
     /// above, if set, is the one named `primary`. Producers write to one
     /// cluster at a time; consumers read every one.
@@ -632,7 +637,8 @@ impl Default for KafkaConfig {
             message_timeout_ms: 30_000,
             session_timeout_ms: 10_000,
             fetch_wait_max_ms: 50,
-            consumer_queue_kbytes: 16_384,
+            consumer_queue_kbytes: 8_192,
+            fetch_queue_backoff_ms: 20,
             clusters: BTreeMap::new(),
             failover_order: Vec::new(),
             health_check_interval_ms: 2_000,
