@@ -17,8 +17,8 @@ pub struct FailoverController {
     pub store: Store,
     pub policy: FailoverPolicy,
     pub interval: Duration,
-    /// (cluster, group, topic, probe) for the lag gauges.
-    pub lag_probes: Vec<(String, String, String, Arc<LagProbe>)>,
+    /// For the lag gauges.
+    pub lag_probes: LagProbes,
     /// A producer that delivers nothing this long to a healthy cluster is rebuilt.
     pub rebuild_after: Duration,
     /// How far back recovery looks after a cluster was replaced.
@@ -34,9 +34,8 @@ pub struct FailoverController {
 const RECOVERY_LEASE: Duration = Duration::from_secs(300);
 
 impl FailoverController {
-    pub fn new(config: &Config, publisher: Publisher, store: Store) -> Self {
+    pub fn new(config: &Config, publisher: Publisher, store: Store, lag_probes: LagProbes) -> Self {
         let kafka = &config.kafka;
-        let lag_probes = lag_probes(config);
         Self {
             publisher,
             store,
@@ -251,39 +250,51 @@ impl FailoverController {
     }
 
     async fn export_lag(&self) {
-        let reads = futures::future::join_all(self.lag_probes.iter().map(|(_, _, topic, p)| {
-            let (p, topic) = (p.clone(), topic.clone());
+        let reads = futures::future::join_all(self.lag_probes.iter().map(|p| {
+            let (p, topic) = (p.probe.clone(), p.topic.clone());
             tokio::task::spawn_blocking(move || p.lag(&topic, Duration::from_secs(1)))
         }))
         .await;
-        for ((cluster, group, topic, _), lag) in self.lag_probes.iter().zip(reads) {
+        for (p, lag) in self.lag_probes.iter().zip(reads) {
             if let Ok(Ok(lag)) = lag {
                 metrics::gauge!("herald_kafka_consumer_lag",
-                    "cluster" => cluster.clone(), "group" => group.clone(), "topic" => topic.clone())
+                    "cluster" => p.cluster.clone(), "group" => p.group.clone(), "topic" => p.topic.clone())
                 .set(lag as f64);
             }
         }
     }
 }
 
-/// (cluster, group, topic, probe) for every consumer group Herald runs, on
-/// every cluster: what the lag gauges and the dashboard report.
-pub fn lag_probes(config: &Config) -> Vec<(String, String, String, Arc<LagProbe>)> {
+/// A lag probe of one consumer group's topic on one cluster.
+pub struct GroupLagProbe {
+    pub cluster: String,
+    pub group: String,
+    pub topic: String,
+    pub probe: Arc<LagProbe>,
+}
+
+/// A probe for every consumer group Herald runs, on every cluster.
+pub type LagProbes = Arc<Vec<GroupLagProbe>>;
+
+/// A probe for every consumer group Herald runs, on every cluster: what the
+/// lag gauges and the dashboard report. A process makes them once
+/// (`Roles::lag_probes`).
+pub fn lag_probes(config: &Config) -> LagProbes {
     let kafka = &config.kafka;
     let groups = config.consumer_groups();
     let mut lag_probes = Vec::new();
     for cluster in kafka.clusters() {
         for (group, topic) in &groups {
             match LagProbe::new(&kafka.for_cluster(&cluster), group) {
-                Ok(p) => lag_probes.push((
-                    cluster.name.clone(),
-                    group.clone(),
-                    topic.to_string(),
-                    Arc::new(p),
-                )),
+                Ok(p) => lag_probes.push(GroupLagProbe {
+                    cluster: cluster.name.clone(),
+                    group: group.clone(),
+                    topic: topic.to_string(),
+                    probe: Arc::new(p),
+                }),
                 Err(e) => tracing::warn!(cluster = %cluster.name, error = %e, "no lag probe"),
             }
         }
     }
-    lag_probes
+    Arc::new(lag_probes)
 }

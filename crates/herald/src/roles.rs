@@ -1,6 +1,6 @@
 //! Starting each role. `herald dev` composes the same functions.
 
-use crate::failover::FailoverController;
+use crate::failover::{FailoverController, LagProbes};
 use crate::ops::Readiness;
 use crate::preflight;
 use anyhow::{Context, Result};
@@ -26,6 +26,11 @@ pub struct Roles {
     /// One producer set for every role of the process, so that a failover
     /// moves them all at once.
     publisher: Option<Publisher>,
+    /// One lag probe per consumer group and cluster for every user in the
+    /// process (the lag gauges, the dashboard, the sender's wait for the
+    /// recorder): each probe is a whole librdkafka client, with its threads
+    /// and broker connections.
+    lag_probes: Option<LagProbes>,
     /// What `/readyz` checks for this process.
     pub readiness: Readiness,
 }
@@ -36,6 +41,7 @@ impl Roles {
             tasks: JoinSet::new(),
             shutdown: CancellationToken::new(),
             publisher: None,
+            lag_probes: None,
             readiness: Readiness::default(),
         }
     }
@@ -112,6 +118,41 @@ impl Roles {
         });
     }
 
+    /// The process's lag probes, made on first use.
+    pub fn lag_probes(&mut self, config: &Config) -> LagProbes {
+        self.lag_probes
+            .get_or_insert_with(|| crate::failover::lag_probes(config))
+            .clone()
+    }
+
+    /// One probe of `group` on `topic` per cluster, in the order of
+    /// `kafka.clusters()`: the process's own where it has them.
+    pub fn group_probes(
+        &mut self,
+        config: &Config,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<Arc<herald_bus::LagProbe>>> {
+        let shared = self.lag_probes(config);
+        config
+            .kafka
+            .clusters()
+            .iter()
+            .map(|c| {
+                let own = shared
+                    .iter()
+                    .find(|p| p.cluster == c.name && p.group == group && p.topic == topic);
+                Ok(match own {
+                    Some(p) => p.probe.clone(),
+                    None => Arc::new(herald_bus::LagProbe::new(
+                        &config.kafka.for_cluster(c),
+                        group,
+                    )?),
+                })
+            })
+            .collect()
+    }
+
     /// The process's publisher; the first call also starts the task that
     /// keeps it on the agreed Kafka cluster.
     pub fn publisher(&mut self, config: &Config, store: &Store) -> Result<Publisher> {
@@ -127,7 +168,9 @@ impl Roles {
             let result = checked.wedged(after);
             async move { result }
         });
-        let controller = FailoverController::new(config, publisher.clone(), store.clone());
+        let lag_probes = self.lag_probes(config);
+        let controller =
+            FailoverController::new(config, publisher.clone(), store.clone(), lag_probes);
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
             controller.run(shutdown).await;
@@ -352,7 +395,7 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
             .merge(herald_dashboard::router(herald_dashboard::DashboardState {
                 store: store_for_dashboard,
                 api,
-                lag: lag_reader(config),
+                lag: lag_reader(roles.lag_probes(config)),
                 secure_cookies: config.gateway.dashboard_secure_cookies,
                 session_ttl: chrono::Duration::hours(config.gateway.dashboard_session_hours as i64),
             }))
@@ -394,22 +437,19 @@ pub async fn start_gateway(roles: &mut Roles, config: &Config, store: Store) -> 
 }
 
 /// The consumer groups' lag, read off the async threads, for the dashboard.
-fn lag_reader(config: &Config) -> herald_dashboard::LagReader {
-    let probes = Arc::new(crate::failover::lag_probes(config));
+fn lag_reader(probes: LagProbes) -> herald_dashboard::LagReader {
     Arc::new(move || {
         let probes = probes.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 probes
                     .iter()
-                    .map(
-                        |(cluster, group, topic, probe)| herald_dashboard::ConsumerLag {
-                            cluster: cluster.clone(),
-                            group: group.clone(),
-                            topic: topic.clone(),
-                            lag: probe.lag(topic, Duration::from_millis(500)).ok(),
-                        },
-                    )
+                    .map(|p| herald_dashboard::ConsumerLag {
+                        cluster: p.cluster.clone(),
+                        group: p.group.clone(),
+                        topic: p.topic.clone(),
+                        lag: p.probe.lag(&p.topic, Duration::from_millis(500)).ok(),
+                    })
                     .collect()
             })
             .await
@@ -490,15 +530,11 @@ pub async fn start_sender(roles: &mut Roles, config: &Config, store: Store) -> R
         }
     });
     let outcome_probes = herald_sender::OutcomeProbes {
-        probes: config
-            .kafka
-            .clusters()
-            .iter()
-            .map(|c| {
-                herald_bus::LagProbe::new(&config.kafka.for_cluster(c), &config.recorder.group_id)
-                    .map(Arc::new)
-            })
-            .collect::<Result<_, _>>()?,
+        probes: roles.group_probes(
+            config,
+            &config.recorder.group_id,
+            &config.kafka.topics.outcomes,
+        )?,
         topic: config.kafka.topics.outcomes.clone(),
     };
     let ca_cert_pem = match &config.providers.ca_cert_path {
@@ -570,32 +606,26 @@ pub async fn start_scheduler(roles: &mut Roles, config: &Config, store: Store) -
     .await
     .context("connecting the campaign rate limiter to Redis")?;
     let publisher = roles.publisher(config, &store)?;
+    let backlog = if config.scheduler.max_backlog > 0 {
+        Some(herald_scheduler::Backlog {
+            probes: roles.group_probes(
+                config,
+                &config.sender.campaigns_group(),
+                &config.kafka.topics.campaigns,
+            )?,
+            topic: config.kafka.topics.campaigns.clone(),
+            max: config.scheduler.max_backlog,
+        })
+    } else {
+        None
+    };
     let scheduler = Arc::new(herald_scheduler::Scheduler {
         store,
         publisher,
         limiter,
         config: config.scheduler.clone(),
         clock: herald_config::Clock::from_config(&config.scheduler.clock_file),
-        backlog: if config.scheduler.max_backlog > 0 {
-            Some(herald_scheduler::Backlog {
-                probes: config
-                    .kafka
-                    .clusters()
-                    .iter()
-                    .map(|c| {
-                        herald_bus::LagProbe::new(
-                            &config.kafka.for_cluster(c),
-                            &config.sender.campaigns_group(),
-                        )
-                        .map(Arc::new)
-                    })
-                    .collect::<Result<_, _>>()?,
-                topic: config.kafka.topics.campaigns.clone(),
-                max: config.scheduler.max_backlog,
-            })
-        } else {
-            None
-        },
+        backlog,
         health: herald_telemetry::health::register("the scheduler's campaign production"),
     });
     let shutdown = roles.shutdown.clone();
