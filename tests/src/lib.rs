@@ -350,7 +350,16 @@ impl TestEnv {
     /// starts (they apply to every process of the test).
     pub async fn start_with(name: &str, settings: &[(&str, &str)]) -> Self {
         let run = uuid::Uuid::new_v4().simple().to_string();
-        let broker = EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("embedded broker");
+        // The embedded broker keeps about 5 MB per partition: a scenario that
+        // lets more than that wait on one topic asks for more partitions (the
+        // last setting wins, as it does for the processes).
+        let partitions = settings
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == "HERALD_KAFKA__PARTITIONS")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(PARTITIONS);
+        let broker = EmbeddedBroker::start(1, &TOPICS, partitions).expect("embedded broker");
         let db_name = format!("herald_t_{}_{}", name, &run[..12]);
         let db_url = format!("{}/{}", postgres_base(), db_name);
         let log_dir = target_dir()
