@@ -321,6 +321,9 @@ pub struct App {
 pub struct TestEnv {
     pub name: String,
     pub broker: EmbeddedBroker,
+    /// Partitions of each topic on the embedded broker, and on any broker
+    /// that replaces it.
+    pub partitions: i32,
     pub db_url: String,
     pub redis_prefix: String,
     pub sim: Option<HeraldProcess>,
@@ -357,8 +360,9 @@ impl TestEnv {
             .iter()
             .rev()
             .find(|(k, _)| *k == "HERALD_KAFKA__PARTITIONS")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(PARTITIONS);
+            .map_or(PARTITIONS, |(_, v)| {
+                v.parse().expect("HERALD_KAFKA__PARTITIONS is a number")
+            });
         let broker = EmbeddedBroker::start(1, &TOPICS, partitions).expect("embedded broker");
         let db_name = format!("herald_t_{}_{}", name, &run[..12]);
         let db_url = format!("{}/{}", postgres_base(), db_name);
@@ -373,6 +377,7 @@ impl TestEnv {
         let mut env = Self {
             name: name.to_string(),
             broker,
+            partitions,
             db_url: db_url.clone(),
             redis_prefix: format!("herald-test:{run}:"),
             sim: None,
@@ -791,7 +796,7 @@ impl TestEnv {
     /// Replaces the Kafka-protocol cluster with a new, empty one (the old one
     /// and all its data are gone). Processes started afterwards use the new one.
     pub fn replace_broker(&mut self) {
-        let new = EmbeddedBroker::start(1, &TOPICS, PARTITIONS).expect("embedded broker");
+        let new = EmbeddedBroker::start(1, &TOPICS, self.partitions).expect("embedded broker");
         let old = std::mem::replace(&mut self.broker, new);
         // Gone for good, but its port stays bound: were it closed, another
         // test's broker could get that port, and this test's processes, still

@@ -79,6 +79,8 @@ impl BatchConsumer {
                 "queued.max.messages.kbytes",
                 kafka.consumer_queue_kbytes.max(1).to_string(),
             )
+            // librdkafka refuses more than 300,000 ms (and the client with
+            // it); a longer backoff than that would starve the consumer anyway.
             .set(
                 "fetch.queue.backoff.ms",
                 kafka.fetch_queue_backoff_ms.min(300_000).to_string(),

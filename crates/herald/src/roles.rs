@@ -28,8 +28,8 @@ pub struct Roles {
     publisher: Option<Publisher>,
     /// One lag probe per consumer group and cluster for every user in the
     /// process (the lag gauges, the dashboard, the sender's wait for the
-    /// recorder): each probe is a whole librdkafka client, with its threads
-    /// and broker connections.
+    /// recorder, the scheduler's backlog check): each probe is a whole
+    /// librdkafka client, with its threads and broker connections.
     lag_probes: Option<LagProbes>,
     /// What `/readyz` checks for this process.
     pub readiness: Readiness,
@@ -144,10 +144,12 @@ impl Roles {
                     .find(|p| p.cluster == c.name && p.group == group && p.topic == topic);
                 Ok(match own {
                     Some(p) => p.probe.clone(),
-                    None => Arc::new(herald_bus::LagProbe::new(
-                        &config.kafka.for_cluster(c),
-                        group,
-                    )?),
+                    None => Arc::new(
+                        herald_bus::LagProbe::new(&config.kafka.for_cluster(c), group)
+                            .with_context(|| {
+                                format!("a lag probe of {group} on Kafka cluster {}", c.name)
+                            })?,
+                    ),
                 })
             })
             .collect()

@@ -42,7 +42,7 @@ pub struct Scheduler {
     pub health: Arc<herald_telemetry::health::LoopHealth>,
 }
 
-/// The senders' lag on the deliveries topic, which production waits on.
+/// The senders' lag on the campaigns topic, which production waits on.
 pub struct Backlog {
     /// One per Kafka cluster: the senders' lag is the sum.
     pub probes: Vec<Arc<herald_bus::LagProbe>>,
