@@ -184,7 +184,7 @@ async fn pause_holds_queued_jobs_and_resume_sends_each_remaining_device_once() {
         base: gateway.url.clone().expect("gateway url"),
         key: app.server_key.clone(),
     };
-    let _sender = env.sender().await;
+    let mut sender = env.sender().await;
     let _scheduler = env.scheduler().await;
     let id = api
         .create(
@@ -248,9 +248,54 @@ async fn pause_holds_queued_jobs_and_resume_sends_each_remaining_device_once() {
     );
     let c = api.campaign(&id).await;
     assert_eq!(c["status"], "paused");
+    // What the devices got is recorded before the sender goes.
+    wait_until(
+        "the deliveries recorded",
+        Duration::from_secs(30),
+        || async { api.campaign(&id).await["progress"]["counts"]["delivered"] == settled_count },
+    )
+    .await;
+    // Tokens rejected before the pause are invalidated: the resumed walk
+    // does not reach those devices, and their outcomes must not count as
+    // the new generation's (they once made `pending` reach 0 early).
+    let invalidated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM installations WHERE app_id = $1::uuid AND invalidated_at IS NOT NULL",
+    )
+    .bind(&app.id)
+    .fetch_one(&env.db)
+    .await
+    .expect("invalidated installations");
+    assert!(invalidated > 0, "no token was rejected before the pause");
 
+    // Resumed with no sender running: the new generation is produced and
+    // nothing settles, so `pending` is exactly what it has yet to send.
+    sender.terminate().await;
+    let before_resume = delivered(&env, &message_id).await.len() as i64;
     let resumed = api.action(&id, "resume").await;
     assert_eq!(resumed["generation"], 2, "{resumed}");
+    wait_until(
+        "the resumed walk finished",
+        Duration::from_secs(60),
+        || async { api.campaign(&id).await["status"] == "completed" },
+    )
+    .await;
+    let reachable: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM installations
+         WHERE app_id = $1::uuid AND opted_in AND invalidated_at IS NULL",
+    )
+    .bind(&app.id)
+    .fetch_one(&env.db)
+    .await
+    .expect("reachable installations");
+    let c = api.campaign(&id).await;
+    assert_eq!(c["progress"]["produced"], reachable, "{c}");
+    assert_eq!(
+        c["progress"]["pending"],
+        reachable - before_resume,
+        "every reachable device without its push is pending: {c}"
+    );
+
+    let _sender = env.sender().await;
     api.wait_finished(&id, Duration::from_secs(120)).await;
     let expected: HashSet<String> = (1..=2_000).filter(|n| deliverable(*n)).map(token).collect();
     assert_exactly_once(&delivered(&env, &message_id).await, &expected);

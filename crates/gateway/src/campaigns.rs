@@ -50,11 +50,16 @@ pub struct CampaignView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Progress {
-    /// Jobs handed to Kafka in the current generation.
+    /// Devices the current generation's walk reached: jobs handed to Kafka,
+    /// and devices whose delivery was settled before (not sent again).
     pub produced: i64,
-    /// Deliveries with an outcome.
+    /// Deliveries of the campaign's message with an outcome, from every
+    /// generation (the sum of `counts`).
     pub settled: i64,
-    /// Produced, not settled yet.
+    /// Produced in the current generation and without an outcome yet. A
+    /// resumed or relaunched campaign does not count here the outcomes of
+    /// devices its new walk no longer reaches (a token rejected earlier, an
+    /// installation opted out since).
     pub pending: i64,
     /// Settled deliveries per status (every status is present).
     pub counts: BTreeMap<String, i64>,
@@ -187,7 +192,7 @@ async fn view(state: &AppState, c: Campaign) -> Result<CampaignView, Problem> {
         progress: Progress {
             produced: progress.produced,
             settled,
-            pending: (progress.produced - settled).max(0),
+            pending: (progress.produced - progress.settled_in_generation).max(0),
             counts,
             by_platform,
             waves_total: progress.waves_total,

@@ -66,7 +66,10 @@ async fn watch(store: &herald_store::Store, id: Uuid, plain: bool) -> Result<()>
             .filter(|(_, s, _)| *s != DeliveryStatus::Pending)
             .map(|(_, _, n)| n)
             .sum();
-        let produced = progress.produced.max(settled);
+        // The bar is the current generation's: its walk, and the outcomes of
+        // the devices it reached.
+        let produced = progress.produced.max(progress.settled_in_generation);
+        let settled_now = progress.settled_in_generation;
         let line = format!(
             "{}  produced {}  delivered {}  rejected {}  unknown {}  expired {}  failed {}  waves {}/{}",
             campaign.status.as_str(),
@@ -80,13 +83,13 @@ async fn watch(store: &herald_store::Store, id: Uuid, plain: bool) -> Result<()>
             progress.waves_total,
         );
         bar.set_length(produced.max(0) as u64);
-        bar.set_position(settled.max(0) as u64);
+        bar.set_position(settled_now.max(0) as u64);
         bar.set_message(line.clone());
         if plain {
-            println!("{settled}/{produced} settled  {line}");
+            println!("{settled_now}/{produced} settled  {line}");
         }
         let finished = match campaign.status {
-            CampaignStatus::Completed => settled >= progress.produced,
+            CampaignStatus::Completed => settled_now >= progress.produced,
             CampaignStatus::Paused | CampaignStatus::Cancelled | CampaignStatus::Draft => true,
             CampaignStatus::Scheduled | CampaignStatus::Running => false,
         };
@@ -96,7 +99,7 @@ async fn watch(store: &herald_store::Store, id: Uuid, plain: bool) -> Result<()>
                 println!();
             }
             println!(
-                "campaign {id} {}: {settled} of {} settled",
+                "campaign {id} {}: {settled_now} of {} settled ({settled} over every generation)",
                 campaign.status.as_str(),
                 progress.produced
             );

@@ -14,7 +14,7 @@ use herald_core::campaign::{rate_slice, CampaignRef, CampaignStatus, WaveZone};
 use herald_core::ids::DeliveryTarget;
 use herald_core::{DeliveryId, DeliveryJob, MessageId};
 use herald_ledger::RateLimiter;
-use herald_store::{AudienceList, AudienceScope, Campaign, Store, Wave};
+use herald_store::{AudienceList, AudienceScope, Campaign, Store, Wave, WavePage};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -195,20 +195,26 @@ impl Scheduler {
                 )
                 .await?;
             let Some(last) = page.last().map(|c| c.install_id.clone()) else {
-                return Ok(
-                    if self.checkpoint(campaign, &wave.zone, None, 0, true).await? {
-                        None
-                    } else {
-                        Some(Stop::Superseded)
-                    },
-                );
+                let end = WavePage {
+                    cursor: None,
+                    produced: 0,
+                    settled_before: 0,
+                    done: true,
+                };
+                return Ok(if self.checkpoint(campaign, &wave.zone, end).await? {
+                    None
+                } else {
+                    Some(Stop::Superseded)
+                });
             };
             let matching: Vec<_> = page
                 .into_iter()
                 .filter(|c| audience.filter.as_ref().is_none_or(|f| f.matches(&c.facts)))
                 .collect();
             // A device whose delivery is settled (a resume, a relaunch, a
-            // recovery) is counted as produced but not handed out again.
+            // recovery) is counted as produced but not handed out again;
+            // settled before this generation began, it is counted apart too,
+            // as the outcomes since then are counted for the progress.
             let produced = matching.len() as i64;
             let ids: Vec<(MessageId, DeliveryId)> = matching
                 .iter()
@@ -222,13 +228,17 @@ impl Scheduler {
                     )
                 })
                 .collect();
-            let settled: HashSet<DeliveryId> = self
-                .store
-                .settled_statuses(&ids)
-                .await?
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect();
+            let first_outcomes = self.store.first_outcomes(&ids).await?;
+            let settled_before = first_outcomes
+                .iter()
+                .filter(|(_, first)| {
+                    campaign
+                        .generation_started_at
+                        .is_some_and(|start| *first < start)
+                })
+                .count() as i64;
+            let settled: HashSet<DeliveryId> =
+                first_outcomes.into_iter().map(|(id, _)| id).collect();
             let jobs: Vec<DeliveryJob> = matching
                 .into_iter()
                 .zip(ids)
@@ -265,7 +275,16 @@ impl Scheduler {
             }
             metrics::counter!("herald_campaign_jobs_produced_total").increment(produced as u64);
             if !self
-                .checkpoint(campaign, &wave.zone, Some(&last), produced, false)
+                .checkpoint(
+                    campaign,
+                    &wave.zone,
+                    WavePage {
+                        cursor: Some(&last),
+                        produced,
+                        settled_before,
+                        done: false,
+                    },
+                )
                 .await?
             {
                 return Ok(Some(Stop::Superseded));
@@ -315,20 +334,11 @@ impl Scheduler {
         &self,
         campaign: &Campaign,
         zone: &WaveZone,
-        cursor: Option<&str>,
-        produced: i64,
-        done: bool,
+        page: WavePage<'_>,
     ) -> Result<bool, SchedulerError> {
         Ok(self
             .store
-            .checkpoint_wave(
-                campaign.id,
-                campaign.generation,
-                zone,
-                cursor,
-                produced,
-                done,
-            )
+            .checkpoint_wave(campaign.id, campaign.generation, zone, page)
             .await?)
     }
 

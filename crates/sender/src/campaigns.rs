@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-/// Keeps a paused or cancelled campaign's queued jobs from being sent.
+/// Keeps a paused or cancelled campaign's queued jobs, and those of a
+/// generation a newer one superseded, from being sent.
 ///
 /// States are read from PostgreSQL at most every `ttl` per campaign, so a
 /// pause or cancel takes effect within that time. A job from a generation
@@ -50,7 +51,7 @@ impl CampaignGate {
     }
 
     /// Whether a job admitted earlier is now held (its campaign was paused,
-    /// cancelled or deleted since): looked at again just before its request
+    /// cancelled, deleted or given a new generation since): looked at again just before its request
     /// leaves, so a batch already in a sender's hands stops too.
     pub async fn now_held(&self, job: &DeliveryJob) -> Result<bool, StoreError> {
         if job.campaign.is_none() {
@@ -103,10 +104,56 @@ fn held(cache: &Cache, job: &DeliveryJob) -> Option<&'static str> {
     match state {
         // Deleted: nothing to send it for.
         None => Some("deleted"),
+        // Resumed, relaunched or replayed by recovery since: the new
+        // generation walks the audience again and hands out its own job to
+        // every device still without an outcome. Sending this one too would
+        // race that job for the device, and its outcome would fall outside
+        // the new generation's progress.
+        Some(s) if c.generation < s.generation => Some("superseded"),
         Some(s) if s.status.holds_jobs() && c.generation <= s.generation => Some(match s.status {
             CampaignStatus::Paused => "paused",
             _ => "cancelled",
         }),
         Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::campaign::CampaignRef;
+
+    fn job(id: Uuid, generation: i64) -> DeliveryJob {
+        let mut job: DeliveryJob = serde_json::from_value(serde_json::json!({
+            "delivery_id": Uuid::nil(), "message_id": Uuid::nil(), "app_id": Uuid::nil(),
+            "platform": "android", "token": "t", "notification": {"title": "t"},
+            "policy": "at_most_once",
+        }))
+        .expect("a job");
+        job.campaign = Some(CampaignRef { id, generation });
+        job
+    }
+
+    fn cache(id: Uuid, status: CampaignStatus, generation: i64) -> Cache {
+        HashMap::from([(
+            id,
+            (Some(CampaignState { status, generation }), Instant::now()),
+        )])
+    }
+
+    #[test]
+    fn a_job_is_sent_only_for_its_campaigns_current_generation_while_it_runs() {
+        let id = Uuid::now_v7();
+        let running = cache(id, CampaignStatus::Running, 2);
+        assert_eq!(held(&running, &job(id, 2)), None);
+        assert_eq!(held(&running, &job(id, 1)), Some("superseded"));
+        // A job newer than what the cache knows is never dropped on it
+        // (the gate reads the state again first).
+        assert_eq!(held(&running, &job(id, 3)), None);
+        let paused = cache(id, CampaignStatus::Paused, 2);
+        assert_eq!(held(&paused, &job(id, 2)), Some("paused"));
+        let cancelled = cache(id, CampaignStatus::Cancelled, 2);
+        assert_eq!(held(&cancelled, &job(id, 2)), Some("cancelled"));
+        assert_eq!(held(&HashMap::new(), &job(id, 2)), Some("deleted"));
     }
 }

@@ -29,6 +29,10 @@ pub struct Campaign {
     pub updated_at: DateTime<Utc>,
     pub launched_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// When the current generation began, on PostgreSQL's clock: outcomes
+    /// recorded since are this generation's (None: a campaign from before
+    /// this was kept; every outcome counts).
+    pub generation_started_at: Option<DateTime<Utc>>,
 }
 
 /// Why an action on a campaign did not happen.
@@ -98,11 +102,30 @@ pub struct CampaignState {
     pub generation: i64,
 }
 
+/// One page of a wave's walk, as its checkpoint records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WavePage<'a> {
+    /// The page's last install id (None: the wave ended, the cursor stays).
+    pub cursor: Option<&'a str>,
+    /// Devices walked: jobs handed to Kafka, and devices already settled.
+    pub produced: i64,
+    /// Of those, the devices whose delivery had an outcome from before the
+    /// generation began.
+    pub settled_before: i64,
+    /// The wave has no more pages.
+    pub done: bool,
+}
+
 /// Live progress: jobs handed to Kafka in this generation, and how the
 /// deliveries of the campaign's message ended, per platform.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CampaignProgress {
+    /// Devices the generation's walk reached (handed out, or settled before).
     pub produced: i64,
+    /// Of those, the ones with an outcome: settled before the generation
+    /// began, or since. Outcomes of devices the walk no longer reaches (a
+    /// rejected token, an opted-out installation) are not among them.
+    pub settled_in_generation: i64,
     pub waves_total: i64,
     pub waves_done: i64,
     pub next_wave_at: Option<DateTime<Utc>>,
@@ -138,11 +161,12 @@ struct CampaignRow {
     updated_at: DateTime<Utc>,
     launched_at: Option<DateTime<Utc>>,
     completed_at: Option<DateTime<Utc>>,
+    generation_started_at: Option<DateTime<Utc>>,
 }
 
 const CAMPAIGN_COLUMNS: &str = "c.id, c.app_id, c.message_id, c.status, c.generation, c.spec, \
      (SELECT count(*) FROM campaign_audience_ids a WHERE a.campaign_id = c.id) AS list_size, \
-     c.created_at, c.updated_at, c.launched_at, c.completed_at";
+     c.created_at, c.updated_at, c.launched_at, c.completed_at, c.generation_started_at";
 
 fn corrupt<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Corrupt(e.to_string())
@@ -167,6 +191,7 @@ impl TryFrom<CampaignRow> for Campaign {
             updated_at: r.updated_at,
             launched_at: r.launched_at,
             completed_at: r.completed_at,
+            generation_started_at: r.generation_started_at,
         })
     }
 }
@@ -385,6 +410,7 @@ impl Store {
         }
         if step.new_generation {
             plan(&mut tx, id, app, &input, Some(now)).await?;
+            start_generation(&mut tx, &[id]).await?;
         }
         tx.commit().await?;
         Ok(Ok(self
@@ -556,13 +582,12 @@ impl Store {
         id: Uuid,
         generation: i64,
         zone: &WaveZone,
-        cursor: Option<&str>,
-        produced: i64,
-        done: bool,
+        page: WavePage<'_>,
     ) -> Result<bool> {
         let updated = sqlx::query(
             "UPDATE campaign_waves w SET cursor = COALESCE($4, w.cursor),
-                    produced = w.produced + $5, done = $6, checkpointed_at = now()
+                    produced = w.produced + $5, settled_before = w.settled_before + $7,
+                    done = $6, checkpointed_at = now()
              FROM campaigns c
              WHERE w.campaign_id = $1 AND w.generation = $2 AND w.zone = $3
                AND c.id = w.campaign_id AND c.generation = $2
@@ -571,9 +596,10 @@ impl Store {
         .bind(id)
         .bind(generation)
         .bind(zone.key())
-        .bind(cursor)
-        .bind(produced)
-        .bind(done)
+        .bind(page.cursor)
+        .bind(page.produced)
+        .bind(page.done)
+        .bind(page.settled_before)
         .execute(&self.pool)
         .await?;
         Ok(updated.rows_affected() == 1)
@@ -659,16 +685,26 @@ impl Store {
     }
 
     pub async fn campaign_progress(&self, campaign: &Campaign) -> Result<CampaignProgress> {
-        let (produced, total, done, next): (Option<i64>, i64, i64, Option<DateTime<Utc>>) =
-            sqlx::query_as(
-                "SELECT sum(produced)::int8, count(*), count(*) FILTER (WHERE done),
-                        min(due_at) FILTER (WHERE NOT done)
-                 FROM campaign_waves WHERE campaign_id = $1 AND generation = $2",
-            )
-            .bind(campaign.id)
-            .bind(campaign.generation)
-            .fetch_one(&self.pool)
-            .await?;
+        // One statement, one snapshot: the walk's counts and the outcomes
+        // recorded since the generation began agree with each other.
+        let row: ProgressRow = sqlx::query_as(
+            "SELECT sum(w.produced)::int8 AS produced, sum(w.settled_before)::int8 AS settled_before,
+                    count(*) AS waves_total, count(*) FILTER (WHERE w.done) AS waves_done,
+                    min(w.due_at) FILTER (WHERE NOT w.done) AS next_wave_at,
+                    (SELECT count(*) FROM (
+                         SELECT o.delivery_id FROM delivery_outcomes o
+                         WHERE o.message_id = $3
+                         GROUP BY o.delivery_id
+                         HAVING $4::timestamptz IS NULL OR min(o.recorded_at) >= $4) s
+                    ) AS settled_since
+             FROM campaign_waves w WHERE w.campaign_id = $1 AND w.generation = $2",
+        )
+        .bind(campaign.id)
+        .bind(campaign.generation)
+        .bind(campaign.message_id.as_uuid())
+        .bind(campaign.generation_started_at)
+        .fetch_one(&self.pool)
+        .await?;
         let counts: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT platform, status, count(*) FROM delivery_status WHERE message_id = $1
              GROUP BY platform, status ORDER BY platform, status",
@@ -677,10 +713,11 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(CampaignProgress {
-            produced: produced.unwrap_or(0),
-            waves_total: total,
-            waves_done: done,
-            next_wave_at: next,
+            produced: row.produced.unwrap_or(0),
+            settled_in_generation: row.settled_before.unwrap_or(0) + row.settled_since,
+            waves_total: row.waves_total,
+            waves_done: row.waves_done,
+            next_wave_at: row.next_wave_at,
             counts: counts
                 .into_iter()
                 .map(|(p, s, n)| {
@@ -694,6 +731,16 @@ impl Store {
                 .collect::<Result<_>>()?,
         })
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct ProgressRow {
+    produced: Option<i64>,
+    settled_before: Option<i64>,
+    waves_total: i64,
+    waves_done: i64,
+    next_wave_at: Option<DateTime<Utc>>,
+    settled_since: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -875,7 +922,7 @@ impl Store {
         .await?;
         sqlx::query(
             "UPDATE campaign_waves w SET generation = c.generation, cursor = NULL,
-                    produced = 0, done = false,
+                    produced = 0, settled_before = 0, done = false,
                     replay_until = greatest(w.replay_until, w.cursor),
                     replay_before = CASE
                         WHEN w.replay_before IS NULL THEN w.checkpointed_at
@@ -888,7 +935,35 @@ impl Store {
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
+        start_generation(&mut tx, &ids).await?;
         tx.commit().await?;
         Ok(ids)
     }
+}
+
+/// Marks when the campaigns' new generation began, for its progress: the
+/// outcomes recorded from then on are the generation's, those before it are
+/// counted as the walk meets their devices (`settled_before`).
+///
+/// The share lock waits for every transaction writing outcomes to end, and
+/// holds new ones until this one commits; outcomes are stamped when written
+/// (`clock_timestamp()`). So an outcome stamped before the start is committed
+/// before the generation is, and the scheduler's walk sees it; one stamped
+/// after is committed after. Without the lock, an outcome whose transaction
+/// began before the start but committed after the walk passed its device
+/// would be counted by neither, and `pending` would never reach 0.
+async fn start_generation(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("LOCK TABLE delivery_outcomes IN SHARE MODE")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE campaigns SET generation_started_at = clock_timestamp() WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

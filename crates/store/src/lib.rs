@@ -25,7 +25,7 @@ pub use apps::{
 };
 pub use campaigns::{
     AudienceCandidate, AudienceList, AudienceScope, Campaign, CampaignLock, CampaignProgress,
-    CampaignRefusal, CampaignState, Wave,
+    CampaignRefusal, CampaignState, Wave, WavePage,
 };
 pub use failover::{Chooser, ClusterSwitch};
 pub use health::ProcessHealth;

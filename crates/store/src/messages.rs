@@ -607,6 +607,36 @@ impl Store {
             .collect()
     }
 
+    /// The deliveries among `deliveries` (each with its message) that have an
+    /// outcome, each with when its first outcome was recorded: a campaign's
+    /// walk skips them, and counts those settled before its generation began.
+    pub async fn first_outcomes(
+        &self,
+        deliveries: &[(MessageId, DeliveryId)],
+    ) -> Result<Vec<(DeliveryId, DateTime<Utc>)>> {
+        let messages: Vec<Uuid> = deliveries.iter().map(|(m, _)| m.as_uuid()).collect();
+        let ids: Vec<Uuid> = deliveries.iter().map(|(_, d)| d.as_uuid()).collect();
+        let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(concat!(
+            "SELECT u.id, s.first
+                 FROM UNNEST($1::uuid[], $2::uuid[]) AS u(message_id, id)
+                 JOIN messages m ON m.id = u.message_id
+                 CROSS JOIN LATERAL (
+                     SELECT min(o.recorded_at) AS first FROM delivery_outcomes o
+                     WHERE ",
+            outcome_of_m!(),
+            " AND o.delivery_id = u.id) s
+                 WHERE s.first IS NOT NULL"
+        ))
+        .bind(&messages)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, at)| (DeliveryId(id), at))
+            .collect())
+    }
+
     /// Deliveries whose outcome was recorded since `since`, a page at a time
     /// by (message, delivery): what rebuilding the Redis ledger copies.
     /// Paging by the record's key, not by the sender's `settled_at`, misses

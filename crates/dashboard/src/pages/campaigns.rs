@@ -384,8 +384,11 @@ fn progress_summary(campaign: &Value, expected: i64) -> Value {
         produced.max(expected)
     };
     let done = matches!(status, "completed" | "cancelled" | "draft") && pending == 0;
+    // The current generation's share: a resumed campaign's outcomes from
+    // before (`settled` counts every generation's) are not all its walk's.
+    let settled_here = (produced - pending).max(0);
     let percent = if total > 0 {
-        (settled * 100 / total).min(100)
+        (settled_here * 100 / total).min(100)
     } else if done && status != "draft" {
         100
     } else {
@@ -707,6 +710,14 @@ mod tests {
         assert_eq!(
             (s["percent"].as_i64(), s["done"].as_bool()),
             (Some(100), Some(true))
+        );
+        // Resumed: outcomes of earlier generations (rejected tokens the new
+        // walk skips) are in `settled`, not in the new walk's share.
+        let resumed = json!({"status": "completed", "progress": {"produced": 20, "settled": 23, "pending": 5, "counts": {"delivered": 18, "rejected": 5}}});
+        let s = progress_summary(&resumed, 0);
+        assert_eq!(
+            (s["percent"].as_i64(), s["done"].as_bool()),
+            (Some(75), Some(false))
         );
         let draft = json!({"status": "draft", "progress": {"produced": 0, "settled": 0, "pending": 0, "counts": {}}});
         assert_eq!(progress_summary(&draft, 3)["percent"].as_i64(), Some(0));
