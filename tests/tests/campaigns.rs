@@ -303,6 +303,62 @@ async fn pause_holds_queued_jobs_and_resume_sends_each_remaining_device_once() {
 }
 
 #[tokio::test]
+async fn dead_lettered_jobs_replayed_after_a_relaunch_reach_their_devices() {
+    let env = TestEnv::start("campaigndlq").await;
+    // No provider credentials: every delivery is dead-lettered `failed`.
+    let app = env.create_bare_app("campaigndlq").await;
+    seed(&env, &app.id, 60).await;
+    let gateway = env.gateway().await;
+    let api = Api {
+        env: &env,
+        base: gateway.url.clone().expect("gateway url"),
+        key: app.server_key.clone(),
+    };
+    let _sender = env.sender().await;
+    let _scheduler = env.scheduler().await;
+    let expected: HashSet<String> = (1..=60).filter(|n| deliverable(*n)).map(token).collect();
+    let id = api
+        .create(json!({"name": "no credentials", "notification": {"title": "t"}}))
+        .await;
+    let message_id = api.action(&id, "launch").await["message_id"]
+        .as_str()
+        .expect("message_id")
+        .to_string();
+    let c = api.wait_finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(c["progress"]["counts"]["failed"], expected.len(), "{c}");
+
+    // Fixed, then launched again: the new generation skips the devices
+    // whose delivery failed (an outcome), and the dead letters are replayed.
+    // Their jobs carry the first generation; were they sent as such, senders
+    // would drop them as superseded and nobody would get the push.
+    env.run_cli(&[
+        "apps",
+        "credentials",
+        "--app",
+        &app.id,
+        "--sim",
+        env.sim_url(),
+    ])
+    .await;
+    let relaunched = api.action(&id, "launch").await;
+    assert_eq!(relaunched["generation"], 2, "{relaunched}");
+    api.wait_finished(&id, Duration::from_secs(60)).await;
+    let out = env.run_cli(&["dlq", "replay"]).await;
+    assert!(
+        out.contains(&format!("replayed {}", expected.len())),
+        "{out}"
+    );
+    wait_until(
+        "the replayed jobs delivered",
+        Duration::from_secs(60),
+        || async { api.campaign(&id).await["progress"]["counts"]["delivered"] == expected.len() },
+    )
+    .await;
+    assert_exactly_once(&delivered(&env, &message_id).await, &expected);
+    env.finish().await;
+}
+
+#[tokio::test]
 async fn cancel_drops_queued_jobs_and_nothing_more_is_sent() {
     let env = TestEnv::start_with(
         "campaigncancel",

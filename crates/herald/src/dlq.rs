@@ -6,9 +6,11 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use herald_bus::read_topic;
 use herald_config::Config;
-use herald_core::DeadLetter;
+use herald_core::{DeadLetter, DeliveryJob};
 use rdkafka::Message;
+use std::collections::HashMap;
 use std::time::Duration;
+use uuid::Uuid;
 
 #[derive(Subcommand)]
 pub enum DlqCommand {
@@ -49,13 +51,45 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<()> {
             eprintln!("{} dead letters", letters.len());
         }
         DlqCommand::Replay => {
-            let jobs: Vec<_> = letters.into_iter().filter_map(|l| l.job).collect();
+            let mut jobs: Vec<_> = letters.into_iter().filter_map(|l| l.job).collect();
             let store = preflight::postgres(&config).await?;
+            current_generations(&store, &mut jobs).await?;
             roles::agreed_publisher(&config, &store)
                 .await?
                 .publish_jobs(&jobs)
                 .await?;
             println!("replayed {} jobs", jobs.len());
+        }
+    }
+    Ok(())
+}
+
+/// A replayed campaign job belongs to its campaign's current generation.
+/// Senders drop jobs of a superseded generation (the new walk hands out its
+/// own), but that walk skips a dead-lettered device (its `failed` outcome
+/// counts as settled): replayed with its old generation, it would reach no
+/// one. A job of a paused, cancelled or deleted campaign is still held back.
+async fn current_generations(store: &herald_store::Store, jobs: &mut [DeliveryJob]) -> Result<()> {
+    let mut ids: Vec<Uuid> = jobs
+        .iter()
+        .filter_map(|j| j.campaign)
+        .map(|c| c.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let current: HashMap<Uuid, i64> = store
+        .campaign_states(&ids)
+        .await
+        .context("reading the replayed jobs' campaigns")?
+        .into_iter()
+        .map(|(id, state)| (id, state.generation))
+        .collect();
+    for campaign in jobs.iter_mut().filter_map(|j| j.campaign.as_mut()) {
+        if let Some(generation) = current.get(&campaign.id) {
+            campaign.generation = campaign.generation.max(*generation);
         }
     }
     Ok(())

@@ -717,7 +717,8 @@ impl Sender {
                 };
                 // A campaign paused or cancelled while its job waited here:
                 // released and handed to the retries lane, whose gate drops
-                // it (or sends it, if the campaign was resumed meanwhile).
+                // it (as superseded, if the campaign was resumed meanwhile:
+                // the resumed walk hands the device out again).
                 // Unknown (PostgreSQL away) is what admitted it: it goes.
                 if self.campaigns.now_held(&job).await.unwrap_or(false) {
                     return (job, epoch, Step::Handback, unsettled);

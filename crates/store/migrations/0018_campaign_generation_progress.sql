@@ -13,6 +13,10 @@
 --   transaction began: with the share lock a new generation takes on the log,
 --   an outcome stamped before the generation began is committed before it,
 --   so the scheduler's walk sees it.
-ALTER TABLE campaigns ADD COLUMN generation_started_at timestamptz;
+-- * `generation_started_for`: the generation that time belongs to. A process
+--   from before this change that starts a generation leaves both as they
+--   were; the mismatch reads as NULL, not as the previous generation's start.
+ALTER TABLE campaigns ADD COLUMN generation_started_at timestamptz,
+                      ADD COLUMN generation_started_for bigint;
 ALTER TABLE campaign_waves ADD COLUMN settled_before bigint NOT NULL DEFAULT 0;
 ALTER TABLE delivery_outcomes ALTER COLUMN recorded_at SET DEFAULT clock_timestamp();

@@ -1,6 +1,7 @@
 //! Campaigns: their definition and life cycle, the waves and checkpoints the
 //! scheduler keeps, uploaded audience lists, and progress.
 
+use crate::messages::outcome_of_m;
 use crate::request_keys::{claim_key, record_key, KeyState};
 use crate::{Keyed, RequestKey, Result, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -166,7 +167,9 @@ struct CampaignRow {
 
 const CAMPAIGN_COLUMNS: &str = "c.id, c.app_id, c.message_id, c.status, c.generation, c.spec, \
      (SELECT count(*) FROM campaign_audience_ids a WHERE a.campaign_id = c.id) AS list_size, \
-     c.created_at, c.updated_at, c.launched_at, c.completed_at, c.generation_started_at";
+     c.created_at, c.updated_at, c.launched_at, c.completed_at, \
+     CASE WHEN c.generation_started_for = c.generation THEN c.generation_started_at END \
+         AS generation_started_at";
 
 fn corrupt<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Corrupt(e.to_string())
@@ -687,18 +690,20 @@ impl Store {
     pub async fn campaign_progress(&self, campaign: &Campaign) -> Result<CampaignProgress> {
         // One statement, one snapshot: the walk's counts and the outcomes
         // recorded since the generation began agree with each other.
-        let row: ProgressRow = sqlx::query_as(
+        let row: ProgressRow = sqlx::query_as(concat!(
             "SELECT sum(w.produced)::int8 AS produced, sum(w.settled_before)::int8 AS settled_before,
                     count(*) AS waves_total, count(*) FILTER (WHERE w.done) AS waves_done,
                     min(w.due_at) FILTER (WHERE NOT w.done) AS next_wave_at,
                     (SELECT count(*) FROM (
-                         SELECT o.delivery_id FROM delivery_outcomes o
-                         WHERE o.message_id = $3
+                         SELECT o.delivery_id FROM messages m JOIN delivery_outcomes o
+                         ON ",
+            outcome_of_m!(),
+            " WHERE m.id = $3
                          GROUP BY o.delivery_id
                          HAVING $4::timestamptz IS NULL OR min(o.recorded_at) >= $4) s
                     ) AS settled_since
-             FROM campaign_waves w WHERE w.campaign_id = $1 AND w.generation = $2",
-        )
+             FROM campaign_waves w WHERE w.campaign_id = $1 AND w.generation = $2"
+        ))
         .bind(campaign.id)
         .bind(campaign.generation)
         .bind(campaign.message_id.as_uuid())
@@ -960,7 +965,9 @@ async fn start_generation(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> R
         .execute(&mut **tx)
         .await?;
     sqlx::query(
-        "UPDATE campaigns SET generation_started_at = clock_timestamp() WHERE id = ANY($1)",
+        "UPDATE campaigns SET generation_started_at = clock_timestamp(),
+                generation_started_for = generation
+         WHERE id = ANY($1)",
     )
     .bind(ids)
     .execute(&mut **tx)
