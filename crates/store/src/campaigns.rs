@@ -688,52 +688,66 @@ impl Store {
     }
 
     pub async fn campaign_progress(&self, campaign: &Campaign) -> Result<CampaignProgress> {
-        // One statement, one snapshot: the walk's counts and the outcomes
-        // recorded since the generation began agree with each other.
+        // The first generation began with the message: every outcome is its
+        // own, and the counts below say how many there are. A later one
+        // counts the outcomes recorded since it began, in the statement that
+        // reads its walk (one snapshot: the two agree with each other). Each
+        // is a pass over the message's outcomes, so it is made only when
+        // needed (a million-device campaign's progress is asked every second).
+        let since = campaign
+            .generation_started_at
+            .filter(|_| campaign.generation > 1);
         let row: ProgressRow = sqlx::query_as(concat!(
             "SELECT sum(w.produced)::int8 AS produced, sum(w.settled_before)::int8 AS settled_before,
                     count(*) AS waves_total, count(*) FILTER (WHERE w.done) AS waves_done,
                     min(w.due_at) FILTER (WHERE NOT w.done) AS next_wave_at,
-                    (SELECT count(*) FROM (
+                    CASE WHEN $4::timestamptz IS NOT NULL THEN (SELECT count(*) FROM (
                          SELECT o.delivery_id FROM messages m JOIN delivery_outcomes o
                          ON ",
             outcome_of_m!(),
             " WHERE m.id = $3
                          GROUP BY o.delivery_id
-                         HAVING $4::timestamptz IS NULL OR min(o.recorded_at) >= $4) s
-                    ) AS settled_since
+                         HAVING min(o.recorded_at) >= $4) s
+                    ) END AS settled_since
              FROM campaign_waves w WHERE w.campaign_id = $1 AND w.generation = $2"
         ))
         .bind(campaign.id)
         .bind(campaign.generation)
         .bind(campaign.message_id.as_uuid())
-        .bind(campaign.generation_started_at)
+        .bind(since)
         .fetch_one(&self.pool)
         .await?;
-        let counts: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT platform, status, count(*) FROM delivery_status WHERE message_id = $1
+        let counts: Vec<(Platform, DeliveryStatus, i64)> =
+            sqlx::query_as::<_, (String, String, i64)>(
+                "SELECT platform, status, count(*) FROM delivery_status WHERE message_id = $1
              GROUP BY platform, status ORDER BY platform, status",
-        )
-        .bind(campaign.message_id.as_uuid())
-        .fetch_all(&self.pool)
-        .await?;
+            )
+            .bind(campaign.message_id.as_uuid())
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(p, s, n)| {
+                Ok((
+                    Platform::from_str(&p).map_err(corrupt)?,
+                    DeliveryStatus::parse(&s).ok_or_else(|| corrupt(format!("status `{s}`")))?,
+                    n,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let settled_since = row.settled_since.unwrap_or_else(|| {
+            counts
+                .iter()
+                .filter(|(_, s, _)| *s != DeliveryStatus::Pending)
+                .map(|(_, _, n)| n)
+                .sum()
+        });
         Ok(CampaignProgress {
             produced: row.produced.unwrap_or(0),
-            settled_in_generation: row.settled_before.unwrap_or(0) + row.settled_since,
+            settled_in_generation: row.settled_before.unwrap_or(0) + settled_since,
             waves_total: row.waves_total,
             waves_done: row.waves_done,
             next_wave_at: row.next_wave_at,
-            counts: counts
-                .into_iter()
-                .map(|(p, s, n)| {
-                    Ok((
-                        Platform::from_str(&p).map_err(corrupt)?,
-                        DeliveryStatus::parse(&s)
-                            .ok_or_else(|| corrupt(format!("status `{s}`")))?,
-                        n,
-                    ))
-                })
-                .collect::<Result<_>>()?,
+            counts,
         })
     }
 }
@@ -745,7 +759,9 @@ struct ProgressRow {
     waves_total: i64,
     waves_done: i64,
     next_wave_at: Option<DateTime<Utc>>,
-    settled_since: i64,
+    /// None: not counted (the first generation, or a campaign from before
+    /// generations were timed).
+    settled_since: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
