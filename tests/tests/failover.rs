@@ -27,9 +27,9 @@ async fn leaders_lost(name: &'static str, restart_redis: bool, kafka: KafkaKind)
     let (primary, standby) = clusters.addresses();
     let mut inc = Incident::start(Settings {
         name,
-        failover_after_ms: 1_500,
+        failover_after_ms: clusters.failover_after_ms(),
         failback_after_ms: 0,
-        extra: clusters.settings(),
+        extra: clusters.failover_settings(),
         primary,
         standby,
         redis: redis.as_ref().map(PrivateRedis::url),
@@ -123,9 +123,9 @@ async fn destroyed(name: &'static str, kafka: KafkaKind) {
     let (primary, standby) = clusters.addresses();
     let mut inc = Incident::start(Settings {
         name,
-        failover_after_ms: 1_500,
+        failover_after_ms: clusters.failover_after_ms(),
         failback_after_ms: 0,
-        extra: clusters.settings(),
+        extra: clusters.failover_settings(),
         primary,
         standby,
         redis: None,
@@ -148,15 +148,26 @@ async fn destroyed(name: &'static str, kafka: KafkaKind) {
     inc.traffic().await;
     // A push whose publish A did not acknowledge in time (a slow broker on a
     // busy machine) is the outbox relay's to publish, after the failover to
-    // the standby: only the pushes A acknowledged are A's alone.
+    // the standby: only the pushes A acknowledged, while producers were on
+    // A, are A's alone.
     let held_by_a: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE created_at >= $1 AND published_at IS NOT NULL",
+        "SELECT count(*) FROM outbox
+         WHERE created_at >= $1 AND published_at IS NOT NULL
+           AND published_at < COALESCE((SELECT min(at) FROM kafka_failovers), 'infinity')",
     )
     .bind(paused_at)
     .fetch_one(&inc.env.db)
     .await
     .expect("outbox");
-    assert!(held_by_a > 0, "A acknowledged none of the pushes");
+    let early: Vec<(String, String)> =
+        sqlx::query_as("SELECT to_cluster, reason FROM kafka_failovers ORDER BY at")
+            .fetch_all(&inc.env.db)
+            .await
+            .expect("failovers");
+    assert!(
+        held_by_a > 0,
+        "A acknowledged none of the pushes; failovers before the fault: {early:?}"
+    );
     let fault = Instant::now();
     // Gone for good: what it holds is never read again.
     clusters.destroy_primary(&mut inc).await;
