@@ -1439,6 +1439,78 @@ async fn a_delivery_resent_after_a_timeout_says_so_in_its_record() {
     env.finish().await;
 }
 
+/// A sender stopped (SIGSTOP: a paused VM, a frozen host) while its
+/// requests are at the provider, and running again long after their
+/// deadline: the answers waiting in its sockets are read, and no request
+/// counts as unknown or goes out a second time.
+#[tokio::test]
+async fn a_sender_stopped_past_its_deadline_reads_the_answers_waiting_for_it() {
+    const TIMEOUT_MS: u64 = 5_000;
+    let env = TestEnv::start("frozen").await;
+    let app = env.create_app().await;
+    let gateway = env.gateway().await;
+    let gw = gateway.url.clone().expect("url");
+    let timeout = TIMEOUT_MS.to_string();
+    let sender = env
+        .spawn_with(
+            "sender",
+            &["sender"],
+            &[("HERALD_SENDER__REQUEST_TIMEOUT_MS", timeout.as_str())],
+        )
+        .await;
+    // The provider holds every request, unanswered.
+    env.set_sim_faults(json!({"stall": true})).await;
+    let tokens: Vec<Value> = (0..20)
+        .map(|i| {
+            if i % 2 == 0 {
+                one_token("ios", &ios_token(i))
+            } else {
+                one_token("android", &android_token(i))
+            }
+        })
+        .collect();
+    let (_, m) = env
+        .push(
+            &gw,
+            &app.server_key,
+            None,
+            &push_body(tokens, "at_least_once"),
+        )
+        .await;
+    let id = m["message_id"].as_str().expect("id").to_string();
+    wait_until("every request at the provider", LONG, || async {
+        env.sim_stats().await["stalled"] == 20
+    })
+    .await;
+    let stopped = std::time::Instant::now();
+    sender.pause();
+    // The provider answers every request while the sender is stopped.
+    env.set_sim_faults(json!({})).await;
+    wait_until("every request answered", LONG, || async {
+        env.sim_stats().await["accepted"] == 20
+    })
+    .await;
+    // The stop itself, outlasting the request deadline.
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_MS + 2_000).saturating_sub(stopped.elapsed()))
+        .await;
+    sender.resume();
+    let s = env
+        .wait_message(&gw, &app.server_key, &id, |s| s["status"] == "completed")
+        .await;
+    assert_eq!(s["counts"]["delivered"], 20, "{s}");
+    let per_token = env.deliveries_per_token(&id).await;
+    assert_eq!(per_token.len(), 20);
+    assert!(
+        per_token.values().all(|&n| n == 1),
+        "sent twice: {per_token:?}"
+    );
+    assert!(
+        !sender.logged("outcome unknown"),
+        "an answered request counted as unknown"
+    );
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn goaway_mid_stream_loses_and_duplicates_nothing() {
     let env = TestEnv::start("goaway").await;

@@ -1,4 +1,5 @@
-use crate::{classify_transport, retry_after};
+use crate::deadline::{answered_within, TimedOut};
+use crate::{classify_transport, retry_after, unanswered};
 use herald_core::payload::{apns_id, collapse_id};
 use herald_core::{DeliveryJob, OutcomeClass};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -194,6 +195,7 @@ pub(crate) async fn send(
     tokens: &ApnsTokenCache,
     creds: &ApnsCredentials,
     job: &DeliveryJob,
+    timeout: Duration,
 ) -> OutcomeClass {
     // Certificate auth proves itself in the TLS handshake: no token.
     let token = if creds.certificate_pem.is_some() {
@@ -237,9 +239,10 @@ pub(crate) async fn send(
     if let Some(at) = job.expires_at {
         request = request.header("apns-expiration", at.timestamp().max(0).to_string());
     }
-    let response = match request.send().await {
-        Ok(r) => r,
-        Err(e) => return classify_transport(&e),
+    let response = match answered_within(timeout, request.send()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return classify_transport(&e),
+        Err(TimedOut) => return unanswered(timeout),
     };
     let status = response.status().as_u16();
     let provider_id = response
@@ -251,9 +254,11 @@ pub(crate) async fn send(
     if status == 200 {
         return OutcomeClass::Delivered { provider_id };
     }
-    let (reason, timestamp) = match response.json::<ApnsError>().await {
-        Ok(e) => (e.reason, e.timestamp),
-        Err(_) => (format!("HTTP {status}"), None),
+    // The status already says it was not delivered; a body that does not
+    // come only leaves the reason at the status.
+    let (reason, timestamp) = match answered_within(timeout, response.json::<ApnsError>()).await {
+        Ok(Ok(e)) => (e.reason, e.timestamp),
+        _ => (format!("HTTP {status}"), None),
     };
     if reason == "ExpiredProviderToken" {
         tokens.expired_at(creds, SystemTime::now());

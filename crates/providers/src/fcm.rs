@@ -1,4 +1,5 @@
-use crate::{classify_transport, retry_after};
+use crate::deadline::{answered_within, TimedOut};
+use crate::{classify_transport, retry_after, unanswered};
 use herald_core::{DeliveryJob, OutcomeClass};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
@@ -169,8 +170,16 @@ pub(crate) async fn send(
     tokens: &FcmTokenCache,
     creds: &FcmCredentials,
     job: &DeliveryJob,
+    timeout: Duration,
 ) -> OutcomeClass {
-    let token = match tokens.token(http, &creds.service_account).await {
+    let token = match answered_within(timeout, tokens.token(http, &creds.service_account))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "token endpoint: no answer within {} ms",
+                timeout.as_millis()
+            ))
+        }) {
         Ok(t) => t,
         // No request to FCM was made: retrying is safe.
         Err(reason) => {
@@ -189,13 +198,21 @@ pub(crate) async fn send(
         .notification
         .for_locale(job.locale.as_deref())
         .fcm_message(&job.token, job.message_id, job.ttl_seconds(now));
-    let response = match http.post(url).bearer_auth(token).json(&body).send().await {
-        Ok(r) => r,
-        Err(e) => return classify_transport(&e),
+    let request = http.post(url).bearer_auth(token).json(&body).send();
+    let response = match answered_within(timeout, request).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return classify_transport(&e),
+        Err(TimedOut) => return unanswered(timeout),
     };
     let status = response.status().as_u16();
     let after = retry_after(response.headers());
-    let json: Value = response.json().await.unwrap_or(Value::Null);
+    // The status is the verdict; the body only names the message or the
+    // error, and one that does not come leaves them unnamed.
+    let json: Value = answered_within(timeout, response.json())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(Value::Null);
     if status == 200 {
         return OutcomeClass::Delivered {
             provider_id: json["name"].as_str().map(str::to_string),

@@ -5,6 +5,7 @@
 //! status codes itself.
 
 mod apns;
+mod deadline;
 mod fcm;
 
 pub use apns::{ApnsCredentials, ApnsTokenCache};
@@ -176,7 +177,15 @@ impl Providers {
                         }
                         Err(e) => return unconnected("APNs", &e),
                     };
-                    apns::send(&client, base, &self.apns_tokens, c, job).await
+                    apns::send(
+                        &client,
+                        base,
+                        &self.apns_tokens,
+                        c,
+                        job,
+                        self.settings.request_timeout,
+                    )
+                    .await
                 }
                 None => missing_credentials("APNs"),
             },
@@ -186,7 +195,15 @@ impl Providers {
                         Ok(client) => client,
                         Err(e) => return unconnected("FCM", &e),
                     };
-                    fcm::send(&client, &self.fcm_base, &self.fcm_tokens, c, job).await
+                    fcm::send(
+                        &client,
+                        &self.fcm_base,
+                        &self.fcm_tokens,
+                        c,
+                        job,
+                        self.settings.request_timeout,
+                    )
+                    .await
                 }
                 None => missing_credentials("FCM"),
             },
@@ -233,7 +250,9 @@ fn build_client(
 ) -> Result<reqwest::Client, ProviderError> {
     let mut builder = reqwest::Client::builder()
         .http2_prior_knowledge()
-        .timeout(settings.request_timeout)
+        // No client-wide timeout: reqwest's fires ahead of an answer already
+        // read, after this process was stopped; requests run under
+        // `deadline::answered_within` instead.
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .http2_keep_alive_while_idle(true)
@@ -262,6 +281,14 @@ fn missing_credentials(provider: &str) -> OutcomeClass {
         reason: format!("the app has no {provider} credentials"),
         invalid_token: false,
         invalid_since: None,
+    }
+}
+
+/// No answer within the request timeout: the request may have reached the
+/// provider.
+fn unanswered(timeout: Duration) -> OutcomeClass {
+    OutcomeClass::Unknown {
+        reason: format!("transport: no answer within {} ms", timeout.as_millis()),
     }
 }
 
