@@ -1451,11 +1451,17 @@ async fn a_sender_stopped_past_its_deadline_reads_the_answers_waiting_for_it() {
     let gateway = env.gateway().await;
     let gw = gateway.url.clone().expect("url");
     let timeout = TIMEOUT_MS.to_string();
+    // Its lease and group session outlast the stop, so that what it finds
+    // on waking is its own requests' answers, not a takeover.
     let sender = env
         .spawn_with(
             "sender",
             &["sender"],
-            &[("HERALD_SENDER__REQUEST_TIMEOUT_MS", timeout.as_str())],
+            &[
+                ("HERALD_SENDER__REQUEST_TIMEOUT_MS", timeout.as_str()),
+                ("HERALD_SENDER__LEASE_MS", "30000"),
+                ("HERALD_KAFKA__SESSION_TIMEOUT_MS", "30000"),
+            ],
         )
         .await;
     // The provider holds every request, unanswered.
@@ -1506,7 +1512,11 @@ async fn a_sender_stopped_past_its_deadline_reads_the_answers_waiting_for_it() {
     );
     assert!(
         !sender.logged("outcome unknown"),
-        "an answered request counted as unknown"
+        "an answered request counted as unknown (or the {TIMEOUT_MS} ms deadline passed before the sender was stopped)"
+    );
+    assert!(
+        sender.logged("reading what came meanwhile"),
+        "the deadlines were not slept through"
     );
     env.finish().await;
 }

@@ -5,6 +5,7 @@ use anyhow::{anyhow, Result};
 use herald_config::{Config, RedisMode};
 use herald_ledger::{RedisConnection, RedisEndpoint, RedisTarget};
 use herald_store::Store;
+use std::time::Duration;
 
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
@@ -32,10 +33,8 @@ pub async fn postgres(config: &Config) -> Result<Store> {
     let settings = herald_store::PoolSettings {
         max_connections: config.postgres.max_connections,
         statement_timeout: (config.postgres.statement_timeout_ms > 0)
-            .then(|| std::time::Duration::from_millis(config.postgres.statement_timeout_ms)),
-        acquire_timeout: std::time::Duration::from_millis(
-            config.postgres.acquire_timeout_ms.max(1),
-        ),
+            .then(|| Duration::from_millis(config.postgres.statement_timeout_ms)),
+        acquire_timeout: Duration::from_millis(config.postgres.acquire_timeout_ms.max(1)),
     };
     let store = Store::connect_with(url, &settings)
         .await
@@ -132,13 +131,10 @@ fn redis_shown(config: &Config) -> String {
 
 /// Connects to Redis the way the roles do, and asks it for a PING.
 pub async fn redis_ping(endpoint: &RedisEndpoint) -> Result<(), String> {
-    let mut conn = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        RedisConnection::connect(endpoint),
-    )
-    .await
-    .map_err(|_| "timed out after 5 s".to_string())?
-    .map_err(|e| e.to_string())?;
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), RedisConnection::connect(endpoint))
+        .await
+        .map_err(|_| "timed out after 5 s".to_string())?
+        .map_err(|e| e.to_string())?;
     redis::cmd("PING")
         .query_async::<String>(&mut conn)
         .await
@@ -175,10 +171,14 @@ pub fn kafka_configured(config: &Config) -> Result<()> {
 /// few Redis round trips.
 pub fn sender_timing(config: &Config) -> Result<()> {
     let sender = &config.sender;
-    let needed = sender.request_timeout_ms.saturating_mul(2) + 2_000;
+    let send = herald_providers::longest_send(Duration::from_millis(sender.request_timeout_ms));
+    let needed = u64::try_from(send.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(2_000);
     if config.shutdown.deadline_ms < needed {
         return Err(anyhow!(
-            "shutdown.deadline_ms ({}) is too short for sender.request_timeout_ms ({}).\n  On SIGTERM a sender waits for requests already at the provider (and the resend of one whose outcome was unknown): the deadline must be at least twice the request timeout plus 2 s ({needed} ms).\n  Raise HERALD_SHUTDOWN__DEADLINE_MS or lower HERALD_SENDER__REQUEST_TIMEOUT_MS (keep Kubernetes' terminationGracePeriodSeconds above the deadline).",
+            "shutdown.deadline_ms ({}) is too short for sender.request_timeout_ms ({}).\n  On SIGTERM a sender waits for requests already at the provider (and the resend of one whose outcome was unknown): the deadline must be at least twice the longest send (the request timeout, plus up to 1 s to read answers that came while the process was stopped) plus 2 s ({needed} ms).\n  Raise HERALD_SHUTDOWN__DEADLINE_MS or lower HERALD_SENDER__REQUEST_TIMEOUT_MS (keep Kubernetes' terminationGracePeriodSeconds above the deadline).",
             config.shutdown.deadline_ms,
             sender.request_timeout_ms,
         ));
@@ -190,4 +190,26 @@ pub fn sender_timing(config: &Config) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shutdown_deadline_covers_two_sends_and_a_grace_for_each() {
+        let mut config = Config::default();
+        sender_timing(&config).expect("the defaults fit");
+        // Two sends of 10 s, each with a second's grace, and 2 s to settle.
+        config.sender.request_timeout_ms = 10_000;
+        config.shutdown.deadline_ms = 24_000;
+        sender_timing(&config).expect("exactly enough");
+        config.shutdown.deadline_ms = 23_999;
+        let e = sender_timing(&config).expect_err("too short");
+        assert!(e.to_string().contains("24000 ms"), "{e}");
+        // A short timeout's grace is the timeout itself.
+        config.sender.request_timeout_ms = 500;
+        config.shutdown.deadline_ms = 4_000;
+        sender_timing(&config).expect("2 × (0.5 + 0.5) + 2 s");
+    }
 }

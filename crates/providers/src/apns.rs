@@ -239,26 +239,38 @@ pub(crate) async fn send(
     if let Some(at) = job.expires_at {
         request = request.header("apns-expiration", at.timestamp().max(0).to_string());
     }
-    let response = match answered_within(timeout, request.send()).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return classify_transport(&e),
-        Err(TimedOut) => return unanswered(timeout),
+    // One deadline for the request and its answer. The head, once it came,
+    // is the verdict: an error body that does not follow only leaves the
+    // reason at the status.
+    let mut head = None;
+    let exchange = async {
+        let response = request.send().await.map_err(|e| classify_transport(&e))?;
+        let status = response.status().as_u16();
+        let provider_id = response
+            .headers()
+            .get("apns-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        head = Some((status, provider_id, retry_after(response.headers())));
+        if status == 200 {
+            return Ok(None);
+        }
+        Ok(response.json::<ApnsError>().await.ok())
     };
-    let status = response.status().as_u16();
-    let provider_id = response
-        .headers()
-        .get("apns-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let after = retry_after(response.headers());
+    let error = match answered_within(timeout, exchange).await {
+        Ok(Ok(error)) => error,
+        Ok(Err(class)) => return class,
+        Err(TimedOut) => None,
+    };
+    let Some((status, provider_id, after)) = head else {
+        return unanswered(timeout);
+    };
     if status == 200 {
         return OutcomeClass::Delivered { provider_id };
     }
-    // The status already says it was not delivered; a body that does not
-    // come only leaves the reason at the status.
-    let (reason, timestamp) = match answered_within(timeout, response.json::<ApnsError>()).await {
-        Ok(Ok(e)) => (e.reason, e.timestamp),
-        _ => (format!("HTTP {status}"), None),
+    let (reason, timestamp) = match error {
+        Some(e) => (e.reason, e.timestamp),
+        None => (format!("HTTP {status}"), None),
     };
     if reason == "ExpiredProviderToken" {
         tokens.expired_at(creds, SystemTime::now());

@@ -172,47 +172,57 @@ pub(crate) async fn send(
     job: &DeliveryJob,
     timeout: Duration,
 ) -> OutcomeClass {
-    let token = match answered_within(timeout, tokens.token(http, &creds.service_account))
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "token endpoint: no answer within {} ms",
-                timeout.as_millis()
-            ))
-        }) {
-        Ok(t) => t,
-        // No request to FCM was made: retrying is safe.
-        Err(reason) => {
-            return OutcomeClass::Retry {
+    // One deadline for the access token, the request and its answer.
+    // Until the request is made, nothing reached FCM and retrying is safe;
+    // once the head came, it is the verdict, and a body that does not
+    // follow only leaves the message or the error unnamed.
+    let mut requested = false;
+    let mut head = None;
+    let exchange = async {
+        let token = tokens
+            .token(http, &creds.service_account)
+            .await
+            .map_err(|reason| OutcomeClass::Retry {
                 reason,
                 retry_after: None,
-            }
+            })?;
+        let url = crate::url_with_path(
+            base,
+            &["v1", "projects", &creds.project_id, "messages:send"],
+        );
+        let now = chrono::Utc::now();
+        let body = job
+            .notification
+            .for_locale(job.locale.as_deref())
+            .fcm_message(&job.token, job.message_id, job.ttl_seconds(now));
+        requested = true;
+        let response = http
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| classify_transport(&e))?;
+        head = Some((response.status().as_u16(), retry_after(response.headers())));
+        Ok(response.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let json = match answered_within(timeout, exchange).await {
+        Ok(Ok(json)) => json,
+        Ok(Err(class)) => return class,
+        Err(TimedOut) => Value::Null,
+    };
+    let Some((status, after)) = head else {
+        if requested {
+            return unanswered(timeout);
         }
+        return OutcomeClass::Retry {
+            reason: format!(
+                "token endpoint: no answer within {} ms",
+                timeout.as_millis()
+            ),
+            retry_after: None,
+        };
     };
-    let url = crate::url_with_path(
-        base,
-        &["v1", "projects", &creds.project_id, "messages:send"],
-    );
-    let now = chrono::Utc::now();
-    let body = job
-        .notification
-        .for_locale(job.locale.as_deref())
-        .fcm_message(&job.token, job.message_id, job.ttl_seconds(now));
-    let request = http.post(url).bearer_auth(token).json(&body).send();
-    let response = match answered_within(timeout, request).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return classify_transport(&e),
-        Err(TimedOut) => return unanswered(timeout),
-    };
-    let status = response.status().as_u16();
-    let after = retry_after(response.headers());
-    // The status is the verdict; the body only names the message or the
-    // error, and one that does not come leaves them unnamed.
-    let json: Value = answered_within(timeout, response.json())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(Value::Null);
     if status == 200 {
         return OutcomeClass::Delivered {
             provider_id: json["name"].as_str().map(str::to_string),

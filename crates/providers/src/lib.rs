@@ -284,6 +284,13 @@ fn missing_credentials(provider: &str) -> OutcomeClass {
     }
 }
 
+/// The longest one send may take while the sender runs: the request
+/// timeout, and the grace a stop of the process inside it adds to read the
+/// answers that came meanwhile.
+pub fn longest_send(request_timeout: Duration) -> Duration {
+    request_timeout + deadline::GRACE.min(request_timeout)
+}
+
 /// No answer within the request timeout: the request may have reached the
 /// provider.
 fn unanswered(timeout: Duration) -> OutcomeClass {
