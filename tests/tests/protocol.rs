@@ -1496,7 +1496,9 @@ async fn a_sender_stopped_past_its_deadline_reads_the_answers_waiting_for_it() {
         env.sim_stats().await["accepted"] == 20
     })
     .await;
-    // The stop itself, outlasting the request deadline.
+    // The stop itself, outlasting the request deadline. (Whether the woken
+    // sender reads the answers before its deadline timers run, or after,
+    // with their grace, is the runtime's order; either way, read.)
     tokio::time::sleep(Duration::from_millis(TIMEOUT_MS + 2_000).saturating_sub(stopped.elapsed()))
         .await;
     sender.resume();
@@ -1513,10 +1515,6 @@ async fn a_sender_stopped_past_its_deadline_reads_the_answers_waiting_for_it() {
     assert!(
         !sender.logged("outcome unknown"),
         "an answered request counted as unknown (or the {TIMEOUT_MS} ms deadline passed before the sender was stopped)"
-    );
-    assert!(
-        sender.logged("reading what came meanwhile"),
-        "the deadlines were not slept through"
     );
     env.finish().await;
 }

@@ -469,7 +469,8 @@ pub struct GatewayConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct SenderConfig {
     pub group_id: String,
-    /// A claim's lease; must exceed the provider request timeout.
+    /// A claim's lease, renewed every third of it while its send is
+    /// outstanding (at least 1000 ms).
     pub lease_ms: u64,
     pub request_timeout_ms: u64,
     /// How long a settled delivery is remembered in Redis (never shorter than

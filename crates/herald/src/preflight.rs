@@ -166,7 +166,10 @@ pub fn kafka_configured(config: &Config) -> Result<()> {
 /// waits for the requests already at the provider, and a send whose outcome
 /// was unknown may have its resend in flight: both must end inside the
 /// shutdown deadline, or the process exits with outcomes unrecorded (sent
-/// again under at_least_once, `unknown` under at_most_once). Leases are
+/// again under at_least_once, `unknown` under at_most_once). Each send may
+/// take its timeout and, after a stop of the process, a grace to read what
+/// came (`longest_send`). An FCM access token fetched at that moment (about
+/// once an hour per service account) has its own timeout on top. Leases are
 /// renewed a third of the way through, so a lease only needs to outlast a
 /// few Redis round trips.
 pub fn sender_timing(config: &Config) -> Result<()> {

@@ -72,10 +72,20 @@ impl FcmCredentials {
 }
 
 /// OAuth2 access tokens per service account, cached until shortly before they
-/// expire. The async lock makes concurrent sends share one token request.
+/// expire. Each account has its own async lock, so concurrent sends of one
+/// account share one token request, and a slow or hanging token endpoint
+/// of one app holds up no other app's sends.
 #[derive(Clone, Default)]
 pub struct FcmTokenCache {
-    tokens: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    accounts: Arc<std::sync::Mutex<HashMap<String, AccountToken>>>,
+}
+
+/// One service account's token, behind the lock its token requests share.
+type AccountToken = Arc<Mutex<Option<CachedToken>>>;
+
+struct CachedToken {
+    token: String,
+    use_until: Instant,
 }
 
 #[derive(Serialize)]
@@ -94,23 +104,29 @@ struct TokenResponse {
 }
 
 impl FcmTokenCache {
+    fn account(&self, sa: &ServiceAccount) -> AccountToken {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        accounts.entry(sa.client_email.clone()).or_default().clone()
+    }
+
     async fn token(&self, http: &reqwest::Client, sa: &ServiceAccount) -> Result<String, String> {
-        let mut tokens = self.tokens.lock().await;
-        if let Some((token, valid_until)) = tokens.get(&sa.client_email) {
-            if Instant::now() < *valid_until {
-                return Ok(token.clone());
+        let account = self.account(sa);
+        let mut cached = account.lock().await;
+        if let Some(c) = cached.as_ref() {
+            if Instant::now() < c.use_until {
+                return Ok(c.token.clone());
             }
         }
         let (token, expires_in) = fetch_token(http, sa).await?;
-        tokens.insert(
-            sa.client_email.clone(),
-            (token.clone(), use_until(Instant::now(), expires_in)),
-        );
+        *cached = Some(CachedToken {
+            token: token.clone(),
+            use_until: use_until(Instant::now(), expires_in),
+        });
         Ok(token)
     }
 
     async fn forget(&self, sa: &ServiceAccount) {
-        self.tokens.lock().await.remove(&sa.client_email);
+        *self.account(sa).lock().await = None;
     }
 }
 
@@ -172,37 +188,42 @@ pub(crate) async fn send(
     job: &DeliveryJob,
     timeout: Duration,
 ) -> OutcomeClass {
-    // One deadline for the access token, the request and its answer.
-    // Until the request is made, nothing reached FCM and retrying is safe;
-    // once the head came, it is the verdict, and a body that does not
-    // follow only leaves the message or the error unnamed.
-    let mut requested = false;
-    let mut head = None;
-    let exchange = async {
-        let token = tokens
-            .token(http, &creds.service_account)
-            .await
-            .map_err(|reason| OutcomeClass::Retry {
+    // The access token has its own deadline: until the request is made,
+    // nothing reached FCM and retrying is safe.
+    let token = match answered_within(timeout, tokens.token(http, &creds.service_account)).await {
+        Ok(Ok(token)) => token,
+        Ok(Err(reason)) => {
+            return OutcomeClass::Retry {
                 reason,
                 retry_after: None,
-            })?;
-        let url = crate::url_with_path(
-            base,
-            &["v1", "projects", &creds.project_id, "messages:send"],
-        );
-        let now = chrono::Utc::now();
-        let body = job
-            .notification
-            .for_locale(job.locale.as_deref())
-            .fcm_message(&job.token, job.message_id, job.ttl_seconds(now));
-        requested = true;
-        let response = http
-            .post(url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| classify_transport(&e))?;
+            }
+        }
+        Err(TimedOut) => {
+            return OutcomeClass::Retry {
+                reason: format!(
+                    "token endpoint: no answer within {} ms",
+                    timeout.as_millis()
+                ),
+                retry_after: None,
+            }
+        }
+    };
+    let url = crate::url_with_path(
+        base,
+        &["v1", "projects", &creds.project_id, "messages:send"],
+    );
+    let now = chrono::Utc::now();
+    let body = job
+        .notification
+        .for_locale(job.locale.as_deref())
+        .fcm_message(&job.token, job.message_id, job.ttl_seconds(now));
+    let request = http.post(url).bearer_auth(token).json(&body);
+    // One deadline for the request and its answer. The head, once it came,
+    // is the verdict: a body that does not follow only leaves the message
+    // or the error unnamed.
+    let mut head = None;
+    let exchange = async {
+        let response = request.send().await.map_err(|e| classify_transport(&e))?;
         head = Some((response.status().as_u16(), retry_after(response.headers())));
         Ok(response.json::<Value>().await.unwrap_or(Value::Null))
     };
@@ -212,16 +233,7 @@ pub(crate) async fn send(
         Err(TimedOut) => Value::Null,
     };
     let Some((status, after)) = head else {
-        if requested {
-            return unanswered(timeout);
-        }
-        return OutcomeClass::Retry {
-            reason: format!(
-                "token endpoint: no answer within {} ms",
-                timeout.as_millis()
-            ),
-            retry_after: None,
-        };
+        return unanswered(timeout);
     };
     if status == 200 {
         return OutcomeClass::Delivered {
@@ -287,6 +299,55 @@ pub(crate) fn classify(status: u16, code: String, after: Option<Duration>) -> Ou
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn service_account(email: &str, token_uri: String) -> ServiceAccount {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+        ServiceAccount {
+            client_email: email.into(),
+            private_key: key.serialize_pem(),
+            token_uri,
+            private_key_id: None,
+            project_id: None,
+        }
+    }
+
+    /// One app's token endpoint takes connections and never answers; another
+    /// app's cached token is still handed out at once.
+    #[tokio::test]
+    async fn a_hanging_token_endpoint_holds_up_no_other_account() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (connected, mut reached) = tokio::sync::mpsc::channel(1);
+        let endpoint = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                held.push(c);
+                let _ = connected.try_send(());
+            }
+        });
+        let cache = FcmTokenCache::default();
+        let http = reqwest::Client::new();
+        let hanging = service_account("a@example.iam", format!("http://{addr}/token"));
+        let cached = service_account("b@example.iam", "http://127.0.0.1:1/token".into());
+        *cache.account(&cached).lock().await = Some(CachedToken {
+            token: "token-b".into(),
+            use_until: Instant::now() + Duration::from_secs(600),
+        });
+        let stuck = {
+            let (cache, http) = (cache.clone(), http.clone());
+            tokio::spawn(async move { cache.token(&http, &hanging).await })
+        };
+        reached.recv().await.expect("the hanging endpoint reached");
+        let other = tokio::time::timeout(Duration::from_secs(5), cache.token(&http, &cached))
+            .await
+            .expect("held up by another account's token request");
+        assert_eq!(other, Ok("token-b".to_string()));
+        assert!(!stuck.is_finished());
+        stuck.abort();
+        endpoint.abort();
+    }
 
     #[test]
     fn error_code_comes_from_details_then_status() {
