@@ -16,6 +16,19 @@ fn one_token(platform: &str, token: &str) -> Value {
     json!({"platform": platform, "token": token})
 }
 
+/// Devices numbered `devices`, iOS for even numbers and Android for odd.
+fn alternating_tokens(devices: std::ops::Range<usize>) -> Vec<Value> {
+    devices
+        .map(|i| {
+            if i % 2 == 0 {
+                one_token("ios", &ios_token(i))
+            } else {
+                one_token("android", &android_token(i))
+            }
+        })
+        .collect()
+}
+
 fn push_body(tokens: Vec<Value>, policy: &str) -> Value {
     json!({"to": {"tokens": tokens}, "notification": {"title": "t", "body": "b"}, "delivery_policy": policy})
 }
@@ -1095,15 +1108,7 @@ async fn a_second_sender_joining_mid_batch_delivers_everything_once() {
     env.set_sim_faults(json!({"latency_ms": 10, "latency_jitter_ms": 30}))
         .await;
     let _first = env.sender().await;
-    let tokens: Vec<Value> = (0..300)
-        .map(|i| {
-            if i % 2 == 0 {
-                one_token("ios", &ios_token(i))
-            } else {
-                one_token("android", &android_token(i))
-            }
-        })
-        .collect();
+    let tokens = alternating_tokens(0..300);
     let (status, m) = env
         .push(
             &gw,
@@ -1192,18 +1197,7 @@ async fn storms_of_429_and_503_are_retried_until_each_delivery_lands_once() {
                 .map(|i| one_token("ios", &ios_token(i)))
                 .collect::<Vec<_>>(),
         ),
-        (
-            503,
-            (20..40)
-                .map(|i| {
-                    if i % 2 == 0 {
-                        one_token("ios", &ios_token(i))
-                    } else {
-                        one_token("android", &android_token(i))
-                    }
-                })
-                .collect(),
-        ),
+        (503, alternating_tokens(20..40)),
     ] {
         env.set_sim_faults(json!({"fail_first": 30, "fail_status": status}))
             .await;
@@ -1466,15 +1460,7 @@ async fn a_sender_stopped_past_its_deadline_reads_the_answers_waiting_for_it() {
         .await;
     // The provider holds every request, unanswered.
     env.set_sim_faults(json!({"stall": true})).await;
-    let tokens: Vec<Value> = (0..20)
-        .map(|i| {
-            if i % 2 == 0 {
-                one_token("ios", &ios_token(i))
-            } else {
-                one_token("android", &android_token(i))
-            }
-        })
-        .collect();
+    let tokens = alternating_tokens(0..20);
     let (_, m) = env
         .push(
             &gw,
@@ -1530,15 +1516,7 @@ async fn goaway_mid_stream_loses_and_duplicates_nothing() {
     // streams are in flight on it; latency keeps them overlapping.
     env.set_sim_faults(json!({"goaway_after": 5, "latency_ms": 30}))
         .await;
-    let tokens: Vec<Value> = (0..120)
-        .map(|i| {
-            if i % 2 == 0 {
-                one_token("ios", &ios_token(i))
-            } else {
-                one_token("android", &android_token(i))
-            }
-        })
-        .collect();
+    let tokens = alternating_tokens(0..120);
     // at_most_once: a stream refused by GOAWAY must be known as not
     // delivered (and retried), never as unknown (which this policy drops).
     let (_, m) = env
