@@ -4,7 +4,7 @@
 //! SIGSTOP, a paused VM, a frozen host) finds, when it runs again, the
 //! provider's answers waiting in its sockets and its deadlines long past.
 //! HTTP/2 answers are read off the socket by the connection's own task, so
-//! the woken deadline usually runs first: a plain timeout takes an answered
+//! the woken deadline may run before it: a plain timeout takes an answered
 //! request for unknown and, under `at_least_once`, sends it again, a second
 //! copy on a device the provider had already reached. So a deadline whose
 //! timer fires late (the process was not running when it was due) gets a

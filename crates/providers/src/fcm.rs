@@ -190,20 +190,19 @@ pub(crate) async fn send(
 ) -> OutcomeClass {
     // The access token has its own deadline: until the request is made,
     // nothing reached FCM and retrying is safe.
-    let token = match answered_within(timeout, tokens.token(http, &creds.service_account)).await {
-        Ok(Ok(token)) => token,
-        Ok(Err(reason)) => {
+    let token = answered_within(timeout, tokens.token(http, &creds.service_account))
+        .await
+        .unwrap_or_else(|TimedOut| {
+            Err(format!(
+                "token endpoint: no answer within {} ms",
+                timeout.as_millis()
+            ))
+        });
+    let token = match token {
+        Ok(token) => token,
+        Err(reason) => {
             return OutcomeClass::Retry {
                 reason,
-                retry_after: None,
-            }
-        }
-        Err(TimedOut) => {
-            return OutcomeClass::Retry {
-                reason: format!(
-                    "token endpoint: no answer within {} ms",
-                    timeout.as_millis()
-                ),
                 retry_after: None,
             }
         }
