@@ -174,18 +174,23 @@ async fn three_brokers_losing_the_active_controller_and_a_partition_leader_lose_
         standby: None,
         redis: None,
         senders: 1,
-        campaign_rate: 150,
+        // Slow enough that two thirds of the campaign, twenty seconds of
+        // it, is still owed when the fault lands.
+        campaign_rate: 50,
     })
     .await;
-    inc.launch_campaign().await;
-    inc.traffic().await;
-    inc.wait_campaign_a_third_through().await;
-
     // Eight partitions over three brokers: every broker leads some, so the
-    // controller's node takes both roles down at once.
+    // controller's node takes both roles down at once. Asked before the
+    // campaign starts: each question starts a JVM, seconds on a loaded
+    // machine, and the fault must land mid-campaign. Nothing moves
+    // leadership until the kill.
     let controller = kafka.active_controller().await;
     let leaders = kafka.partition_leaders("herald.deliveries").await;
     assert!(leaders.contains(&controller), "{controller} {leaders:?}");
+    inc.launch_campaign().await;
+    inc.traffic().await;
+    inc.wait_campaign_a_third_through().await;
+    inc.assert_campaign_still_producing().await;
     let victim = controller;
     kafka.kill_node(victim);
     let fault = Instant::now();
