@@ -171,10 +171,27 @@ async fn destroyed(name: &'static str, kafka: KafkaKind) {
     let fault = Instant::now();
     // Gone for good: what it holds is never read again.
     clusters.destroy_primary(&mut inc).await;
+    // The operator recovers once producers are on B, while the sender and
+    // the trigger engine are still stopped: what A alone held is then still
+    // unsettled, all of it, when recovery counts it. (A stopped consumer
+    // can hold some of it already: a fetch A answered into its socket
+    // while it was stopped, read when it wakes. A CI run saw the sender
+    // settle one such delivery before a later `recover`, which then
+    // counted 29 of 30. Those come to the sender twice, and dedupe drops
+    // the second.)
+    let env = &inc.env;
+    wait_until("producers moved to the standby", LONG, || async {
+        sqlx::query_scalar::<_, String>("SELECT name FROM kafka_active_cluster")
+            .fetch_optional(&env.db)
+            .await
+            .expect("active cluster")
+            .is_some_and(|name| name == "standby")
+    })
+    .await;
+    let first = inc.cli(&["recover"]).await;
     inc.senders[0].resume();
     inc.triggers.resume();
     inc.first_delivery_after(fault, name).await;
-    let first = inc.cli(&["recover"]).await;
     assert!(
         first.contains("recovered into Kafka cluster standby"),
         "{first}"
@@ -588,7 +605,12 @@ async fn scenario_8_consumers_stuck_while_records_pile_up_are_reported_and_recov
         },
     )
     .await;
-    assert_eq!(inc.metric_of("sender", stalled).await, Some(1.0));
+    // The gauge is set on the watcher's next probe once the stall has
+    // lasted as long as `/readyz` lets it: at most a probe later.
+    wait_until("the stalled gauge set", LONG, || async {
+        inc.metric_of("sender", stalled).await == Some(1.0)
+    })
+    .await;
     inc.env
         .broker
         .command(BrokerCommand::ClearRequestErrors(RDKafkaApiKey::Fetch))
