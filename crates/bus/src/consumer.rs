@@ -109,6 +109,7 @@ impl BatchConsumer {
             health: herald_telemetry::health::register(format!("the {label}")),
             interval: Duration::from_millis(kafka.health_check_interval_ms.max(1_000)),
             rebuild_after: Duration::from_millis(kafka.rebuild_after_ms),
+            unready_after: Duration::from_millis(kafka.unready_after_ms),
         };
         let rebuild = std::thread::Builder::new()
             .name("kafka-consumer-watch".into())
@@ -302,7 +303,8 @@ fn subscribed(settings: &ClientConfig, topics: &[String]) -> Result<StreamConsum
 /// Looks at one consumer's cluster and progress from a thread of its own
 /// (every request here blocks), until the consumer is dropped.
 struct Watcher {
-    /// 1 while the consumer makes no progress with records waiting.
+    /// 1 while the consumer has made no progress with records waiting for
+    /// `unready_after`: when `/readyz` says so too.
     stalled: metrics::Gauge,
     shared: Arc<Shared>,
     topics: Vec<String>,
@@ -310,6 +312,7 @@ struct Watcher {
     health: Arc<LoopHealth>,
     interval: Duration,
     rebuild_after: Duration,
+    unready_after: Duration,
 }
 
 /// The group's position on the partitions that matter to this consumer.
@@ -404,7 +407,18 @@ impl Watcher {
                 )
             };
             self.health.failed(&what);
-            self.stalled.set(1.0);
+            // The gauge waits as long as `/readyz` does, on the same clock
+            // (which a rebuild does not restart): a consumer between two
+            // fetches for one probe (a busy machine, a backlog being caught
+            // up after an outage) is not reported stuck by one and healthy
+            // by the other.
+            if self
+                .health
+                .failed_for()
+                .is_some_and(|d| d >= self.unready_after)
+            {
+                self.stalled.set(1.0);
+            }
             // A consumer with partitions that sits idle while records wait
             // on them is broken; one with none may only be watching a slow
             // or stuck peer, whom a rebalance would take partitions from

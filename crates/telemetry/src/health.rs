@@ -74,6 +74,12 @@ impl LoopHealth {
         }
     }
 
+    /// How long the loop has failed without a success in between.
+    pub fn failed_for(&self) -> Option<Duration> {
+        let f = self.failing.lock().ok()?;
+        f.as_ref().map(|(since, _)| since.elapsed())
+    }
+
     fn failing_for(&self, at_least: Duration) -> Option<String> {
         let f = self.failing.lock().ok()?;
         let (since, error) = f.as_ref()?;
@@ -114,12 +120,16 @@ mod tests {
             now.contains("test loop") && now.contains("broker away"),
             "{now}"
         );
+        let first = health.failed_for().expect("failing");
         health.failed(&"still away");
         assert!(health
             .failing_for(Duration::ZERO)
             .is_some_and(|d| d.contains("still away")));
+        // A further failure does not restart the clock.
+        assert!(health.failed_for().expect("failing") >= first);
         health.ok();
         assert!(health.failing_for(Duration::ZERO).is_none());
+        assert_eq!(health.failed_for(), None);
         assert!(!failing_for(Duration::ZERO)
             .iter()
             .any(|d| d.contains("test loop")));
