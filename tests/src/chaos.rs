@@ -817,27 +817,14 @@ impl Run {
         .collect()
     }
 
-    /// Deliveries their sender says it sent again after a request whose
-    /// outcome it could not know (a timeout, a reset): `at_least_once`
-    /// allows the second copy whatever caused the first to go unanswered
-    /// (on a loaded machine, a request can time out with no fault on).
-    async fn resent_after_unknown(&self) -> HashSet<(String, String)> {
-        sqlx::query_as::<_, (uuid::Uuid, String)>(
-            "SELECT message_id, token FROM delivery_status WHERE status = 'delivered' AND starts_with(reason, $1)",
-        )
-        .bind(herald_core::RESENT_AFTER_UNKNOWN)
-        .fetch_all(&self.inc.env.db)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(m, t)| (m.to_string(), t))
-        .collect()
-    }
-
     async fn check(&self, seed: u64) -> Summary {
         let env = &self.inc.env;
         let times = incident::receipts(env).await;
-        let resent = self.resent_after_unknown().await;
+        // Deliveries their sender says it sent again after a request whose
+        // outcome it could not know (a timeout, a reset): `at_least_once`
+        // allows the second copy whatever caused the first to go unanswered
+        // (on a loaded machine, a request can time out with no fault on).
+        let resent = incident::resent_after_unknown(env).await;
         let unknown_at = self.unknown_at().await;
         let unknown: HashSet<(String, String)> = unknown_at.keys().cloned().collect();
         // The fault in the 15 s before an unknown settle that explains it.

@@ -525,6 +525,15 @@ impl Incident {
     /// between the provider's answer and the settle, which at_least_once
     /// (all of this traffic) closes by sending again. Prints and returns
     /// those deliveries.
+    ///
+    /// A delivery whose sender says it sent it again because the provider
+    /// did not answer within the request timeout (its outcome's reason) may
+    /// also come twice: at_least_once's other documented window, which a
+    /// machine loaded past the tests' 2 s timeout opens with no fault on
+    /// (the chaos run allows it the same way). Those are counted and
+    /// printed, never returned. Answers that came and were misread as
+    /// missing are the protocol tests' to catch
+    /// (`a_sender_stopped_past_its_deadline_reads_the_answers_waiting_for_it`).
     pub async fn assert_delivered_once_allowing(
         &self,
         live: &[&str],
@@ -550,6 +559,16 @@ impl Incident {
                         *kill >= at[0] - chrono::Duration::milliseconds(200) && *kill <= at[1]
                     })
             });
+        let resent = resent_after_unknown(env).await;
+        let (unanswered, doubled): (Vec<_>, Vec<_>) = doubled
+            .into_iter()
+            .partition(|(k, n)| *n == 2 && resent.contains(k));
+        for ((message, token), _) in &unanswered {
+            println!(
+                "{}: sent twice, its first request unanswered within the timeout: {message} {token}",
+                self.env.name
+            );
+        }
         assert!(
             doubled.is_empty(),
             "{} deliveries doubled, e.g. {:?}",
@@ -570,10 +589,11 @@ impl Incident {
         assert!(unexpected.is_empty(), "not owed: {unexpected:?}");
         assert_eq!(got.len(), self.expected.len());
         println!(
-            "{}: {} deliveries owed, each delivered once ({} twice, in a kill's window)",
+            "{}: {} deliveries owed, each delivered once ({} twice, in a kill's window; {} twice, unanswered within the timeout)",
             self.env.name,
             self.expected.len(),
-            allowed.len()
+            allowed.len(),
+            unanswered.len()
         );
         allowed.into_iter().map(|(k, _)| k).collect()
     }
@@ -657,6 +677,22 @@ pub async fn receipts(
 }
 
 /// The simulators' record: deliveries per (message, token).
+/// The (message, token) of each delivery its sender sent again after the
+/// provider left a request unanswered (the reason of its outcome).
+pub async fn resent_after_unknown(env: &TestEnv) -> HashSet<(String, String)> {
+    sqlx::query_as::<_, (uuid::Uuid, String)>(
+        "SELECT message_id, token FROM delivery_status
+         WHERE status = 'delivered' AND starts_with(reason, $1)",
+    )
+    .bind(herald_core::RESENT_AFTER_UNKNOWN)
+    .fetch_all(&env.db)
+    .await
+    .expect("delivery status")
+    .into_iter()
+    .map(|(m, t)| (m.to_string(), t))
+    .collect()
+}
+
 pub async fn record(env: &TestEnv) -> HashMap<(String, String), usize> {
     let mut counts = HashMap::new();
     for d in env.sim_deliveries().await {
