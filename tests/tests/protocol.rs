@@ -476,8 +476,13 @@ async fn a_provider_slower_than_the_lease_keeps_its_claims_renewed() {
     let sender = env.sender().await;
     env.set_sim_faults(json!({"latency_ms": 4000})).await;
     let ids = push_both_policies(&env, &gw, &app.server_key, "slow").await;
+    // All twenty at the provider together, unless a loaded machine spread
+    // them over more than the 4 s each takes: then every one has arrived
+    // and the last are still there.
     wait_until("twenty requests at the provider", LONG, || async {
-        env.sim_stats().await["in_flight"] == 20
+        let stats = env.sim_stats().await;
+        let in_flight = stats["in_flight"].as_u64().unwrap_or(0);
+        in_flight > 0 && in_flight + stats["accepted"].as_u64().unwrap_or(0) >= 20
     })
     .await;
 
