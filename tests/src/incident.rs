@@ -526,12 +526,12 @@ impl Incident {
     /// (all of this traffic) closes by sending again. Prints and returns
     /// those deliveries.
     ///
-    /// A delivery whose sender says it sent it again because the provider
-    /// did not answer within the request timeout (its outcome's reason) may
-    /// also come twice: at_least_once's other documented window, which a
-    /// machine loaded past the tests' 2 s timeout opens with no fault on
-    /// (the chaos run allows it the same way). Those are counted and
-    /// printed, never returned. Answers that came and were misread as
+    /// A delivery recorded as resent after an unknown outcome (its
+    /// outcome's reason) may also come twice: at_least_once's documented
+    /// windows, a provider that did not answer within the request timeout
+    /// (a machine loaded past the tests' 2 s opens it with no fault on) or
+    /// a send taken over from a stalled owner. The chaos run allows it the
+    /// same way. Those are counted and printed, never returned. Answers that came and were misread as
     /// missing are the protocol tests' to catch
     /// (`a_sender_stopped_past_its_deadline_reads_the_answers_waiting_for_it`).
     pub async fn assert_delivered_once_allowing(
@@ -565,7 +565,7 @@ impl Incident {
             .partition(|(k, n)| *n == 2 && resent.contains(k));
         for ((message, token), _) in &unanswered {
             println!(
-                "{}: sent twice, its first request unanswered within the timeout: {message} {token}",
+                "{}: sent twice, recorded as resent after an unknown outcome: {message} {token}",
                 self.env.name
             );
         }
@@ -589,7 +589,7 @@ impl Incident {
         assert!(unexpected.is_empty(), "not owed: {unexpected:?}");
         assert_eq!(got.len(), self.expected.len());
         println!(
-            "{}: {} deliveries owed, each delivered once ({} twice, in a kill's window; {} twice, unanswered within the timeout)",
+            "{}: {} deliveries owed, each delivered once ({} twice, in a kill's window; {} twice, recorded as resent after an unknown outcome)",
             self.env.name,
             self.expected.len(),
             allowed.len(),
@@ -676,9 +676,9 @@ pub async fn receipts(
     times
 }
 
-/// The simulators' record: deliveries per (message, token).
-/// The (message, token) of each delivery its sender sent again after the
-/// provider left a request unanswered (the reason of its outcome).
+/// The (message, token) of each delivery recorded as sent again after an
+/// unknown outcome: a request the provider left unanswered within the
+/// timeout, or one taken over from an owner that left no outcome.
 pub async fn resent_after_unknown(env: &TestEnv) -> HashSet<(String, String)> {
     sqlx::query_as::<_, (uuid::Uuid, String)>(
         "SELECT message_id, token FROM delivery_status
@@ -693,6 +693,7 @@ pub async fn resent_after_unknown(env: &TestEnv) -> HashSet<(String, String)> {
     .collect()
 }
 
+/// The simulators' record: deliveries per (message, token).
 pub async fn record(env: &TestEnv) -> HashMap<(String, String), usize> {
     let mut counts = HashMap::new();
     for d in env.sim_deliveries().await {
